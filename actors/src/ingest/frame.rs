@@ -1,0 +1,787 @@
+//! Strict validation of everything that arrives on a topic.
+//!
+//! [`MetricsFrame::parse`] enforces DESIGN.md's metrics rules in one pass with
+//! a hand-written serde visitor, so every failure has a precise [`Rejection`]
+//! (derived structs would accept a top-level array and report errors as text).
+//! [`parse_object`] is the rule for every other family: a JSON object, no
+//! duplicate keys at any depth (serde_json's `Value` silently keeps the last).
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Longest key quoted back in a rejection, so a hostile key cannot bloat logs.
+const KEY_EXCERPT: usize = 32;
+
+/// Why a frame was refused. One value drives the WARN line, the metric label
+/// (`as_str`), the `edgebus/rejects` event and, for HTTP publish, the 400 body.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("payload of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("payload is not valid UTF-8")]
+    NotUtf8,
+    #[error("payload is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("payload is not a JSON object")]
+    NotObject,
+    #[error("unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("duplicate key {0:?}")]
+    DuplicateKey(String),
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    #[error("`{field}` must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("`{field}` = {value} is outside {min}..={max}")]
+    OutOfRange {
+        field: &'static str,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+    #[error("`timestamp` must be an integer >= 0 (seconds)")]
+    BadTimestamp,
+    #[error("`device_id` must match ^[A-Za-z0-9._-]{{1,64}}$")]
+    BadDeviceId,
+    #[error("`device_id` does not match the topic's device level")]
+    DeviceIdMismatch,
+    #[error("topic is not acceptable: {0}")]
+    BadTopic(String),
+    #[error("device cap reached; new device refused")]
+    DeviceCap,
+}
+
+impl Rejection {
+    /// Stable snake_case reason: metric label, JSON error and event field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Rejection::TooLarge(_) => "too_large",
+            Rejection::NotUtf8 => "not_utf8",
+            Rejection::BadJson(_) => "bad_json",
+            Rejection::NotObject => "not_object",
+            Rejection::UnknownKey(_) => "unknown_key",
+            Rejection::DuplicateKey(_) => "duplicate_key",
+            Rejection::MissingField(_) => "missing_field",
+            Rejection::WrongType { .. } => "wrong_type",
+            Rejection::OutOfRange { .. } => "out_of_range",
+            Rejection::BadTimestamp => "bad_timestamp",
+            Rejection::BadDeviceId => "bad_device_id",
+            Rejection::DeviceIdMismatch => "device_id_mismatch",
+            Rejection::BadTopic(_) => "bad_topic",
+            Rejection::DeviceCap => "device_cap",
+        }
+    }
+
+    /// Every reason, so counters can be pre-registered at zero.
+    pub const ALL_REASONS: [&'static str; 14] = [
+        "too_large",
+        "not_utf8",
+        "bad_json",
+        "not_object",
+        "unknown_key",
+        "duplicate_key",
+        "missing_field",
+        "wrong_type",
+        "out_of_range",
+        "bad_timestamp",
+        "bad_device_id",
+        "device_id_mismatch",
+        "bad_topic",
+        "device_cap",
+    ];
+}
+
+fn excerpt_key(key: &str) -> String {
+    key.chars().take(KEY_EXCERPT).collect()
+}
+
+/// A device id: `^[A-Za-z0-9._-]{1,64}$`. Safe in topics, logs, Slack and HTML.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct DeviceId(String);
+
+impl DeviceId {
+    pub fn parse(text: &str) -> Result<Self, Rejection> {
+        let ok = (1..=64).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(Rejection::BadDeviceId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for DeviceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated metrics frame. Fields are public read-only data; the only way
+/// to build one is [`MetricsFrame::parse`], so every instance obeys the rules.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsFrame {
+    pub device_id: DeviceId,
+    pub timestamp: u64,
+    pub cpu_percent: f64,
+    pub mem_percent: f64,
+    pub disk_percent: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_cpu_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_mem_mb: Option<f64>,
+}
+
+impl MetricsFrame {
+    /// Validates `payload` published on `devices/{topic_device}/metrics`.
+    pub fn parse(topic_device: &str, payload: &[u8], max_bytes: usize) -> Result<Self, Rejection> {
+        let text = precheck(payload, max_bytes)?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let fields = de
+            .deserialize_map(FrameVisitor)
+            .map_err(|e| Rejection::BadJson(e.to_string()))?;
+        de.end().map_err(|e| Rejection::BadJson(e.to_string()))?;
+        let frame = fields.finish()?;
+        if frame.device_id.as_str() != topic_device {
+            return Err(Rejection::DeviceIdMismatch);
+        }
+        Ok(frame)
+    }
+
+    /// The metric named by an alert rule's `field`, if present in this frame.
+    pub fn field(&self, name: &str) -> Option<f64> {
+        match name {
+            "cpu_percent" => Some(self.cpu_percent),
+            "mem_percent" => Some(self.mem_percent),
+            "disk_percent" => Some(self.disk_percent),
+            "gpu_percent" => self.gpu_percent,
+            "agent_cpu_percent" => self.agent_cpu_percent,
+            "agent_mem_mb" => self.agent_mem_mb,
+            _ => None,
+        }
+    }
+}
+
+/// Size, UTF-8 and "starts with `{`" checks shared by every family.
+fn precheck(payload: &[u8], max_bytes: usize) -> Result<&str, Rejection> {
+    if payload.len() > max_bytes {
+        return Err(Rejection::TooLarge(payload.len()));
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| Rejection::NotUtf8)?;
+    // serde would happily read a struct from a JSON array: demand an object.
+    match text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .as_bytes()
+        .first()
+    {
+        Some(b'{') => Ok(text),
+        Some(_) => Err(if serde_json::from_str::<IgnoredAny>(text).is_ok() {
+            Rejection::NotObject
+        } else {
+            Rejection::BadJson("expected a JSON object".into())
+        }),
+        None => Err(Rejection::BadJson("empty payload".into())),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    DeviceId,
+    Timestamp,
+    Cpu,
+    Mem,
+    Disk,
+    Gpu,
+    AgentCpu,
+    AgentMem,
+}
+
+impl Key {
+    const fn name(self) -> &'static str {
+        match self {
+            Key::DeviceId => "device_id",
+            Key::Timestamp => "timestamp",
+            Key::Cpu => "cpu_percent",
+            Key::Mem => "mem_percent",
+            Key::Disk => "disk_percent",
+            Key::Gpu => "gpu_percent",
+            Key::AgentCpu => "agent_cpu_percent",
+            Key::AgentMem => "agent_mem_mb",
+        }
+    }
+
+    /// Allowed range of a numeric field.
+    const fn range(self) -> (f64, f64) {
+        match self {
+            Key::AgentCpu => (0.0, 1000.0),
+            Key::AgentMem => (0.0, f64::MAX),
+            _ => (0.0, 100.0),
+        }
+    }
+}
+
+/// A key as read from the frame: known keys cost no allocation.
+enum FrameKey {
+    Known(Key),
+    Unknown(String),
+}
+
+impl<'de> de::Deserialize<'de> for FrameKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = FrameKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FrameKey, E> {
+                Ok(match v {
+                    "device_id" => FrameKey::Known(Key::DeviceId),
+                    "timestamp" => FrameKey::Known(Key::Timestamp),
+                    "cpu_percent" => FrameKey::Known(Key::Cpu),
+                    "mem_percent" => FrameKey::Known(Key::Mem),
+                    "disk_percent" => FrameKey::Known(Key::Disk),
+                    "gpu_percent" => FrameKey::Known(Key::Gpu),
+                    "agent_cpu_percent" => FrameKey::Known(Key::AgentCpu),
+                    "agent_mem_mb" => FrameKey::Known(Key::AgentMem),
+                    other => FrameKey::Unknown(excerpt_key(other)),
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Any JSON value, classified just enough to validate a field.
+enum Scalar {
+    Null,
+    Bool,
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Str(String),
+    Nested,
+}
+
+impl<'de> de::Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool)
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Unsigned(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Signed(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Nested)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Nested)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Fields collected so far, plus the first rule broken (in document order).
+#[derive(Default)]
+struct Fields {
+    seen: u16,
+    device_id: Option<DeviceId>,
+    timestamp: Option<u64>,
+    numbers: [Option<f64>; 6],
+    first_error: Option<Rejection>,
+}
+
+impl Fields {
+    fn fail(&mut self, rejection: Rejection) {
+        self.first_error.get_or_insert(rejection);
+    }
+
+    fn set(&mut self, key: Key, value: Scalar) {
+        let bit = 1u16 << (key as u16);
+        if self.seen & bit != 0 {
+            return self.fail(Rejection::DuplicateKey(key.name().into()));
+        }
+        self.seen |= bit;
+        let field = key.name();
+        match key {
+            Key::DeviceId => match value {
+                Scalar::Str(s) => match DeviceId::parse(&s) {
+                    Ok(id) => self.device_id = Some(id),
+                    Err(r) => self.fail(r),
+                },
+                _ => self.fail(Rejection::WrongType {
+                    field,
+                    expected: "a string",
+                }),
+            },
+            Key::Timestamp => match value {
+                Scalar::Unsigned(t) => self.timestamp = Some(t),
+                Scalar::Signed(_) | Scalar::Float(_) => self.fail(Rejection::BadTimestamp),
+                _ => self.fail(Rejection::WrongType {
+                    field,
+                    expected: "an integer",
+                }),
+            },
+            numeric => {
+                let number = match value {
+                    Scalar::Unsigned(v) => v as f64,
+                    Scalar::Signed(v) => v as f64,
+                    Scalar::Float(v) => v,
+                    // Optional metrics may be sent as null by agents that
+                    // lack the sensor (the seed bridge accepted that too).
+                    Scalar::Null if numeric.is_optional() => return,
+                    _ => {
+                        return self.fail(Rejection::WrongType {
+                            field,
+                            expected: "a number",
+                        })
+                    }
+                };
+                let (min, max) = numeric.range();
+                if !number.is_finite() || number < min || number > max {
+                    return self.fail(Rejection::OutOfRange {
+                        field,
+                        value: number,
+                        min,
+                        max,
+                    });
+                }
+                self.numbers[numeric.slot()] = Some(number);
+            }
+        }
+    }
+
+    fn finish(self) -> Result<MetricsFrame, Rejection> {
+        if let Some(r) = self.first_error {
+            return Err(r);
+        }
+        let [cpu, mem, disk, gpu, agent_cpu, agent_mem] = self.numbers;
+        Ok(MetricsFrame {
+            device_id: self.device_id.ok_or(Rejection::MissingField("device_id"))?,
+            timestamp: self.timestamp.ok_or(Rejection::MissingField("timestamp"))?,
+            cpu_percent: cpu.ok_or(Rejection::MissingField("cpu_percent"))?,
+            mem_percent: mem.ok_or(Rejection::MissingField("mem_percent"))?,
+            disk_percent: disk.ok_or(Rejection::MissingField("disk_percent"))?,
+            gpu_percent: gpu,
+            agent_cpu_percent: agent_cpu,
+            agent_mem_mb: agent_mem,
+        })
+    }
+}
+
+impl Key {
+    const fn is_optional(self) -> bool {
+        matches!(self, Key::Gpu | Key::AgentCpu | Key::AgentMem)
+    }
+
+    const fn slot(self) -> usize {
+        match self {
+            Key::Cpu => 0,
+            Key::Mem => 1,
+            Key::Disk => 2,
+            Key::Gpu => 3,
+            Key::AgentCpu => 4,
+            Key::AgentMem | Key::DeviceId | Key::Timestamp => 5,
+        }
+    }
+}
+
+struct FrameVisitor;
+
+impl<'de> Visitor<'de> for FrameVisitor {
+    type Value = Fields;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a metrics object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(key) = map.next_key::<FrameKey>()? {
+            match key {
+                FrameKey::Known(k) => {
+                    let value = map.next_value::<Scalar>()?;
+                    fields.set(k, value);
+                }
+                FrameKey::Unknown(name) => {
+                    map.next_value::<IgnoredAny>()?;
+                    fields.fail(Rejection::UnknownKey(name));
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// Validates a non-metrics payload: a JSON object with no duplicate key at any
+/// depth. Returns the object.
+pub fn parse_object(payload: &[u8], max_bytes: usize) -> Result<Map<String, Value>, Rejection> {
+    let text = precheck(payload, max_bytes)?;
+    let duplicate = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = StrictValue(&duplicate)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    match parsed {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Rejection::NotObject),
+        Err(e) => Err(match duplicate.take() {
+            Some(key) => Rejection::DuplicateKey(key),
+            None => Rejection::BadJson(e.to_string()),
+        }),
+    }
+}
+
+/// Builds a `Value` like serde_json does, but fails on a repeated key and
+/// records which, since a serde error can only carry text.
+struct StrictValue<'a>(&'a Cell<Option<String>>);
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number is not finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(StrictValue(self.0))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(StrictValue(self.0))?;
+            if out.contains_key(&key) {
+                let message = format!("duplicate key {key:?}");
+                self.0.set(Some(excerpt_key(&key)));
+                return Err(de::Error::custom(message));
+            }
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 16 * 1024;
+    const GOOD: &str = r#"{"device_id":"d1","timestamp":1763800000,"cpu_percent":12.5,"mem_percent":40,"disk_percent":70.1}"#;
+
+    fn parse(json: &str) -> Result<MetricsFrame, Rejection> {
+        MetricsFrame::parse("d1", json.as_bytes(), MAX)
+    }
+
+    fn reason(json: &str) -> &'static str {
+        parse(json).expect_err(json).as_str()
+    }
+
+    fn with(extra: &str) -> String {
+        format!(
+            r#"{{"device_id":"d1","timestamp":1,"cpu_percent":1,"mem_percent":1,"disk_percent":1{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn a_complete_frame_is_accepted() {
+        let frame = parse(GOOD).unwrap();
+        assert_eq!(frame.device_id.as_str(), "d1");
+        assert_eq!(frame.timestamp, 1_763_800_000);
+        assert_eq!(frame.mem_percent, 40.0);
+        assert_eq!(frame.gpu_percent, None);
+    }
+
+    #[test]
+    fn edge_values_zero_and_hundred_are_accepted() {
+        let json = r#"{"device_id":"d1","timestamp":0,"cpu_percent":0,"mem_percent":100,"disk_percent":100.0,"gpu_percent":0.0,"agent_cpu_percent":1000,"agent_mem_mb":0}"#;
+        let frame = parse(json).unwrap();
+        assert_eq!(frame.timestamp, 0);
+        assert_eq!(frame.agent_cpu_percent, Some(1000.0));
+        assert!(parse(&with(r#","gpu_percent":-0.0"#)).is_ok());
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_or_null() {
+        assert!(parse(&with("")).is_ok());
+        let frame = parse(&with(r#","gpu_percent":null"#)).unwrap();
+        assert_eq!(frame.gpu_percent, None);
+    }
+
+    #[test]
+    fn a_serialised_frame_omits_absent_optional_fields() {
+        let frame = parse(GOOD).unwrap();
+        let json = serde_json::to_string(&frame).unwrap();
+        assert_eq!(
+            json,
+            r#"{"device_id":"d1","timestamp":1763800000,"cpu_percent":12.5,"mem_percent":40.0,"disk_percent":70.1}"#
+        );
+    }
+
+    #[test]
+    fn every_bad_input_has_its_precise_reason() {
+        let table: &[(&str, &str)] = &[
+            ("[\"d1\",1,1,2,3]", "not_object"),
+            ("42", "not_object"),
+            ("\"d1\"", "not_object"),
+            ("null", "not_object"),
+            ("", "bad_json"),
+            ("{", "bad_json"),
+            ("{}garbage", "bad_json"),
+            (r#"{"cpu_percent":NaN}"#, "bad_json"),
+            (r#"{"cpu_percent":Infinity}"#, "bad_json"),
+            (r#"{"cpu_percent":1e400}"#, "bad_json"),
+            ("\u{feff}{}", "bad_json"),
+            (&with(r#","evil":"<!channel>""#), "unknown_key"),
+            (&with(r#","CPU_percent":1"#), "unknown_key"),
+            (&with(r#","cpu_percent":2"#), "duplicate_key"),
+            (
+                &with(r#","gpu_percent":1,"gpu_percent":1"#),
+                "duplicate_key",
+            ),
+            (
+                r#"{"device_id":"d1","timestamp":1,"cpu_percent":1,"mem_percent":1}"#,
+                "missing_field",
+            ),
+            (
+                r#"{"timestamp":1,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "missing_field",
+            ),
+            (&with(r#","gpu_percent":true"#), "wrong_type"),
+            (
+                r#"{"device_id":"d1","timestamp":1,"cpu_percent":true,"mem_percent":1,"disk_percent":1}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"device_id":"d1","timestamp":1,"cpu_percent":1,"mem_percent":"<script>alert(1)</script>","disk_percent":1}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"device_id":"d1","timestamp":1,"cpu_percent":null,"mem_percent":1,"disk_percent":1}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"device_id":7,"timestamp":1,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"device_id":"d1","timestamp":"1","cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"device_id":"d1","timestamp":1,"cpu_percent":100.0000001,"mem_percent":1,"disk_percent":1}"#,
+                "out_of_range",
+            ),
+            (
+                r#"{"device_id":"d1","timestamp":1,"cpu_percent":-1,"mem_percent":1,"disk_percent":1}"#,
+                "out_of_range",
+            ),
+            (
+                r#"{"device_id":"d1","timestamp":1,"cpu_percent":1,"mem_percent":1,"disk_percent":-1e-300}"#,
+                "out_of_range",
+            ),
+            (&with(r#","gpu_percent":101"#), "out_of_range"),
+            (&with(r#","agent_cpu_percent":1000.5"#), "out_of_range"),
+            (&with(r#","agent_mem_mb":-1"#), "out_of_range"),
+            (
+                r#"{"device_id":"d1","timestamp":-1,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "bad_timestamp",
+            ),
+            (
+                r#"{"device_id":"d1","timestamp":1.0,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "bad_timestamp",
+            ),
+            (
+                r#"{"device_id":"d1","timestamp":18446744073709551616,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "bad_timestamp",
+            ),
+            (
+                r#"{"device_id":"","timestamp":1,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "bad_device_id",
+            ),
+            (
+                r#"{"device_id":"a/b","timestamp":1,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "bad_device_id",
+            ),
+            (
+                r#"{"device_id":"d1\n","timestamp":1,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "bad_device_id",
+            ),
+            (
+                r#"{"device_id":"<script>","timestamp":1,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "bad_device_id",
+            ),
+            (
+                r#"{"device_id":"d2","timestamp":1,"cpu_percent":1,"mem_percent":1,"disk_percent":1}"#,
+                "device_id_mismatch",
+            ),
+        ];
+        for (json, want) in table {
+            assert_eq!(reason(json), *want, "for {json}");
+        }
+    }
+
+    #[test]
+    fn device_id_length_limit_is_64() {
+        let ok = "a".repeat(64);
+        assert!(DeviceId::parse(&ok).is_ok());
+        assert_eq!(
+            DeviceId::parse(&"a".repeat(65)),
+            Err(Rejection::BadDeviceId)
+        );
+        assert_eq!(DeviceId::parse("d\u{e9}"), Err(Rejection::BadDeviceId));
+        assert!(DeviceId::parse("..").is_ok(), "dots are in the allowed set");
+    }
+
+    #[test]
+    fn size_cap_is_checked_before_parsing() {
+        let json = with("");
+        assert!(MetricsFrame::parse("d1", json.as_bytes(), json.len()).is_ok());
+        assert_eq!(
+            MetricsFrame::parse("d1", json.as_bytes(), json.len() - 1),
+            Err(Rejection::TooLarge(json.len()))
+        );
+    }
+
+    #[test]
+    fn non_utf8_is_rejected_as_such() {
+        let mut bytes = with("").into_bytes();
+        bytes[14] = 0xff;
+        assert_eq!(
+            MetricsFrame::parse("d1", &bytes, MAX),
+            Err(Rejection::NotUtf8)
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_a_rejection_not_a_crash() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let json = with(&format!(r#","x":{deep}"#));
+        let r = MetricsFrame::parse("d1", json.as_bytes(), usize::MAX).unwrap_err();
+        assert_eq!(r.as_str(), "unknown_key");
+        let json = format!(
+            r#"{{"device_id":"d1","timestamp":1,"cpu_percent":{deep},"mem_percent":1,"disk_percent":1}}"#
+        );
+        let r = MetricsFrame::parse("d1", json.as_bytes(), usize::MAX).unwrap_err();
+        assert_eq!(
+            r.as_str(),
+            "wrong_type",
+            "skipped iteratively, no stack overflow"
+        );
+        let r = parse_object(format!(r#"{{"x":{deep}}}"#).as_bytes(), usize::MAX).unwrap_err();
+        assert_eq!(r.as_str(), "bad_json");
+    }
+
+    #[test]
+    fn objects_with_duplicate_keys_at_any_depth_are_rejected() {
+        assert!(parse_object(br#"{"a":1,"b":{"c":2}}"#, MAX).is_ok());
+        assert_eq!(
+            parse_object(br#"{"a":1,"a":1}"#, MAX),
+            Err(Rejection::DuplicateKey("a".into()))
+        );
+        assert_eq!(
+            parse_object(br#"{"a":{"b":1,"b":2}}"#, MAX),
+            Err(Rejection::DuplicateKey("b".into()))
+        );
+        assert_eq!(
+            parse_object(br#"{"a":[{"c":1,"c":1}]}"#, MAX),
+            Err(Rejection::DuplicateKey("c".into()))
+        );
+    }
+
+    #[test]
+    fn objects_must_be_objects() {
+        assert_eq!(parse_object(b"[1]", MAX), Err(Rejection::NotObject));
+        assert_eq!(
+            parse_object(b"{\"a\":1} x", MAX).unwrap_err().as_str(),
+            "bad_json"
+        );
+        assert_eq!(parse_object(b"\xff", MAX), Err(Rejection::NotUtf8));
+    }
+
+    #[test]
+    fn rejection_reasons_are_listed_once_each() {
+        let mut all = Rejection::ALL_REASONS.to_vec();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), Rejection::ALL_REASONS.len());
+    }
+}

@@ -1,0 +1,554 @@
+//! The Ingest actor: owns the MQTT client and turns every publish into a
+//! validated [`Draft`] or a counted, reported rejection.
+//!
+//! State: the connection state (for `/readyz`). Accepts [`Status`] and
+//! [`Stop`]. Sends metrics to the Registry ([`registry::Observe`]) and every
+//! other accepted event, and every rejection, to the Bus ([`bus::Publish`]),
+//! always with `try_send`: ingest never waits on anything downstream, a full
+//! mailbox is an `overload` drop.
+//!
+//! The rumqttc event loop runs as a future in this actor's context. rumqttc
+//! neither backs off nor re-subscribes after a reconnect; both happen here:
+//! every ConnAck subscribes again, and every error waits [`Backoff`].
+
+pub mod backoff;
+pub mod frame;
+pub mod tls;
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Outgoing, Packet,
+    QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use crate::bus::Publish;
+use crate::event::{now_ms, Body, Draft};
+use crate::registry::Observe;
+use crate::telemetry::{DropReason, Telemetry};
+use crate::topic::{metrics_device, validate_topic};
+
+pub use backoff::Backoff;
+use frame::{parse_object, DeviceId, MetricsFrame, Rejection};
+
+/// Topic of the reject stream, and the prefix no publisher may use.
+pub const REJECTS_TOPIC: &str = "edgebus/rejects";
+const RESERVED_PREFIX: &str = "edgebus/";
+
+/// Bytes of a rejected payload quoted in its reject event.
+const REJECT_EXCERPT_BYTES: usize = 64;
+
+/// rumqttc's incoming packet limit. It must sit far above
+/// `mqtt.max_payload_bytes`: a packet over it drops the whole connection (and
+/// with a persistent session the broker redelivers it forever), while a frame
+/// under it but over `max_payload_bytes` is rejected and counted by us.
+pub const MQTT_PACKET_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Publishes remembered to recognise a broker redelivery (DUP flag).
+const RECENT_FRAMES: usize = 4096;
+
+/// How long a clean disconnect may take at shutdown.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub host: String,
+    pub port: u16,
+    /// Some for `mqtts://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub client_id: String,
+    pub credentials: Option<(String, String)>,
+    pub topics: Vec<String>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub max_payload_bytes: usize,
+    pub keep_alive: Duration,
+    /// Clean session off: the broker queues QoS 1 frames while we are away.
+    pub persistent_session: bool,
+}
+
+impl IngestConfig {
+    fn mqtt_options(&self) -> MqttOptions {
+        let mut options = MqttOptions::new(&self.client_id, &self.host, self.port);
+        options
+            .set_keep_alive(self.keep_alive)
+            .set_clean_session(!self.persistent_session)
+            .set_max_packet_size(MQTT_PACKET_LIMIT, 64 * 1024);
+        if let Some((user, password)) = &self.credentials {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        }
+        options
+    }
+}
+
+/// Where ingest is in its connection life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connecting,
+    /// Connected, subscription not yet acknowledged.
+    Connected,
+    /// Subscribed to every configured topic: ready.
+    Subscribed,
+    Disconnected,
+    Stopped,
+}
+
+pub struct Ingest {
+    config: IngestConfig,
+    registry: Recipient<Observe>,
+    bus: Recipient<Publish>,
+    telemetry: Arc<Telemetry>,
+    state: ConnectionState,
+    stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+}
+
+impl Ingest {
+    pub fn new(
+        config: IngestConfig,
+        registry: Recipient<Observe>,
+        bus: Recipient<Publish>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        Self {
+            config,
+            registry,
+            bus,
+            telemetry,
+            state: ConnectionState::Connecting,
+            stop: None,
+        }
+    }
+}
+
+impl Actor for Ingest {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let (client, eventloop) = AsyncClient::new(self.config.mqtt_options(), 16);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        self.stop = Some(stop_tx);
+        log::info!(
+            "Connecting to MQTT broker `{}:{}` as `{}`.",
+            self.config.host,
+            self.config.port,
+            self.config.client_id
+        );
+        let pump = Pump {
+            client,
+            eventloop,
+            topics: self.config.topics.clone(),
+            backoff: Backoff::new(self.config.backoff_min, self.config.backoff_max),
+            max_payload_bytes: self.config.max_payload_bytes,
+            registry: self.registry.clone(),
+            bus: self.bus.clone(),
+            telemetry: self.telemetry.clone(),
+            recent: RecentFrames::new(RECENT_FRAMES),
+            me: ctx.address(),
+            broker: format!("{}:{}", self.config.host, self.config.port),
+        };
+        ctx.spawn(pump.run(stop_rx).into_actor(self));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.telemetry.mqtt_connected.set(0);
+    }
+}
+
+/// The pump reports a state change (`do_send` to its own actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StateChanged(ConnectionState);
+
+impl Handler<StateChanged> for Ingest {
+    type Result = ();
+
+    fn handle(&mut self, msg: StateChanged, _: &mut Context<Self>) {
+        if self.state == ConnectionState::Stopped {
+            return;
+        }
+        self.state = msg.0;
+        let up = i64::from(self.state == ConnectionState::Subscribed);
+        self.telemetry.mqtt_connected.set(up);
+    }
+}
+
+/// Current connection state (`send` from `/readyz`).
+#[derive(Message)]
+#[rtype(result = "ConnectionState")]
+pub struct Status;
+
+impl Handler<Status> for Ingest {
+    type Result = MessageResult<Status>;
+
+    fn handle(&mut self, _: Status, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state)
+    }
+}
+
+/// Disconnects cleanly and stops (`send` from startup at shutdown); resolves
+/// once the DISCONNECT went out or the grace period ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Ingest {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Stop, _: &mut Context<Self>) -> Self::Result {
+        self.state = ConnectionState::Stopped;
+        self.telemetry.mqtt_connected.set(0);
+        let (done_tx, done_rx) = oneshot::channel();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(done_tx);
+        }
+        Box::pin(
+            async move {
+                let _ = tokio::time::timeout(DISCONNECT_GRACE * 2, done_rx).await;
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.stop()),
+        )
+    }
+}
+
+/// Drives the rumqttc event loop; owned by the future spawned in `started`.
+struct Pump {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    topics: Vec<String>,
+    backoff: Backoff,
+    max_payload_bytes: usize,
+    registry: Recipient<Observe>,
+    bus: Recipient<Publish>,
+    telemetry: Arc<Telemetry>,
+    recent: RecentFrames,
+    me: Addr<Ingest>,
+    broker: String,
+}
+
+impl Pump {
+    async fn run(mut self, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
+        loop {
+            let polled = tokio::select! {
+                biased;
+                done = &mut stop => {
+                    self.disconnect().await;
+                    if let Ok(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+                polled = self.eventloop.poll() => polled,
+            };
+            match polled {
+                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => self.on_publish(publish),
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => self.on_connected(),
+                Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                    self.on_subscribed(&ack.return_codes)
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let delay = self.on_error(&error);
+                    tokio::select! {
+                        done = &mut stop => {
+                            if let Ok(done) = done {
+                                let _ = done.send(());
+                            }
+                            return;
+                        }
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_connected(&mut self) {
+        self.me.do_send(StateChanged(ConnectionState::Connected));
+        // Always subscribe again: with a clean session the broker forgot us,
+        // and re-subscribing an existing persistent session is harmless.
+        let filters = self
+            .topics
+            .iter()
+            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        if let Err(error) = self.client.try_subscribe_many(filters) {
+            log::error!("Could not request the MQTT subscription: {error}.");
+        }
+    }
+
+    fn on_subscribed(&mut self, codes: &[SubscribeReasonCode]) {
+        let refused: Vec<&str> = self
+            .topics
+            .iter()
+            .zip(codes)
+            .filter(|(_, code)| matches!(code, SubscribeReasonCode::Failure))
+            .map(|(topic, _)| topic.as_str())
+            .collect();
+        if refused.is_empty() {
+            self.backoff.reset();
+            log::info!("Subscribed to {:?} on `{}`.", self.topics, self.broker);
+            self.me.do_send(StateChanged(ConnectionState::Subscribed));
+        } else {
+            log::error!(
+                "The broker `{}` refused the subscription to {refused:?}: check its ACL. Staying not ready.",
+                self.broker
+            );
+        }
+    }
+
+    fn on_error(&mut self, error: &ConnectionError) -> Duration {
+        self.me.do_send(StateChanged(ConnectionState::Disconnected));
+        self.telemetry.mqtt_reconnects.inc();
+        let delay = self.backoff.next_delay();
+        log::warn!(
+            "MQTT connection to `{}` failed: {error}. Retrying in {:.1}s.",
+            self.broker,
+            delay.as_secs_f64()
+        );
+        delay
+    }
+
+    async fn disconnect(&mut self) {
+        if self.client.try_disconnect().is_err() {
+            return;
+        }
+        let flushed = tokio::time::timeout(DISCONNECT_GRACE, async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            log::warn!("MQTT disconnect did not complete within {DISCONNECT_GRACE:?}.");
+        }
+    }
+
+    fn on_publish(&mut self, publish: rumqttc::Publish) {
+        let ts_ms = now_ms();
+        let fingerprint = RecentFrames::fingerprint(&publish.topic, &publish.payload);
+        if publish.dup && self.recent.contains(fingerprint) {
+            self.telemetry.frames_duplicate.inc();
+            return;
+        }
+        match accept(
+            &publish.topic,
+            &publish.payload,
+            self.max_payload_bytes,
+            ts_ms,
+        ) {
+            Ok(draft) => {
+                if publish.qos != QoS::AtMostOnce {
+                    self.recent.remember(fingerprint);
+                }
+                let sent = if matches!(draft.body, Body::Metrics(_)) {
+                    self.registry.try_send(Observe(draft)).is_ok()
+                } else {
+                    self.telemetry.frames_accepted.inc();
+                    self.bus.try_send(Publish(draft)).is_ok()
+                };
+                if !sent {
+                    self.telemetry.events_dropped(DropReason::Overload, 1);
+                }
+            }
+            Err(rejected) => {
+                self.telemetry
+                    .frame_rejected(&publish.topic, &rejected.rejection);
+                let device = rejected.device.as_ref().map(DeviceId::as_str);
+                let draft = reject_draft(
+                    &publish.topic,
+                    device,
+                    &rejected.rejection,
+                    &publish.payload,
+                    ts_ms,
+                );
+                if self.bus.try_send(Publish(draft)).is_err() {
+                    self.telemetry.events_dropped(DropReason::Overload, 1);
+                }
+            }
+        }
+    }
+}
+
+/// A refused frame and, when the topic named a valid one, its device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub rejection: Rejection,
+    pub device: Option<DeviceId>,
+}
+
+impl From<Rejection> for Rejected {
+    fn from(rejection: Rejection) -> Self {
+        Self {
+            rejection,
+            device: None,
+        }
+    }
+}
+
+/// The acceptance rule for one publish, whatever its source (MQTT or HTTP):
+/// topic checks, then the metrics rules or the generic object rules.
+pub fn accept(
+    topic: &str,
+    payload: &[u8],
+    max_bytes: usize,
+    ts_ms: u64,
+) -> Result<Draft, Rejected> {
+    validate_topic(topic).map_err(|e| Rejection::BadTopic(e.to_string()))?;
+    if topic.starts_with(RESERVED_PREFIX) {
+        return Err(Rejection::BadTopic(format!(
+            "`{RESERVED_PREFIX}` topics are reserved for edgebus"
+        ))
+        .into());
+    }
+    if let Some(device) = metrics_device(topic) {
+        let frame =
+            MetricsFrame::parse(device, payload, max_bytes).map_err(|rejection| Rejected {
+                rejection,
+                device: DeviceId::parse(device).ok(),
+            })?;
+        return Ok(Draft::new(topic, ts_ms, Body::Metrics(frame)));
+    }
+    let object = parse_object(payload, max_bytes)?;
+    Ok(Draft::new(topic, ts_ms, Body::Object(object)))
+}
+
+/// The `edgebus/rejects` event for a refused frame: topic, device when known,
+/// reason and a short excerpt (never the whole payload).
+pub fn reject_draft(
+    topic: &str,
+    device: Option<&str>,
+    rejection: &Rejection,
+    payload: &[u8],
+    ts_ms: u64,
+) -> Draft {
+    let mut body = Map::new();
+    body.insert("topic".into(), Value::from(topic));
+    if let Some(device) = device {
+        body.insert("device_id".into(), Value::from(device));
+    }
+    body.insert("reason".into(), Value::from(rejection.as_str()));
+    body.insert("detail".into(), Value::from(rejection.to_string()));
+    let cut = &payload[..payload.len().min(REJECT_EXCERPT_BYTES)];
+    body.insert(
+        "excerpt".into(),
+        Value::from(String::from_utf8_lossy(cut).into_owned()),
+    );
+    Draft::new(REJECTS_TOPIC, ts_ms, Body::Object(body))
+}
+
+/// Fingerprints of recent QoS 1 publishes, to recognise a redelivery.
+struct RecentFrames {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+    cap: usize,
+}
+
+impl RecentFrames {
+    fn new(cap: usize) -> Self {
+        Self {
+            set: HashSet::with_capacity(cap),
+            order: VecDeque::with_capacity(cap),
+            cap,
+        }
+    }
+
+    fn fingerprint(topic: &str, payload: &[u8]) -> u64 {
+        let mut h = DefaultHasher::new();
+        topic.hash(&mut h);
+        payload.hash(&mut h);
+        h.finish()
+    }
+
+    fn contains(&self, fingerprint: u64) -> bool {
+        self.set.contains(&fingerprint)
+    }
+
+    fn remember(&mut self, fingerprint: u64) {
+        if !self.set.insert(fingerprint) {
+            return;
+        }
+        self.order.push_back(fingerprint);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] =
+        br#"{"device_id":"d1","timestamp":1,"cpu_percent":1,"mem_percent":2,"disk_percent":3}"#;
+
+    #[test]
+    fn metrics_topics_get_the_strict_rules() {
+        let draft = accept("devices/d1/metrics", GOOD, 1024, 7).unwrap();
+        assert!(matches!(draft.body, Body::Metrics(_)));
+        let err = accept("devices/d2/metrics", GOOD, 1024, 7).unwrap_err();
+        assert_eq!(err.rejection, Rejection::DeviceIdMismatch);
+        assert_eq!(err.device.unwrap().as_str(), "d2");
+    }
+
+    #[test]
+    fn other_topics_need_a_json_object() {
+        assert!(accept("attackers/u1/scored", br#"{"score":3}"#, 1024, 0).is_ok());
+        let err = accept("attackers/u1/scored", b"[1]", 1024, 0).unwrap_err();
+        assert_eq!(err.rejection, Rejection::NotObject);
+        assert_eq!(err.device, None);
+    }
+
+    #[test]
+    fn reserved_and_malformed_topics_are_refused() {
+        let err = accept("edgebus/rejects", b"{}", 1024, 0).unwrap_err();
+        assert_eq!(err.rejection.as_str(), "bad_topic");
+        let err = accept("devices/+/metrics", GOOD, 1024, 0).unwrap_err();
+        assert_eq!(err.rejection.as_str(), "bad_topic");
+    }
+
+    #[test]
+    fn a_reject_event_carries_only_a_short_excerpt() {
+        let payload = vec![b'x'; 10_000];
+        let draft = reject_draft(
+            "devices/d1/metrics",
+            Some("d1"),
+            &Rejection::TooLarge(10_000),
+            &payload,
+            5,
+        );
+        assert_eq!(&*draft.topic, REJECTS_TOPIC);
+        let Body::Object(body) = &draft.body else {
+            panic!("object body")
+        };
+        assert_eq!(body["reason"], "too_large");
+        assert_eq!(body["device_id"], "d1");
+        assert_eq!(
+            body["excerpt"].as_str().unwrap().len(),
+            REJECT_EXCERPT_BYTES
+        );
+    }
+
+    #[test]
+    fn recent_frames_forget_the_oldest_beyond_the_cap() {
+        let mut recent = RecentFrames::new(2);
+        for f in [1, 2, 3] {
+            recent.remember(f);
+        }
+        assert!(!recent.contains(1));
+        assert!(recent.contains(2) && recent.contains(3));
+    }
+}

@@ -1,0 +1,35 @@
+//! # edgebus-actors: the engine
+//!
+//! Every actor of edgebus, the messages it accepts, and the pure rules it
+//! calls. Knows nothing of HTTP routes: the service shell (`src/`) wires these
+//! actors to actix-web.
+//!
+//! ```text
+//!  MQTT broker ──► Ingest ──► Registry ──► Bus ──► WsSession (one per client)
+//!  (embedded or    (parse,    (device      (topic
+//!   external)       validate)  table, cap)  router, history, snapshot)
+//! ```
+//!
+//! # Layout
+//!
+//! - [`topic`]: topic names, filters (`+`, `#`), the filter index, families.
+//! - [`event`]: event ids (epoch + seq), drafts, numbered events and their
+//!   wire forms, serialised once.
+//! - [`ingest`]: the Ingest actor (rumqttc), the strict frame rules
+//!   ([`ingest::frame`]), reconnect back-off, TLS.
+//! - [`registry`]: the Registry actor and its pure device table.
+//! - [`bus`]: the Bus actor: numbering, last values, history, fan-out with the
+//!   slow-consumer policy (conflate metrics, drop-and-tell for the rest).
+//! - [`session`]: per-client queues and the WebSocket session actor.
+//! - [`telemetry`]: Prometheus metrics and rate-limited log lines, together.
+//!
+//! Every send that could meet a full mailbox uses `try_send` and counts what
+//! did not fit; nothing on the event path ever awaits a client.
+
+pub mod bus;
+pub mod event;
+pub mod ingest;
+pub mod registry;
+pub mod session;
+pub mod telemetry;
+pub mod topic;

@@ -1,0 +1,518 @@
+//! The WebSocket session actor, one per client (actix-ws inside an actix actor).
+//!
+//! State: its filters, heartbeat clock and the client's `Session` handle.
+//! Accepts the client's frames as a stream (ops, ping/pong, close). Sends
+//! [`bus::Join`] at start, [`bus::Subscribe`] / [`bus::Unsubscribe`] for ops,
+//! [`bus::Resume`] when it drained after falling behind, [`bus::Leave`] when
+//! it stops.
+//!
+//! Outgoing frames have exactly one writer: a future that drains the session
+//! queue in order and awaits the socket. Nothing on the bus's side ever
+//! awaits a client. A client that stops reading is closed once a write has
+//! waited `write_deadline`; one that stops answering pings, after `timeout`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, MessageStream};
+use bytestring::ByteString;
+use serde::Deserialize;
+
+use super::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue};
+use crate::bus::{self, Bus};
+use crate::event::Event;
+use crate::telemetry::{DropReason, Telemetry};
+use crate::topic::{DeliveryClass, TopicFilter};
+
+/// Largest client frame (ops are tiny; the WebSocket cheat sheet's 64 KiB is
+/// generous for them).
+pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
+
+/// Items taken from the queue per writer pass (and conflated together).
+const WRITE_BATCH: usize = 64;
+
+/// The wire format a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFormat {
+    /// DESIGN.md's snapshot + event envelopes.
+    Envelope,
+    /// The seed dashboard's `{device_id: frame}` (metrics only).
+    Edgewatch,
+}
+
+#[derive(Debug, Clone)]
+pub struct WsSessionConfig {
+    pub heartbeat: Duration,
+    pub timeout: Duration,
+    /// A single write that waits longer than this closes the client.
+    pub write_deadline: Duration,
+    pub queue_capacity: usize,
+    pub format: WireFormat,
+}
+
+pub struct WsSession {
+    id: SessionId,
+    bus: Addr<Bus>,
+    ws: actix_ws::Session,
+    stream: Option<AggregatedMessageStream>,
+    queue: SessionQueue,
+    inbox: Option<SessionInbox>,
+    filters: Vec<TopicFilter>,
+    config: WsSessionConfig,
+    last_heard: Instant,
+    telemetry: Arc<Telemetry>,
+}
+
+impl WsSession {
+    pub fn new(
+        ws: actix_ws::Session,
+        stream: MessageStream,
+        bus: Addr<Bus>,
+        filters: Vec<TopicFilter>,
+        config: WsSessionConfig,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        let (queue, inbox) = session_queue(config.queue_capacity);
+        let stream = stream
+            .max_frame_size(MAX_CLIENT_FRAME)
+            .aggregate_continuations()
+            .max_continuation_size(MAX_CLIENT_FRAME);
+        Self {
+            id: SessionId::next(),
+            bus,
+            ws,
+            stream: Some(stream),
+            queue,
+            inbox: Some(inbox),
+            filters,
+            config,
+            last_heard: Instant::now(),
+            telemetry,
+        }
+    }
+
+    /// Sends a close frame (on a clone, off the actor, so stopping does not
+    /// cancel it) and stops.
+    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, description: &str) {
+        let ws = self.ws.clone();
+        let reason = CloseReason {
+            code,
+            description: Some(description.to_owned()),
+        };
+        actix::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(reason))).await;
+        });
+        ctx.stop();
+    }
+
+    fn on_text(&mut self, text: &str) {
+        if self.config.format == WireFormat::Edgewatch {
+            return; // The seed dashboard never sent anything meaningful.
+        }
+        match parse_op(text) {
+            Ok(ClientOp::Subscribe(filters)) => self.bus.do_send(bus::Subscribe {
+                session: self.id,
+                filters,
+            }),
+            Ok(ClientOp::Unsubscribe(filters)) => self.bus.do_send(bus::Unsubscribe {
+                session: self.id,
+                filters,
+            }),
+            Err(error) => {
+                self.queue.offer_control(Delivery::Error(error));
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.last_heard.elapsed() > self.config.timeout {
+            log::debug!(
+                "Closing WebSocket session {} after heartbeat timeout.",
+                self.id.0
+            );
+            self.close(ctx, CloseCode::Away, "heartbeat timeout");
+            return;
+        }
+        let mut ws = self.ws.clone();
+        actix::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.ping(b"")).await;
+        });
+    }
+}
+
+impl Actor for WsSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.telemetry.session_opened("ws");
+        if let Some(stream) = self.stream.take() {
+            ctx.add_stream(stream);
+        }
+        if let Some(inbox) = self.inbox.take() {
+            let writer = Writer {
+                ws: self.ws.clone(),
+                format: self.config.format,
+                deadline: self.config.write_deadline,
+                bus: self.bus.clone(),
+                session: self.id,
+                telemetry: self.telemetry.clone(),
+            };
+            ctx.spawn(writer.run(inbox).into_actor(self).map(|end, act, ctx| {
+                log::debug!("WebSocket session {} writer ended: {end:?}.", act.id.0);
+                ctx.stop();
+            }));
+        }
+        self.bus.do_send(bus::Join {
+            session: self.id,
+            queue: self.queue.clone(),
+            filters: std::mem::take(&mut self.filters),
+        });
+        ctx.run_interval(self.config.heartbeat, Self::heartbeat);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.bus.do_send(bus::Leave { session: self.id });
+        self.telemetry.session_closed("ws");
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for WsSession {
+    fn handle(
+        &mut self,
+        msg: Result<AggregatedMessage, actix_ws::ProtocolError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(&text),
+            Ok(AggregatedMessage::Binary(_)) => self.close(
+                ctx,
+                CloseCode::Unsupported,
+                "binary frames are not supported",
+            ),
+            Ok(AggregatedMessage::Ping(payload)) => {
+                let mut ws = self.ws.clone();
+                actix::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.pong(&payload)).await;
+                });
+            }
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(reason)) => {
+                let ws = self.ws.clone();
+                actix::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(reason)).await;
+                });
+                ctx.stop();
+            }
+            Err(error) => {
+                let (code, text) = close_code_for(&error);
+                self.close(ctx, code, text);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// RFC 6455 close codes for protocol errors (actix-ws leaves this to us).
+fn close_code_for(error: &actix_ws::ProtocolError) -> (CloseCode, &'static str) {
+    use actix_ws::ProtocolError as E;
+    match error {
+        E::Overflow => (CloseCode::Size, "frame too large"),
+        E::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            (CloseCode::Invalid, "invalid UTF-8 in text frame")
+        }
+        _ => (CloseCode::Protocol, "protocol error"),
+    }
+}
+
+/// A client operation (WebSocket text frame).
+#[derive(Debug)]
+enum ClientOp {
+    Subscribe(Vec<TopicFilter>),
+    Unsubscribe(Vec<TopicFilter>),
+}
+
+fn parse_op(text: &str) -> Result<ClientOp, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Op {
+        op: String,
+        topics: Vec<String>,
+    }
+    let op: Op = serde_json::from_str(text).map_err(|e| {
+        format!("bad op: {e}; expected {{\"op\":\"subscribe\"|\"unsubscribe\",\"topics\":[…]}}")
+    })?;
+    let filters = op
+        .topics
+        .iter()
+        .map(|t| TopicFilter::parse(t).map_err(|e| format!("bad topic filter {t:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    match op.op.as_str() {
+        "subscribe" => Ok(ClientOp::Subscribe(filters)),
+        "unsubscribe" => Ok(ClientOp::Unsubscribe(filters)),
+        other => Err(format!("unknown op {other:?}")),
+    }
+}
+
+/// Why the writer stopped.
+#[derive(Debug)]
+enum WriterEnd {
+    ClientGone,
+    WriteDeadline,
+    ServerClosing,
+    QueueClosed,
+}
+
+struct Writer {
+    ws: actix_ws::Session,
+    format: WireFormat,
+    deadline: Duration,
+    bus: Addr<Bus>,
+    session: SessionId,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Writer {
+    async fn run(mut self, mut inbox: SessionInbox) -> WriterEnd {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut seen = HashSet::new();
+        let behind = inbox.behind.clone();
+        loop {
+            tokio::select! {
+                biased;
+                n = inbox.recv_many(&mut batch, WRITE_BATCH) => {
+                    if n == 0 {
+                        return WriterEnd::QueueClosed;
+                    }
+                    let conflated = conflate(&mut batch, &mut seen);
+                    if conflated > 0 {
+                        self.telemetry.events_dropped(DropReason::Conflated, conflated);
+                    }
+                    for item in batch.drain(..) {
+                        let text = match render(item, self.format) {
+                            Rendered::Text(text) => text,
+                            Rendered::Nothing => continue,
+                            Rendered::Close => {
+                                let reason = CloseReason { code: CloseCode::Away, description: Some("server shutting down".into()) };
+                                let _ = tokio::time::timeout(self.deadline, self.ws.close(Some(reason))).await;
+                                return WriterEnd::ServerClosing;
+                            }
+                        };
+                        match tokio::time::timeout(self.deadline, self.ws.text(text)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return WriterEnd::ClientGone,
+                            Err(_) => {
+                                let reason = CloseReason { code: CloseCode::Again, description: Some("client too slow to read".into()) };
+                                let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(reason))).await;
+                                return WriterEnd::WriteDeadline;
+                            }
+                        }
+                    }
+                }
+                () = behind.notified() => {
+                    self.bus.do_send(bus::Resume { session: self.session });
+                }
+            }
+        }
+    }
+}
+
+/// Keeps only the newest metrics event per topic within one batch; returns
+/// how many older frames were left out.
+fn conflate(batch: &mut Vec<Delivery>, seen: &mut HashSet<Arc<str>>) -> u64 {
+    let metrics = batch
+        .iter()
+        .filter(|d| matches!(d, Delivery::Event(e) if e.class == DeliveryClass::Conflate))
+        .count();
+    if metrics < 2 {
+        return 0;
+    }
+    seen.clear();
+    let mut keep: Vec<bool> = vec![true; batch.len()];
+    for (i, item) in batch.iter().enumerate().rev() {
+        if let Delivery::Event(e) = item {
+            if e.class == DeliveryClass::Conflate && !seen.insert(e.topic.clone()) {
+                keep[i] = false;
+            }
+        }
+    }
+    let mut flags = keep.iter();
+    batch.retain(|_| *flags.next().unwrap_or(&true));
+    keep.iter().filter(|k| !**k).count() as u64
+}
+
+enum Rendered {
+    Text(ByteString),
+    Nothing,
+    Close,
+}
+
+fn render(item: Delivery, format: WireFormat) -> Rendered {
+    match (format, item) {
+        (_, Delivery::Close) => Rendered::Close,
+        (WireFormat::Envelope, Delivery::Event(e)) => Rendered::Text(e.ws_frame.clone()),
+        (WireFormat::Envelope, Delivery::Snapshot(events)) => {
+            Rendered::Text(snapshot_frame(&events))
+        }
+        (WireFormat::Envelope, Delivery::Lagged(n)) => {
+            Rendered::Text(format!(r#"{{"type":"lagged","dropped":{n}}}"#).into())
+        }
+        (WireFormat::Envelope, Delivery::Unsubscribed(filters)) => {
+            let topics: Vec<&str> = filters.iter().map(TopicFilter::as_str).collect();
+            let json = serde_json::json!({"type": "unsubscribed", "topics": topics});
+            Rendered::Text(json.to_string().into())
+        }
+        (WireFormat::Envelope, Delivery::Error(error)) => {
+            let json = serde_json::json!({"type": "error", "error": error});
+            Rendered::Text(json.to_string().into())
+        }
+        (WireFormat::Edgewatch, Delivery::Event(e)) => match e.edgewatch_frame() {
+            Some(text) => Rendered::Text(text.clone()),
+            None => Rendered::Nothing,
+        },
+        (WireFormat::Edgewatch, Delivery::Snapshot(events)) => match edgewatch_snapshot(&events) {
+            Some(text) => Rendered::Text(text),
+            None => Rendered::Nothing,
+        },
+        (WireFormat::Edgewatch, _) => Rendered::Nothing,
+    }
+}
+
+/// `{"type":"snapshot","events":[envelope,…]}` from shared envelopes.
+pub fn snapshot_frame(events: &[Arc<Event>]) -> ByteString {
+    let mut out =
+        String::with_capacity(32 + events.iter().map(|e| e.envelope.len() + 1).sum::<usize>());
+    out.push_str(r#"{"type":"snapshot","events":["#);
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&e.envelope);
+    }
+    out.push_str("]}");
+    out.into()
+}
+
+/// The seed's snapshot: one object of every active device's frame, or
+/// nothing when there is none (the seed sent nothing then either).
+fn edgewatch_snapshot(events: &[Arc<Event>]) -> Option<ByteString> {
+    let mut map = serde_json::Map::new();
+    for e in events {
+        if let Some(frame) = e.body.as_metrics() {
+            map.insert(
+                frame.device_id.to_string(),
+                serde_json::to_value(frame).ok()?,
+            );
+        }
+    }
+    (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Body, Draft, EventId};
+    use crate::ingest::frame::MetricsFrame;
+
+    fn metrics(seq: u64, device: &str) -> Delivery {
+        let json = format!(
+            r#"{{"device_id":"{device}","timestamp":{seq},"cpu_percent":1,"mem_percent":1,"disk_percent":1}}"#
+        );
+        let frame = MetricsFrame::parse(device, json.as_bytes(), 4096).unwrap();
+        let draft = Draft::new(format!("devices/{device}/metrics"), 0, Body::Metrics(frame));
+        Delivery::Event(Arc::new(Event::from_draft(
+            EventId { epoch: 1, seq },
+            draft,
+        )))
+    }
+
+    fn note(seq: u64) -> Delivery {
+        let draft = Draft::new("n/x", 0, Body::Object(Default::default()));
+        Delivery::Event(Arc::new(Event::from_draft(
+            EventId { epoch: 1, seq },
+            draft,
+        )))
+    }
+
+    fn seqs(batch: &[Delivery]) -> Vec<u64> {
+        batch
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Event(e) => Some(e.id.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn conflation_keeps_the_newest_frame_per_device_and_every_other_event() {
+        let mut batch = vec![
+            metrics(1, "a"),
+            note(2),
+            metrics(3, "b"),
+            metrics(4, "a"),
+            note(5),
+            metrics(6, "a"),
+        ];
+        let dropped = conflate(&mut batch, &mut HashSet::new());
+        assert_eq!(dropped, 2);
+        assert_eq!(seqs(&batch), vec![2, 3, 5, 6]);
+    }
+
+    #[test]
+    fn ops_parse_or_explain_why_not() {
+        assert!(matches!(
+            parse_op(r#"{"op":"subscribe","topics":["devices/+/metrics"]}"#),
+            Ok(ClientOp::Subscribe(f)) if f.len() == 1
+        ));
+        assert!(matches!(
+            parse_op(r#"{"op":"unsubscribe","topics":["a/#"]}"#),
+            Ok(ClientOp::Unsubscribe(_))
+        ));
+        assert!(parse_op(r#"{"op":"subscribe","topics":["a/#/b"]}"#)
+            .unwrap_err()
+            .contains("bad topic filter"));
+        assert!(parse_op(r#"{"op":"dance","topics":[]}"#)
+            .unwrap_err()
+            .contains("unknown op"));
+        assert!(parse_op("not json").unwrap_err().starts_with("bad op"));
+    }
+
+    #[test]
+    fn snapshot_frame_embeds_the_shared_envelopes() {
+        let Delivery::Event(e) = metrics(1, "a") else {
+            unreachable!()
+        };
+        let text = snapshot_frame(&[e.clone(), e]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "snapshot");
+        assert_eq!(v["events"].as_array().unwrap().len(), 2);
+        assert_eq!(v["events"][0]["topic"], "devices/a/metrics");
+    }
+
+    #[test]
+    fn edgewatch_shows_metrics_only() {
+        assert!(matches!(
+            render(note(1), WireFormat::Edgewatch),
+            Rendered::Nothing
+        ));
+        assert!(matches!(
+            render(Delivery::Lagged(3), WireFormat::Edgewatch),
+            Rendered::Nothing
+        ));
+        let Rendered::Text(text) = render(metrics(1, "a"), WireFormat::Edgewatch) else {
+            panic!("metrics render")
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["a"]["timestamp"], 1);
+        assert!(matches!(
+            render(Delivery::Snapshot(vec![]), WireFormat::Edgewatch),
+            Rendered::Nothing
+        ));
+    }
+}

@@ -1,0 +1,281 @@
+//! Counters and the log lines that go with them, in one place per observable
+//! event: a method here bumps the metric *and* writes the (rate-limited) log
+//! line, so the two never disagree. Labels are low-cardinality reasons, never
+//! device ids.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::ingest::frame::Rejection;
+
+/// At most this many WARN lines per key per window; the rest are counted and
+/// summarised, so a flood of bad frames cannot fill the disk.
+const WARN_BURST: u32 = 5;
+const WARN_WINDOW: Duration = Duration::from_secs(10);
+
+/// All of edgebus's metrics. One per `Application` (not the global registry),
+/// so several instances in one test process keep separate counts.
+pub struct Telemetry {
+    registry: Registry,
+    pub frames_accepted: IntCounter,
+    frames_rejected: IntCounterVec,
+    pub frames_duplicate: IntCounter,
+    pub events_published: IntCounter,
+    pub events_routed: IntCounter,
+    events_dropped: IntCounterVec,
+    sessions_open: IntGaugeVec,
+    pub mqtt_connected: IntGauge,
+    pub mqtt_reconnects: IntCounter,
+    pub devices_known: IntGauge,
+    warn_limiter: WarnLimiter,
+}
+
+/// Why an event did not reach a session (label of `edgebus_events_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A queued-class event did not fit in a slow session's queue.
+    SlowSession,
+    /// A metrics frame was replaced by a newer one for the same device.
+    Conflated,
+    /// An actor's mailbox was full (the whole pipeline is overloaded).
+    Overload,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SlowSession => "slow_session",
+            DropReason::Conflated => "conflated",
+            DropReason::Overload => "overload",
+        }
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> IntCounter {
+            let c = IntCounter::new(name, help).expect("static metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        let gauge = |name: &str, help: &str| -> IntGauge {
+            let g = IntGauge::new(name, help).expect("static metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique");
+            g
+        };
+        let frames_rejected = IntCounterVec::new(
+            Opts::new(
+                "edgebus_frames_rejected_total",
+                "Frames refused, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition is valid");
+        let events_dropped = IntCounterVec::new(
+            Opts::new(
+                "edgebus_events_dropped_total",
+                "Events not delivered to a session, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition is valid");
+        let sessions_open = IntGaugeVec::new(
+            Opts::new("edgebus_sessions_open", "Open streaming sessions, by kind."),
+            &["kind"],
+        )
+        .expect("static metric definition is valid");
+        for c in [&frames_rejected, &events_dropped] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+        }
+        registry
+            .register(Box::new(sessions_open.clone()))
+            .expect("metric names are unique");
+        // Pre-create every label so dashboards see zeros, not gaps.
+        for reason in Rejection::ALL_REASONS {
+            frames_rejected.with_label_values(&[reason]);
+        }
+        for reason in [
+            DropReason::SlowSession,
+            DropReason::Conflated,
+            DropReason::Overload,
+        ] {
+            events_dropped.with_label_values(&[reason.as_str()]);
+        }
+        for kind in ["ws", "sse"] {
+            sessions_open.with_label_values(&[kind]);
+        }
+        Self {
+            frames_accepted: counter("edgebus_frames_accepted_total", "Frames accepted."),
+            frames_duplicate: counter(
+                "edgebus_frames_duplicate_total",
+                "MQTT redeliveries recognised as duplicates and not fanned out again.",
+            ),
+            events_published: counter(
+                "edgebus_events_published_total",
+                "Events numbered by the bus.",
+            ),
+            events_routed: counter(
+                "edgebus_events_routed_total",
+                "Event deliveries queued to sessions.",
+            ),
+            mqtt_connected: gauge(
+                "edgebus_mqtt_connected",
+                "1 while subscribed to the broker.",
+            ),
+            mqtt_reconnects: counter(
+                "edgebus_mqtt_reconnects_total",
+                "Times the MQTT connection was lost and retried.",
+            ),
+            devices_known: gauge("edgebus_devices_known", "Devices in the registry."),
+            frames_rejected,
+            events_dropped,
+            sessions_open,
+            registry,
+            warn_limiter: WarnLimiter::default(),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A frame was refused: count it and log it (rate-limited, per reason).
+    pub fn frame_rejected(&self, topic: &str, rejection: &Rejection) {
+        let reason = rejection.as_str();
+        self.frames_rejected.with_label_values(&[reason]).inc();
+        if let Some(suppressed) = self.warn_limiter.admit(reason) {
+            let topic = topic.escape_debug();
+            if suppressed > 0 {
+                log::warn!("Rejected frame on `{topic}`: {rejection} ({suppressed} similar rejections not logged).");
+            } else {
+                log::warn!("Rejected frame on `{topic}`: {rejection}.");
+            }
+        }
+    }
+
+    pub fn frames_rejected(&self, reason: &str) -> u64 {
+        self.frames_rejected.with_label_values(&[reason]).get()
+    }
+
+    /// Events that did not reach a session (or the bus), by reason.
+    pub fn events_dropped(&self, reason: DropReason, n: u64) {
+        self.events_dropped
+            .with_label_values(&[reason.as_str()])
+            .inc_by(n);
+        if reason == DropReason::Overload {
+            if let Some(suppressed) = self.warn_limiter.admit("overload") {
+                log::warn!("Dropped {n} event(s): an actor mailbox is full ({suppressed} earlier drops not logged).");
+            }
+        }
+    }
+
+    pub fn events_dropped_count(&self, reason: DropReason) -> u64 {
+        self.events_dropped
+            .with_label_values(&[reason.as_str()])
+            .get()
+    }
+
+    pub fn session_opened(&self, kind: &str) {
+        self.sessions_open.with_label_values(&[kind]).inc();
+    }
+
+    pub fn session_closed(&self, kind: &str) {
+        self.sessions_open.with_label_values(&[kind]).dec();
+    }
+
+    /// Logs a WARN at most `WARN_BURST` times per window for `key`.
+    pub fn warn_limited(&self, key: &'static str, message: impl FnOnce() -> String) {
+        if let Some(suppressed) = self.warn_limiter.admit(key) {
+            if suppressed > 0 {
+                log::warn!("{} ({suppressed} similar lines not logged).", message());
+            } else {
+                log::warn!("{}", message());
+            }
+        }
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-key log budget: `WARN_BURST` lines per `WARN_WINDOW`, then silence,
+/// and the first line of the next window reports how many were skipped.
+#[derive(Default)]
+struct WarnLimiter {
+    state: Mutex<HashMap<&'static str, Budget>>,
+}
+
+struct Budget {
+    window_start: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl WarnLimiter {
+    /// `Some(suppressed_since_last_line)` if this line may be written.
+    fn admit(&self, key: &'static str) -> Option<u64> {
+        let now = Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let budget = state.entry(key).or_insert(Budget {
+            window_start: now,
+            used: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(budget.window_start) >= WARN_WINDOW {
+            budget.window_start = now;
+            budget.used = 0;
+        }
+        if budget.used < WARN_BURST {
+            budget.used += 1;
+            Some(std::mem::take(&mut budget.suppressed))
+        } else {
+            budget.suppressed += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warn_limiter_allows_a_burst_then_counts_the_rest() {
+        let limiter = WarnLimiter::default();
+        for _ in 0..WARN_BURST {
+            assert_eq!(limiter.admit("bad_json"), Some(0));
+        }
+        assert_eq!(limiter.admit("bad_json"), None);
+        assert_eq!(limiter.admit("bad_json"), None);
+        assert_eq!(
+            limiter.admit("other"),
+            Some(0),
+            "keys have separate budgets"
+        );
+    }
+
+    #[test]
+    fn rejections_are_counted_by_reason() {
+        let t = Telemetry::new();
+        t.frame_rejected("devices/d1/metrics", &Rejection::NotUtf8);
+        t.frame_rejected("devices/d1/metrics", &Rejection::NotUtf8);
+        assert_eq!(t.frames_rejected("not_utf8"), 2);
+        assert_eq!(t.frames_rejected("bad_json"), 0);
+    }
+}

@@ -1,0 +1,617 @@
+//! Typed, validated settings.
+//!
+//! Sources, later ones winning: the embedded `config/default.toml`, an
+//! optional file (`--config PATH`), then `EDGEBUS__SECTION__KEY` environment
+//! variables (lists comma-separated). Every section refuses unknown keys, and
+//! [`Settings::validate`] names the key and the rule it breaks, so a bad
+//! value stops the process with one line instead of failing later.
+//!
+//! Did you add a key? Document it in README.md's settings table too.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+use edgebus_actors::ingest::MQTT_PACKET_LIMIT;
+use edgebus_actors::topic::TopicFilter;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Largest `mqtt.max_payload_bytes` accepted: well under rumqttc's packet
+/// limit, so an over-size frame is always ours to reject and count.
+pub const MAX_PAYLOAD_LIMIT: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting `{key}`: {rule}")]
+    Invalid { key: String, rule: String },
+}
+
+fn invalid(key: impl Into<String>, rule: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.into(),
+        rule: rule.into(),
+    }
+}
+
+/// A secret (password, token, key, webhook URL): never printed by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub mqtt: MqttSettings,
+    pub registry: RegistrySettings,
+    pub bus: BusSettings,
+    pub sessions: SessionSettings,
+    pub auth: AuthSettings,
+    pub alerts: AlertSettings,
+    pub slack: SlackSettings,
+    pub storage: StorageSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub bind: String,
+    pub allowed_origins: Vec<String>,
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttMode {
+    /// Use a broker at `mqtt.url` if one answers, else embed one there.
+    Auto,
+    /// Always embed a broker at `mqtt.url`.
+    Embedded,
+    /// Never embed: connect to `mqtt.url`, retrying until it answers.
+    External,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
+    pub mode: MqttMode,
+    pub url: String,
+    pub client_id: String,
+    pub topics: Vec<String>,
+    pub ca_cert: String,
+    pub client_cert: String,
+    pub client_key: String,
+    pub username: String,
+    pub password: Secret,
+    pub backoff_min_seconds: u64,
+    pub backoff_max_seconds: u64,
+    pub max_payload_bytes: usize,
+    pub keep_alive_seconds: u64,
+    pub persistent_session: bool,
+}
+
+/// `mqtt.url`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest, default_port) = if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest, 1883)
+        } else if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest, 8883)
+        } else {
+            return Err("must start with mqtt:// or mqtts://".into());
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains(['/', '@', '?', '#']) {
+            return Err("must be mqtt[s]://host[:port] with no path, user or query".into());
+        }
+        // `[v6]:port`, `[v6]`, `host:port` or `host`.
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (host, tail) = v6.split_once(']').ok_or("unclosed `[` in host")?;
+                (host, tail.strip_prefix(':'))
+            }
+            None => match rest.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            },
+        };
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("port {p:?} is not a number from 1 to 65535"))?,
+            None => default_port,
+        };
+        if host.is_empty() || port == 0 {
+            return Err("needs a host and a port from 1 to 65535".into());
+        }
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub prune_seconds: u64,
+    pub max_devices: usize,
+    pub silent_after_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSettings {
+    pub queue_capacity: usize,
+    pub history: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    pub keepalive_seconds: u64,
+    pub ws_heartbeat_seconds: u64,
+    pub ws_timeout_seconds: u64,
+    pub write_timeout_seconds: u64,
+    pub max_streams_per_identity: usize,
+    pub ticket_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub ws_token: Secret,
+    pub api_keys: Vec<ApiKeySettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub name: String,
+    /// The key itself, or `sha256:<64 hex>` of it.
+    pub key: Secret,
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    pub cooldown_seconds: u64,
+    pub rules: Vec<AlertRuleSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleSettings {
+    pub name: String,
+    pub field: String,
+    #[serde(default)]
+    pub above: Option<f64>,
+    #[serde(default)]
+    pub below: Option<f64>,
+    #[serde(default)]
+    pub cooldown_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    pub webhook_url: Secret,
+    pub summary_interval_seconds: u64,
+    pub timeout_seconds: u64,
+    pub outbox_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub data_dir: String,
+}
+
+/// Where settings come from. `Default` = embedded defaults + process env.
+#[derive(Debug, Default, Clone)]
+pub struct SettingsSources {
+    /// `--config PATH`.
+    pub file: Option<PathBuf>,
+    /// Extra TOML applied after the file (tests, `edgebus demo`).
+    pub toml: Option<String>,
+    /// Environment to read instead of the process's (tests; never `set_var`).
+    pub env: Option<HashMap<String, String>>,
+}
+
+const METRIC_FIELDS: [&str; 6] = [
+    "cpu_percent",
+    "mem_percent",
+    "disk_percent",
+    "gpu_percent",
+    "agent_cpu_percent",
+    "agent_mem_mb",
+];
+
+impl Settings {
+    pub fn load(sources: SettingsSources) -> Result<Self, SettingsError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = &sources.file {
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        }
+        if let Some(toml) = &sources.toml {
+            builder = builder.add_source(File::from_str(toml, FileFormat::Toml));
+        }
+        let env = Environment::with_prefix("EDGEBUS")
+            .separator("__")
+            .prefix_separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("mqtt.topics")
+            .with_list_parse_key("http.allowed_origins")
+            .source(sources.env.clone());
+        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Defaults plus `toml`, ignoring the process environment.
+    pub fn from_toml(toml: &str) -> Result<Self, SettingsError> {
+        Self::load(SettingsSources {
+            toml: Some(toml.to_owned()),
+            env: Some(HashMap::new()),
+            ..Default::default()
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let at_least = |key: &str, value: u64, min: u64| {
+            if value < min {
+                Err(invalid(key, format!("must be at least {min}")))
+            } else {
+                Ok(())
+            }
+        };
+        self.http
+            .bind
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("http.bind", "must be an address like 127.0.0.1:8080"))?;
+        for origin in &self.http.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(invalid(
+                    "http.allowed_origins",
+                    format!("{origin:?} must be a scheme://host[:port] origin"),
+                ));
+            }
+        }
+
+        let m = &self.mqtt;
+        let url = BrokerUrl::parse(&m.url).map_err(|rule| invalid("mqtt.url", rule))?;
+        if url.tls && m.mode == MqttMode::Embedded {
+            return Err(invalid(
+                "mqtt.url",
+                "the embedded broker speaks plain mqtt://; use mode = \"external\" for mqtts://",
+            ));
+        }
+        if m.client_id.is_empty() || m.client_id.len() > 128 {
+            return Err(invalid("mqtt.client_id", "must be 1 to 128 characters"));
+        }
+        if m.topics.is_empty() {
+            return Err(invalid("mqtt.topics", "must list at least one topic filter"));
+        }
+        for topic in &m.topics {
+            TopicFilter::parse(topic)
+                .map_err(|e| invalid("mqtt.topics", format!("{topic:?}: {e}")))?;
+        }
+        at_least("mqtt.backoff_min_seconds", m.backoff_min_seconds, 1)?;
+        if m.backoff_max_seconds < m.backoff_min_seconds {
+            return Err(invalid(
+                "mqtt.backoff_max_seconds",
+                "must be at least mqtt.backoff_min_seconds",
+            ));
+        }
+        if !(64..=MAX_PAYLOAD_LIMIT).contains(&m.max_payload_bytes) {
+            return Err(invalid(
+                "mqtt.max_payload_bytes",
+                format!("must be from 64 to {MAX_PAYLOAD_LIMIT}"),
+            ));
+        }
+        debug_assert!(MAX_PAYLOAD_LIMIT < MQTT_PACKET_LIMIT);
+        if !(1..=65_535).contains(&m.keep_alive_seconds) {
+            return Err(invalid("mqtt.keep_alive_seconds", "must be from 1 to 65535"));
+        }
+        if m.client_cert.is_empty() != m.client_key.is_empty() {
+            return Err(invalid(
+                "mqtt.client_cert",
+                "client_cert and client_key must be set together (mutual TLS)",
+            ));
+        }
+        if !url.tls && !(m.ca_cert.is_empty() && m.client_cert.is_empty()) {
+            return Err(invalid(
+                "mqtt.url",
+                "ca_cert / client_cert are set but the url is not mqtts://",
+            ));
+        }
+        if m.username.is_empty() && !m.password.is_empty() {
+            return Err(invalid("mqtt.username", "must be set when mqtt.password is"));
+        }
+
+        let r = &self.registry;
+        at_least("registry.prune_seconds", r.prune_seconds, 1)?;
+        at_least("registry.max_devices", r.max_devices as u64, 1)?;
+        at_least("registry.silent_after_seconds", r.silent_after_seconds, 1)?;
+
+        if !(1..=1_000_000).contains(&self.bus.queue_capacity) {
+            return Err(invalid("bus.queue_capacity", "must be from 1 to 1000000"));
+        }
+        if self.bus.history > 10_000_000 {
+            return Err(invalid("bus.history", "must be at most 10000000"));
+        }
+
+        let s = &self.sessions;
+        at_least("sessions.keepalive_seconds", s.keepalive_seconds, 1)?;
+        at_least("sessions.ws_heartbeat_seconds", s.ws_heartbeat_seconds, 1)?;
+        if s.ws_timeout_seconds <= s.ws_heartbeat_seconds {
+            return Err(invalid(
+                "sessions.ws_timeout_seconds",
+                "must be greater than sessions.ws_heartbeat_seconds",
+            ));
+        }
+        at_least("sessions.write_timeout_seconds", s.write_timeout_seconds, 1)?;
+        at_least(
+            "sessions.max_streams_per_identity",
+            s.max_streams_per_identity as u64,
+            1,
+        )?;
+        at_least("sessions.ticket_ttl_seconds", s.ticket_ttl_seconds, 1)?;
+
+        self.validate_auth()?;
+        self.validate_alerts()?;
+
+        let slack = &self.slack;
+        let hook = slack.webhook_url.expose();
+        if !hook.is_empty() && !(hook.starts_with("https://") || hook.starts_with("http://")) {
+            return Err(invalid("slack.webhook_url", "must be an http(s):// URL or empty"));
+        }
+        at_least("slack.summary_interval_seconds", slack.summary_interval_seconds, 1)?;
+        at_least("slack.timeout_seconds", slack.timeout_seconds, 1)?;
+        at_least("slack.outbox_capacity", slack.outbox_capacity as u64, 1)?;
+
+        if self.storage.data_dir.is_empty() {
+            return Err(invalid("storage.data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), SettingsError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            let at = |field: &str| format!("auth.api_keys[{i}].{field}");
+            if key.name.is_empty() || !names.insert(key.name.as_str()) {
+                return Err(invalid(at("name"), "must be non-empty and unique"));
+            }
+            let secret = key.key.expose();
+            match secret.strip_prefix("sha256:") {
+                Some(hex) if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    return Err(invalid(at("key"), "sha256: must be followed by 64 hex digits"))
+                }
+                None if secret.len() < 16 => {
+                    return Err(invalid(at("key"), "must be at least 16 characters"))
+                }
+                _ => {}
+            }
+            if key.roles.is_empty() {
+                return Err(invalid(at("roles"), "must name at least one role"));
+            }
+            for role in &key.roles {
+                if !matches!(role.as_str(), "viewer" | "publisher" | "admin") {
+                    return Err(invalid(
+                        at("roles"),
+                        format!("{role:?} is not one of viewer, publisher, admin"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_alerts(&self) -> Result<(), SettingsError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in self.alerts.rules.iter().enumerate() {
+            let at = |field: &str| format!("alerts.rules[{i}].{field}");
+            let name_ok = (1..=64).contains(&rule.name.len())
+                && rule
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok || !names.insert(rule.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    "must be unique and match ^[A-Za-z0-9_-]{1,64}$",
+                ));
+            }
+            if !METRIC_FIELDS.contains(&rule.field.as_str()) {
+                return Err(invalid(
+                    at("field"),
+                    format!("must be one of {}", METRIC_FIELDS.join(", ")),
+                ));
+            }
+            if rule.above.is_none() && rule.below.is_none() {
+                return Err(invalid(at("above"), "a rule needs `above`, `below` or both"));
+            }
+            if rule.above.iter().chain(&rule.below).any(|v| !v.is_finite()) {
+                return Err(invalid(at("above"), "thresholds must be finite numbers"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn broker_url(&self) -> BrokerUrl {
+        // validate() has checked it; an unparsable URL cannot reach here.
+        BrokerUrl::parse(&self.mqtt.url).unwrap_or(BrokerUrl {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: 1883,
+        })
+    }
+
+    pub fn seconds(value: u64) -> Duration {
+        Duration::from_secs(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn error_line(toml: &str) -> String {
+        Settings::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_default_config_parses_and_validates() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.mqtt.mode, MqttMode::Auto);
+        assert_eq!(s.bus.queue_capacity, 256);
+        assert_eq!(s.alerts.rules[0].above, Some(90.0));
+        assert_eq!(
+            s.broker_url(),
+            BrokerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1883
+            }
+        );
+    }
+
+    #[test]
+    fn environment_overrides_files_including_lists() {
+        let s = Settings::load(SettingsSources {
+            toml: Some("[bus]\nqueue_capacity = 5".into()),
+            env: Some(env(&[
+                ("EDGEBUS__BUS__QUEUE_CAPACITY", "7"),
+                ("EDGEBUS__MQTT__URL", "mqtts://broker.example:8884"),
+                ("EDGEBUS__MQTT__TOPICS", "devices/+/metrics,plant/#"),
+                ("EDGEBUS__MQTT__CLIENT_ID", "12345"),
+                ("EDGEBUS__AUTH__WS_TOKEN", "s3cret"),
+            ])),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.bus.queue_capacity, 7);
+        assert_eq!(s.broker_url().port, 8884);
+        assert!(s.broker_url().tls);
+        assert_eq!(s.mqtt.topics, vec!["devices/+/metrics", "plant/#"]);
+        assert_eq!(s.mqtt.client_id, "12345");
+        assert_eq!(s.auth.ws_token.expose(), "s3cret");
+    }
+
+    #[test]
+    fn a_config_file_is_read() {
+        let dir = std::env::temp_dir().join(format!("edgebus-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edgebus.toml");
+        std::fs::write(&path, "[registry]\nmax_devices = 3\n").unwrap();
+        let s = Settings::load(SettingsSources {
+            file: Some(path),
+            env: Some(HashMap::new()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.registry.max_devices, 3);
+    }
+
+    #[test]
+    fn every_rule_names_its_key() {
+        let table = [
+            ("[bus]\nqueue_capacity = 0", "bus.queue_capacity"),
+            ("[http]\nbind = \"nowhere\"", "http.bind"),
+            ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
+            ("[mqtt]\nurl = \"mqtt://host:99999\"", "mqtt.url"),
+            ("[mqtt]\nmode = \"embedded\"\nurl = \"mqtts://h\"", "mqtt.url"),
+            ("[mqtt]\ntopics = []", "mqtt.topics"),
+            ("[mqtt]\ntopics = [\"a/#/b\"]", "mqtt.topics"),
+            ("[mqtt]\nbackoff_min_seconds = 0", "mqtt.backoff_min_seconds"),
+            ("[mqtt]\nbackoff_min_seconds = 10\nbackoff_max_seconds = 5", "mqtt.backoff_max_seconds"),
+            ("[mqtt]\nmax_payload_bytes = 10", "mqtt.max_payload_bytes"),
+            ("[mqtt]\nclient_id = \"\"", "mqtt.client_id"),
+            ("[mqtt]\nurl = \"mqtts://h\"\nclient_cert = \"c.pem\"", "mqtt.client_cert"),
+            ("[mqtt]\nca_cert = \"ca.pem\"", "mqtt.url"),
+            ("[mqtt]\npassword = \"p\"", "mqtt.username"),
+            ("[registry]\nmax_devices = 0", "registry.max_devices"),
+            ("[sessions]\nws_timeout_seconds = 5\nws_heartbeat_seconds = 10", "sessions.ws_timeout_seconds"),
+            ("[auth]\napi_keys = [{ name = \"a\", key = \"short\", roles = [\"viewer\"] }]", "auth.api_keys[0].key"),
+            ("[auth]\napi_keys = [{ name = \"a\", key = \"0123456789abcdef\", roles = [\"root\"] }]", "auth.api_keys[0].roles"),
+            ("[alerts]\nrules = [{ name = \"x\", field = \"temperature\", above = 1.0 }]", "alerts.rules[0].field"),
+            ("[alerts]\nrules = [{ name = \"x\", field = \"cpu_percent\" }]", "alerts.rules[0].above"),
+            ("[alerts]\nrules = [{ name = \"a b\", field = \"cpu_percent\", above = 1.0 }]", "alerts.rules[0].name"),
+            ("[slack]\nwebhook_url = \"ftp://x\"", "slack.webhook_url"),
+            ("[storage]\ndata_dir = \"\"", "storage.data_dir"),
+        ];
+        for (toml, key) in table {
+            let line = error_line(toml);
+            assert!(line.contains(&format!("`{key}`")), "{toml:?} gave {line:?}");
+            assert!(!line.contains('\n'), "one line: {line:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_refused() {
+        assert!(error_line("[bus]\nqueue_capacty = 3").contains("queue_capacty"));
+        assert!(error_line("[bus]\nqueue_capacity = \"many\"").contains("queue_capacity"));
+        assert!(error_line("[mqtt]\nmode = \"sometimes\"").contains("mode"));
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let s = Settings::from_toml("[mqtt]\nusername = \"u\"\npassword = \"hunter2hunter2\"").unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn broker_urls_parse_with_default_ports() {
+        assert_eq!(BrokerUrl::parse("mqtt://h").unwrap().port, 1883);
+        assert_eq!(BrokerUrl::parse("mqtts://h").unwrap().port, 8883);
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
+        assert!(BrokerUrl::parse("mqtt://u:p@h").is_err());
+        assert!(BrokerUrl::parse("mqtt://").is_err());
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]").unwrap().port, 1883);
+    }
+}
