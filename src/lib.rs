@@ -1,1 +1,13 @@
+//! # edgebus: the service shell
+//!
+//! Settings, the embedded broker, the HTTP surface and the wiring of the
+//! actors from [`edgebus_actors`] (re-exported as [`actors`]).
 
+pub mod broker;
+pub mod error;
+pub mod http;
+pub mod settings;
+pub mod startup;
+pub mod telemetry;
+
+pub use edgebus_actors as actors;

@@ -60,7 +60,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"[redacted]\""
+        })
     }
 }
 
@@ -327,7 +331,10 @@ impl Settings {
             return Err(invalid("mqtt.client_id", "must be 1 to 128 characters"));
         }
         if m.topics.is_empty() {
-            return Err(invalid("mqtt.topics", "must list at least one topic filter"));
+            return Err(invalid(
+                "mqtt.topics",
+                "must list at least one topic filter",
+            ));
         }
         for topic in &m.topics {
             TopicFilter::parse(topic)
@@ -348,7 +355,10 @@ impl Settings {
         }
         debug_assert!(MAX_PAYLOAD_LIMIT < MQTT_PACKET_LIMIT);
         if !(1..=65_535).contains(&m.keep_alive_seconds) {
-            return Err(invalid("mqtt.keep_alive_seconds", "must be from 1 to 65535"));
+            return Err(invalid(
+                "mqtt.keep_alive_seconds",
+                "must be from 1 to 65535",
+            ));
         }
         if m.client_cert.is_empty() != m.client_key.is_empty() {
             return Err(invalid(
@@ -363,7 +373,10 @@ impl Settings {
             ));
         }
         if m.username.is_empty() && !m.password.is_empty() {
-            return Err(invalid("mqtt.username", "must be set when mqtt.password is"));
+            return Err(invalid(
+                "mqtt.username",
+                "must be set when mqtt.password is",
+            ));
         }
 
         let r = &self.registry;
@@ -401,9 +414,16 @@ impl Settings {
         let slack = &self.slack;
         let hook = slack.webhook_url.expose();
         if !hook.is_empty() && !(hook.starts_with("https://") || hook.starts_with("http://")) {
-            return Err(invalid("slack.webhook_url", "must be an http(s):// URL or empty"));
+            return Err(invalid(
+                "slack.webhook_url",
+                "must be an http(s):// URL or empty",
+            ));
         }
-        at_least("slack.summary_interval_seconds", slack.summary_interval_seconds, 1)?;
+        at_least(
+            "slack.summary_interval_seconds",
+            slack.summary_interval_seconds,
+            1,
+        )?;
         at_least("slack.timeout_seconds", slack.timeout_seconds, 1)?;
         at_least("slack.outbox_capacity", slack.outbox_capacity as u64, 1)?;
 
@@ -423,7 +443,10 @@ impl Settings {
             let secret = key.key.expose();
             match secret.strip_prefix("sha256:") {
                 Some(hex) if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    return Err(invalid(at("key"), "sha256: must be followed by 64 hex digits"))
+                    return Err(invalid(
+                        at("key"),
+                        "sha256: must be followed by 64 hex digits",
+                    ))
                 }
                 None if secret.len() < 16 => {
                     return Err(invalid(at("key"), "must be at least 16 characters"))
@@ -467,7 +490,10 @@ impl Settings {
                 ));
             }
             if rule.above.is_none() && rule.below.is_none() {
-                return Err(invalid(at("above"), "a rule needs `above`, `below` or both"));
+                return Err(invalid(
+                    at("above"),
+                    "a rule needs `above`, `below` or both",
+                ));
             }
             if rule.above.iter().chain(&rule.below).any(|v| !v.is_finite()) {
                 return Err(invalid(at("above"), "thresholds must be finite numbers"));
@@ -601,7 +627,8 @@ mod tests {
 
     #[test]
     fn secrets_never_reach_debug_output() {
-        let s = Settings::from_toml("[mqtt]\nusername = \"u\"\npassword = \"hunter2hunter2\"").unwrap();
+        let s =
+            Settings::from_toml("[mqtt]\nusername = \"u\"\npassword = \"hunter2hunter2\"").unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 

@@ -1,0 +1,107 @@
+//! The embedded MQTT broker (rumqttd), for the default setup: `cargo run`
+//! works with nothing else installed.
+//!
+//! rumqttd's `Broker::start()` blocks its thread forever, has no shutdown,
+//! cannot report an ephemeral port and only *logs* a port already in use. So
+//! the port is checked here first, the broker runs on its own thread, and
+//! start-up waits until the port accepts connections.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// How long start-up waits for the embedded broker to listen.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Retention of the broker's per-filter commit log. A subscriber that falls
+/// further behind than this silently loses messages (rumqttd never slows a
+/// publisher), so it is sized for bursts far beyond the benchmarked rate:
+/// 16 MiB × 8 ≈ 0.5 M metrics frames. Memory is used only while lagging.
+const SEGMENT_BYTES: usize = 16 * 1024 * 1024;
+const SEGMENT_COUNT: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("`mqtt.url`: cannot resolve {0}")]
+    Resolve(String),
+    #[error("`mqtt.url`: cannot embed a broker on {addr}: {reason} (is another broker running there? use mqtt.mode = \"external\" to connect to it)")]
+    PortTaken { addr: SocketAddr, reason: String },
+    #[error("the embedded broker did not start listening on {0} within {LISTEN_TIMEOUT:?}")]
+    NotListening(SocketAddr),
+    #[error("could not start the embedded broker thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, BrokerError> {
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| BrokerError::Resolve(format!("{host}:{port}")))
+}
+
+/// Whether something accepts TCP connections at `addr` (mode "auto").
+pub fn answers(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Starts rumqttd on `addr` and returns once it accepts connections.
+/// `max_payload_bytes` is edgebus's frame limit: the broker's own limit sits
+/// well above it, so over-size frames reach edgebus and are counted there
+/// instead of silently disconnecting the device.
+pub fn start_embedded(addr: SocketAddr, max_payload_bytes: usize) -> Result<(), BrokerError> {
+    TcpListener::bind(addr).map_err(|e| BrokerError::PortTaken {
+        addr,
+        reason: e.to_string(),
+    })?;
+    let config = broker_config(addr, max_payload_bytes);
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(error) = broker.start() {
+                log::error!("The embedded MQTT broker stopped: {error}.");
+            }
+        })?;
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            log::info!("Embedded MQTT broker listening on {addr}.");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(BrokerError::NotListening(addr))
+}
+
+fn broker_config(addr: SocketAddr, max_payload_bytes: usize) -> Config {
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 5_000,
+        max_payload_size: (max_payload_bytes * 4).max(1024 * 1024),
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "edgebus-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 100_000,
+            max_outgoing_packet_count: 1_000,
+            max_segment_size: SEGMENT_BYTES,
+            max_segment_count: SEGMENT_COUNT,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        ..Default::default()
+    }
+}

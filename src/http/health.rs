@@ -1,0 +1,41 @@
+//! `/healthz` (liveness: the process answers) and `/readyz` (readiness: MQTT
+//! subscribed and the actors answering), for load balancers.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use edgebus_actors::ingest::{ConnectionState, Status};
+
+use super::AppState;
+
+/// An actor that does not answer within this is as good as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let mqtt = match tokio::time::timeout(PROBE_TIMEOUT, state.ingest.send(Status)).await {
+        Ok(Ok(state)) => state,
+        _ => ConnectionState::Stopped,
+    };
+    let bus_ok = tokio::time::timeout(PROBE_TIMEOUT, state.bus.send(edgebus_actors::bus::Stats))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let mqtt_text = match mqtt {
+        ConnectionState::Subscribed => "subscribed",
+        ConnectionState::Connected => "subscribing",
+        ConnectionState::Connecting => "connecting",
+        ConnectionState::Disconnected => "disconnected",
+        ConnectionState::Stopped => "stopped",
+    };
+    let body = json!({ "mqtt": mqtt_text, "bus": if bus_ok { "ok" } else { "unresponsive" } });
+    if mqtt == ConnectionState::Subscribed && bus_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

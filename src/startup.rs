@@ -1,0 +1,275 @@
+//! Wiring: resolves the broker (embedded or external), starts the actors on
+//! their own threads, binds the HTTP server, and shuts everything down in
+//! order on SIGTERM/SIGINT.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, Arbiter, ArbiterHandle};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::Logger;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+
+use edgebus_actors::bus::{self, Bus, BusConfig};
+use edgebus_actors::ingest::tls::{client_config, TlsFiles};
+use edgebus_actors::ingest::{self, Ingest, IngestConfig};
+use edgebus_actors::registry::{Registry, RegistryConfig};
+use edgebus_actors::telemetry::Telemetry;
+
+use crate::broker;
+use crate::http::{self, AppState};
+use crate::settings::{MqttMode, Settings};
+
+/// How long in-flight HTTP requests get at shutdown.
+const HTTP_SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// Where ingest connects, and whether edgebus runs that broker itself.
+#[derive(Debug, Clone)]
+pub struct MqttEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub embedded: bool,
+}
+
+pub struct Application {
+    port: u16,
+    mqtt: MqttEndpoint,
+    server: Server,
+    handle: AppHandle,
+}
+
+/// Cloneable control of a running application.
+#[derive(Clone)]
+pub struct AppHandle {
+    server: ServerHandle,
+    bus: Addr<Bus>,
+    ingest: Addr<Ingest>,
+    telemetry: Arc<Telemetry>,
+    arbiters: Vec<ArbiterHandle>,
+}
+
+impl Application {
+    /// Starts everything; must run inside an actix `System`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let url = settings.broker_url();
+        let mqtt = resolve_broker(&settings)?;
+        let tls = if url.tls {
+            let files = TlsFiles {
+                ca_cert: settings.mqtt.ca_cert.clone(),
+                client_cert: settings.mqtt.client_cert.clone(),
+                client_key: settings.mqtt.client_key.clone(),
+            };
+            Some(client_config(&files)?)
+        } else {
+            None
+        };
+
+        let telemetry = Arc::new(Telemetry::new());
+        // The bus and registry share one thread; ingest (MQTT polling and
+        // validation) gets its own, so parsing runs beside fan-out.
+        let core = Arbiter::new();
+        let ingest_thread = Arbiter::new();
+
+        let bus_config = BusConfig {
+            queue_capacity: settings.bus.queue_capacity,
+            history: settings.bus.history,
+            metrics_snapshot_window: Settings::seconds(settings.registry.prune_seconds),
+        };
+        let t = telemetry.clone();
+        let bus = Bus::start_in_arbiter(&core.handle(), move |_| Bus::new(bus_config, t));
+
+        let registry_config = RegistryConfig {
+            max_devices: settings.registry.max_devices,
+            active_window: Settings::seconds(settings.registry.prune_seconds),
+        };
+        let (t, b) = (telemetry.clone(), bus.clone().recipient());
+        let registry = Registry::start_in_arbiter(&core.handle(), move |_| {
+            Registry::new(registry_config, b, t)
+        });
+
+        let m = &settings.mqtt;
+        let ingest_config = IngestConfig {
+            host: mqtt.host.clone(),
+            port: mqtt.port,
+            tls,
+            client_id: m.client_id.clone(),
+            credentials: (!m.username.is_empty())
+                .then(|| (m.username.clone(), m.password.expose().to_owned())),
+            topics: m.topics.clone(),
+            backoff_min: Settings::seconds(m.backoff_min_seconds),
+            backoff_max: Settings::seconds(m.backoff_max_seconds),
+            max_payload_bytes: m.max_payload_bytes,
+            keep_alive: Settings::seconds(m.keep_alive_seconds),
+            // The embedded broker keeps nothing across our restart anyway.
+            persistent_session: m.persistent_session && !mqtt.embedded,
+        };
+        let (t, r, b) = (
+            telemetry.clone(),
+            registry.clone().recipient(),
+            bus.clone().recipient(),
+        );
+        let ingest = Ingest::start_in_arbiter(&ingest_thread.handle(), move |_| {
+            Ingest::new(ingest_config, r, b, t)
+        });
+
+        let listener = TcpListener::bind(&settings.http.bind)
+            .with_context(|| format!("`http.bind`: cannot listen on {}", settings.http.bind))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            bus: bus.clone(),
+            registry,
+            ingest: ingest.clone(),
+            telemetry: telemetry.clone(),
+            settings: settings.clone(),
+        });
+        let workers = match settings.http.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(access_log())
+                .app_data(state.clone())
+                .configure(http::configure)
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(HTTP_SHUTDOWN.as_secs())
+        .listen(listener)?
+        .run();
+        log::info!(
+            "HTTP listening on http://{}:{port}.",
+            listener_host(&settings.http.bind)
+        );
+
+        let handle = AppHandle {
+            server: server.handle(),
+            bus,
+            ingest,
+            telemetry,
+            arbiters: vec![core.handle(), ingest_thread.handle()],
+        };
+        Ok(Self {
+            port,
+            mqtt,
+            server,
+            handle,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn mqtt(&self) -> &MqttEndpoint {
+        &self.mqtt
+    }
+
+    pub fn handle(&self) -> AppHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until SIGTERM/SIGINT (then shuts down in order) or until the
+    /// server is stopped through an [`AppHandle`].
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.handle.clone();
+        let mut server = actix_web::rt::spawn(self.server);
+        tokio::select! {
+            signal = shutdown_signal() => {
+                log::info!("Received {signal}; shutting down.");
+                handle.shutdown().await;
+                server.await??;
+            }
+            result = &mut server => result??,
+        }
+        log::info!("edgebus stopped.");
+        Ok(())
+    }
+}
+
+impl AppHandle {
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    pub fn bus(&self) -> &Addr<Bus> {
+        &self.bus
+    }
+
+    /// Stop accepting, disconnect from MQTT, close every session with a
+    /// close frame, let in-flight requests finish, stop the actor threads.
+    pub async fn shutdown(&self) {
+        self.server.pause().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.ingest.send(ingest::Stop)).await;
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(2), self.bus.send(bus::Shutdown)).await
+        {
+            log::info!("Closed {n} streaming session(s).");
+        }
+        self.server.stop(true).await;
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+fn resolve_broker(settings: &Settings) -> anyhow::Result<MqttEndpoint> {
+    let url = settings.broker_url();
+    let embed = match settings.mqtt.mode {
+        MqttMode::External => false,
+        MqttMode::Embedded => true,
+        MqttMode::Auto => {
+            let addr = broker::resolve(&url.host, url.port)?;
+            let found = broker::answers(addr);
+            if found {
+                log::info!("Found an MQTT broker at {addr}; using it (mqtt.mode = auto).");
+            }
+            !found
+        }
+    };
+    if embed {
+        let addr = broker::resolve(&url.host, url.port)?;
+        broker::start_embedded(addr, settings.mqtt.max_payload_bytes)?;
+    }
+    Ok(MqttEndpoint {
+        host: url.host,
+        port: url.port,
+        embedded: embed,
+    })
+}
+
+/// Access log without query strings: tickets and tokens travel there and
+/// must never reach a log line.
+fn access_log() -> Logger {
+    Logger::new("%{request}xi %s %b %Dms %a")
+        .custom_request_replace("request", |req| format!("{} {}", req.method(), req.path()))
+}
+
+fn listener_host(bind: &str) -> &str {
+    bind.rsplit_once(':').map_or(bind, |(host, _)| host)
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
