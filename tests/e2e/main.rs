@@ -1,1 +1,8 @@
+//! End-to-end tests: real sockets, a real MQTT broker (embedded, and
+//! Mosquitto), real WebSocket clients. One binary, as one link step.
 
+mod broker;
+mod helpers;
+mod http;
+mod pipeline;
+mod ws;

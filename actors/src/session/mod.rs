@@ -8,7 +8,7 @@
 
 pub mod ws;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
@@ -67,6 +67,9 @@ pub struct SessionQueue {
     /// Wakes the session when the bus holds items that did not fit (conflated
     /// frames, a lagged count): once it has drained, it asks for them.
     behind: Arc<Notify>,
+    /// Set while the session is behind: its writer then conflates metrics
+    /// within what is queued. A session that keeps up sees every frame.
+    lagging: Arc<AtomicBool>,
 }
 
 /// The consuming end, owned by the session's writer.
@@ -75,6 +78,7 @@ pub struct SessionInbox {
     rx: mpsc::Receiver<Delivery>,
     events: Arc<AtomicUsize>,
     pub behind: Arc<Notify>,
+    lagging: Arc<AtomicBool>,
 }
 
 /// A queue for `capacity` events plus the control reserve.
@@ -83,14 +87,21 @@ pub fn session_queue(capacity: usize) -> (SessionQueue, SessionInbox) {
     let (tx, rx) = mpsc::channel(capacity + CONTROL_RESERVE);
     let behind = Arc::new(Notify::new());
     let events = Arc::new(AtomicUsize::new(0));
+    let lagging = Arc::new(AtomicBool::new(false));
     (
         SessionQueue {
             tx,
             events: events.clone(),
             capacity,
             behind: behind.clone(),
+            lagging: lagging.clone(),
         },
-        SessionInbox { rx, events, behind },
+        SessionInbox {
+            rx,
+            events,
+            behind,
+            lagging,
+        },
     )
 }
 
@@ -123,8 +134,9 @@ impl SessionQueue {
         }
     }
 
-    /// Tells the session that the bus holds items for it.
+    /// Tells the session that it fell behind and the bus holds items for it.
     pub fn wake(&self) {
+        self.lagging.store(true, Ordering::Release);
         self.behind.notify_one();
     }
 
@@ -140,6 +152,16 @@ impl SessionInbox {
         let n = self.rx.recv_many(buf, limit).await;
         self.taken(&buf[start..]);
         n
+    }
+
+    /// Whether the session fell behind and has not caught up since.
+    pub fn is_lagging(&self) -> bool {
+        self.lagging.load(Ordering::Acquire)
+    }
+
+    /// The session drained everything queued: it has caught up.
+    pub fn caught_up(&self) {
+        self.lagging.store(false, Ordering::Release);
     }
 
     /// Takes one item if any is queued (tests, benchmarks).

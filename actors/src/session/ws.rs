@@ -289,7 +289,7 @@ impl Writer {
                     if n == 0 {
                         return WriterEnd::QueueClosed;
                     }
-                    let conflated = conflate(&mut batch, &mut seen);
+                    let conflated = if inbox.is_lagging() { conflate(&mut batch, &mut seen) } else { 0 };
                     if conflated > 0 {
                         self.telemetry.events_dropped(DropReason::Conflated, conflated);
                     }
@@ -315,6 +315,9 @@ impl Writer {
                     }
                 }
                 () = behind.notified() => {
+                    // Queue drained (the biased select takes queued items
+                    // first): collect what the bus held back.
+                    inbox.caught_up();
                     self.bus.do_send(bus::Resume { session: self.session });
                 }
             }

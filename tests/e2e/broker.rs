@@ -1,0 +1,134 @@
+//! Ingest against Mosquitto: the machine's shared broker (used, never
+//! stopped) and a private one this test kills and restarts.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{free_port, metrics_json, spawn_app_external, unique, Publisher, WAIT};
+
+const SHARED_MOSQUITTO: u16 = 1883;
+
+fn answers(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(300),
+    )
+    .is_ok()
+}
+
+#[actix_web::test]
+async fn ingest_works_against_the_shared_mosquitto() {
+    if !answers(SHARED_MOSQUITTO) {
+        eprintln!("No Mosquitto on 127.0.0.1:{SHARED_MOSQUITTO}; skipping.");
+        return;
+    }
+    let app = spawn_app_external(SHARED_MOSQUITTO, "").await;
+    let device = unique("shared");
+    let topic = format!("devices/{device}/metrics");
+    let mut ws = app
+        .ws(&format!("?topic={}", topic.replace('/', "%2F")))
+        .await;
+    ws.snapshot().await;
+    let mut publisher = Publisher::connect(SHARED_MOSQUITTO).await;
+
+    publisher
+        .publish(&topic, metrics_json(&device, 1, 42.0))
+        .await;
+    publisher
+        .publish(&topic, metrics_json(&device, 2, 420.0))
+        .await; // out of range
+    publisher
+        .publish(&topic, metrics_json(&device, 3, 43.0))
+        .await;
+
+    assert_eq!(ws.next_event().await["payload"]["timestamp"], 1);
+    assert_eq!(ws.next_event().await["payload"]["timestamp"], 3);
+    assert_eq!(
+        app.metric(r#"edgebus_frames_rejected_total{reason="out_of_range"}"#)
+            .await,
+        1.0
+    );
+    app.handle.shutdown().await;
+}
+
+/// A Mosquitto of our own on `port`, killed when dropped.
+struct Mosquitto {
+    child: Child,
+    _dir: std::path::PathBuf,
+}
+
+impl Mosquitto {
+    fn start(port: u16) -> Self {
+        let dir = std::env::temp_dir().join(unique("mosquitto"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (.ci/run installs it)");
+        let deadline = Instant::now() + WAIT;
+        while !answers(port) {
+            assert!(Instant::now() < deadline, "mosquitto listens on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, _dir: dir }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[actix_web::test]
+async fn ingest_reconnects_and_resubscribes_after_a_broker_restart() {
+    // Arrange: edgebus on a private Mosquitto.
+    let port = free_port();
+    let mut broker = Mosquitto::start(port);
+    let app = spawn_app_external(port, "").await;
+    let device = unique("restart");
+    let topic = format!("devices/{device}/metrics");
+    let mut ws = app.ws("").await;
+    ws.snapshot().await;
+    let mut publisher = Publisher::connect(port).await;
+    publisher
+        .publish(&topic, metrics_json(&device, 1, 1.0))
+        .await;
+    assert_eq!(ws.next_event().await["payload"]["timestamp"], 1);
+
+    // Act: the broker dies; edgebus turns not-ready; the broker comes back.
+    broker.kill();
+    app.wait_until_ready(false).await;
+    assert_eq!(app.metric("edgebus_mqtt_connected").await, 0.0);
+    let _broker = Mosquitto::start(port);
+    app.wait_until_ready(true).await;
+
+    // Assert: re-subscribed (clean session), frames flow again, the session
+    // stayed open and the reconnects were counted.
+    let mut publisher = Publisher::connect(port).await;
+    publisher
+        .publish(&topic, metrics_json(&device, 2, 2.0))
+        .await;
+    assert_eq!(ws.next_event().await["payload"]["timestamp"], 2);
+    assert!(app.metric("edgebus_mqtt_reconnects_total").await >= 1.0);
+    assert_eq!(app.metric("edgebus_mqtt_connected").await, 1.0);
+}

@@ -1,0 +1,396 @@
+//! `spawn_app()` → [`TestApp`]: edgebus on free ports with its own embedded
+//! broker, plus a real MQTT publisher and real WebSocket clients.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use awc::ws::{Codec, Frame, Message};
+use awc::BoxedSocket;
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use edgebus::settings::Settings;
+use edgebus::startup::{AppHandle, Application};
+
+/// Upper bound for anything a test awaits; generous for a loaded 2-core CI.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn metrics_json(device: &str, seq: u64, cpu: f64) -> String {
+    format!(
+        r#"{{"device_id":"{device}","timestamp":{seq},"cpu_percent":{cpu},"mem_percent":40,"disk_percent":70}}"#
+    )
+}
+
+pub struct TestApp {
+    pub port: u16,
+    pub mqtt_port: u16,
+    pub handle: AppHandle,
+    http: awc::Client,
+}
+
+/// edgebus with an embedded broker on free ports.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with("").await
+}
+
+/// Like [`spawn_app`], with extra TOML applied over the test defaults.
+pub async fn spawn_app_with(extra: &str) -> TestApp {
+    let mqtt_port = free_port();
+    let toml = format!(
+        "[http]\nbind = \"127.0.0.1:0\"\nworkers = 1\n\
+         [mqtt]\nmode = \"embedded\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"{}\"\n\
+         backoff_min_seconds = 1\nbackoff_max_seconds = 2\n",
+        unique("edgebus")
+    );
+    spawn_with_settings(&merge(&toml, extra), mqtt_port).await
+}
+
+/// edgebus connecting to a broker it does not run (`mode = "external"`).
+pub async fn spawn_app_external(mqtt_port: u16, extra: &str) -> TestApp {
+    let toml = format!(
+        "[http]\nbind = \"127.0.0.1:0\"\nworkers = 1\n\
+         [mqtt]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"{}\"\n\
+         backoff_min_seconds = 1\nbackoff_max_seconds = 2\npersistent_session = false\n",
+        unique("edgebus")
+    );
+    spawn_with_settings(&merge(&toml, extra), mqtt_port).await
+}
+
+/// Later sections' keys are appended to the same table, so TOML stays valid.
+fn merge(base: &str, extra: &str) -> String {
+    let mut tables: Vec<(String, Vec<String>)> = Vec::new();
+    let mut current = String::new();
+    for line in base.lines().chain(extra.lines()) {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with('[') && !line.starts_with("[[") {
+            current = line.to_owned();
+            if !tables.iter().any(|(t, _)| *t == current) {
+                tables.push((current.clone(), Vec::new()));
+            }
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or("").trim().to_owned();
+        let (_, lines) = tables
+            .iter_mut()
+            .find(|(t, _)| *t == current)
+            .expect("key inside a table");
+        lines.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+        lines.push(line.to_owned());
+    }
+    tables
+        .into_iter()
+        .map(|(t, lines)| format!("{t}\n{}\n", lines.join("\n")))
+        .collect()
+}
+
+async fn spawn_with_settings(toml: &str, mqtt_port: u16) -> TestApp {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let settings = Settings::from_toml(toml).expect("test settings are valid");
+    let app = Application::build(settings).await.expect("edgebus starts");
+    let port = app.port();
+    let handle = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let app = TestApp {
+        port,
+        mqtt_port,
+        handle,
+        http: awc::Client::builder().timeout(WAIT).finish(),
+    };
+    app.wait_until_ready(true).await;
+    app
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let mut resp = self.http.get(self.url(path)).send().await.expect("request");
+        let body = resp.body().limit(16 << 20).await.expect("body");
+        (resp.status(), String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let (status, body) = self.get(path).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// Polls `/readyz` until it is (or is not) 200.
+    pub async fn wait_until_ready(&self, ready: bool) {
+        let deadline = Instant::now() + WAIT * 3;
+        loop {
+            let status = match self.http.get(self.url("/readyz")).send().await {
+                Ok(resp) => resp.status(),
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            if (status == StatusCode::OK) == ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never became ready={ready} (last {status})"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A metric's value from `/metrics`, e.g. `edgebus_frames_rejected_total{reason="bad_json"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+
+    /// Waits until a metric reaches `at_least`.
+    pub async fn wait_metric(&self, series: &str, at_least: f64) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(series).await;
+            if v >= at_least {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} stayed at {v} < {at_least}"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn ws(&self, query: &str) -> WsClient {
+        WsClient::connect(&format!("ws://127.0.0.1:{}/v1/ws{query}", self.port)).await
+    }
+
+    pub async fn publisher(&self) -> Publisher {
+        Publisher::connect(self.mqtt_port).await
+    }
+}
+
+/// A real MQTT client publishing at QoS 1.
+pub struct Publisher {
+    client: AsyncClient,
+    acks: mpsc::UnboundedReceiver<()>,
+}
+
+impl Publisher {
+    pub async fn connect(port: u16) -> Self {
+        let mut options = MqttOptions::new(unique("pub"), "127.0.0.1", port);
+        options.set_max_packet_size(8 << 20, 8 << 20);
+        options.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let (up_tx, mut up) = mpsc::unbounded_channel();
+        actix_web::rt::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = up_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        let _ = ack_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => actix_web::rt::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, up.recv())
+            .await
+            .expect("publisher connects");
+        Self { client, acks }
+    }
+
+    /// Publishes and waits for the broker's PUBACK.
+    pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("queue publish");
+        tokio::time::timeout(WAIT, self.acks.recv())
+            .await
+            .expect("PUBACK");
+    }
+
+    /// Publishes without waiting for acknowledgements (bursts).
+    pub async fn publish_nowait(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("queue publish");
+    }
+}
+
+/// A real WebSocket client (awc).
+pub struct WsClient {
+    framed: actix_codec::Framed<BoxedSocket, Codec>,
+    /// Answer server pings (a live client); off to play a dead one.
+    pub auto_pong: bool,
+}
+
+/// What a WebSocket client saw next.
+#[derive(Debug)]
+pub enum WsEvent {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        let (resp, framed) = awc::Client::new()
+            .ws(url)
+            .max_frame_size(16 << 20)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket connect to {url}: {e}"));
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        Self {
+            framed,
+            auto_pong: true,
+        }
+    }
+
+    /// Next text frame as JSON, or the close code; answers pings.
+    pub async fn next(&mut self) -> WsEvent {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.framed.next())
+                .await
+                .expect("a WebSocket frame within the wait");
+            match frame {
+                Some(Ok(Frame::Text(bytes))) => {
+                    return WsEvent::Json(serde_json::from_slice(&bytes).expect("JSON text frame"))
+                }
+                Some(Ok(Frame::Ping(p))) => {
+                    if self.auto_pong {
+                        let _ = self.framed.send(Message::Pong(p)).await;
+                    }
+                }
+                Some(Ok(Frame::Close(reason))) => {
+                    return WsEvent::Closed(reason.map(|r| u16::from(r.code)))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return WsEvent::Closed(None),
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next().await {
+            WsEvent::Json(v) => v,
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+
+    /// The first frame, which must be the snapshot; returns its events.
+    pub async fn snapshot(&mut self) -> Vec<Value> {
+        let frame = self.next_json().await;
+        assert_eq!(
+            frame["type"], "snapshot",
+            "first frame must be the snapshot: {frame}"
+        );
+        frame["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Next `{"type":"event"}` frame.
+    pub async fn next_event(&mut self) -> Value {
+        let frame = self.next_json().await;
+        assert_eq!(frame["type"], "event", "expected an event: {frame}");
+        frame
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.framed
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .expect("send text");
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        self.framed.send(message).await.expect("send frame");
+    }
+}
+
+/// A raw WebSocket client with a tiny receive buffer that reads only when
+/// asked: the way to play a client that stops reading.
+pub struct RawWsClient {
+    stream: tokio::net::TcpStream,
+}
+
+impl RawWsClient {
+    pub async fn connect(port: u16, query: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(2048).expect("SO_RCVBUF");
+        let mut stream = socket
+            .connect(format!("127.0.0.1:{port}").parse().expect("address"))
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET /v1/ws{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("handshake");
+        // Read the response head byte by byte, so no frame byte is consumed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.expect("handshake response"));
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        Self { stream }
+    }
+
+    /// Next text frame as JSON (server frames are unmasked; pings skipped).
+    pub async fn next_json(&mut self) -> Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let b0 = self.stream.read_u8().await.expect("frame header");
+                let b1 = self.stream.read_u8().await.expect("frame header");
+                let len = match b1 & 0x7f {
+                    126 => u64::from(self.stream.read_u16().await.expect("length")),
+                    127 => self.stream.read_u64().await.expect("length"),
+                    n => u64::from(n),
+                };
+                let mut payload = vec![0; len as usize];
+                self.stream.read_exact(&mut payload).await.expect("payload");
+                match b0 & 0x0f {
+                    0x1 => return serde_json::from_slice(&payload).expect("JSON text frame"),
+                    0x8 => panic!("closed by the server: {payload:?}"),
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .expect("a frame within the wait")
+    }
+}

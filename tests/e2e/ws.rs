@@ -1,0 +1,260 @@
+//! The WebSocket protocol: ops, filters, formats, auth, heartbeat, slow
+//! clients, close codes, shutdown.
+
+use std::time::Duration;
+
+use awc::ws::Message;
+use serde_json::Value;
+
+use crate::helpers::{metrics_json, spawn_app, spawn_app_with, unique, RawWsClient, WsEvent};
+
+#[actix_web::test]
+async fn ops_add_and_remove_topics_and_other_topics_never_arrive() {
+    let app = spawn_app().await;
+    let (a, b) = (
+        format!("notifications/{}", unique("a")),
+        format!("notifications/{}", unique("b")),
+    );
+    let mut publisher = app.publisher().await;
+    publisher
+        .publish(&b, r#"{"level":"info","message":"before"}"#)
+        .await;
+    app.wait_metric("edgebus_events_published_total", 1.0).await;
+    let mut ws = app.ws(&format!("?topic={a}")).await;
+    assert!(ws.snapshot().await.is_empty());
+
+    // Subscribing to b: its snapshot (the earlier message), then live events.
+    ws.send_text(&format!(r#"{{"op":"subscribe","topics":["{b}"]}}"#))
+        .await;
+    let snapshot = ws.snapshot().await;
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(snapshot[0]["payload"]["message"], "before");
+    publisher
+        .publish(&b, r#"{"level":"info","message":"b1"}"#)
+        .await;
+    assert_eq!(ws.next_event().await["payload"]["message"], "b1");
+
+    // Unsubscribing from a is acknowledged; a's events stop, b's go on.
+    ws.send_text(&format!(r#"{{"op":"unsubscribe","topics":["{a}"]}}"#))
+        .await;
+    let ack = ws.next_json().await;
+    assert_eq!(ack["type"], "unsubscribed");
+    assert_eq!(ack["topics"][0], a.as_str());
+    publisher
+        .publish(&a, r#"{"level":"info","message":"a-after"}"#)
+        .await;
+    publisher
+        .publish(&b, r#"{"level":"info","message":"b2"}"#)
+        .await;
+    let next = ws.next_event().await;
+    assert_eq!(
+        next["payload"]["message"], "b2",
+        "nothing from {a} after the ack"
+    );
+    assert_eq!(next["event"], "notification");
+
+    // A bad op is answered, and the session stays open.
+    ws.send_text(r#"{"op":"subscribe","topics":["a/#/b"]}"#)
+        .await;
+    let error = ws.next_json().await;
+    assert_eq!(error["type"], "error");
+    assert!(error["error"].as_str().unwrap().contains("a/#/b"));
+    publisher
+        .publish(&b, r#"{"level":"info","message":"b3"}"#)
+        .await;
+    assert_eq!(ws.next_event().await["payload"]["message"], "b3");
+}
+
+#[actix_web::test]
+async fn the_edgewatch_format_speaks_the_seed_dashboards_language() {
+    let app = spawn_app().await;
+    let device = unique("d");
+    let topic = format!("devices/{device}/metrics");
+    let mut publisher = app.publisher().await;
+    publisher
+        .publish(&topic, metrics_json(&device, 1, 12.0))
+        .await;
+    app.wait_metric("edgebus_events_published_total", 1.0).await;
+
+    let mut ws = app.ws("?format=edgewatch").await;
+    let snapshot = ws.next_json().await;
+    assert_eq!(
+        snapshot[&device]["timestamp"], 1,
+        "snapshot is {{device_id: frame}}: {snapshot}"
+    );
+    publisher
+        .publish("notifications/x", r#"{"level":"info","message":"m"}"#)
+        .await;
+    publisher
+        .publish(&topic, metrics_json(&device, 2, 13.0))
+        .await;
+    let frame = ws.next_json().await;
+    assert_eq!(frame.as_object().unwrap().len(), 1);
+    assert_eq!(frame[&device]["cpu_percent"], 13.0);
+}
+
+#[actix_web::test]
+async fn the_legacy_token_closes_unauthorised_clients_with_1008() {
+    let app = spawn_app_with("[auth]\nws_token = \"s3cret-token\"").await;
+    let mut wrong = app.ws("?token=s3cret-tokem").await;
+    assert!(matches!(wrong.next().await, WsEvent::Closed(Some(1008))));
+    let mut missing = app.ws("").await;
+    assert!(matches!(missing.next().await, WsEvent::Closed(Some(1008))));
+    let mut right = app.ws("?token=s3cret-token").await;
+    right.snapshot().await;
+}
+
+#[actix_web::test]
+async fn a_bad_topic_filter_or_format_is_refused_before_the_upgrade() {
+    let app = spawn_app().await;
+    let (status, body) = app.get_json("/v1/ws?topic=a/%23/b").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("a/#/b"));
+    let (status, _) = app.get_json("/v1/ws?format=xml").await;
+    assert_eq!(status, 400);
+}
+
+#[actix_web::test]
+async fn protocol_violations_get_their_close_codes() {
+    let app = spawn_app().await;
+    let mut binary = app.ws("").await;
+    binary.snapshot().await;
+    binary.send(Message::Binary(vec![1, 2, 3].into())).await;
+    assert!(matches!(binary.next().await, WsEvent::Closed(Some(1003))));
+
+    let mut huge = app.ws("").await;
+    huge.snapshot().await;
+    huge.send_text(&"x".repeat(100_000)).await;
+    assert!(matches!(huge.next().await, WsEvent::Closed(Some(1009))));
+
+    // Other clients are unaffected.
+    let mut fine = app.ws("").await;
+    fine.snapshot().await;
+}
+
+#[actix_web::test]
+async fn a_client_that_never_answers_pings_is_closed_and_unregistered() {
+    let app = spawn_app_with("[sessions]\nws_heartbeat_seconds = 1\nws_timeout_seconds = 2").await;
+    let mut silent = app.ws("").await;
+    silent.auto_pong = false;
+    silent.snapshot().await;
+    assert_eq!(app.metric(r#"edgebus_sessions_open{kind="ws"}"#).await, 1.0);
+    match silent.next().await {
+        WsEvent::Closed(code) => assert_eq!(code, Some(1001)),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.metric(r#"edgebus_sessions_open{kind="ws"}"#).await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session gauge back to zero"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_client_that_answers_pings_stays_connected() {
+    let app = spawn_app_with("[sessions]\nws_heartbeat_seconds = 1\nws_timeout_seconds = 2").await;
+    let mut live = app.ws("?topic=notifications/%23").await;
+    live.snapshot().await;
+    let mut publisher = app.publisher().await;
+    // Outlive the timeout several times over, answering pings meanwhile.
+    for n in 0..4 {
+        actix_web::rt::time::sleep(Duration::from_millis(1000)).await;
+        publisher
+            .publish("notifications/hb", format!(r#"{{"n":{n}}}"#))
+            .await;
+        assert_eq!(live.next_event().await["payload"]["n"], n);
+    }
+}
+
+#[actix_web::test]
+async fn a_slow_client_loses_only_its_own_events_and_never_delays_a_fast_one() {
+    let app =
+        spawn_app_with("[bus]\nqueue_capacity = 1024\n[sessions]\nwrite_timeout_seconds = 5").await;
+    let topic = format!("notifications/{}", unique("load"));
+    let _slow = RawWsClient::connect(app.port, "?topic=notifications/%23").await;
+    let mut fast = app.ws("?topic=notifications/%23").await;
+    fast.snapshot().await;
+    app.wait_metric(r#"edgebus_sessions_open{kind="ws"}"#, 2.0)
+        .await;
+    let publisher = app.publisher().await;
+    let filler = "x".repeat(8000);
+    const N: u64 = 3000;
+
+    for n in 0..N {
+        publisher
+            .publish_nowait(&topic, format!(r#"{{"n":{n},"filler":"{filler}"}}"#))
+            .await;
+    }
+
+    for n in 0..N {
+        let event = fast.next_event().await;
+        assert_eq!(
+            event["payload"]["n"], n,
+            "the fast client sees every event, in order"
+        );
+    }
+    let dropped = app
+        .wait_metric(
+            r#"edgebus_events_dropped_total{reason="slow_session"}"#,
+            1.0,
+        )
+        .await;
+    assert!(dropped < N as f64, "only the slow session lost events");
+}
+
+#[actix_web::test]
+async fn a_client_that_falls_behind_is_told_how_many_events_it_lost() {
+    let app =
+        spawn_app_with("[bus]\nqueue_capacity = 4\n[sessions]\nwrite_timeout_seconds = 30").await;
+    let topic = format!("notifications/{}", unique("lag"));
+    let mut lagging = RawWsClient::connect(app.port, "?topic=notifications/%23").await;
+    let publisher = app.publisher().await;
+    let filler = "y".repeat(15_000);
+    const N: u64 = 600;
+
+    // ~9 MB the client does not read: its socket and queue fill up.
+    for n in 0..N {
+        publisher
+            .publish_nowait(&topic, format!(r#"{{"n":{n},"filler":"{filler}"}}"#))
+            .await;
+    }
+    app.wait_metric(
+        r#"edgebus_events_dropped_total{reason="slow_session"}"#,
+        1.0,
+    )
+    .await;
+
+    // Now it reads: everything is either delivered or counted in a notice.
+    assert_eq!(lagging.next_json().await["type"], "snapshot");
+    let mut seen = Vec::new();
+    let mut lagged = 0;
+    while seen.len() as u64 + lagged < N {
+        let frame: Value = lagging.next_json().await;
+        match frame["type"].as_str() {
+            Some("event") => seen.push(frame["payload"]["n"].as_u64().unwrap()),
+            Some("lagged") => lagged += frame["dropped"].as_u64().unwrap(),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!(lagged > 0, "the client was told");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "what arrives is in order"
+    );
+    let counted = app
+        .metric(r#"edgebus_events_dropped_total{reason="slow_session"}"#)
+        .await;
+    assert_eq!(counted as u64, lagged, "notice and counter agree");
+}
+
+#[actix_web::test]
+async fn shutdown_closes_sessions_with_going_away() {
+    let app = spawn_app().await;
+    let mut ws = app.ws("").await;
+    ws.snapshot().await;
+    app.handle.shutdown().await;
+    assert!(matches!(ws.next().await, WsEvent::Closed(Some(1001))));
+}
