@@ -25,6 +25,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// Largest `mqtt.max_payload_bytes` accepted: well under rumqttc's packet
 /// limit, so an over-size frame is always ours to reject and count.
 pub const MAX_PAYLOAD_LIMIT: usize = 4 * 1024 * 1024;
+const _: () = assert!(MAX_PAYLOAD_LIMIT < MQTT_PACKET_LIMIT);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -353,7 +354,6 @@ impl Settings {
                 format!("must be from 64 to {MAX_PAYLOAD_LIMIT}"),
             ));
         }
-        debug_assert!(MAX_PAYLOAD_LIMIT < MQTT_PACKET_LIMIT);
         if !(1..=65_535).contains(&m.keep_alive_seconds) {
             return Err(invalid(
                 "mqtt.keep_alive_seconds",
@@ -366,7 +366,8 @@ impl Settings {
                 "client_cert and client_key must be set together (mutual TLS)",
             ));
         }
-        if !url.tls && !(m.ca_cert.is_empty() && m.client_cert.is_empty()) {
+        let has_tls_files = !m.ca_cert.is_empty() || !m.client_cert.is_empty();
+        if has_tls_files && !url.tls {
             return Err(invalid(
                 "mqtt.url",
                 "ca_cert / client_cert are set but the url is not mqtts://",
@@ -413,7 +414,8 @@ impl Settings {
 
         let slack = &self.slack;
         let hook = slack.webhook_url.expose();
-        if !hook.is_empty() && !(hook.starts_with("https://") || hook.starts_with("http://")) {
+        let is_http = hook.starts_with("https://") || hook.starts_with("http://");
+        if !hook.is_empty() && !is_http {
             return Err(invalid(
                 "slack.webhook_url",
                 "must be an http(s):// URL or empty",

@@ -11,7 +11,7 @@ const SHARED_MOSQUITTO: u16 = 1883;
 
 fn answers(port: u16) -> bool {
     TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().unwrap(),
+        &format!("127.0.0.1:{port}").parse().expect("address"),
         Duration::from_millis(300),
     )
     .is_ok()
@@ -61,13 +61,13 @@ struct Mosquitto {
 impl Mosquitto {
     fn start(port: u16) -> Self {
         let dir = std::env::temp_dir().join(unique("mosquitto"));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("temp dir");
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
         )
-        .unwrap();
+        .expect("mosquitto.conf");
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
