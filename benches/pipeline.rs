@@ -1,1 +1,181 @@
-fn main() {}
+//! Micro-benchmarks of the event path, without actix and without sockets:
+//!
+//! - `ingest/*`: strict frame validation ([`MetricsFrame::parse`]) and the
+//!   whole acceptance rule ([`accept`]: topic checks, validation, `Draft`
+//!   building including the one serialisation of the payload).
+//! - `routing/*`: the [`FilterIndex`] with 1,000 per-device filters plus a few
+//!   wildcards, against a linear scan of the same filters.
+//! - `fanout/*`: what the bus does per event minus the actor mailbox:
+//!   [`Event::from_draft`] (numbering, envelope and WebSocket frame) and one
+//!   [`SessionQueue::offer_event`] per matching session, with every queue
+//!   drained again by its [`SessionInbox`].
+//!
+//! `cargo bench --bench pipeline` (about a minute). Throughput is reported
+//! in elements/s: frames for `ingest`, topic lookups for `routing`,
+//! deliveries (event × session) for `fanout`.
+//!
+//! [`SessionQueue::offer_event`]: edgebus_actors::session::SessionQueue::offer_event
+//! [`SessionInbox`]: edgebus_actors::session::SessionInbox
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+use edgebus_actors::event::{Draft, Event, EventId};
+use edgebus_actors::ingest::accept;
+use edgebus_actors::ingest::frame::MetricsFrame;
+use edgebus_actors::session::{session_queue, Delivery, Offer};
+use edgebus_actors::topic::{FilterIndex, TopicFilter};
+
+/// `mqtt.max_payload_bytes` default.
+const MAX_BYTES: usize = 16 * 1024;
+
+/// A realistic frame with all eight fields (163 bytes).
+const FRAME: &[u8] = br#"{"device_id":"d1","timestamp":1763800000,"cpu_percent":12.5,"mem_percent":40.25,"disk_percent":70.1,"gpu_percent":33.3,"agent_cpu_percent":1.5,"agent_mem_mb":42.7}"#;
+
+const TOPIC: &str = "devices/d1/metrics";
+
+/// Per-device filters in the routing and fan-out benchmarks.
+const DEVICE_FILTERS: usize = 1_000;
+
+/// A few wildcards next to the per-device filters, as a mixed deployment has.
+const WILDCARDS: [&str; 5] = [
+    "devices/+/metrics",
+    "devices/#",
+    "#",
+    "attackers/#",
+    "notifications/#",
+];
+
+fn ingest(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("metrics_frame_parse", |b| {
+        b.iter(|| MetricsFrame::parse(black_box("d1"), black_box(FRAME), MAX_BYTES))
+    });
+    group.bench_function("accept", |b| {
+        b.iter(|| {
+            accept(
+                black_box(TOPIC),
+                black_box(FRAME),
+                MAX_BYTES,
+                1_763_800_000_123,
+            )
+        })
+    });
+    group.finish();
+}
+
+fn filter(text: &str) -> TopicFilter {
+    TopicFilter::parse(text).expect("benchmark filters are valid")
+}
+
+/// 1,000 `devices/dev-N/metrics` filters plus the wildcards, keyed 0..N.
+fn filters() -> Vec<TopicFilter> {
+    (0..DEVICE_FILTERS)
+        .map(|i| filter(&format!("devices/dev-{i}/metrics")))
+        .chain(WILDCARDS.iter().map(|w| filter(w)))
+        .collect()
+}
+
+fn routing(c: &mut Criterion) {
+    let filters = filters();
+    let mut index = FilterIndex::default();
+    for (key, f) in filters.iter().enumerate() {
+        index.insert(f, key as u64);
+    }
+    let mut group = c.benchmark_group("routing");
+    group.throughput(Throughput::Elements(1));
+    // Matches dev-500's filter, `devices/+/metrics`, `devices/#` and `#`.
+    group.bench_function("index_1005_filters_device_topic", |b| {
+        b.iter(|| {
+            let mut hits = 0u32;
+            index.for_each_match(black_box("devices/dev-500/metrics"), |_| hits += 1);
+            assert_eq!(hits, 4);
+            hits
+        })
+    });
+    // Matches `attackers/#` and `#`: no per-device filter is visited.
+    group.bench_function("index_1005_filters_other_topic", |b| {
+        b.iter(|| {
+            let mut hits = 0u32;
+            index.for_each_match(black_box("attackers/u1/observation/dns"), |_| hits += 1);
+            assert_eq!(hits, 2);
+            hits
+        })
+    });
+    // What the index saves: every filter tried in turn.
+    group.bench_function("linear_scan_1005_filters_device_topic", |b| {
+        b.iter(|| {
+            let topic = black_box("devices/dev-500/metrics");
+            filters.iter().filter(|f| f.matches(topic)).count()
+        })
+    });
+    group.finish();
+}
+
+fn metrics_draft() -> Draft {
+    accept(TOPIC, FRAME, MAX_BYTES, 1_763_800_000_123).expect("the benchmark frame is valid")
+}
+
+fn fanout(c: &mut Criterion) {
+    let draft = metrics_draft();
+    let mut group = c.benchmark_group("fanout");
+
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("event_from_draft", |b| {
+        let mut seq = 0u64;
+        b.iter_batched(
+            || draft.clone(),
+            |d| {
+                seq += 1;
+                Event::from_draft(EventId { epoch: 1, seq }, d)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    for sessions in [1usize, 1_000] {
+        // Queues as the bus holds them (default `bus.queue_capacity`).
+        let (queues, mut inboxes): (Vec<_>, Vec<_>) =
+            (0..sessions).map(|_| session_queue(256)).unzip();
+        group.throughput(Throughput::Elements(sessions as u64));
+        group.bench_function(format!("event_to_{sessions}_queues_and_drain"), |b| {
+            let mut seq = 0u64;
+            b.iter_batched(
+                || draft.clone(),
+                |d| {
+                    seq += 1;
+                    let event = Arc::new(Event::from_draft(EventId { epoch: 1, seq }, d));
+                    for queue in &queues {
+                        let offer = queue.offer_event(&event);
+                        debug_assert_eq!(offer, Offer::Queued);
+                    }
+                    let mut drained = 0usize;
+                    for inbox in &mut inboxes {
+                        while let Some(item) = inbox.try_recv() {
+                            if let Delivery::Event(e) = item {
+                                drained += e.ws_frame.len();
+                            }
+                        }
+                    }
+                    drained
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    targets = ingest, routing, fanout
+}
+criterion_main!(benches);

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Speed measurements for edgebus.
+#
+#   scripts/bench.sh                 # micro-benchmarks, then both e2e scenarios
+#   MODE=micro scripts/bench.sh      # only `cargo bench --bench pipeline`
+#   MODE=e2e SCENARIOS=a scripts/bench.sh
+#   MODE=e2e SCENARIOS=custom RATE=50000 CLIENTS=10 scripts/bench.sh
+#
+# e2e: builds release, then per scenario starts target/release/edgebus with an
+# embedded broker on free ports (never the shared broker on 1883), waits for
+# /readyz, runs the load client (benches/e2e_load.rs: MQTT publish paced per
+# millisecond, K WebSocket clients timing every frame), prints edgebus's own
+# counters and CPU per thread, and stops edgebus again.
+#
+# Scenarios: a = 1 client at RATE_A (200,000) frames/s;
+#            b = CLIENTS_B (1,000) clients at RATE_B (200) frames/s;
+#            custom = CLIENTS clients at RATE frames/s.
+# The load client runs on the same machine and competes with edgebus for CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODE="${MODE:-all}"                     # all | micro | e2e
+SCENARIOS="${SCENARIOS:-a b}"
+RATE_A="${RATE_A:-200000}"
+CLIENTS_A="${CLIENTS_A:-1}"
+RATE_B="${RATE_B:-200}"
+CLIENTS_B="${CLIENTS_B:-1000}"
+RATE="${RATE:-200000}"
+CLIENTS="${CLIENTS:-1}"
+DURATION="${DURATION:-10}"              # seconds of publishing per scenario
+DEVICES="${DEVICES:-1000}"              # distinct devices, round-robin
+QUEUE_CAPACITY="${QUEUE_CAPACITY:-65536}"
+PUBLISHER="${PUBLISHER:-raw}"           # raw (QoS 0, batched writes) | rumqttc
+QOS="${QOS:-0}"                         # 0 | 1 (1 needs PUBLISHER=rumqttc)
+THREADS="${THREADS:-}"                  # WebSocket client threads; empty = min(clients, 2)
+DRAIN="${DRAIN:-10}"                    # max seconds to wait for deliveries after publishing
+READY_TIMEOUT="${READY_TIMEOUT:-60}"    # seconds to wait for /readyz
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+LOG_DIR="${LOG_DIR:-$TARGET_DIR/bench-logs}"
+PERF="${PERF:-0}"                       # 1 = `perf record` edgebus during publishing (flat profile)
+# WARN, but keep rumqttd's per-publish `tracing` spans silenced as edgebus's
+# default filter does: a bare RUST_LOG=warn turns them back on and the
+# embedded broker then writes one ERROR line per frame (~120 bytes each).
+export RUST_LOG="${RUST_LOG:-warn,rumqttd=off,tracing::span=off}"
+
+mkdir -p "$LOG_DIR"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+free_port() {
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+    return
+  fi
+  local port tries
+  for tries in $(seq 1 200); do
+    port=$(( 20000 + RANDOM % 30000 ))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+  echo "no free port found" >&2
+  return 1
+}
+
+# "tid ticks comm" for every thread of a process.
+thread_ticks() {
+  local t stat comm rest
+  for t in /proc/"$1"/task/*; do
+    stat=$(cat "$t/stat" 2>/dev/null) || continue
+    comm=$(cat "$t/comm" 2>/dev/null) || continue
+    rest=${stat##*) }
+    read -r -a f <<<"$rest"
+    echo "${t##*/} $(( f[11] + f[12] )) ${comm// /_}"
+  done
+}
+
+EDGEBUS_PID=""
+stop_edgebus() {
+  if [ -n "$EDGEBUS_PID" ] && kill -0 "$EDGEBUS_PID" 2>/dev/null; then
+    kill -TERM "$EDGEBUS_PID" 2>/dev/null || true
+    local i
+    for i in $(seq 1 100); do
+      kill -0 "$EDGEBUS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$EDGEBUS_PID" 2>/dev/null || true
+    wait "$EDGEBUS_PID" 2>/dev/null || true
+  fi
+  EDGEBUS_PID=""
+}
+trap stop_edgebus EXIT INT TERM
+
+RESULTS=()
+
+run_scenario() {
+  local label=$1 rate=$2 clients=$3
+  local http_port mqtt_port data_dir log base
+  http_port=$(free_port)
+  mqtt_port=$(free_port)
+  while [ "$mqtt_port" = "$http_port" ]; do mqtt_port=$(free_port); done
+  data_dir=$(mktemp -d)
+  log="$LOG_DIR/edgebus-$label.log"
+  base="http://127.0.0.1:$http_port"
+
+  echo
+  echo "### scenario $label: $clients client(s), $rate frames/s, ${DURATION}s (http $http_port, mqtt $mqtt_port)"
+  EDGEBUS__HTTP__BIND="127.0.0.1:$http_port" \
+  EDGEBUS__MQTT__URL="mqtt://127.0.0.1:$mqtt_port" \
+  EDGEBUS__MQTT__MODE=embedded \
+  EDGEBUS__BUS__QUEUE_CAPACITY="$QUEUE_CAPACITY" \
+  EDGEBUS__REGISTRY__MAX_DEVICES="$(( DEVICES > 1000 ? DEVICES : 1000 ))" \
+  EDGEBUS__STORAGE__DATA_DIR="$data_dir" \
+    "$TARGET_DIR/release/edgebus" >"$log" 2>&1 &
+  EDGEBUS_PID=$!
+
+  local deadline=$(( SECONDS + READY_TIMEOUT )) code=""
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    if ! kill -0 "$EDGEBUS_PID" 2>/dev/null; then
+      echo "edgebus exited during start-up; log:" >&2
+      cat "$log" >&2
+      return 1
+    fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$base/readyz" || true)
+    [ "$code" = "200" ] && break
+    sleep 0.1
+  done
+  if [ "$code" != "200" ]; then
+    echo "edgebus not ready within ${READY_TIMEOUT}s (last /readyz: $code)" >&2
+    stop_edgebus
+    return 1
+  fi
+
+  local before after
+  before=$(thread_ticks "$EDGEBUS_PID")
+  local started=$SECONDS perf_pid=""
+  if [ "$PERF" = "1" ] && command -v perf >/dev/null 2>&1; then
+    # Starts with the load client: covers connecting (short) and publishing.
+    perf record -q -F 499 -p "$EDGEBUS_PID" -o "$LOG_DIR/perf-$label.data" -- sleep "$DURATION" \
+      >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  BENCH_LABEL="$label" \
+  BENCH_HTTP="127.0.0.1:$http_port" \
+  BENCH_MQTT="127.0.0.1:$mqtt_port" \
+  BENCH_RATE="$rate" \
+  BENCH_CLIENTS="$clients" \
+  BENCH_THREADS="$THREADS" \
+  BENCH_DURATION_S="$DURATION" \
+  BENCH_DEVICES="$DEVICES" \
+  BENCH_PUBLISHER="$PUBLISHER" \
+  BENCH_QOS="$QOS" \
+  BENCH_DRAIN_S="$DRAIN" \
+    "$LOAD_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
+  after=$(thread_ticks "$EDGEBUS_PID")
+  local wall=$(( SECONDS - started > 0 ? SECONDS - started : 1 ))
+
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" 2>/dev/null || true
+    echo "edgebus profile (perf, by thread and function, >= 1.5%):"
+    perf report -i "$LOG_DIR/perf-$label.data" --stdio --no-children --sort pid,sym \
+      --percent-limit 1.5 2>/dev/null | grep -E '^ +[0-9]' | head -40 | sed 's/^/ /' || true
+  fi
+  echo "edgebus counters:"
+  curl -s --max-time 5 "$base/metrics" \
+    | grep -E '^edgebus_(frames_accepted_total|frames_rejected_total|events_published_total|events_routed_total|events_dropped_total)' \
+    | grep -v ' 0$' | sed 's/^/  /' || true
+  local hz
+  hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+  echo "edgebus CPU by thread during the load run (~${wall}s wall, CPU seconds):"
+  awk -v hz="$hz" -v wall="$wall" '
+    NR == FNR { base[$1] = $2; next }
+    { d = $2 - base[$1]; total += d
+      if (d > 0) printf "  %-16s %-8s %7.2f s  (%5.1f%% of a core)\n", $3, $1, d / hz, 100 * d / hz / wall }
+    END { printf "  %-16s %-8s %7.2f s  (%5.1f%% of a core)\n", "TOTAL", "", total / hz, 100 * total / hz / wall }
+    ' <(echo "$before") <(echo "$after") | sort -k3 -n -r
+  grep -m 5 -E 'WARN|ERROR' "$log" | sed 's/^/  log: /' || true
+
+  RESULTS+=("$(grep '^RESULT' "$LOG_DIR/load-$label.txt" || echo "RESULT label=$label (no result)")")
+  stop_edgebus
+  rm -rf "$data_dir"
+}
+
+if [ "$MODE" = "all" ] || [ "$MODE" = "micro" ]; then
+  echo "### micro-benchmarks: cargo bench --bench pipeline"
+  cargo bench --bench pipeline
+fi
+
+if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
+  echo "### building release edgebus and the load client"
+  cargo build --release --bin edgebus
+  LOAD_BIN=$(cargo bench --bench e2e_load --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*e2e_load[^"]*"' | tail -n 1 | cut -d'"' -f4)
+  if [ -z "$LOAD_BIN" ] || [ ! -x "$LOAD_BIN" ]; then
+    echo "could not find the e2e_load bench executable" >&2
+    exit 1
+  fi
+  for scenario in $SCENARIOS; do
+    case "$scenario" in
+      a) run_scenario a "$RATE_A" "$CLIENTS_A" ;;
+      b) run_scenario b "$RATE_B" "$CLIENTS_B" ;;
+      custom) run_scenario custom "$RATE" "$CLIENTS" ;;
+      *) echo "unknown scenario $scenario (a, b, custom)" >&2; exit 2 ;;
+    esac
+  done
+  echo
+  echo "### summary (PUBLISHER=$PUBLISHER QOS=$QOS DEVICES=$DEVICES DURATION=${DURATION}s QUEUE_CAPACITY=$QUEUE_CAPACITY)"
+  printf '%s\n' "${RESULTS[@]}"
+fi
