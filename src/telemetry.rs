@@ -1,11 +1,22 @@
 //! Logging set-up. Metrics live in `edgebus_actors::telemetry`.
 
-/// Default filter: INFO for edgebus, and rumqttd silenced. rumqttd emits a
-/// `tracing` span per connection and per publish, which the `log` bridge turns
-/// into ERROR lines (floods, not errors). `RUST_LOG` overrides all of it.
-pub const DEFAULT_LOG_FILTER: &str = "info,rumqttd=off,tracing::span=off";
+use log::LevelFilter;
+
+/// rumqttd emits a `tracing` span per connection and per publish, which the
+/// `log` bridge turns into ERROR lines: one per frame, a flood that halves
+/// throughput. They are off by default *beneath* `RUST_LOG`, so
+/// `RUST_LOG=warn` sets the level without bringing them back; naming the
+/// target (`RUST_LOG=info,rumqttd=warn`) still shows them.
+pub const QUIET_TARGETS: [&str; 2] = ["rumqttd", "tracing::span"];
 
 pub fn init_logging() {
-    let env = env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER);
-    let _ = env_logger::Builder::from_env(env).try_init();
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(LevelFilter::Info);
+    for target in QUIET_TARGETS {
+        builder.filter_module(target, LevelFilter::Off);
+    }
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    let _ = builder.try_init();
 }
