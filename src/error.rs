@@ -2,18 +2,29 @@
 //! `{"error": "…"}` with the right status. A 500's body stays generic while
 //! the log gets the cause.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
+
+use crate::auth::AuthError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Retry after this many seconds.
+    #[error("{0}")]
+    TooManyRequests(String, u64),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -25,7 +36,11 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -35,7 +50,34 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(cause) = self {
             log::error!("Request failed: {cause:#}.");
         }
-        HttpResponse::build(self.status_code()).json(json!({ "error": self.to_string() }))
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unauthorized(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::TooManyRequests(_, after) => {
+                response.insert_header((header::RETRY_AFTER, after.to_string()));
+            }
+            _ => {}
+        }
+        response.json(json!({ "error": self.to_string() }))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let text = e.to_string();
+        match e {
+            AuthError::Forbidden(_) => ApiError::Forbidden(text),
+            AuthError::TooManyStreams(..) => ApiError::TooManyRequests(text, 1),
+            AuthError::TooManyTickets => ApiError::TooManyRequests(text, 1),
+            AuthError::Repeated(_) => ApiError::BadRequest(text),
+            AuthError::Missing
+            | AuthError::InvalidKey
+            | AuthError::Malformed
+            | AuthError::KeyInUrl
+            | AuthError::BadTicket => ApiError::Unauthorized(text),
+        }
     }
 }
 

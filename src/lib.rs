@@ -3,6 +3,7 @@
 //! Settings, the embedded broker, the HTTP surface and the wiring of the
 //! actors from [`edgebus_actors`] (re-exported as [`actors`]).
 
+pub mod auth;
 pub mod broker;
 pub mod error;
 pub mod http;

@@ -194,6 +194,7 @@ pub struct SessionSettings {
     pub write_timeout_seconds: u64,
     pub max_streams_per_identity: usize,
     pub ticket_ttl_seconds: u64,
+    pub sse_retry_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,6 +409,12 @@ impl Settings {
             1,
         )?;
         at_least("sessions.ticket_ttl_seconds", s.ticket_ttl_seconds, 1)?;
+        if !(100..=600_000).contains(&s.sse_retry_ms) {
+            return Err(invalid(
+                "sessions.sse_retry_ms",
+                "must be from 100 to 600000",
+            ));
+        }
 
         self.validate_auth()?;
         self.validate_alerts()?;

@@ -18,6 +18,7 @@ use edgebus_actors::ingest::{self, Ingest, IngestConfig};
 use edgebus_actors::registry::{Registry, RegistryConfig};
 use edgebus_actors::telemetry::Telemetry;
 
+use crate::auth::Auth;
 use crate::broker;
 use crate::http::{self, AppState};
 use crate::settings::{MqttMode, Settings};
@@ -118,12 +119,26 @@ impl Application {
         let listener = TcpListener::bind(&settings.http.bind)
             .with_context(|| format!("`http.bind`: cannot listen on {}", settings.http.bind))?;
         let port = listener.local_addr()?.port();
+        let auth = Arc::new(Auth::new(
+            &settings.auth,
+            Settings::seconds(settings.sessions.ticket_ttl_seconds),
+            settings.sessions.max_streams_per_identity,
+        ));
+        if auth.is_open() {
+            log::warn!(
+                "OPEN DEV MODE: no auth.api_keys are configured, so anyone who can reach {} may \
+                 read every stream and publish. Configure API keys before exposing edgebus.",
+                settings.http.bind
+            );
+        }
         let state = web::Data::new(AppState {
             bus: bus.clone(),
             registry,
             ingest: ingest.clone(),
             telemetry: telemetry.clone(),
             settings: settings.clone(),
+            auth,
+            idempotency: Default::default(),
         });
         let workers = match settings.http.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -130,6 +131,8 @@ pub struct Event {
     pub ws_frame: ByteString,
     /// `{device_id: frame}` for `?format=edgewatch`, built on first use.
     edgewatch: OnceLock<Option<ByteString>>,
+    /// `id:`/`event:`/`data:` for SSE, built on first use and shared.
+    sse: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -159,7 +162,14 @@ impl Event {
             envelope,
             ws_frame,
             edgewatch: OnceLock::new(),
+            sse: OnceLock::new(),
         }
+    }
+
+    /// The SSE frame of this event, shared by every SSE session.
+    pub fn sse_frame(&self) -> &Bytes {
+        self.sse
+            .get_or_init(|| crate::session::sse::event_frame(self))
     }
 
     /// The seed dashboard's `{device_id: frame}` text, for metrics events.

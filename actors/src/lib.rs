@@ -20,7 +20,8 @@
 //! - [`registry`]: the Registry actor and its pure device table.
 //! - [`bus`]: the Bus actor: numbering, last values, history, fan-out with the
 //!   slow-consumer policy (conflate metrics, drop-and-tell for the rest).
-//! - [`session`]: per-client queues and the WebSocket session actor.
+//! - [`subscription`]: topic filter + payload equality predicates.
+//! - [`session`]: per-client queues, the WebSocket and SSE session actors.
 //! - [`telemetry`]: Prometheus metrics and rate-limited log lines, together.
 //!
 //! Every send that could meet a full mailbox uses `try_send` and counts what
@@ -31,5 +32,6 @@ pub mod event;
 pub mod ingest;
 pub mod registry;
 pub mod session;
+pub mod subscription;
 pub mod telemetry;
 pub mod topic;

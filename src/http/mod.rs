@@ -2,7 +2,12 @@
 
 mod devices;
 mod health;
+pub mod idempotency;
 mod metrics;
+mod publish;
+mod sse;
+pub mod streams;
+mod tickets;
 mod ws;
 
 use std::sync::Arc;
@@ -15,22 +20,35 @@ use edgebus_actors::ingest::Ingest;
 use edgebus_actors::registry::Registry;
 use edgebus_actors::telemetry::Telemetry;
 
+use crate::auth::Auth;
 use crate::settings::Settings;
 
-/// What every handler may reach: actor addresses, metrics, settings.
+/// What every handler may reach: actor addresses, metrics, settings, auth.
 pub struct AppState {
     pub bus: Addr<Bus>,
     pub registry: Addr<Registry>,
     pub ingest: Addr<Ingest>,
     pub telemetry: Arc<Telemetry>,
     pub settings: Arc<Settings>,
+    pub auth: Arc<Auth>,
+    pub idempotency: Arc<idempotency::Idempotency>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(metrics::metrics))
+        .route("/v1/ping", web::post().to(tickets::ping))
+        .route("/v1/auth/ticket", web::post().to(tickets::ticket))
         .route("/v1/devices", web::get().to(devices::list))
         .route("/v1/devices/{id}", web::get().to(devices::get))
+        .route("/v1/devices/{id}/events", web::get().to(sse::device_events))
+        .route(
+            "/v1/attackers/{uuid}/events",
+            web::get().to(sse::attacker_events),
+        )
+        .route("/v1/events", web::get().to(sse::events))
+        .route("/v1/publish/{topic:.+}", web::post().to(publish::publish))
+        .route("/v1/notifications", web::post().to(publish::notify))
         .route("/v1/ws", web::get().to(ws::ws));
 }

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::event::{now_ms, Draft, Event, EventId};
-use crate::session::{Delivery, Offer, SessionId, SessionQueue};
+use crate::event::{now_ms, Body, Draft, Event, EventId};
+use crate::session::{Delivery, Offer, SessionId, SessionQueue, Snapshot};
+use crate::subscription::Subscription;
 use crate::telemetry::{DropReason, Telemetry};
 use crate::topic::{DeliveryClass, FilterIndex, TopicFilter};
 
@@ -64,7 +65,10 @@ pub struct Bus {
 /// What the bus knows of one session.
 struct Subscriber {
     queue: SessionQueue,
-    filters: Vec<TopicFilter>,
+    filters: Vec<Subscription>,
+    /// Some subscription carries payload predicates: a topic match alone
+    /// does not decide delivery.
+    predicated: bool,
     /// Sequence of the last event offered, so overlapping filters deliver once.
     last_seq: u64,
     /// Queued-class events dropped since the last `lagged` notice.
@@ -197,6 +201,9 @@ impl Bus {
             if sub.last_seq == seq {
                 return;
             }
+            if sub.predicated && !sub.filters.iter().any(|s| s.matches(event)) {
+                return;
+            }
             sub.last_seq = seq;
             match sub.offer(event, telemetry) {
                 Offer::Queued => routed += 1,
@@ -210,45 +217,92 @@ impl Bus {
         }
     }
 
-    /// Latest value of every topic matching `filters`, oldest first.
-    fn snapshot(&self, filters: &[TopicFilter]) -> Vec<Arc<Event>> {
+    fn last_id(&self) -> EventId {
+        EventId {
+            epoch: self.epoch,
+            seq: self.seq,
+        }
+    }
+
+    /// Latest value of every topic matching `subs`, oldest first.
+    fn snapshot(&self, subs: &[Subscription], reset: bool) -> Snapshot {
         let window_ms = self.config.metrics_snapshot_window.as_millis() as u64;
         let oldest_metrics = now_ms().saturating_sub(window_ms);
         let mut events: Vec<Arc<Event>> = self
             .last
             .iter()
             .filter(|e| e.class != DeliveryClass::Conflate || e.ts_ms >= oldest_metrics)
-            .filter(|e| filters.iter().any(|f| f.matches(&e.topic)))
+            .filter(|e| subs.iter().any(|s| s.matches(e)))
             .cloned()
             .collect();
         events.sort_by_key(|e| e.id);
-        events
+        Snapshot {
+            events,
+            last_id: self.last_id(),
+            reset,
+        }
     }
 
-    fn add_filters(&mut self, id: SessionId, filters: Vec<TopicFilter>) -> Result<(), String> {
+    /// Every event after `after` that matches `subs`, when the history
+    /// still holds all of them; `None` when the id is from another run, from
+    /// the future, or older than the ring reaches.
+    fn replay(&self, after: EventId, subs: &[Subscription]) -> Option<Vec<Arc<Event>>> {
+        if after.epoch != self.epoch || after.seq > self.seq {
+            return None;
+        }
+        if after.seq == self.seq {
+            return Some(Vec::new());
+        }
+        let oldest = self.history.front()?.id.seq;
+        if after.seq + 1 < oldest {
+            return None;
+        }
+        let skip = (after.seq + 1 - oldest) as usize;
+        Some(
+            self.history
+                .iter()
+                .skip(skip)
+                .filter(|e| subs.iter().any(|s| s.matches(e)))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    fn add_filters(&mut self, id: SessionId, subs: Vec<Subscription>) -> Result<(), String> {
         let Some(sub) = self.sessions.get_mut(&id) else {
             return Err("unknown session".into());
         };
-        let new: Vec<TopicFilter> = filters
-            .into_iter()
-            .filter(|f| !sub.filters.contains(f))
-            .collect();
+        let mut new: Vec<Subscription> = Vec::with_capacity(subs.len());
+        for s in subs {
+            if !sub.filters.contains(&s) && !new.contains(&s) {
+                new.push(s);
+            }
+        }
         if sub.filters.len() + new.len() > MAX_FILTERS_PER_SESSION {
             return Err(format!(
                 "at most {MAX_FILTERS_PER_SESSION} topic filters per session"
             ));
         }
-        for filter in &new {
-            self.index.insert(filter, id);
+        for s in &new {
+            // One index entry per distinct topic filter of the session.
+            let indexed = sub.filters.iter().any(|f| f.filter == s.filter);
+            if !indexed {
+                self.index.insert(&s.filter, id);
+            }
+            sub.filters.push(s.clone());
         }
-        sub.filters.extend(new);
+        sub.predicated = sub.filters.iter().any(Subscription::has_predicates);
         Ok(())
     }
 
     fn remove(&mut self, id: SessionId) {
         if let Some(sub) = self.sessions.remove(&id) {
-            for filter in &sub.filters {
-                self.index.remove(filter, &id);
+            let mut done: Vec<&TopicFilter> = Vec::new();
+            for s in &sub.filters {
+                if !done.contains(&&s.filter) {
+                    self.index.remove(&s.filter, &id);
+                    done.push(&s.filter);
+                }
             }
         }
     }
@@ -277,15 +331,19 @@ impl Handler<Publish> for Bus {
     }
 }
 
-/// Registers a new session with its first filters. Sent by a session once,
-/// at start (`do_send`). The bus queues the snapshot before any live event,
-/// in the same step, so nothing falls between them and nothing repeats.
+/// Registers a new session with its first subscriptions. Sent by a session
+/// once, at start (`do_send`). The bus queues the snapshot (or, for a
+/// client resuming from `resume`, the missed events from the history) before
+/// any live event, in the same step, so nothing falls between them and
+/// nothing repeats.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Join {
     pub session: SessionId,
     pub queue: SessionQueue,
-    pub filters: Vec<TopicFilter>,
+    pub subscriptions: Vec<Subscription>,
+    /// The client's `Last-Event-ID`, as sent (any text).
+    pub resume: Option<String>,
 }
 
 impl Handler<Join> for Bus {
@@ -295,27 +353,39 @@ impl Handler<Join> for Bus {
         let Join {
             session,
             queue,
-            filters,
+            subscriptions,
+            resume,
         } = msg;
         self.sessions.insert(
             session,
             Subscriber {
                 queue,
                 filters: Vec::new(),
+                predicated: false,
                 last_seq: 0,
                 dropped: 0,
                 pending: HashMap::new(),
                 behind: false,
             },
         );
-        self.subscribe(session, filters);
+        self.subscribe(session, subscriptions, resume.as_deref());
     }
 }
 
 impl Bus {
-    fn subscribe(&mut self, session: SessionId, filters: Vec<TopicFilter>) {
-        let reply = match self.add_filters(session, filters.clone()) {
-            Ok(()) => Delivery::Snapshot(self.snapshot(&filters)),
+    fn subscribe(&mut self, session: SessionId, subs: Vec<Subscription>, resume: Option<&str>) {
+        let reply = match self.add_filters(session, subs.clone()) {
+            Ok(()) => {
+                // A garbage, foreign or too old id gets a snapshot marked as
+                // a reset: the client must drop what it shows and start over.
+                let replay = resume
+                    .and_then(|text| EventId::parse(text.trim()))
+                    .and_then(|after| self.replay(after, &subs));
+                match replay {
+                    Some(events) => Delivery::Replay(events),
+                    None => Delivery::Snapshot(self.snapshot(&subs, resume.is_some())),
+                }
+            }
             Err(e) => Delivery::Error(e),
         };
         if let Some(sub) = self.sessions.get(&session) {
@@ -332,14 +402,14 @@ impl Bus {
 #[rtype(result = "()")]
 pub struct Subscribe {
     pub session: SessionId,
-    pub filters: Vec<TopicFilter>,
+    pub subscriptions: Vec<Subscription>,
 }
 
 impl Handler<Subscribe> for Bus {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
-        self.subscribe(msg.session, msg.filters);
+        self.subscribe(msg.session, msg.subscriptions, None);
     }
 }
 
@@ -360,15 +430,17 @@ impl Handler<Unsubscribe> for Bus {
             return;
         };
         for filter in &msg.filters {
-            if let Some(i) = sub.filters.iter().position(|f| f == filter) {
-                sub.filters.swap_remove(i);
+            let before = sub.filters.len();
+            sub.filters.retain(|s| s.filter != *filter);
+            if sub.filters.len() < before {
                 self.index.remove(filter, &msg.session);
             }
         }
+        sub.predicated = sub.filters.iter().any(Subscription::has_predicates);
         // Held frames of filters now gone must not be delivered later.
         let filters = &sub.filters;
         sub.pending
-            .retain(|topic, _| filters.iter().any(|f| f.matches(topic)));
+            .retain(|_, e| filters.iter().any(|s| s.matches(e)));
         sub.queue.offer_control(Delivery::Unsubscribed(msg.filters));
     }
 }
@@ -450,11 +522,44 @@ impl Handler<Stats> for Bus {
             filters: self.index.len(),
             topics: self.last.len(),
             history: self.history.len(),
-            last_id: EventId {
-                epoch: self.epoch,
-                seq: self.seq,
-            },
+            last_id: self.last_id(),
         })
+    }
+}
+
+/// What the bus knows of one attacker (`send` from HTTP, before opening a
+/// per-attacker stream): `None` when no event of it was ever seen.
+#[derive(Message)]
+#[rtype(result = "Option<AttackerInfo>")]
+pub struct FindAttacker(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttackerInfo {
+    /// The attribution identity stamped on its newest event that has one,
+    /// so its stream can also carry attribution events keyed on it.
+    pub identity_uuid: Option<String>,
+}
+
+impl Handler<FindAttacker> for Bus {
+    type Result = MessageResult<FindAttacker>;
+
+    fn handle(&mut self, msg: FindAttacker, _: &mut Context<Self>) -> Self::Result {
+        let prefix = format!("attackers/{}/", msg.0);
+        let mut seen = false;
+        let mut identity: Option<(EventId, &str)> = None;
+        for event in self.last.iter().filter(|e| e.topic.starts_with(&prefix)) {
+            seen = true;
+            if let Body::Object(map) = &event.body {
+                if let Some(serde_json::Value::String(id)) = map.get("identity_uuid") {
+                    if identity.is_none_or(|(at, _)| at < event.id) {
+                        identity = Some((event.id, id));
+                    }
+                }
+            }
+        }
+        MessageResult(seen.then(|| AttackerInfo {
+            identity_uuid: identity.map(|(_, id)| id.to_owned()),
+        }))
     }
 }
 

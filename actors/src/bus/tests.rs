@@ -2,6 +2,8 @@ use super::*;
 use crate::event::Body;
 use crate::ingest::frame::MetricsFrame;
 use crate::session::{session_queue, SessionInbox};
+use crate::subscription::{Predicate, Subscription};
+use serde_json::json;
 
 fn bus(queue_capacity: usize) -> (Addr<Bus>, Arc<Telemetry>) {
     let telemetry = Arc::new(Telemetry::new());
@@ -38,16 +40,34 @@ fn metrics(device: &str, cpu: u32) -> Publish {
 }
 
 async fn join(bus: &Addr<Bus>, capacity: usize, list: &[&str]) -> (SessionId, SessionInbox) {
+    let subs = filters(list).into_iter().map(Subscription::topic).collect();
+    join_with(bus, capacity, subs, None).await
+}
+
+async fn join_with(
+    bus: &Addr<Bus>,
+    capacity: usize,
+    subscriptions: Vec<Subscription>,
+    resume: Option<&str>,
+) -> (SessionId, SessionInbox) {
     let (queue, inbox) = session_queue(capacity);
     let session = SessionId::next();
     bus.send(Join {
         session,
         queue,
-        filters: filters(list),
+        subscriptions,
+        resume: resume.map(str::to_owned),
     })
     .await
     .unwrap();
     (session, inbox)
+}
+
+fn object(topic: &str, payload: serde_json::Value) -> Publish {
+    let serde_json::Value::Object(map) = payload else {
+        panic!("object payload")
+    };
+    Publish(Draft::new(topic, now_ms(), Body::Object(map)))
 }
 
 fn drain(inbox: &mut SessionInbox) -> Vec<Delivery> {
@@ -81,8 +101,13 @@ async fn a_joiner_gets_the_snapshot_first_then_only_later_events() {
     let Delivery::Snapshot(snapshot) = &items[0] else {
         panic!("first item must be the snapshot: {items:?}");
     };
-    assert_eq!(snapshot.len(), 1, "latest value per topic only");
-    assert_eq!(snapshot[0].id.seq, 2);
+    assert_eq!(snapshot.events.len(), 1, "latest value per topic only");
+    assert_eq!(snapshot.events[0].id.seq, 2);
+    assert_eq!(
+        snapshot.last_id.seq, 3,
+        "the bus's newest id at that moment"
+    );
+    assert!(!snapshot.reset);
     assert_eq!(event_seqs(&items), vec![live.seq]);
 }
 
@@ -222,4 +247,160 @@ async fn shutdown_tells_every_session_to_close() {
     assert_eq!(bus.send(Shutdown).await.unwrap(), 1);
     let items = drain(&mut inbox);
     assert!(matches!(items.last(), Some(Delivery::Close)));
+}
+
+#[actix::test]
+async fn a_resuming_client_gets_exactly_what_it_missed_then_live_events() {
+    let (bus, _) = bus(16);
+    let first = bus.send(note("n/a", 1)).await.unwrap();
+    bus.send(note("n/b", 2)).await.unwrap();
+    bus.send(note("other/x", 3)).await.unwrap();
+    bus.send(note("n/a", 4)).await.unwrap();
+    let subs = vec![Subscription::topic(TopicFilter::parse("n/#").unwrap())];
+    let (_, mut inbox) = join_with(&bus, 16, subs, Some(&first.to_string())).await;
+    let live = bus.send(note("n/c", 5)).await.unwrap();
+    let items = drain(&mut inbox);
+    let Delivery::Replay(missed) = &items[0] else {
+        panic!("a replay, not a snapshot: {items:?}");
+    };
+    let missed: Vec<u64> = missed.iter().map(|e| e.id.seq).collect();
+    assert_eq!(missed, vec![2, 4], "matching events after the id, in order");
+    assert_eq!(event_seqs(&items), vec![live.seq]);
+}
+
+#[actix::test]
+async fn an_id_the_ring_no_longer_holds_gets_a_reset_snapshot() {
+    let telemetry = Arc::new(Telemetry::new());
+    let config = BusConfig {
+        queue_capacity: 16,
+        history: 3,
+        metrics_snapshot_window: Duration::from_secs(30),
+    };
+    let bus = Bus::new(config, telemetry).start();
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(bus.send(note("n/a", n)).await.unwrap());
+    }
+    let subs = || vec![Subscription::topic(TopicFilter::parse("n/#").unwrap())];
+    let epoch = ids[0].epoch;
+    let cases = [
+        ids[0].to_string(), // evicted
+        EventId {
+            epoch: epoch + 1,
+            seq: 2,
+        }
+        .to_string(), // another run
+        EventId { epoch, seq: 99 }.to_string(), // from the future
+        "garbage".to_owned(),
+        "18446744073709551616".to_owned(),
+    ];
+    for resume in cases {
+        let (_, mut inbox) = join_with(&bus, 16, subs(), Some(&resume)).await;
+        let items = drain(&mut inbox);
+        match &items[..] {
+            [Delivery::Snapshot(s)] => {
+                assert!(s.reset, "{resume}");
+                assert_eq!(s.events.len(), 1, "{resume}");
+            }
+            other => panic!("{resume}: {other:?}"),
+        }
+    }
+    // The oldest id the ring still follows on from replays.
+    let (_, mut inbox) = join_with(&bus, 16, subs(), Some(&ids[2].to_string())).await;
+    match &drain(&mut inbox)[..] {
+        [Delivery::Replay(events)] => assert_eq!(events.len(), 3),
+        other => panic!("{other:?}"),
+    }
+    let (_, mut inbox) = join_with(&bus, 16, subs(), Some(&ids[5].to_string())).await;
+    assert!(matches!(&drain(&mut inbox)[..], [Delivery::Replay(e)] if e.is_empty()));
+}
+
+#[actix::test]
+async fn predicates_pick_events_by_payload_in_live_snapshot_and_replay() {
+    let (bus, _) = bus(16);
+    let start = bus
+        .send(object(
+            "attribution/p/changed",
+            json!({"identity_uuid": "i1", "n": 0}),
+        ))
+        .await
+        .unwrap();
+    bus.send(object(
+        "attribution/p/other",
+        json!({"identity_uuid": "i2"}),
+    ))
+    .await
+    .unwrap();
+    let sub = Subscription::with_predicates(
+        TopicFilter::parse("attribution/#").unwrap(),
+        vec![Predicate::parse("identity_uuid:i1").unwrap()],
+    )
+    .unwrap();
+    let (_, mut snap_inbox) = join_with(&bus, 16, vec![sub.clone()], None).await;
+    let (_, mut replay_inbox) = join_with(
+        &bus,
+        16,
+        vec![sub],
+        Some(&EventId { seq: 0, ..start }.to_string()),
+    )
+    .await;
+    let wanted = bus
+        .send(object(
+            "attribution/p/changed",
+            json!({"identity_uuid": "i1", "n": 1}),
+        ))
+        .await
+        .unwrap();
+    bus.send(object(
+        "attribution/p/changed",
+        json!({"identity_uuid": "i2"}),
+    ))
+    .await
+    .unwrap();
+
+    let items = drain(&mut snap_inbox);
+    let Delivery::Snapshot(snapshot) = &items[0] else {
+        panic!("{items:?}")
+    };
+    let snap: Vec<u64> = snapshot.events.iter().map(|e| e.id.seq).collect();
+    assert_eq!(snap, vec![start.seq]);
+    assert_eq!(event_seqs(&items), vec![wanted.seq]);
+
+    let items = drain(&mut replay_inbox);
+    let Delivery::Replay(missed) = &items[0] else {
+        panic!("{items:?}")
+    };
+    assert_eq!(
+        missed.iter().map(|e| e.id.seq).collect::<Vec<_>>(),
+        vec![start.seq]
+    );
+    assert_eq!(event_seqs(&items), vec![wanted.seq]);
+}
+
+#[actix::test]
+async fn attackers_are_found_with_their_newest_identity() {
+    let (bus, _) = bus(16);
+    assert_eq!(bus.send(FindAttacker("a1".into())).await.unwrap(), None);
+    bus.send(object(
+        "attackers/a1/observation/ssh",
+        json!({"identity_uuid": "old"}),
+    ))
+    .await
+    .unwrap();
+    bus.send(object(
+        "attackers/a1/scored",
+        json!({"identity_uuid": "new", "score": 3}),
+    ))
+    .await
+    .unwrap();
+    bus.send(object(
+        "attackers/a10/scored",
+        json!({"identity_uuid": "other"}),
+    ))
+    .await
+    .unwrap();
+    let info = bus.send(FindAttacker("a1".into())).await.unwrap();
+    assert_eq!(info.and_then(|i| i.identity_uuid).as_deref(), Some("new"));
+    let info = bus.send(FindAttacker("a2".into())).await.unwrap();
+    assert_eq!(info, None);
 }

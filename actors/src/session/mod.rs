@@ -6,6 +6,7 @@
 //! `bus.queue_capacity` events plus a few reserved slots for control items
 //! (snapshot, lagged notice, close) that must never be lost to a full queue.
 
+pub mod sse;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -13,9 +14,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
-use crate::event::Event;
+use crate::event::{Event, EventId};
+use crate::subscription::Subscription;
 use crate::topic::TopicFilter;
 
+pub use sse::{SseBody, SseSession, SseSessionConfig};
 pub use ws::{WireFormat, WsSession, WsSessionConfig};
 
 /// Slots kept free for control items beyond the event capacity.
@@ -38,7 +41,10 @@ pub enum Delivery {
     Event(Arc<Event>),
     /// Latest value per matching topic; always the first item after a
     /// subscribe, so nothing falls between snapshot and live events.
-    Snapshot(Vec<Arc<Event>>),
+    Snapshot(Snapshot),
+    /// A resuming client's missed events, from the history, in order; live
+    /// events follow with no gap and no repeat.
+    Replay(Vec<Arc<Event>>),
     /// This many queued-class events were dropped because the queue was full.
     Lagged(u64),
     /// Acknowledges an unsubscribe: no event of these filters follows.
@@ -47,6 +53,38 @@ pub enum Delivery {
     Error(String),
     /// The server is going away: close the stream cleanly.
     Close,
+}
+
+/// The latest value of every matching topic.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub events: Vec<Arc<Event>>,
+    /// The bus's newest id when the snapshot was taken: a client that
+    /// resumes from it misses nothing.
+    pub last_id: EventId,
+    /// The client asked to resume from an id the history no longer holds
+    /// (or from another run): it must drop what it shows and start over.
+    pub reset: bool,
+}
+
+impl Snapshot {
+    pub fn empty() -> Self {
+        Self {
+            events: Vec::new(),
+            last_id: EventId { epoch: 0, seq: 0 },
+            reset: false,
+        }
+    }
+}
+
+/// What a new session starts with, whatever its transport.
+pub struct SessionStart {
+    pub subscriptions: Vec<Subscription>,
+    /// The client's `Last-Event-ID`, as sent.
+    pub resume: Option<String>,
+    /// Held for the session's life and dropped when it ends (the identity's
+    /// stream slot): ending the session is what frees it.
+    pub guard: Option<Box<dyn Send>>,
 }
 
 /// Result of offering an item to a session.
@@ -217,7 +255,7 @@ mod tests {
     fn control_items_do_not_count_against_the_event_capacity() {
         let (queue, _inbox) = session_queue(2);
         assert_eq!(
-            queue.offer_control(Delivery::Snapshot(Vec::new())),
+            queue.offer_control(Delivery::Snapshot(Snapshot::empty())),
             Offer::Queued
         );
         assert_eq!(queue.offer_event(&event(1)), Offer::Queued);

@@ -20,9 +20,12 @@ use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReaso
 use bytestring::ByteString;
 use serde::Deserialize;
 
-use super::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue};
+use super::{
+    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Snapshot,
+};
 use crate::bus::{self, Bus};
 use crate::event::Event;
+use crate::subscription::{Predicate, Subscription};
 use crate::telemetry::{DropReason, Telemetry};
 use crate::topic::{DeliveryClass, TopicFilter};
 
@@ -59,10 +62,14 @@ pub struct WsSession {
     stream: Option<AggregatedMessageStream>,
     queue: SessionQueue,
     inbox: Option<SessionInbox>,
-    filters: Vec<TopicFilter>,
+    subscriptions: Vec<Subscription>,
+    resume: Option<String>,
     config: WsSessionConfig,
     last_heard: Instant,
     telemetry: Arc<Telemetry>,
+    /// Held for the session's life (e.g. its identity's stream slot);
+    /// dropped when the session ends.
+    _guard: Option<Box<dyn Send>>,
 }
 
 impl WsSession {
@@ -70,7 +77,7 @@ impl WsSession {
         ws: actix_ws::Session,
         stream: MessageStream,
         bus: Addr<Bus>,
-        filters: Vec<TopicFilter>,
+        start: SessionStart,
         config: WsSessionConfig,
         telemetry: Arc<Telemetry>,
     ) -> Self {
@@ -86,10 +93,12 @@ impl WsSession {
             stream: Some(stream),
             queue,
             inbox: Some(inbox),
-            filters,
+            subscriptions: start.subscriptions,
+            resume: start.resume,
             config,
             last_heard: Instant::now(),
             telemetry,
+            _guard: start.guard,
         }
     }
 
@@ -112,9 +121,9 @@ impl WsSession {
             return; // The seed dashboard never sent anything meaningful.
         }
         match parse_op(text) {
-            Ok(ClientOp::Subscribe(filters)) => self.bus.do_send(bus::Subscribe {
+            Ok(ClientOp::Subscribe(subscriptions)) => self.bus.do_send(bus::Subscribe {
                 session: self.id,
-                filters,
+                subscriptions,
             }),
             Ok(ClientOp::Unsubscribe(filters)) => self.bus.do_send(bus::Unsubscribe {
                 session: self.id,
@@ -167,7 +176,8 @@ impl Actor for WsSession {
         self.bus.do_send(bus::Join {
             session: self.id,
             queue: self.queue.clone(),
-            filters: std::mem::take(&mut self.filters),
+            subscriptions: std::mem::take(&mut self.subscriptions),
+            resume: self.resume.take(),
         });
         ctx.run_interval(self.config.heartbeat, Self::heartbeat);
     }
@@ -233,7 +243,7 @@ fn close_code_for(error: &actix_ws::ProtocolError) -> (CloseCode, &'static str) 
 /// A client operation (WebSocket text frame).
 #[derive(Debug)]
 enum ClientOp {
-    Subscribe(Vec<TopicFilter>),
+    Subscribe(Vec<Subscription>),
     Unsubscribe(Vec<TopicFilter>),
 }
 
@@ -243,6 +253,9 @@ fn parse_op(text: &str) -> Result<ClientOp, String> {
     struct Op {
         op: String,
         topics: Vec<String>,
+        /// Payload equality predicates for every topic of a subscribe.
+        #[serde(default, rename = "where")]
+        predicates: std::collections::BTreeMap<String, String>,
     }
     let op: Op = serde_json::from_str(text).map_err(|e| {
         format!("bad op: {e}; expected {{\"op\":\"subscribe\"|\"unsubscribe\",\"topics\":[…]}}")
@@ -253,8 +266,22 @@ fn parse_op(text: &str) -> Result<ClientOp, String> {
         .map(|t| TopicFilter::parse(t).map_err(|e| format!("bad topic filter {t:?}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     match op.op.as_str() {
-        "subscribe" => Ok(ClientOp::Subscribe(filters)),
-        "unsubscribe" => Ok(ClientOp::Unsubscribe(filters)),
+        "subscribe" => {
+            let predicates = op
+                .predicates
+                .iter()
+                .map(|(k, v)| Predicate::new(k, v))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            filters
+                .into_iter()
+                .map(|f| Subscription::with_predicates(f, predicates.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map(ClientOp::Subscribe)
+                .map_err(|e| e.to_string())
+        }
+        "unsubscribe" if op.predicates.is_empty() => Ok(ClientOp::Unsubscribe(filters)),
+        "unsubscribe" => Err("unsubscribe takes topics only".into()),
         other => Err(format!("unknown op {other:?}")),
     }
 }
@@ -294,22 +321,18 @@ impl Writer {
                         self.telemetry.events_dropped(DropReason::Conflated, conflated);
                     }
                     for item in batch.drain(..) {
-                        let text = match render(item, self.format) {
-                            Rendered::Text(text) => text,
-                            Rendered::Nothing => continue,
-                            Rendered::Close => {
+                        let texts = match item {
+                            Delivery::Close => {
                                 let reason = CloseReason { code: CloseCode::Away, description: Some("server shutting down".into()) };
                                 let _ = tokio::time::timeout(self.deadline, self.ws.close(Some(reason))).await;
                                 return WriterEnd::ServerClosing;
                             }
+                            Delivery::Replay(events) => events.iter().filter_map(|e| event_text(e, self.format)).collect(),
+                            other => render(other, self.format).into_iter().collect::<Vec<_>>(),
                         };
-                        match tokio::time::timeout(self.deadline, self.ws.text(text)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => return WriterEnd::ClientGone,
-                            Err(_) => {
-                                let reason = CloseReason { code: CloseCode::Again, description: Some("client too slow to read".into()) };
-                                let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(reason))).await;
-                                return WriterEnd::WriteDeadline;
+                        for text in texts {
+                            if let Err(end) = self.write(text).await {
+                                return end;
                             }
                         }
                     }
@@ -325,9 +348,30 @@ impl Writer {
     }
 }
 
+impl Writer {
+    async fn write(&mut self, text: ByteString) -> Result<(), WriterEnd> {
+        match tokio::time::timeout(self.deadline, self.ws.text(text)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriterEnd::ClientGone),
+            Err(_) => {
+                let reason = CloseReason {
+                    code: CloseCode::Again,
+                    description: Some("client too slow to read".into()),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.ws.clone().close(Some(reason)),
+                )
+                .await;
+                Err(WriterEnd::WriteDeadline)
+            }
+        }
+    }
+}
+
 /// Keeps only the newest metrics event per topic within one batch; returns
 /// how many older frames were left out.
-fn conflate(batch: &mut Vec<Delivery>, seen: &mut HashSet<Arc<str>>) -> u64 {
+pub(crate) fn conflate(batch: &mut Vec<Delivery>, seen: &mut HashSet<Arc<str>>) -> u64 {
     let metrics = batch
         .iter()
         .filter(|d| matches!(d, Delivery::Event(e) if e.class == DeliveryClass::Conflate))
@@ -349,56 +393,65 @@ fn conflate(batch: &mut Vec<Delivery>, seen: &mut HashSet<Arc<str>>) -> u64 {
     keep.iter().filter(|k| !**k).count() as u64
 }
 
-enum Rendered {
-    Text(ByteString),
-    Nothing,
-    Close,
+fn event_text(e: &Event, format: WireFormat) -> Option<ByteString> {
+    match format {
+        WireFormat::Envelope => Some(e.ws_frame.clone()),
+        WireFormat::Edgewatch => e.edgewatch_frame().cloned(),
+    }
 }
 
-fn render(item: Delivery, format: WireFormat) -> Rendered {
+/// The text frame for one queued item (`None`: nothing to say in this
+/// format). `Close` and `Replay` are handled by the writer.
+fn render(item: Delivery, format: WireFormat) -> Option<ByteString> {
     match (format, item) {
-        (_, Delivery::Close) => Rendered::Close,
-        (WireFormat::Envelope, Delivery::Event(e)) => Rendered::Text(e.ws_frame.clone()),
-        (WireFormat::Envelope, Delivery::Snapshot(events)) => {
-            Rendered::Text(snapshot_frame(&events))
-        }
+        (_, Delivery::Event(e)) => event_text(&e, format),
+        (WireFormat::Envelope, Delivery::Snapshot(snapshot)) => Some(snapshot_frame(&snapshot)),
         (WireFormat::Envelope, Delivery::Lagged(n)) => {
-            Rendered::Text(format!(r#"{{"type":"lagged","dropped":{n}}}"#).into())
+            Some(format!(r#"{{"type":"lagged","dropped":{n}}}"#).into())
         }
         (WireFormat::Envelope, Delivery::Unsubscribed(filters)) => {
             let topics: Vec<&str> = filters.iter().map(TopicFilter::as_str).collect();
             let json = serde_json::json!({"type": "unsubscribed", "topics": topics});
-            Rendered::Text(json.to_string().into())
+            Some(json.to_string().into())
         }
         (WireFormat::Envelope, Delivery::Error(error)) => {
             let json = serde_json::json!({"type": "error", "error": error});
-            Rendered::Text(json.to_string().into())
+            Some(json.to_string().into())
         }
-        (WireFormat::Edgewatch, Delivery::Event(e)) => match e.edgewatch_frame() {
-            Some(text) => Rendered::Text(text.clone()),
-            None => Rendered::Nothing,
-        },
-        (WireFormat::Edgewatch, Delivery::Snapshot(events)) => match edgewatch_snapshot(&events) {
-            Some(text) => Rendered::Text(text),
-            None => Rendered::Nothing,
-        },
-        (WireFormat::Edgewatch, _) => Rendered::Nothing,
+        (WireFormat::Edgewatch, Delivery::Snapshot(snapshot)) => {
+            edgewatch_snapshot(&snapshot.events)
+        }
+        (_, Delivery::Replay(_) | Delivery::Close) => None,
+        (WireFormat::Edgewatch, _) => None,
     }
 }
 
-/// `{"type":"snapshot","events":[envelope,…]}` from shared envelopes.
-pub fn snapshot_frame(events: &[Arc<Event>]) -> ByteString {
+/// `{"type":"snapshot","events":[envelope,…],"last_id":…}` from shared
+/// envelopes; `"reset":true` when the client's resume id was not honoured.
+pub fn snapshot_frame(snapshot: &Snapshot) -> ByteString {
+    let events = &snapshot.events;
     let mut out =
-        String::with_capacity(32 + events.iter().map(|e| e.envelope.len() + 1).sum::<usize>());
+        String::with_capacity(64 + events.iter().map(|e| e.envelope.len() + 1).sum::<usize>());
     out.push_str(r#"{"type":"snapshot","events":["#);
+    push_envelopes(&mut out, events);
+    out.push_str(r#"],"last_id":""#);
+    out.push_str(&snapshot.last_id.to_string());
+    out.push('"');
+    if snapshot.reset {
+        out.push_str(r#","reset":true"#);
+    }
+    out.push('}');
+    out.into()
+}
+
+/// `envelope,envelope,…` (the shared bytes, copied once per snapshot).
+pub fn push_envelopes(out: &mut String, events: &[Arc<Event>]) {
     for (i, e) in events.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push_str(&e.envelope);
     }
-    out.push_str("]}");
-    out.into()
 }
 
 /// The seed's snapshot: one object of every active device's frame, or
@@ -491,7 +544,11 @@ mod tests {
         let Delivery::Event(e) = metrics(1, "a") else {
             unreachable!()
         };
-        let text = snapshot_frame(&[e.clone(), e]);
+        let text = snapshot_frame(&Snapshot {
+            events: vec![e.clone(), e],
+            last_id: crate::event::EventId { epoch: 1, seq: 1 },
+            reset: false,
+        });
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["type"], "snapshot");
         assert_eq!(v["events"].as_array().unwrap().len(), 2);
@@ -500,22 +557,11 @@ mod tests {
 
     #[test]
     fn edgewatch_shows_metrics_only() {
-        assert!(matches!(
-            render(note(1), WireFormat::Edgewatch),
-            Rendered::Nothing
-        ));
-        assert!(matches!(
-            render(Delivery::Lagged(3), WireFormat::Edgewatch),
-            Rendered::Nothing
-        ));
-        let Rendered::Text(text) = render(metrics(1, "a"), WireFormat::Edgewatch) else {
-            panic!("metrics render")
-        };
+        assert!(render(note(1), WireFormat::Edgewatch).is_none());
+        assert!(render(Delivery::Lagged(3), WireFormat::Edgewatch).is_none());
+        let text = render(metrics(1, "a"), WireFormat::Edgewatch).expect("metrics render");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["a"]["timestamp"], 1);
-        assert!(matches!(
-            render(Delivery::Snapshot(vec![]), WireFormat::Edgewatch),
-            Rendered::Nothing
-        ));
+        assert!(render(Delivery::Snapshot(Snapshot::empty()), WireFormat::Edgewatch).is_none());
     }
 }

@@ -1,0 +1,213 @@
+//! `POST /v1/publish/{topic…}` and `POST /v1/notifications` (publisher).
+//!
+//! An HTTP publish meets exactly the rules an MQTT publish meets
+//! ([`ingest::accept`]): metrics topics the strict frame rules, other topics
+//! a JSON object without duplicate keys; the topic must belong to one of the
+//! configured families (`mqtt.topics`) and not to `edgebus/`. Metrics go
+//! through the registry (device table, cap), everything else straight to
+//! the bus.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use edgebus_actors::bus::Publish;
+use edgebus_actors::event::{now_ms, Body, Draft};
+use edgebus_actors::ingest::frame::{DeviceId, Rejection};
+use edgebus_actors::ingest::{self};
+use edgebus_actors::registry::{Admission, Observe};
+use edgebus_actors::topic::TopicFilter;
+
+use super::idempotency::{fingerprint, Claim, MAX_KEY_LEN};
+use super::streams::authorization;
+use super::AppState;
+use crate::auth::Role;
+use crate::error::ApiError;
+
+/// Longest notification message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 2000;
+
+/// Reads the body, refusing it (413) as soon as it passes `limit`.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge(format!("body is over {limit} bytes"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn in_families(state: &AppState, topic: &str) -> bool {
+    state
+        .settings
+        .mqtt
+        .topics
+        .iter()
+        .filter_map(|f| TopicFilter::parse(f).ok())
+        .any(|f| f.matches(topic))
+}
+
+pub async fn publish(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    topic: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = state.auth.require(authorization(&req), Role::Publisher)?;
+    let topic = topic.into_inner();
+    let limit = state.settings.mqtt.max_payload_bytes;
+    let body = read_body(&req, payload, limit).await?;
+    let key = idempotency_key(&req)?;
+
+    let draft = match ingest::accept(&topic, &body, limit, now_ms()) {
+        Ok(draft) => draft,
+        Err(rejected) => {
+            state.telemetry.frame_rejected(&topic, &rejected.rejection);
+            return Err(match rejected.rejection {
+                Rejection::TooLarge(_) => ApiError::PayloadTooLarge(rejected.rejection.to_string()),
+                r => ApiError::BadRequest(format!("{}: {r}", r.as_str())),
+            });
+        }
+    };
+    if !in_families(&state, &topic) {
+        return Err(ApiError::BadRequest(format!(
+            "topic {topic:?} is outside the configured families (mqtt.topics)"
+        )));
+    }
+
+    let Some(key) = key else {
+        let result = put_on_bus(&state, draft).await?;
+        return Ok(HttpResponse::Created().json(result));
+    };
+    let name = &*identity.name;
+    match state
+        .idempotency
+        .claim(name, &key, fingerprint(&topic, &body))
+    {
+        Claim::AlreadyPresent(result) => {
+            let mut result = result;
+            if let Value::Object(map) = &mut result {
+                map.insert("status".into(), "already-present".into());
+            }
+            Ok(HttpResponse::Ok().json(result))
+        }
+        Claim::Conflict => Err(ApiError::Conflict(
+            "Idempotency-Key was already used with a different request".into(),
+        )),
+        Claim::New => match put_on_bus(&state, draft).await {
+            Ok(result) => {
+                state.idempotency.record(name, &key, result.clone());
+                Ok(HttpResponse::Created().json(result))
+            }
+            Err(e) => {
+                state.idempotency.release(name, &key);
+                Err(e)
+            }
+        },
+    }
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Metrics through the registry (it keeps the device table and forwards to
+/// the bus), anything else straight to the bus, which answers with the id.
+async fn put_on_bus(state: &AppState, draft: Draft) -> Result<Value, ApiError> {
+    let topic = draft.topic.to_string();
+    if matches!(draft.body, Body::Metrics(_)) {
+        return match state.registry.send(Observe(draft)).await? {
+            Admission::Refused => Err(ApiError::Forbidden(
+                "device cap (registry.max_devices) reached: new devices are refused".into(),
+            )),
+            Admission::New | Admission::Updated => Ok(json!({"status": "created", "topic": topic})),
+        };
+    }
+    let id = state.bus.send(Publish(draft)).await?;
+    Ok(json!({"status": "created", "topic": topic, "id": id.to_string()}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Notification {
+    level: String,
+    message: String,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// `{"level","message","source"?}` → an event on `notifications/{source}`
+/// (`source` defaults to `api`).
+pub async fn notify(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.require(authorization(&req), Role::Publisher)?;
+    let body = read_body(&req, payload, state.settings.mqtt.max_payload_bytes).await?;
+    let note: Notification = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("bad notification: {e}")))?;
+    if !matches!(
+        note.level.as_str(),
+        "info" | "success" | "warning" | "error"
+    ) {
+        return Err(ApiError::BadRequest(format!(
+            "level {:?} is not one of info, success, warning, error",
+            note.level.chars().take(32).collect::<String>()
+        )));
+    }
+    let chars = note.message.chars().count();
+    if chars == 0 || chars > MAX_MESSAGE_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "message must be 1 to {MAX_MESSAGE_CHARS} characters (got {chars})"
+        )));
+    }
+    let source = note.source.unwrap_or_else(|| "api".to_owned());
+    let source = DeviceId::parse(&source)
+        .map_err(|_| ApiError::BadRequest("source must match ^[A-Za-z0-9._-]{1,64}$".into()))?;
+    let topic = format!("notifications/{}", source.as_str());
+    let mut map = Map::new();
+    map.insert("level".into(), note.level.into());
+    map.insert("message".into(), note.message.into());
+    map.insert("source".into(), source.as_str().into());
+    let id = state
+        .bus
+        .send(Publish(Draft::new(
+            topic.as_str(),
+            now_ms(),
+            Body::Object(map),
+        )))
+        .await?;
+    Ok(HttpResponse::Created()
+        .json(json!({"status": "created", "topic": topic, "id": id.to_string()})))
+}

@@ -1,0 +1,166 @@
+//! Server-Sent Events: `GET /v1/events?topic=F[&where=k:v]`,
+//! `GET /v1/devices/{id}/events` and `GET /v1/attackers/{uuid}/events`, each
+//! served by one [`SseSession`] actor.
+//!
+//! Order of checks: query shape (400), credentials (401/403), existence of
+//! the device or attacker (404), the identity's stream cap (429). Browsers
+//! treat any non-200 answer as final, so a page must reconnect itself with a
+//! fresh ticket and `?last_event_id=` (see README, "Reconnecting").
+
+use actix::Actor;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use edgebus_actors::bus::FindAttacker;
+use edgebus_actors::ingest::frame::DeviceId;
+use edgebus_actors::registry::GetDevice;
+use edgebus_actors::session::{SessionStart, SseSession, SseSessionConfig};
+use edgebus_actors::subscription::{Predicate, Subscription};
+use edgebus_actors::topic::TopicFilter;
+
+use super::streams::{self, StreamQuery};
+use super::AppState;
+use crate::auth::{AuthError, Identity, StreamAuth};
+use crate::error::ApiError;
+use crate::settings::Settings;
+
+/// `GET /v1/events?topic=F&topic=G[&where=key:value]`.
+pub async fn events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = StreamQuery::parse(req.query_string())?;
+    if query.topics.is_empty() {
+        return Err(ApiError::BadRequest(
+            "name at least one ?topic= filter (e.g. devices/+/metrics)".into(),
+        ));
+    }
+    let subscriptions = query.subscriptions()?;
+    open(&req, &state, &query, subscriptions)
+}
+
+/// `GET /v1/devices/{id}/events`: the device's metrics and presence, and
+/// its alerts.
+pub async fn device_events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let query = StreamQuery::parse(req.query_string())?;
+    let identity = identity(&req, &state, &query)?;
+    let device = DeviceId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if state
+        .registry
+        .send(GetDevice(device.as_str().to_owned()))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "unknown device {:?}",
+            device.as_str()
+        )));
+    }
+    let subscriptions = [
+        format!("devices/{}/#", device.as_str()),
+        format!("alerts/{}/#", device.as_str()),
+    ]
+    .iter()
+    .map(|f| topic(f))
+    .collect::<Result<Vec<_>, _>>()?;
+    open_authenticated(&req, &state, &query, identity, subscriptions)
+}
+
+/// `GET /v1/attackers/{uuid}/events`: everything under
+/// `attackers/{uuid}/…`, and attribution events whose `identity_uuid` is the
+/// attacker's (as stamped on its newest event that carries one). Nothing of
+/// any other attacker.
+pub async fn attacker_events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    uuid: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let query = StreamQuery::parse(req.query_string())?;
+    let identity = identity(&req, &state, &query)?;
+    // Attacker ids follow the device id rule: one safe topic level.
+    let uuid = DeviceId::parse(&uuid).map_err(|_| {
+        ApiError::BadRequest("attacker id must match ^[A-Za-z0-9._-]{1,64}$".into())
+    })?;
+    let uuid = uuid.as_str();
+    let Some(info) = state.bus.send(FindAttacker(uuid.to_owned())).await? else {
+        return Err(ApiError::NotFound(format!("unknown attacker {uuid:?}")));
+    };
+    let mut subscriptions = vec![topic(&format!("attackers/{uuid}/#"))?];
+    if let Some(identity) = info.identity_uuid {
+        let predicate =
+            Predicate::new("identity_uuid", &identity).map_err(|e| ApiError::Internal(e.into()))?;
+        let filter =
+            TopicFilter::parse("attribution/#").map_err(|e| ApiError::Internal(e.into()))?;
+        subscriptions.push(
+            Subscription::with_predicates(filter, vec![predicate])
+                .map_err(|e| ApiError::Internal(e.into()))?,
+        );
+    }
+    open_authenticated(&req, &state, &query, identity, subscriptions)
+}
+
+fn topic(filter: &str) -> Result<Subscription, ApiError> {
+    TopicFilter::parse(filter)
+        .map(Subscription::topic)
+        .map_err(|e| ApiError::BadRequest(format!("bad topic {filter:?}: {e}")))
+}
+
+/// SSE has no legacy token: a bearer header or a ticket (or open mode).
+fn identity(
+    req: &HttpRequest,
+    state: &AppState,
+    query: &StreamQuery,
+) -> Result<Identity, ApiError> {
+    match streams::authenticate(req, state, query, false)? {
+        StreamAuth::Granted(identity) => Ok(identity),
+        StreamAuth::LegacyRefused => Err(AuthError::Missing.into()),
+    }
+}
+
+fn open(
+    req: &HttpRequest,
+    state: &AppState,
+    query: &StreamQuery,
+    subscriptions: Vec<Subscription>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = identity(req, state, query)?;
+    open_authenticated(req, state, query, identity, subscriptions)
+}
+
+/// Starts the session once the caller is known (a ticket is consumed when
+/// it is checked, so this never checks again).
+fn open_authenticated(
+    req: &HttpRequest,
+    state: &AppState,
+    query: &StreamQuery,
+    identity: Identity,
+    subscriptions: Vec<Subscription>,
+) -> Result<HttpResponse, ApiError> {
+    let permit = streams::permit(state, &identity)?;
+    let s = &state.settings.sessions;
+    let config = SseSessionConfig {
+        keepalive: Settings::seconds(s.keepalive_seconds),
+        write_deadline: Settings::seconds(s.write_timeout_seconds),
+        queue_capacity: state.settings.bus.queue_capacity,
+        retry: std::time::Duration::from_millis(s.sse_retry_ms),
+    };
+    let start = SessionStart {
+        subscriptions,
+        resume: query.resume(req),
+        guard: Some(Box::new(permit)),
+    };
+    let (session, body) =
+        SseSession::new(state.bus.clone(), start, config, state.telemetry.clone());
+    session.start();
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        // nginx and friends must not buffer the stream; Compress must not either.
+        .insert_header(("X-Accel-Buffering", "no"))
+        .insert_header((header::CONTENT_ENCODING, "identity"))
+        .streaming(body))
+}

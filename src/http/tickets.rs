@@ -1,0 +1,44 @@
+//! `POST /v1/auth/ticket` (a stream ticket for a bearer key) and
+//! `POST /v1/ping` (a smoke test of credentials and clock).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::streams::authorization;
+use super::AppState;
+use crate::auth::Role;
+use crate::error::ApiError;
+
+/// A single-use ticket bound to the caller's identity and roles. In open
+/// dev mode anyone gets one (streams then need none, but a page written for
+/// a locked-down deployment works unchanged).
+pub async fn ticket(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = state.auth.require(authorization(&req), Role::Viewer)?;
+    let ticket = state.auth.tickets.issue(&identity)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({
+            "ticket": ticket,
+            "expires_in": state.auth.tickets.ttl().as_secs(),
+        })))
+}
+
+pub async fn ping(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // Any valid key, whatever its roles, may ping.
+    let identity = state.auth.identify(authorization(&req))?;
+    let t_wall_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(HttpResponse::Ok().json(json!({
+        "ok": true,
+        "identity": &*identity.name,
+        "roles": identity.roles(),
+        "t_wall_ns": t_wall_ns,
+    })))
+}
