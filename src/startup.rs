@@ -151,6 +151,11 @@ impl Application {
                 .configure(http::configure)
         })
         .workers(workers)
+        // A client's EOF ends its connection at once, so a closed SSE stream
+        // frees its session and its identity's slot now, not at the next
+        // keepalive write. (Clients that half-close after a request and then
+        // wait for the answer are not supported; browsers never do.)
+        .h1_allow_half_closed(false)
         .disable_signals()
         .shutdown_timeout(HTTP_SHUTDOWN.as_secs())
         .listen(listener)?

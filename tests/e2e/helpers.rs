@@ -394,3 +394,173 @@ impl RawWsClient {
         .expect("a frame within the wait")
     }
 }
+
+/// An HTTP answer: status, headers (lower-case names) and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+}
+
+impl TestApp {
+    /// Any request; `body` is sent as JSON text when given.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, self.url(path));
+        for (name, value) in headers {
+            req = req.insert_header((*name, *value));
+        }
+        let mut resp = match body {
+            Some(body) => req
+                .content_type("application/json")
+                .send_body(body.to_owned())
+                .await
+                .expect("request"),
+            None => req.send().await.expect("request"),
+        };
+        let bytes = resp.body().limit(16 << 20).await.expect("body");
+        Answer {
+            status: resp.status().as_u16(),
+            headers: resp
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_ascii_lowercase(),
+                        v.to_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect(),
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// A stream ticket for `key` (`None`: open dev mode).
+    pub async fn ticket(&self, key: Option<&str>) -> String {
+        let bearer = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| vec![("Authorization", b)])
+            .unwrap_or_default();
+        let answer = self.call("POST", "/v1/auth/ticket", &headers, None).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body["ticket"].as_str().expect("ticket").to_owned()
+    }
+
+    pub async fn sse(
+        &self,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<crate::sse_client::SseClient, crate::sse_client::Refused> {
+        crate::sse_client::SseClient::open(self.port, target, headers).await
+    }
+}
+
+/// The real `edgebus` binary in its own process (embedded broker, free
+/// ports), for what must be measured apart from the test process.
+pub struct Service {
+    pub port: u16,
+    child: std::process::Child,
+    http: awc::Client,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let (port, mqtt_port) = (free_port(), free_port());
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_edgebus"));
+        command
+            .env("EDGEBUS__HTTP__BIND", format!("127.0.0.1:{port}"))
+            .env("EDGEBUS__MQTT__MODE", "embedded")
+            .env(
+                "EDGEBUS__MQTT__URL",
+                format!("mqtt://127.0.0.1:{mqtt_port}"),
+            )
+            .env("EDGEBUS__MQTT__CLIENT_ID", unique("svc"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("the edgebus binary starts");
+        let service = Self {
+            port,
+            child,
+            http: awc::Client::builder().timeout(WAIT).finish(),
+        };
+        let deadline = Instant::now() + WAIT * 3;
+        loop {
+            let url = format!("http://127.0.0.1:{port}/readyz");
+            if let Ok(resp) = service.http.get(url).send().await {
+                if resp.status() == StatusCode::OK {
+                    return service;
+                }
+            }
+            assert!(Instant::now() < deadline, "edgebus never became ready");
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let mut resp = self.http.get(url).send().await.expect("/metrics");
+        let body = resp.body().limit(16 << 20).await.expect("body");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+
+    /// Polls a metric until `ok(value)`.
+    pub async fn wait_metric(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(series).await;
+            if ok(v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{series} stuck at {v}");
+            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Resident memory of the service process.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .expect("VmRSS of the service")
+    }
+}

@@ -1,8 +1,12 @@
 //! End-to-end tests: real sockets, a real MQTT broker (embedded, and
 //! Mosquitto), real WebSocket clients. One binary, as one link step.
 
+mod auth;
 mod broker;
 mod helpers;
 mod http;
 mod pipeline;
+mod publish;
+mod sse;
+mod sse_client;
 mod ws;
