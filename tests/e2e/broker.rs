@@ -132,3 +132,51 @@ async fn ingest_reconnects_and_resubscribes_after_a_broker_restart() {
     assert!(app.metric("edgebus_mqtt_reconnects_total").await >= 1.0);
     assert_eq!(app.metric("edgebus_mqtt_connected").await, 1.0);
 }
+
+#[actix_web::test]
+async fn frames_sent_while_edgebus_restarts_are_delivered_by_its_persistent_session() {
+    let port = free_port();
+    let _broker = Mosquitto::start(port);
+    let client_id = unique("persistent");
+    let extra = format!("[mqtt]\npersistent_session = true\nclient_id = \"{client_id}\"");
+    let first = spawn_app_external(port, &extra).await;
+    let (before, during) = (unique("before"), unique("during"));
+    let mut publisher = Publisher::connect(port).await;
+    publisher
+        .publish(
+            &format!("devices/{before}/metrics"),
+            metrics_json(&before, 1, 1.0),
+        )
+        .await;
+    first
+        .wait_metric("edgebus_frames_accepted_total", 1.0)
+        .await;
+
+    // edgebus stops; Mosquitto keeps its session and queues QoS 1 frames.
+    first.handle.shutdown().await;
+    for seq in 1..=3 {
+        publisher
+            .publish(
+                &format!("devices/{during}/metrics"),
+                metrics_json(&during, seq, 2.0),
+            )
+            .await;
+    }
+
+    let second = spawn_app_external(port, &extra).await;
+    second
+        .wait_metric("edgebus_frames_accepted_total", 3.0)
+        .await;
+    let (status, device) = second.get_json(&format!("/v1/devices/{during}")).await;
+    assert_eq!(status, 200, "the frames queued by the broker arrived");
+    assert_eq!(
+        device["metrics"]["timestamp"], 3,
+        "in order, the last one last"
+    );
+    assert_eq!(
+        second.metric("edgebus_frames_accepted_total").await,
+        3.0,
+        "each once"
+    );
+    second.handle.shutdown().await;
+}

@@ -181,14 +181,22 @@ impl Writer {
                             self.telemetry.events_dropped(DropReason::Conflated, conflated);
                         }
                     }
-                    let mut chunk = BytesMut::new();
-                    let mut closing = false;
-                    for item in batch.drain(..) {
-                        closing |= matches!(item, Delivery::Close);
-                        render(&item, &mut chunk);
-                    }
+                    let closing = batch.iter().any(|d| matches!(d, Delivery::Close));
+                    let chunk = match batch.as_slice() {
+                        // The common case of a live stream: one event, whose
+                        // shared bytes go out as they are (no copy).
+                        [Delivery::Event(e)] => e.sse_frame().clone(),
+                        items => {
+                            let mut chunk = BytesMut::new();
+                            for item in items {
+                                render(item, &mut chunk);
+                            }
+                            chunk.freeze()
+                        }
+                    };
+                    batch.clear();
                     if !chunk.is_empty() {
-                        if let Err(end) = self.write(chunk.freeze()).await {
+                        if let Err(end) = self.write(chunk).await {
                             return end;
                         }
                         idle.as_mut().reset(tokio::time::Instant::now() + self.config.keepalive);
