@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per endpoint family, wired in [`configure`].
 
+mod dashboard;
 mod devices;
 mod health;
 mod metrics;
@@ -32,5 +33,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/v1/devices", web::get().to(devices::list))
         .route("/v1/devices/{id}", web::get().to(devices::get))
-        .route("/v1/ws", web::get().to(ws::ws));
+        .route("/v1/ws", web::get().to(ws::ws))
+        .route("/", web::get().to(dashboard::index))
+        .route("/assets/config.json", web::get().to(dashboard::config))
+        .route("/assets/{file:.*}", web::get().to(dashboard::asset));
 }

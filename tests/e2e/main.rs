@@ -2,6 +2,7 @@
 //! Mosquitto), real WebSocket clients. One binary, as one link step.
 
 mod broker;
+mod browser;
 mod helpers;
 mod http;
 mod pipeline;
