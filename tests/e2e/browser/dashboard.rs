@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use edgebus::simulate::{self, Behaviour, Fleet, FleetConfig, SimulateConfig};
+
 use super::driver::Browser;
 use crate::broker::Mosquitto;
 use crate::helpers::{
@@ -577,5 +579,93 @@ async fn the_attacker_view_receives_its_events_and_not_another_attackers() {
     );
     browser.screenshot("attacker").await;
     assert_no_page_errors(&browser).await;
+    app.handle.shutdown().await;
+}
+
+#[actix_web::test]
+async fn the_demo_fleet_fills_the_dashboard_at_hundreds_of_updates_per_second() {
+    let Some(browser) = Browser::start("demo_fleet").await else {
+        return;
+    };
+    // A short "active" window, so the device that goes silent turns stale
+    // within the test.
+    let app = spawn_app_with("[registry]\nprune_seconds = 3").await;
+    let fleet = FleetConfig {
+        silent_after: Duration::from_secs(2),
+        ..FleetConfig::default()
+    };
+    let devices = fleet.devices;
+    let silent = Fleet::new(fleet.clone())
+        .device_ids()
+        .find(|(_, b)| *b == Behaviour::GoesSilent)
+        .map(|(id, _)| id.to_owned())
+        .expect("the fleet has a silent device");
+    let attackers = fleet.attackers;
+    let simulator = actix_web::rt::spawn(simulate::run(SimulateConfig {
+        host: "127.0.0.1".into(),
+        port: app.mqtt_port,
+        fleet,
+        rate: 360.0,
+        duration: Some(Duration::from_secs(120)),
+    }));
+    open(&browser, &app, "").await;
+
+    // Every device but the one sending bad frames gets a row.
+    let rows = "document.querySelectorAll('#fleet-body tr').length";
+    browser
+        .wait_for(
+            "a row per valid device",
+            &format!("{rows} === {}", devices - 1),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the bad frames counted",
+            "Number(document.getElementById('count-rejects').textContent) > 0",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the attackers listed",
+            &format!("document.querySelectorAll('#attackers-list li').length === {attackers}"),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the silent device to turn stale",
+            &format!("document.querySelector('tr[data-device-id=\"{silent}\"]')?.dataset.state === 'stale'"),
+        )
+        .await;
+    assert_eq!(
+        browser.eval(rows).await,
+        json!(devices - 1),
+        "no row may appear twice"
+    );
+
+    // The page keeps painting while hundreds of updates per second arrive.
+    let worst_gap_ms = browser
+        .exec_async(
+            "const done = arguments[arguments.length - 1]; let last = performance.now(), worst = 0; \
+             const t0 = last; const step = (t) => { worst = Math.max(worst, t - last); last = t; \
+             if (t - t0 < 3000) requestAnimationFrame(step); else done(worst); }; requestAnimationFrame(step);",
+            vec![],
+        )
+        .await;
+    eprintln!("Demo fleet: worst gap between frames over 3 s: {worst_gap_ms} ms.");
+    // A page frozen by its own rendering would show gaps of seconds.
+    let worst = worst_gap_ms.as_f64().expect("a number of milliseconds");
+    assert!(worst < 1500.0, "the page stalled for {worst} ms");
+    browser.screenshot("demo-fleet").await;
+
+    browser.goto(&app.url("/#/device/gw-01")).await;
+    browser
+        .wait_for(
+            "the device's log",
+            "document.querySelectorAll('#device-log li').length > 5",
+        )
+        .await;
+    browser.screenshot("demo-device").await;
+    assert_no_page_errors(&browser).await;
+    simulator.abort();
     app.handle.shutdown().await;
 }

@@ -180,6 +180,17 @@ impl Browser {
         .await
     }
 
+    /// Runs an asynchronous script body: it must call
+    /// `arguments[arguments.length - 1](value)` to finish.
+    pub async fn exec_async(&self, script: &str, args: Vec<Value>) -> Value {
+        self.call(
+            "POST",
+            &self.session_path("/execute/async"),
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+    }
+
     /// Value of a JavaScript expression.
     pub async fn eval(&self, expr: &str) -> Value {
         self.exec(&format!("return ({expr});"), vec![]).await
