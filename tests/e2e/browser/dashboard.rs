@@ -447,6 +447,81 @@ async fn a_restart_shows_disconnected_then_recovers_with_the_missed_data() {
     app.handle.shutdown().await;
 }
 
+const API_KEY: &str = "dashboard-test-key-0123456789";
+
+/// Needs tickets (`POST /v1/auth/ticket`, issue #3): until they are merged
+/// this test says so loudly and stops; after the merge it runs as written.
+#[actix_web::test]
+async fn signing_in_trades_the_key_for_tickets_and_never_puts_it_in_a_url() {
+    let Some(browser) = Browser::start("sign_in").await else {
+        return;
+    };
+    let app = spawn_app_with(&format!(
+        "[auth]\napi_keys = [{{ name = \"ops\", key = \"{API_KEY}\", roles = [\"viewer\"] }}]"
+    ))
+    .await;
+    let probe = awc::Client::new()
+        .post(app.url("/v1/auth/ticket"))
+        .send()
+        .await
+        .expect("POST /v1/auth/ticket");
+    if probe.status() == 404 {
+        eprintln!(
+            "\n########\n# NOT RUN: signing_in_trades_the_key_for_tickets_and_never_puts_it_in_a_url\n\
+             # needs POST /v1/auth/ticket (issue #3), absent from this build.\n########\n"
+        );
+        app.handle.shutdown().await;
+        return;
+    }
+    assert_eq!(probe.status(), 401, "a ticket without a key");
+
+    // The page asks for a key instead of streaming.
+    browser.goto(&app.url("/")).await;
+    browser
+        .wait_for(
+            "the sign-in dialog",
+            "document.getElementById('signin').open && document.getElementById('conn').dataset.state === 'signin'",
+        )
+        .await;
+    browser.screenshot("signin").await;
+
+    // A wrong key is refused in the dialog.
+    browser
+        .type_into("#signin-key", "not-the-key-not-the-key")
+        .await;
+    browser.click("#signin-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the refusal",
+            "document.getElementById('signin-error').textContent",
+        )
+        .await;
+
+    // The right key: the stream goes live and carries events.
+    browser.type_into("#signin-key", API_KEY).await;
+    browser.click("#signin-form button[type=submit]").await;
+    wait_live(&browser).await;
+    let device = unique("signed");
+    let mut publisher = app.publisher().await;
+    publisher
+        .publish(
+            &format!("devices/{device}/metrics"),
+            metrics(&device, 1, 21.0, 1.0, 1.0),
+        )
+        .await;
+    browser
+        .wait_for("the device", &shows(&device, "cpu", "21.0%"))
+        .await;
+
+    // No URL the page used carries the key.
+    let urls = browser
+        .eval("[location.href, ...performance.getEntriesByType('resource').map(e => e.name)]")
+        .await;
+    assert!(!urls.to_string().contains(API_KEY), "{urls}");
+    assert_no_page_errors(&browser).await;
+    app.handle.shutdown().await;
+}
+
 /// Whether this build serves `GET /v1/attackers/{uuid}/events` at all: an
 /// unrouted path answers an empty 404, a routed one JSON or a stream.
 async fn attacker_stream_exists(app: &TestApp, uuid: &str) -> bool {
