@@ -4,10 +4,9 @@
 import { $, h, setText, setData, prependCapped } from './dom.js';
 import { clock, brief, levels, connLabel } from './format.js';
 import { LineChart } from './chart.js';
-import { SseStream } from './transport.js';
+import { SseStream, ATTACKER_EVENTS, attackerEventsPath } from './transport.js';
 
 
-export const ATTACKER_EVENTS = ['observation', 'fingerprint.rotated', 'attacker.scored'];
 const TIMELINE_SHOWN = 300;
 const SEEN_CAP = 5000;
 const SCORE_WINDOW_MS = 10 * 60 * 1000;
@@ -58,7 +57,7 @@ export class AttackerView {
     setText($('attacker-title'), uuid);
     this.stream = new SseStream({
       auth: this.auth,
-      path: `/v1/attackers/${encodeURIComponent(uuid)}/events`,
+      path: attackerEventsPath(uuid),
       events: ATTACKER_EVENTS,
       onState: (s) => {
         const el = $('attacker-conn');

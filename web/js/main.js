@@ -2,27 +2,16 @@
 
 import { $, setText, setData } from './dom.js';
 import { connLabel } from './format.js';
-import { Auth, AuthRequired, WsStream } from './transport.js';
+import { Auth, AuthRequired, WsStream, FLEET_TOPICS, CONFIG_PATH } from './transport.js';
 import { Store } from './store.js';
 import { FleetView } from './fleet.js';
 import { DeviceView } from './device.js';
 import { AttackerView } from './attacker.js';
 import { toast } from './toasts.js';
 
-// What the fleet page listens to (one WebSocket).
-export const FLEET_TOPICS = [
-  'devices/+/metrics',
-  'devices/+/presence',
-  'alerts/#',
-  'notifications/#',
-  'edgebus/rejects',
-  'attackers/+/scored',
-  'attackers/+/fingerprint_rotated',
-];
-
 async function loadConfig() {
   try {
-    const resp = await fetch('/assets/config.json', { cache: 'no-store' });
+    const resp = await fetch(CONFIG_PATH, { cache: 'no-store' });
     if (resp.ok) return await resp.json();
   } catch {
     // Defaults below.

@@ -17,6 +17,22 @@
 
 export const TICKET_PATH = '/v1/auth/ticket';
 export const WS_PATH = '/v1/ws';
+export const CONFIG_PATH = '/assets/config.json';
+
+// What the fleet page listens to, on one WebSocket.
+export const FLEET_TOPICS = [
+  'devices/+/metrics',
+  'devices/+/presence',
+  'alerts/#',
+  'notifications/#',
+  'edgebus/rejects',
+  'attackers/+/scored',
+  'attackers/+/fingerprint_rotated',
+];
+
+// The per-attacker SSE stream and the event names it sends.
+export const attackerEventsPath = (uuid) => `/v1/attackers/${encodeURIComponent(uuid)}/events`;
+export const ATTACKER_EVENTS = ['observation', 'fingerprint.rotated', 'attacker.scored'];
 
 export class AuthRequired extends Error {}
 
@@ -114,7 +130,13 @@ class Reconnecting {
     this.stopped = true;
     this.lastMessageAt = 0;
     this.generation = 0;
-    this.offAuth = auth.onChange(() => this.wake());
+    // A key entered or removed: reconnect now, so the stream runs as the
+    // new identity (or stops running as the old one).
+    this.offAuth = auth.onChange(() => {
+      if (this.stopped) return;
+      this.backoff.reset();
+      this.connect();
+    });
     this.onWake = () => this.wake();
   }
 
@@ -142,7 +164,7 @@ class Reconnecting {
   }
 
   // Reconnect now if waiting (the network came back, the tab became
-  // visible, a key was entered).
+  // visible).
   wake() {
     if (this.stopped || document.visibilityState === 'hidden') return;
     if (this.state === 'reconnecting' || this.state === 'signin') {
