@@ -1,6 +1,6 @@
 // DOM helpers. Text only: every string reaches the page through
 // `textContent` or a text node, never as markup (the CSP's Trusted Types
-// requirement makes `innerHTML = string` throw anyway).
+// requirement makes any string-to-markup assignment throw anyway).
 
 export function $(id) {
   const el = document.getElementById(id);

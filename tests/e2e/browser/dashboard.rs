@@ -375,6 +375,20 @@ async fn html_in_text_fields_is_shown_as_text_and_never_runs() {
     );
     browser.screenshot("html-as-text").await;
     assert_no_page_errors(&browser).await;
+    // And the policy backs it: the page cannot turn a string into markup
+    // (after the error check: the refusal is logged as an error).
+    let refused = browser
+        .exec(
+            "try { document.createElement('div').innerHTML = '<img src=x>'; return 'assigned'; } \
+             catch (e) { return e.name; }",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        refused,
+        json!("TypeError"),
+        "Trusted Types must be enforced"
+    );
     app.handle.shutdown().await;
 }
 
