@@ -8,6 +8,7 @@ pub mod broker;
 pub mod error;
 pub mod http;
 pub mod settings;
+pub mod simulate;
 pub mod startup;
 pub mod telemetry;
 

@@ -1,11 +1,15 @@
 //! `edgebus [--config PATH]`: runs the service until SIGTERM/SIGINT.
+//! `edgebus demo`: the service plus a simulated fleet feeding its dashboard.
+//! `edgebus simulate --url mqtt://…`: the simulated fleet alone, for any broker.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
-use edgebus::settings::{Settings, SettingsSources, DEFAULT_TOML};
+use edgebus::settings::{BrokerUrl, Settings, SettingsSources, DEFAULT_TOML};
+use edgebus::simulate::{self, FleetConfig, SimulateConfig};
 use edgebus::startup::Application;
 
 #[derive(Parser)]
@@ -15,11 +19,72 @@ use edgebus::startup::Application;
 )]
 struct Cli {
     /// A TOML file applied over the built-in defaults.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Print the built-in default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run edgebus (embedded defaults, or --config) with a simulated fleet
+    /// publishing to its broker, and print the dashboard's URL.
+    Demo(FleetArgs),
+    /// Publish a simulated fleet to any MQTT broker (edgebus's, or another).
+    Simulate {
+        /// The broker to publish to.
+        #[arg(
+            long,
+            value_name = "mqtt://HOST[:PORT]",
+            default_value = "mqtt://127.0.0.1:1883"
+        )]
+        url: String,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct FleetArgs {
+    /// Devices in the fleet (one of them goes silent, one sends bad frames).
+    #[arg(long, default_value_t = 36)]
+    devices: usize,
+    /// Metrics frames per second across the fleet (default: one per device).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Attackers publishing observations, scores and fingerprint rotations.
+    #[arg(long, default_value_t = 3)]
+    attackers: usize,
+    /// Seed of the simulation: the same seed replays the same fleet.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Seconds before the silent device stops publishing.
+    #[arg(long, default_value_t = 20)]
+    silent_after: u64,
+}
+
+impl FleetArgs {
+    fn config(&self, host: String, port: u16, duration: Option<Duration>) -> SimulateConfig {
+        SimulateConfig {
+            host,
+            port,
+            fleet: FleetConfig {
+                devices: self.devices,
+                attackers: self.attackers,
+                seed: self.seed,
+                silent_after: Duration::from_secs(self.silent_after),
+                ..FleetConfig::default()
+            },
+            rate: self.rate.unwrap_or(self.devices.max(1) as f64),
+            duration,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -42,12 +107,82 @@ fn try_main() -> anyhow::Result<()> {
     // in and none was chosen; choose one before anything connects.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     edgebus::telemetry::init_logging();
-    let settings = Settings::load(SettingsSources {
-        file: cli.config,
-        ..Default::default()
-    })?;
-    actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings).await?;
-        app.run_until_stopped().await
-    })
+    let load = |file: Option<PathBuf>| {
+        Settings::load(SettingsSources {
+            file,
+            ..Default::default()
+        })
+    };
+    match cli.command {
+        None => {
+            let settings = load(cli.config)?;
+            actix_web::rt::System::new().block_on(async move {
+                let app = Application::build(settings).await?;
+                app.run_until_stopped().await
+            })
+        }
+        Some(Command::Demo(fleet)) => {
+            let settings = load(cli.config)?;
+            actix_web::rt::System::new().block_on(demo(settings, fleet))
+        }
+        Some(Command::Simulate {
+            url,
+            duration,
+            fleet,
+        }) => {
+            let broker =
+                BrokerUrl::parse(&url).map_err(|rule| anyhow::anyhow!("`--url`: {rule}"))?;
+            anyhow::ensure!(!broker.tls, "`--url`: the simulator speaks plain mqtt://");
+            let duration = duration
+                .map(Duration::try_from_secs_f64)
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("`--duration` must be a number of seconds"))?;
+            let config = fleet.config(broker.host, broker.port, duration);
+            let rate = config.rate;
+            eprintln!(
+                "Simulating {} devices and {} attackers at {rate} frames/s on {url} (seed {}).",
+                fleet.devices, fleet.attackers, fleet.seed
+            );
+            let report = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(simulate::run(config))?;
+            eprintln!(
+                "Published {} metrics frames and {} other messages.",
+                report.frames, report.other
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn demo(settings: Settings, fleet: FleetArgs) -> anyhow::Result<()> {
+    let app = Application::build(settings.clone()).await?;
+    let mqtt = app.mqtt().clone();
+    let host = match settings.http.bind.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]", _)) | None => "127.0.0.1",
+        Some((host, _)) => host,
+    };
+    let config = fleet.config(mqtt.host.clone(), mqtt.port, None);
+    println!(
+        "edgebus demo: {} simulated devices and {} attackers on mqtt://{}:{}{}.",
+        fleet.devices,
+        fleet.attackers,
+        mqtt.host,
+        mqtt.port,
+        if mqtt.embedded {
+            " (embedded broker)"
+        } else {
+            ""
+        }
+    );
+    println!("Dashboard: http://{host}:{}/", app.port());
+    let simulator = actix_web::rt::spawn(async move {
+        if let Err(error) = simulate::run(config).await {
+            log::error!("The demo fleet stopped: {error}.");
+        }
+    });
+    let result = app.run_until_stopped().await;
+    simulator.abort();
+    result
 }

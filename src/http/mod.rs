@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per endpoint family, wired in [`configure`].
 
+mod dashboard;
 mod devices;
 mod health;
 pub mod idempotency;
@@ -50,5 +51,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/events", web::get().to(sse::events))
         .route("/v1/publish/{topic:.+}", web::post().to(publish::publish))
         .route("/v1/notifications", web::post().to(publish::notify))
-        .route("/v1/ws", web::get().to(ws::ws));
+        .route("/v1/ws", web::get().to(ws::ws))
+        .route("/", web::get().to(dashboard::index))
+        .route("/assets/config.json", web::get().to(dashboard::config))
+        .route("/assets/{file:.*}", web::get().to(dashboard::asset));
 }

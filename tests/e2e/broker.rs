@@ -52,14 +52,15 @@ async fn ingest_works_against_the_shared_mosquitto() {
     app.handle.shutdown().await;
 }
 
-/// A Mosquitto of our own on `port`, killed when dropped.
-struct Mosquitto {
+/// A Mosquitto of our own on `port`, killed when dropped (also used by the
+/// dashboard restart test).
+pub struct Mosquitto {
     child: Child,
     _dir: std::path::PathBuf,
 }
 
 impl Mosquitto {
-    fn start(port: u16) -> Self {
+    pub fn start(port: u16) -> Self {
         let dir = std::env::temp_dir().join(unique("mosquitto"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let conf = dir.join("mosquitto.conf");

@@ -3,6 +3,7 @@
 
 mod auth;
 mod broker;
+mod browser;
 mod helpers;
 mod http;
 mod pipeline;
