@@ -463,8 +463,6 @@ async fn a_restart_shows_disconnected_then_recovers_with_the_missed_data() {
 
 const API_KEY: &str = "dashboard-test-key-0123456789";
 
-/// Needs tickets (`POST /v1/auth/ticket`, issue #3): until they are merged
-/// this test says so loudly and stops; after the merge it runs as written.
 #[actix_web::test]
 async fn signing_in_trades_the_key_for_tickets_and_never_puts_it_in_a_url() {
     let Some(browser) = Browser::start("sign_in").await else {
@@ -479,14 +477,6 @@ async fn signing_in_trades_the_key_for_tickets_and_never_puts_it_in_a_url() {
         .send()
         .await
         .expect("POST /v1/auth/ticket");
-    if probe.status() == 404 {
-        eprintln!(
-            "\n########\n# NOT RUN: signing_in_trades_the_key_for_tickets_and_never_puts_it_in_a_url\n\
-             # needs POST /v1/auth/ticket (issue #3), absent from this build.\n########\n"
-        );
-        app.handle.shutdown().await;
-        return;
-    }
     assert_eq!(probe.status(), 401, "a ticket without a key");
 
     // The page asks for a key instead of streaming.
@@ -536,24 +526,6 @@ async fn signing_in_trades_the_key_for_tickets_and_never_puts_it_in_a_url() {
     app.handle.shutdown().await;
 }
 
-/// Whether this build serves `GET /v1/attackers/{uuid}/events` at all: an
-/// unrouted path answers an empty 404, a routed one JSON or a stream.
-async fn attacker_stream_exists(app: &TestApp, uuid: &str) -> bool {
-    let client = awc::Client::builder().timeout(WAIT).finish();
-    let mut resp = client
-        .get(app.url(&format!("/v1/attackers/{uuid}/events")))
-        .send()
-        .await
-        .expect("GET attacker events");
-    if resp.status() != 404 {
-        return true;
-    }
-    let body = resp.body().await.unwrap_or_default();
-    !body.is_empty()
-}
-
-/// Needs the SSE endpoint (issue #3). Until it is merged this test says so
-/// loudly and stops; after the merge it runs as written.
 #[actix_web::test]
 async fn the_attacker_view_receives_its_events_and_not_another_attackers() {
     let Some(browser) = Browser::start("attacker_view").await else {
@@ -597,15 +569,6 @@ async fn the_attacker_view_receives_its_events_and_not_another_attackers() {
             &format!("document.querySelector('#attackers-list li[data-attacker=\"{mine}\"]')"),
         )
         .await;
-
-    if !attacker_stream_exists(&app, &mine).await {
-        eprintln!(
-            "\n########\n# NOT RUN: the_attacker_view_receives_its_events_and_not_another_attackers\n\
-             # needs GET /v1/attackers/{{uuid}}/events (SSE, issue #3), absent from this build.\n########\n"
-        );
-        app.handle.shutdown().await;
-        return;
-    }
 
     browser
         .click(&format!("#attackers-list li[data-attacker=\"{mine}\"] a"))
