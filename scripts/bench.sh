@@ -5,6 +5,8 @@
 #   MODE=micro scripts/bench.sh      # only `cargo bench --bench pipeline`
 #   MODE=e2e SCENARIOS=a scripts/bench.sh
 #   MODE=e2e SCENARIOS=custom RATE=50000 CLIENTS=10 scripts/bench.sh
+#   MODE=e2e SCENARIOS=sse scripts/bench.sh             # 10,000 idle SSE streams
+#   MODE=e2e SCENARIOS=sse SSE_STREAMS=2000 SSE_EVENTS=20 scripts/bench.sh
 #
 # e2e: builds release, then per scenario starts target/release/edgebus with an
 # embedded broker on free ports (never the shared broker on 1883), waits for
@@ -14,7 +16,13 @@
 #
 # Scenarios: a = 1 client at RATE_A (200,000) frames/s;
 #            b = CLIENTS_B (1,000) clients at RATE_B (200) frames/s;
-#            custom = CLIENTS clients at RATE frames/s.
+#            custom = CLIENTS clients at RATE frames/s;
+#            sse = SSE_STREAMS (10,000) idle SSE streams on notifications/#
+#                  (benches/sse_fanout.rs): edgebus's RSS per idle stream, then
+#                  SSE_EVENTS (50) notifications published one at a time and
+#                  the time until the last stream has each one. Not in the
+#                  default SCENARIOS. Each process holds one fd per stream, so
+#                  `ulimit -n` must allow SSE_STREAMS plus some headroom.
 # The load client runs on the same machine and competes with edgebus for CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +46,12 @@ READY_TIMEOUT="${READY_TIMEOUT:-60}"    # seconds to wait for /readyz
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 LOG_DIR="${LOG_DIR:-$TARGET_DIR/bench-logs}"
 PERF="${PERF:-0}"                       # 1 = `perf record` edgebus during publishing (flat profile)
+SSE_STREAMS="${SSE_STREAMS:-10000}"     # sse: concurrent streams
+SSE_EVENTS="${SSE_EVENTS:-50}"          # sse: notifications fanned out, one at a time
+SSE_GAP_MS="${SSE_GAP_MS:-200}"         # sse: pause after every stream got an event, before the next
+SSE_WAVE="${SSE_WAVE:-500}"             # sse: streams opened at once
+SSE_THREADS="${SSE_THREADS:-2}"         # sse: load client threads
+SSE_QUEUE_CAPACITY="${SSE_QUEUE_CAPACITY:-}"  # sse: bus.queue_capacity; empty = edgebus's default
 # WARN, but keep rumqttd's per-publish `tracing` spans silenced as edgebus's
 # default filter does: a bare RUST_LOG=warn turns them back on and the
 # embedded broker then writes one ERROR line per frame (~120 bytes each).
@@ -93,24 +107,26 @@ trap stop_edgebus EXIT INT TERM
 
 RESULTS=()
 
-run_scenario() {
-  local label=$1 rate=$2 clients=$3
-  local http_port mqtt_port data_dir log base
+# Picks free ports (sets http_port, mqtt_port, data_dir, log, base in the
+# caller's scope: declare them local there).
+pick_ports() {
+  local label=$1
   http_port=$(free_port)
   mqtt_port=$(free_port)
   while [ "$mqtt_port" = "$http_port" ]; do mqtt_port=$(free_port); done
   data_dir=$(mktemp -d)
   log="$LOG_DIR/edgebus-$label.log"
   base="http://127.0.0.1:$http_port"
+}
 
-  echo
-  echo "### scenario $label: $clients client(s), $rate frames/s, ${DURATION}s (http $http_port, mqtt $mqtt_port)"
-  EDGEBUS__HTTP__BIND="127.0.0.1:$http_port" \
-  EDGEBUS__MQTT__URL="mqtt://127.0.0.1:$mqtt_port" \
-  EDGEBUS__MQTT__MODE=embedded \
-  EDGEBUS__BUS__QUEUE_CAPACITY="$QUEUE_CAPACITY" \
-  EDGEBUS__REGISTRY__MAX_DEVICES="$(( DEVICES > 1000 ? DEVICES : 1000 ))" \
-  EDGEBUS__STORAGE__DATA_DIR="$data_dir" \
+# Starts release edgebus with an embedded broker on the picked ports, plus
+# the given extra VAR=value settings, and waits for /readyz.
+start_edgebus() {
+  env EDGEBUS__HTTP__BIND="127.0.0.1:$http_port" \
+    EDGEBUS__MQTT__URL="mqtt://127.0.0.1:$mqtt_port" \
+    EDGEBUS__MQTT__MODE=embedded \
+    EDGEBUS__STORAGE__DATA_DIR="$data_dir" \
+    "$@" \
     "$TARGET_DIR/release/edgebus" >"$log" 2>&1 &
   EDGEBUS_PID=$!
 
@@ -130,6 +146,31 @@ run_scenario() {
     stop_edgebus
     return 1
   fi
+}
+
+# edgebus's CPU per thread between two thread_ticks readings.
+cpu_report() {
+  local before=$1 after=$2 wall=$3 hz
+  hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+  echo "edgebus CPU by thread during the load run (~${wall}s wall, CPU seconds):"
+  awk -v hz="$hz" -v wall="$wall" '
+    NR == FNR { base[$1] = $2; next }
+    { d = $2 - base[$1]; total += d
+      if (d > 0) printf "  %-16s %-8s %7.2f s  (%5.1f%% of a core)\n", $3, $1, d / hz, 100 * d / hz / wall }
+    END { printf "  %-16s %-8s %7.2f s  (%5.1f%% of a core)\n", "TOTAL", "", total / hz, 100 * total / hz / wall }
+    ' <(echo "$before") <(echo "$after") | sort -k3 -n -r
+}
+
+run_scenario() {
+  local label=$1 rate=$2 clients=$3
+  local http_port mqtt_port data_dir log base
+  pick_ports "$label"
+
+  echo
+  echo "### scenario $label: $clients client(s), $rate frames/s, ${DURATION}s (http $http_port, mqtt $mqtt_port)"
+  start_edgebus \
+    EDGEBUS__BUS__QUEUE_CAPACITY="$QUEUE_CAPACITY" \
+    EDGEBUS__REGISTRY__MAX_DEVICES="$(( DEVICES > 1000 ? DEVICES : 1000 ))" || return 1
 
   local before after
   before=$(thread_ticks "$EDGEBUS_PID")
@@ -165,20 +206,69 @@ run_scenario() {
   curl -s --max-time 5 "$base/metrics" \
     | grep -E '^edgebus_(frames_accepted_total|frames_rejected_total|events_published_total|events_routed_total|events_dropped_total)' \
     | grep -v ' 0$' | sed 's/^/  /' || true
-  local hz
-  hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-  echo "edgebus CPU by thread during the load run (~${wall}s wall, CPU seconds):"
-  awk -v hz="$hz" -v wall="$wall" '
-    NR == FNR { base[$1] = $2; next }
-    { d = $2 - base[$1]; total += d
-      if (d > 0) printf "  %-16s %-8s %7.2f s  (%5.1f%% of a core)\n", $3, $1, d / hz, 100 * d / hz / wall }
-    END { printf "  %-16s %-8s %7.2f s  (%5.1f%% of a core)\n", "TOTAL", "", total / hz, 100 * total / hz / wall }
-    ' <(echo "$before") <(echo "$after") | sort -k3 -n -r
+  cpu_report "$before" "$after" "$wall"
   grep -m 5 -E 'WARN|ERROR' "$log" | sed 's/^/  log: /' || true
 
   RESULTS+=("$(grep '^RESULT' "$LOG_DIR/load-$label.txt" || echo "RESULT label=$label (no result)")")
   stop_edgebus
   rm -rf "$data_dir"
+}
+
+# SSE_STREAMS idle SSE streams, then SSE_EVENTS notifications fanned out.
+run_sse_scenario() {
+  local label=sse
+  local http_port mqtt_port data_dir log base
+  local need=$(( SSE_STREAMS + 256 )) limit
+  limit=$(ulimit -n)
+  if [ "$limit" != "unlimited" ] && [ "$limit" -lt "$need" ]; then
+    echo "sse: ulimit -n is $limit (hard $(ulimit -Hn)); SSE_STREAMS=$SSE_STREAMS needs at least $need" \
+      "in edgebus and in the load client. Lower SSE_STREAMS or raise the hard limit." >&2
+    return 1
+  fi
+  pick_ports "$label"
+
+  echo
+  echo "### scenario sse: $SSE_STREAMS SSE streams, $SSE_EVENTS events (http $http_port, mqtt $mqtt_port, ulimit -n $limit)"
+  local extra=()
+  [ -n "$SSE_QUEUE_CAPACITY" ] && extra+=(EDGEBUS__BUS__QUEUE_CAPACITY="$SSE_QUEUE_CAPACITY")
+  start_edgebus "${extra[@]}" || return 1
+
+  local before after started=$SECONDS
+  before=$(thread_ticks "$EDGEBUS_PID")
+  BENCH_LABEL="$label" \
+  BENCH_HTTP="127.0.0.1:$http_port" \
+  BENCH_EDGEBUS_PID="$EDGEBUS_PID" \
+  BENCH_STREAMS="$SSE_STREAMS" \
+  BENCH_EVENTS="$SSE_EVENTS" \
+  BENCH_GAP_MS="$SSE_GAP_MS" \
+  BENCH_WAVE="$SSE_WAVE" \
+  BENCH_THREADS="$SSE_THREADS" \
+    "$SSE_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
+  after=$(thread_ticks "$EDGEBUS_PID")
+  local wall=$(( SECONDS - started > 0 ? SECONDS - started : 1 ))
+
+  echo "edgebus counters:"
+  curl -s --max-time 5 "$base/metrics" \
+    | grep -E '^edgebus_(events_published_total|events_routed_total|events_dropped_total|sessions_open)' \
+    | grep -v ' 0$' | sed 's/^/  /' || true
+  cpu_report "$before" "$after" "$wall"
+  grep -m 5 -E 'WARN|ERROR' "$log" | sed 's/^/  log: /' || true
+
+  RESULTS+=("$(grep '^RESULT' "$LOG_DIR/load-$label.txt" || echo "RESULT label=$label (no result)")")
+  stop_edgebus
+  rm -rf "$data_dir"
+}
+
+# The executable of a bench target (built with `cargo bench --no-run`).
+bench_exe() {
+  local name=$1 exe
+  exe=$(cargo bench --bench "$name" --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*'"$name"'[^"]*"' | tail -n 1 | cut -d'"' -f4)
+  if [ -z "$exe" ] || [ ! -x "$exe" ]; then
+    echo "could not find the $name bench executable" >&2
+    return 1
+  fi
+  echo "$exe"
 }
 
 if [ "$MODE" = "all" ] || [ "$MODE" = "micro" ]; then
@@ -187,23 +277,28 @@ if [ "$MODE" = "all" ] || [ "$MODE" = "micro" ]; then
 fi
 
 if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
-  echo "### building release edgebus and the load client"
+  for scenario in $SCENARIOS; do
+    case "$scenario" in
+      a|b|custom|sse) ;;
+      *) echo "unknown scenario $scenario (a, b, custom, sse)" >&2; exit 2 ;;
+    esac
+  done
+  echo "### building release edgebus and the load client(s)"
   cargo build --release --bin edgebus
-  LOAD_BIN=$(cargo bench --bench e2e_load --no-run --message-format=json 2>/dev/null \
-    | grep -o '"executable":"[^"]*e2e_load[^"]*"' | tail -n 1 | cut -d'"' -f4)
-  if [ -z "$LOAD_BIN" ] || [ ! -x "$LOAD_BIN" ]; then
-    echo "could not find the e2e_load bench executable" >&2
-    exit 1
-  fi
+  LOAD_BIN="" SSE_BIN=""
+  case " $SCENARIOS " in *" a "*|*" b "*|*" custom "*) LOAD_BIN=$(bench_exe e2e_load) ;; esac
+  case " $SCENARIOS " in *" sse "*) SSE_BIN=$(bench_exe sse_fanout) ;; esac
   for scenario in $SCENARIOS; do
     case "$scenario" in
       a) run_scenario a "$RATE_A" "$CLIENTS_A" ;;
       b) run_scenario b "$RATE_B" "$CLIENTS_B" ;;
       custom) run_scenario custom "$RATE" "$CLIENTS" ;;
-      *) echo "unknown scenario $scenario (a, b, custom)" >&2; exit 2 ;;
+      sse) run_sse_scenario ;;
     esac
   done
   echo
-  echo "### summary (PUBLISHER=$PUBLISHER QOS=$QOS DEVICES=$DEVICES DURATION=${DURATION}s QUEUE_CAPACITY=$QUEUE_CAPACITY)"
+  sse_settings=""
+  [ -n "$SSE_BIN" ] && sse_settings="; sse: SSE_STREAMS=$SSE_STREAMS SSE_EVENTS=$SSE_EVENTS SSE_GAP_MS=$SSE_GAP_MS SSE_QUEUE_CAPACITY=${SSE_QUEUE_CAPACITY:-default}"
+  echo "### summary (PUBLISHER=$PUBLISHER QOS=$QOS DEVICES=$DEVICES DURATION=${DURATION}s QUEUE_CAPACITY=$QUEUE_CAPACITY$sse_settings)"
   printf '%s\n' "${RESULTS[@]}"
 fi
