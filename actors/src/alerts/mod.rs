@@ -1,0 +1,416 @@
+//! The Alerts actor: threshold rules with cooldown, fleet-health detectors
+//! (silent, rejecting), device presence and security digests.
+//!
+//! It is a subscriber of the bus like any session (`devices/+/metrics`,
+//! `edgebus/rejects`, attacker observations and scores), through its own
+//! bounded queue: the bus hands it the same shared event it hands every
+//! session, with a non-blocking `try_send`, so ingest and the registry do no
+//! extra work for alerts, and nothing waits on rule evaluation, which runs
+//! on this actor's thread. Should it fall behind, metrics conflate (it keeps
+//! the newest frame per device) like any session's.
+//!
+//! Decisions live in pure types: [`rules`] and [`cooldown`] (threshold
+//! rules), [`health`] (silent, rejecting), [`presence`], [`digest`]; their
+//! output becomes events ([`record`]) published on the bus (`try_send`) and
+//! Slack notices ([`crate::slack::Enqueue`], `try_send`). Deadlines (offline,
+//! silent, digest windows) share one timer armed for the earliest one.
+//! Time comes from a [`Clock`], so tests can move an hour forward.
+
+pub mod clock;
+pub mod cooldown;
+pub mod deadlines;
+pub mod digest;
+pub mod health;
+pub mod presence;
+pub mod record;
+pub mod rules;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::Stream;
+use serde_json::Value;
+
+use crate::bus::{self, Bus, Publish};
+use crate::event::{Body, Event};
+use crate::ingest::frame::{DeviceId, MetricsFrame, Rejection};
+use crate::ingest::REJECTS_TOPIC;
+use crate::session::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue};
+use crate::slack::{Enqueue, Notice, NoticeKind};
+use crate::telemetry::{DropReason, Telemetry};
+use crate::topic::TopicFilter;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+use cooldown::{Cooldown, Decision};
+use digest::{DigestReport, Digests};
+use health::{FleetHealth, HealthNotice};
+use presence::{Presence, PresenceChange};
+use record::{Alert, AlertState};
+pub use rules::{Rule, RuleSpec};
+
+/// Events the alerts subscription may hold before the bus's slow-consumer
+/// policy applies (metrics conflate, others are dropped and counted).
+pub const ALERTS_QUEUE: usize = 16_384;
+
+/// Items taken from the queue per batch.
+const BATCH: usize = 512;
+
+/// What the Alerts actor listens to on the bus.
+pub const SUBSCRIPTIONS: [&str; 4] = [
+    "devices/+/metrics",
+    REJECTS_TOPIC,
+    "attackers/+/observation/+",
+    "attackers/+/scored",
+];
+
+/// Label for digests in `edgebus_alerts_raised_total`.
+pub const DIGEST_RULE: &str = "security_digest";
+
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub rules: Vec<Rule>,
+    /// A device is offline this long after its last frame (`registry.prune_seconds`).
+    pub offline_after: Duration,
+    /// `registry.silent_after_seconds`.
+    pub silent_after: Duration,
+    /// `alerts.rejecting_window_seconds`.
+    pub rejecting_window: Duration,
+    /// `alerts.digest_window_seconds`.
+    pub digest_window: Duration,
+    /// `registry.max_devices`: bounds devices known only from rejections.
+    pub max_devices: usize,
+}
+
+pub struct Alerts {
+    rules: Vec<Rule>,
+    silent_after: Duration,
+    cooldown: Cooldown,
+    presence: Presence,
+    health: FleetHealth,
+    digests: Digests,
+    bus: Addr<Bus>,
+    slack: Option<Recipient<Enqueue>>,
+    telemetry: Arc<Telemetry>,
+    clock: Arc<dyn Clock>,
+    session: SessionId,
+    queue: SessionQueue,
+    inbox: Option<SessionInbox>,
+    /// The armed timer and the deadline it is for.
+    timer: Option<(u64, SpawnHandle)>,
+    // Scratch buffers, reused so that a frame allocates nothing.
+    decisions: Vec<Decision>,
+    changes: Vec<PresenceChange>,
+    notices: Vec<HealthNotice>,
+    reports: Vec<DigestReport>,
+}
+
+impl Alerts {
+    pub fn new(
+        config: AlertsConfig,
+        bus: Addr<Bus>,
+        slack: Option<Recipient<Enqueue>>,
+        telemetry: Arc<Telemetry>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let (queue, inbox) = session_queue(ALERTS_QUEUE);
+        for rule in &config.rules {
+            telemetry.alerts.preregister(&rule.name);
+        }
+        for rule in ["silent", "rejecting", DIGEST_RULE] {
+            telemetry.alerts.preregister(rule);
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        Self {
+            cooldown: Cooldown::default(),
+            presence: Presence::new(ms(config.offline_after)),
+            health: FleetHealth::new(
+                ms(config.silent_after),
+                ms(config.rejecting_window),
+                config.max_devices,
+            ),
+            digests: Digests::new(ms(config.digest_window)),
+            silent_after: config.silent_after,
+            rules: config.rules,
+            bus,
+            slack,
+            telemetry,
+            clock,
+            session: SessionId::next(),
+            queue,
+            inbox: Some(inbox),
+            timer: None,
+            decisions: Vec::new(),
+            changes: Vec::new(),
+            notices: Vec::new(),
+            reports: Vec::new(),
+        }
+    }
+
+    fn on_event(&mut self, event: &Event) {
+        let now = self.clock.now_ms();
+        match &event.body {
+            Body::Metrics(frame) => self.on_metrics(frame, now),
+            Body::Object(payload) => {
+                let mut levels = event.topic.split('/');
+                match (levels.next(), levels.next(), levels.next(), levels.next()) {
+                    (Some("attackers"), Some(attacker), Some("observation"), Some(primitive)) => {
+                        self.digests.observed(attacker, primitive, now);
+                    }
+                    (Some("attackers"), Some(attacker), Some("scored"), None) => {
+                        if let Some(score) = payload.get("score").and_then(Value::as_f64) {
+                            self.digests.scored(attacker, score, now);
+                        }
+                    }
+                    _ if &*event.topic == REJECTS_TOPIC => self.on_reject(payload, now),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn on_metrics(&mut self, frame: &MetricsFrame, now: u64) {
+        if !self.rules.is_empty() {
+            self.cooldown
+                .evaluate(&self.rules, frame, now, &mut self.decisions);
+            let mut decisions = std::mem::take(&mut self.decisions);
+            for decision in decisions.drain(..) {
+                let (i, value, state) = match decision {
+                    Decision::Fire { rule, value } => (rule, value, AlertState::Firing),
+                    Decision::Resolve { rule, value } => (rule, value, AlertState::Resolved),
+                };
+                let alert = record::rule_alert(&self.rules[i], frame, value, state);
+                self.raise(alert, now);
+            }
+            self.decisions = decisions;
+        }
+        self.presence.seen(&frame.device_id, now, &mut self.changes);
+        self.health
+            .accepted(&frame.device_id, now, &mut self.notices);
+        self.flush(now);
+    }
+
+    fn on_reject(&mut self, payload: &serde_json::Map<String, Value>, now: u64) {
+        let Some(device) = payload
+            .get("device_id")
+            .and_then(Value::as_str)
+            .and_then(|d| DeviceId::parse(d).ok())
+        else {
+            return;
+        };
+        let reason = payload.get("reason").and_then(Value::as_str).unwrap_or("");
+        // The device cap refuses good frames: not a buggy publisher.
+        if reason == Rejection::DeviceCap.as_str() {
+            return;
+        }
+        let reason = Rejection::ALL_REASONS
+            .iter()
+            .copied()
+            .find(|r| *r == reason)
+            .unwrap_or("unknown");
+        self.health
+            .rejected(&device, reason, now, &mut self.notices);
+        self.flush(now);
+    }
+
+    /// Runs every deadline due now.
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        let now = self.clock.now_ms();
+        self.presence.due(now, &mut self.changes);
+        self.health.due(now, &mut self.notices);
+        self.digests.due(now, &mut self.reports);
+        self.flush(now);
+        self.arm(ctx);
+    }
+
+    /// Publishes what the detectors produced.
+    fn flush(&mut self, now: u64) {
+        let mut changes = std::mem::take(&mut self.changes);
+        for change in changes.drain(..) {
+            self.publish(record::presence_draft(&change, now));
+        }
+        self.changes = changes;
+        let mut notices = std::mem::take(&mut self.notices);
+        for notice in notices.drain(..) {
+            if let HealthNotice::Forgotten { device } = &notice {
+                self.cooldown.forget(device.as_str());
+            }
+            if let Some(alert) = record::health_alert(&notice, self.silent_after) {
+                self.raise(alert, now);
+            }
+        }
+        self.notices = notices;
+        let mut reports = std::mem::take(&mut self.reports);
+        for report in reports.drain(..) {
+            self.telemetry.alert_raised(DIGEST_RULE);
+            self.notify(Notice {
+                kind: NoticeKind::Digest,
+                text: record::digest_text(&report),
+            });
+        }
+        self.reports = reports;
+    }
+
+    fn raise(&mut self, alert: Alert, now: u64) {
+        if alert.state == AlertState::Firing {
+            self.telemetry.alert_raised(&alert.rule);
+        }
+        self.publish(alert.draft(now));
+        self.notify(Notice::alert(alert.text));
+    }
+
+    fn publish(&self, draft: crate::event::Draft) {
+        if self.bus.try_send(Publish(draft)).is_err() {
+            self.telemetry.events_dropped(DropReason::Overload, 1);
+        }
+    }
+
+    fn notify(&self, notice: Notice) {
+        let Some(slack) = &self.slack else {
+            return;
+        };
+        let kind = notice.kind;
+        if slack.try_send(Enqueue(notice)).is_err() {
+            self.telemetry.slack_dropped(kind, "overload");
+        }
+    }
+
+    /// Arms the timer for the earliest deadline, unless one at least as
+    /// early is armed already.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let next = [
+            self.presence.next_deadline(),
+            self.health.next_deadline(),
+            self.digests.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(at) = next else {
+            return;
+        };
+        if let Some((armed, handle)) = self.timer {
+            if armed <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = Duration::from_millis(at.saturating_sub(self.clock.now_ms()));
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            act.check(ctx);
+        });
+        self.timer = Some((at, handle));
+    }
+}
+
+/// The alerts queue as a stream of batches; tells the bus when it has
+/// drained after falling behind, as a session's writer does.
+fn deliveries(
+    inbox: SessionInbox,
+    bus: Addr<Bus>,
+    session: SessionId,
+) -> impl Stream<Item = Vec<Delivery>> {
+    futures_util::stream::unfold(inbox, move |mut inbox| {
+        let bus = bus.clone();
+        async move {
+            let behind = inbox.behind.clone();
+            loop {
+                let mut batch = Vec::with_capacity(BATCH);
+                tokio::select! {
+                    biased;
+                    n = inbox.recv_many(&mut batch, BATCH) => {
+                        return (n > 0).then_some((batch, inbox));
+                    }
+                    () = behind.notified() => {
+                        inbox.caught_up();
+                        bus.do_send(bus::Resume { session });
+                    }
+                }
+            }
+        }
+    })
+}
+
+impl Actor for Alerts {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(inbox) = self.inbox.take() {
+            ctx.add_stream(deliveries(inbox, self.bus.clone(), self.session));
+        }
+        let filters = SUBSCRIPTIONS
+            .iter()
+            .filter_map(|f| TopicFilter::parse(f).ok())
+            .collect();
+        self.bus.do_send(bus::Join {
+            session: self.session,
+            queue: self.queue.clone(),
+            filters,
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.bus.do_send(bus::Leave {
+            session: self.session,
+        });
+    }
+}
+
+impl StreamHandler<Vec<Delivery>> for Alerts {
+    fn handle(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
+        for item in batch {
+            // The snapshot holds last values from before we joined: nothing
+            // new to decide on. Close comes at shutdown.
+            if let Delivery::Event(event) = item {
+                self.on_event(&event);
+            }
+        }
+        self.arm(ctx);
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // The bus let go of our queue (shutdown): timers keep running for
+        // what is already known, until the actor's thread stops.
+        log::debug!("The alerts subscription ended.");
+    }
+}
+
+/// Runs every deadline due by the clock's time now (sent by tests that move
+/// a [`ManualClock`]; the actor's own timer does the same).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Check;
+
+impl Handler<Check> for Alerts {
+    type Result = ();
+
+    fn handle(&mut self, _: Check, ctx: &mut Context<Self>) {
+        self.check(ctx);
+    }
+}
+
+/// Counts for tests and diagnostics (`send`).
+#[derive(Message, Debug)]
+#[rtype(result = "AlertsStats")]
+pub struct Stats;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertsStats {
+    pub online: usize,
+    pub tracked: usize,
+}
+
+impl Handler<Stats> for Alerts {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(AlertsStats {
+            online: self.presence.online(),
+            tracked: self.health.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
