@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod error;
+pub mod host_health;
 pub mod http;
 pub mod settings;
 pub mod startup;

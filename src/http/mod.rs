@@ -2,6 +2,7 @@
 
 mod devices;
 mod health;
+mod host_health;
 mod metrics;
 mod ws;
 
@@ -32,5 +33,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/v1/devices", web::get().to(devices::list))
         .route("/v1/devices/{id}", web::get().to(devices::get))
-        .route("/v1/ws", web::get().to(ws::ws));
+        .route("/v1/ws", web::get().to(ws::ws))
+        // Not yet behind API keys (issue 3 adds them: publisher for PUT,
+        // viewer for GET).
+        .route("/v1/host-health", web::get().to(host_health::list))
+        .route("/v1/host-health/{host}", web::put().to(host_health::put));
 }

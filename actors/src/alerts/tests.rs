@@ -196,7 +196,11 @@ impl Rig {
         while let Some(item) = self.events.try_recv() {
             if let Delivery::Event(e) = item {
                 let v: serde_json::Value = serde_json::from_str(&e.envelope).unwrap();
-                out.push((e.topic.to_string(), e.name.to_string(), v["payload"].clone()));
+                out.push((
+                    e.topic.to_string(),
+                    e.name.to_string(),
+                    v["payload"].clone(),
+                ));
             }
         }
         out
@@ -210,11 +214,20 @@ async fn a_sustained_breach_alerts_once_per_cooldown_and_recovery_once() {
         rig.publish(frame("d1", 95.0)).await;
     }
     let first = rig.notice().await;
-    assert!(first.text.starts_with(":rotating_light: cpu_high ALERT at d1"), "{}", first.text);
+    assert!(
+        first
+            .text
+            .starts_with(":rotating_light: cpu_high ALERT at d1"),
+        "{}",
+        first.text
+    );
     assert_eq!(first.kind, NoticeKind::Alert);
     rig.clock.advance(Duration::from_secs(59));
     rig.publish(frame("d1", 96.0)).await;
-    assert!(rig.quiet_until_sentinel().await.is_empty(), "within the cooldown");
+    assert!(
+        rig.quiet_until_sentinel().await.is_empty(),
+        "within the cooldown"
+    );
     rig.clock.advance(Duration::from_secs(1));
     rig.publish(frame("d1", 97.0)).await;
     assert!(rig.notice().await.text.contains("cpu_percent 97.0"));
@@ -223,7 +236,11 @@ async fn a_sustained_breach_alerts_once_per_cooldown_and_recovery_once() {
     let resolved = rig.quiet_until_sentinel().await;
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     assert!(resolved[0].text.contains("cpu_high resolved at d1"));
-    assert_eq!(rig.telemetry.alerts.raised("cpu_high"), 4, "d1 twice, two sentinels");
+    assert_eq!(
+        rig.telemetry.alerts.raised("cpu_high"),
+        4,
+        "d1 twice, two sentinels"
+    );
 
     let alerts: Vec<_> = rig
         .bus_events()
@@ -231,7 +248,10 @@ async fn a_sustained_breach_alerts_once_per_cooldown_and_recovery_once() {
         .into_iter()
         .filter(|(t, _, _)| t == "alerts/d1/cpu_high")
         .collect();
-    let states: Vec<&str> = alerts.iter().map(|(_, _, p)| p["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = alerts
+        .iter()
+        .map(|(_, _, p)| p["state"].as_str().unwrap())
+        .collect();
     assert_eq!(states, vec!["firing", "firing", "resolved"]);
     assert!(alerts.iter().all(|(_, name, _)| name == "alert"));
 }
@@ -243,7 +263,11 @@ async fn a_rejecting_device_is_reported_once_per_hour_bucket() {
         rig.reject("bad").await;
     }
     let n = rig.notice().await;
-    assert!(n.text.starts_with(":no_entry: bad is rejecting"), "{}", n.text);
+    assert!(
+        n.text.starts_with(":no_entry: bad is rejecting"),
+        "{}",
+        n.text
+    );
     assert!(n.text.contains("not_object"));
     // The rest of the hour: a bad frame every 2 minutes, no new report.
     for _ in 0..29 {
@@ -257,7 +281,11 @@ async fn a_rejecting_device_is_reported_once_per_hour_bucket() {
     assert!(rig.notice().await.text.contains("bad is rejecting"));
     // Fixed: the next frame is accepted.
     rig.publish(frame("bad", 5.0)).await;
-    assert!(rig.notice().await.text.contains("bad frames are accepted again"));
+    assert!(rig
+        .notice()
+        .await
+        .text
+        .contains("bad frames are accepted again"));
     let events = rig.bus_events().await;
     let rejecting: Vec<&str> = events
         .iter()
@@ -272,7 +300,13 @@ async fn a_rejecting_device_is_reported_once_per_hour_bucket() {
 async fn rejections_from_the_device_cap_are_not_a_buggy_publisher() {
     let mut rig = rig().await;
     for _ in 0..5 {
-        let draft = reject_draft("devices/x/metrics", Some("x"), &Rejection::DeviceCap, b"", 0);
+        let draft = reject_draft(
+            "devices/x/metrics",
+            Some("x"),
+            &Rejection::DeviceCap,
+            b"",
+            0,
+        );
         rig.publish(draft).await;
     }
     assert!(rig.quiet_until_sentinel().await.is_empty());
@@ -294,16 +328,25 @@ async fn a_silent_device_is_reported_at_its_deadline_then_hourly_until_it_return
     // Later in the same hour: nothing new.
     rig.clock.advance(20 * MIN);
     rig.check().await;
-    assert!(
-        !rig.pending_notices().await.iter().any(|n| n.text.contains("d1 is silent")),
-    );
+    assert!(!rig
+        .pending_notices()
+        .await
+        .iter()
+        .any(|n| n.text.contains("d1 is silent")),);
     // 14:00: still silent, reported again.
     rig.clock.set(T0 + 3_600_000);
     rig.check().await;
-    assert!(rig.pending_notices().await.iter().any(|n| n.text.contains("d1 is silent")));
+    assert!(rig
+        .pending_notices()
+        .await
+        .iter()
+        .any(|n| n.text.contains("d1 is silent")));
     rig.publish(frame("d1", 10.0)).await;
     let back = rig.quiet_until_sentinel().await;
-    assert!(back.iter().any(|n| n.text.contains("d1 is sending again")), "{back:?}");
+    assert!(
+        back.iter().any(|n| n.text.contains("d1 is sending again")),
+        "{back:?}"
+    );
 }
 
 #[actix::test]
@@ -323,7 +366,11 @@ async fn presence_goes_online_then_offline_at_the_deadline() {
         .filter(|(t, _, _)| t == "devices/d1/presence")
         .map(|(_, name, _)| name)
         .collect();
-    assert_eq!(before, vec!["device.online"], "deadline is 30 s after the second frame");
+    assert_eq!(
+        before,
+        vec!["device.online"],
+        "deadline is 30 s after the second frame"
+    );
     rig.clock.advance(Duration::from_secs(1));
     rig.check().await;
     let after: Vec<(String, serde_json::Value)> = rig
@@ -336,7 +383,11 @@ async fn presence_goes_online_then_offline_at_the_deadline() {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].0, "device.offline");
     assert_eq!(after[0].1["last_seen"], T0 + 20_000);
-    assert_eq!(rig.alerts.send(Stats).await.unwrap().online, 0, "the sentinels went too");
+    assert_eq!(
+        rig.alerts.send(Stats).await.unwrap().online,
+        0,
+        "the sentinels went too"
+    );
 }
 
 #[actix::test]
@@ -349,7 +400,10 @@ async fn attacker_observations_roll_up_into_one_digest_per_window() {
     score.insert("score".into(), 87.5.into());
     rig.publish(Draft::new("attackers/a1/scored", 0, Body::Object(score)))
         .await;
-    assert!(rig.quiet_until_sentinel().await.is_empty(), "nothing one by one");
+    assert!(
+        rig.quiet_until_sentinel().await.is_empty(),
+        "nothing one by one"
+    );
     rig.clock.advance(5 * MIN);
     rig.check().await;
     let digests = rig.pending_notices().await;
