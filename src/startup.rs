@@ -104,6 +104,24 @@ impl Application {
             Registry::new(registry_config, b, t)
         });
 
+        // Alert evaluation and Slack delivery get their own thread: nothing
+        // on the ingest path waits for them.
+        let alerts_thread = Arbiter::new();
+        let slack = start_slack(&settings, &alerts_thread.handle(), &registry, &telemetry)?;
+        let alerts = start_alerts(
+            &settings,
+            &alerts_thread.handle(),
+            &bus,
+            slack.as_ref(),
+            &telemetry,
+            clock,
+        )?;
+        // Subscribed to the bus before ingest starts: no frame goes unseen.
+        alerts
+            .send(alerts::Stats)
+            .await
+            .context("the alerts actor did not start")?;
+
         let m = &settings.mqtt;
         let ingest_config = IngestConfig {
             host: mqtt.host.clone(),
@@ -128,19 +146,6 @@ impl Application {
         let ingest = Ingest::start_in_arbiter(&ingest_thread.handle(), move |_| {
             Ingest::new(ingest_config, r, b, t)
         });
-
-        // Alert evaluation and Slack delivery get their own thread: nothing
-        // on the ingest path waits for them.
-        let alerts_thread = Arbiter::new();
-        let slack = start_slack(&settings, &alerts_thread.handle(), &registry, &telemetry)?;
-        let alerts = start_alerts(
-            &settings,
-            &alerts_thread.handle(),
-            &bus,
-            slack.as_ref(),
-            &telemetry,
-            clock,
-        )?;
 
         let listener = TcpListener::bind(&settings.http.bind)
             .with_context(|| format!("`http.bind`: cannot listen on {}", settings.http.bind))?;

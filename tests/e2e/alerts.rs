@@ -49,11 +49,19 @@ async fn a_sustained_breach_alerts_once_per_device_and_its_end_once() {
 
     // Act: ten hot frames from each of two devices, then d1 cools down.
     for seq in 0..10 {
-        publisher.publish(&topic(&d1), metrics_json(&d1, seq, 95.0)).await;
-        publisher.publish(&topic(&d2), metrics_json(&d2, seq, 96.0)).await;
+        publisher
+            .publish(&topic(&d1), metrics_json(&d1, seq, 95.0))
+            .await;
+        publisher
+            .publish(&topic(&d2), metrics_json(&d2, seq, 96.0))
+            .await;
     }
-    publisher.publish(&topic(&d1), metrics_json(&d1, 10, 40.0)).await;
-    publisher.publish(&topic(&d1), metrics_json(&d1, 11, 41.0)).await;
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 10, 40.0))
+        .await;
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 11, 41.0))
+        .await;
     publisher
         .publish(&topic(&sentinel), metrics_json(&sentinel, 0, 99.0))
         .await;
@@ -87,10 +95,13 @@ async fn a_sustained_breach_alerts_once_per_device_and_its_end_once() {
         ":rotating_light: cpu_high ALERT at {d1}: cpu_percent 95.0 (threshold: above 90). CPU 95.0%, RAM 40.0%"
     )));
     assert!(texts[1].contains(&format!("ALERT at {d2}")));
-    assert!(texts[2].starts_with(&format!(":white_check_mark: cpu_high resolved at {d1}: cpu_percent 40.0")));
+    assert!(texts[2].starts_with(&format!(
+        ":white_check_mark: cpu_high resolved at {d1}: cpu_percent 40.0"
+    )));
     assert!(texts[3].contains(&sentinel));
     assert_eq!(
-        app.metric("edgebus_alerts_raised_total{rule=\"cpu_high\"}").await,
+        app.metric("edgebus_alerts_raised_total{rule=\"cpu_high\"}")
+            .await,
         3.0
     );
 }
@@ -103,12 +114,16 @@ async fn the_next_alert_comes_only_when_the_cooldown_has_passed() {
     let mut publisher = app.publisher().await;
     let (d1, sentinel) = (unique("d"), unique("sentinel"));
 
-    publisher.publish(&topic(&d1), metrics_json(&d1, 1, 95.0)).await;
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 1, 95.0))
+        .await;
     assert_eq!(slack.wait_delivered(1).await.len(), 1);
 
     // 59 s later, still hot: held back (the sentinel proves the frame was seen).
     clock.advance(Duration::from_secs(59));
-    publisher.publish(&topic(&d1), metrics_json(&d1, 2, 97.0)).await;
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 2, 97.0))
+        .await;
     publisher
         .publish(&topic(&sentinel), metrics_json(&sentinel, 1, 99.0))
         .await;
@@ -117,9 +132,14 @@ async fn the_next_alert_comes_only_when_the_cooldown_has_passed() {
 
     // 60 s after the first alert: the next one.
     clock.advance(Duration::from_secs(1));
-    publisher.publish(&topic(&d1), metrics_json(&d1, 3, 98.0)).await;
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 3, 98.0))
+        .await;
     let texts = slack.wait_delivered(3).await;
-    assert!(texts[2].contains(&format!("ALERT at {d1}: cpu_percent 98.0")), "{texts:#?}");
+    assert!(
+        texts[2].contains(&format!("ALERT at {d1}: cpu_percent 98.0")),
+        "{texts:#?}"
+    );
 }
 
 #[actix_web::test]
@@ -130,7 +150,9 @@ async fn presence_is_announced_online_then_offline_within_a_second_of_the_deadli
     let mut publisher = app.publisher().await;
     let d1 = unique("d");
 
-    publisher.publish(&topic(&d1), metrics_json(&d1, 1, 10.0)).await;
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 1, 10.0))
+        .await;
     let published = Instant::now();
 
     let online = ws.next_event().await;
@@ -140,13 +162,18 @@ async fn presence_is_announced_online_then_offline_within_a_second_of_the_deadli
     let offline = ws.next_event().await;
     let after = published.elapsed();
     assert_eq!(offline["event"], "device.offline");
-    assert_eq!(offline["payload"]["last_seen"], online["payload"]["last_seen"]);
+    assert_eq!(
+        offline["payload"]["last_seen"],
+        online["payload"]["last_seen"]
+    );
     assert!(
         after >= Duration::from_millis(900) && after <= Duration::from_millis(2000),
         "offline {after:?} after the last frame; the deadline is 1 s"
     );
     // A new frame: online again.
-    publisher.publish(&topic(&d1), metrics_json(&d1, 2, 10.0)).await;
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 2, 10.0))
+        .await;
     assert_eq!(ws.next_event().await["event"], "device.online");
 }
 
@@ -161,7 +188,9 @@ async fn a_rejecting_device_is_reported_once_an_hour_and_its_recovery_once() {
     for _ in 0..3 {
         publisher.publish(&topic(&bad), "[1]").await;
     }
-    let first = slack.wait_text(|t| t.contains(&format!("{bad} is rejecting"))).await;
+    let first = slack
+        .wait_text(|t| t.contains(&format!("{bad} is rejecting")))
+        .await;
     assert!(first.contains("last reason: not_object"), "{first}");
 
     // Ten minutes on, still broken: same hour, no new report.
@@ -184,12 +213,15 @@ async fn a_rejecting_device_is_reported_once_an_hour_and_its_recovery_once() {
     assert_eq!(count(&slack.delivered(), &format!("{bad} is rejecting")), 2);
 
     // Fixed.
-    publisher.publish(&topic(&bad), metrics_json(&bad, 1, 10.0)).await;
+    publisher
+        .publish(&topic(&bad), metrics_json(&bad, 1, 10.0))
+        .await;
     slack
         .wait_text(|t| t.contains(&format!("{bad} frames are accepted again")))
         .await;
     assert_eq!(
-        app.metric("edgebus_alerts_raised_total{rule=\"rejecting\"}").await,
+        app.metric("edgebus_alerts_raised_total{rule=\"rejecting\"}")
+            .await,
         2.0
     );
 }
@@ -205,13 +237,17 @@ async fn a_silent_device_is_reported_hourly_until_it_speaks_again() {
     let mut publisher = app.publisher().await;
     let (d1, sentinel) = (unique("d"), unique("sentinel"));
 
-    publisher.publish(&topic(&d1), metrics_json(&d1, 1, 10.0)).await;
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 1, 10.0))
+        .await;
     // Seen by the alerts actor (it announces presence) before time moves.
     assert_eq!(presence.next_event().await["event"], "device.online");
 
     clock.advance(Duration::from_secs(30 * 60)); // registry.silent_after_seconds
     check(&app).await;
-    let silent = slack.wait_text(|t| t.contains(&format!("{d1} is silent"))).await;
+    let silent = slack
+        .wait_text(|t| t.contains(&format!("{d1} is silent")))
+        .await;
     assert!(
         silent.contains("nothing received for over 30 minutes (last seen"),
         "{silent}"
@@ -232,7 +268,9 @@ async fn a_silent_device_is_reported_hourly_until_it_speaks_again() {
     slack.wait_delivered(3).await;
     assert_eq!(count(&slack.delivered(), &format!("{d1} is silent")), 2);
 
-    publisher.publish(&topic(&d1), metrics_json(&d1, 2, 10.0)).await;
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 2, 10.0))
+        .await;
     slack
         .wait_text(|t| t.contains(&format!("{d1} is sending again")))
         .await;

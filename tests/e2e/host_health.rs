@@ -60,13 +60,15 @@ async fn a_report_is_stored_with_its_receive_time_and_listed() {
     assert_eq!(hosts[0]["host_id"], "lab-00", "sorted by host");
     assert_eq!(hosts[1]["report"], report);
     let received = hosts[1]["received_at"].as_str().expect("received_at");
-    assert!(received.ends_with('Z') && received.len() == 20, "{received}");
+    assert!(
+        received.ends_with('Z') && received.len() == 20,
+        "{received}"
+    );
     assert!(hosts[1]["received_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
 
-    let on_disk: Value = serde_json::from_slice(
-        &std::fs::read(dir.join("host-health/lab-01.json")).expect("file"),
-    )
-    .expect("JSON file");
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("host-health/lab-01.json")).expect("file"))
+            .expect("JSON file");
     assert_eq!(on_disk, hosts[1]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -87,7 +89,13 @@ async fn bad_hosts_and_bodies_are_refused_with_json_errors() {
     for host in bad_hosts {
         let (status, body) = put(&app, host, "{}").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{host}: {body}");
-        assert!(body["error"].as_str().unwrap_or_default().contains("host id"), "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("host id"),
+            "{body}"
+        );
     }
     for bad in ["[1,2]", "\"text\"", "{", "", r#"{"a":1,"a":2}"#] {
         let (status, body) = put(&app, "h1", bad).await;

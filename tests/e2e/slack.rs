@@ -30,7 +30,10 @@ async fn wait_metric_value(app: &TestApp, series: &str, value: f64) {
         if v == value {
             return;
         }
-        assert!(Instant::now() < deadline, "{series} stayed at {v}, not {value}");
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {v}, not {value}"
+        );
         actix_web::rt::time::sleep(ms(25)).await;
     }
 }
@@ -46,7 +49,11 @@ async fn an_outage_delays_alerts_but_every_one_arrives_once_in_order() {
         Reply::Status(500, "rollup_error"),
         Reply::Hang,
     ]);
-    let app = spawn_app_with(&format!("{}[slack]\ntimeout_seconds = 1\n", slack_toml(&slack))).await;
+    let app = spawn_app_with(&format!(
+        "{}[slack]\ntimeout_seconds = 1\n",
+        slack_toml(&slack)
+    ))
+    .await;
     let mut publisher = app.publisher().await;
     let prefix = unique("out");
 
@@ -65,7 +72,11 @@ async fn an_outage_delays_alerts_but_every_one_arrives_once_in_order() {
     let expected: Vec<&str> = devices.iter().map(String::as_str).collect();
     assert_eq!(order, expected, "every alert, in order, none twice");
     let requests = slack.requests();
-    assert_eq!(requests.len(), 11, "five failures, all on the first message, then six");
+    assert_eq!(
+        requests.len(),
+        11,
+        "five failures, all on the first message, then six"
+    );
     assert!(requests[..6].iter().all(|r| r.text == requests[0].text));
     assert_eq!(metric(&app, "edgebus_slack_sent_total").await, 6.0);
     assert_eq!(metric(&app, "edgebus_slack_retried_total").await, 5.0);
@@ -84,7 +95,10 @@ async fn a_429_is_honoured_no_request_before_retry_after() {
     let requests = slack.wait_requests(2).await;
     let waited = requests[1].at.duration_since(requests[0].at);
     assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
-    assert!(waited < Duration::from_secs(4), "but not much later: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "but not much later: {waited:?}"
+    );
     assert_eq!(requests[0].text, requests[1].text, "the same message again");
     assert_eq!(slack.delivered().len(), 1);
     assert_eq!(metric(&app, "edgebus_slack_retried_total").await, 1.0);
@@ -93,7 +107,11 @@ async fn a_429_is_honoured_no_request_before_retry_after() {
 #[actix_web::test]
 async fn messages_are_paced_per_webhook() {
     let slack = SlackMock::start().await;
-    let app = spawn_app_with(&format!("{}[slack]\npace_milliseconds = 300\n", slack_toml(&slack))).await;
+    let app = spawn_app_with(&format!(
+        "{}[slack]\npace_milliseconds = 300\n",
+        slack_toml(&slack)
+    ))
+    .await;
     let mut publisher = app.publisher().await;
 
     raise(&mut publisher, &unique("pace"), 5).await;
@@ -198,13 +216,22 @@ async fn summaries_list_active_devices_and_are_skipped_when_there_are_none() {
     let summary = slack
         .wait_text(|t| t.starts_with(":bar_chart:") && t.contains(&d2))
         .await;
-    assert!(summary.contains("Metrics summary: 2 active devices"), "{summary}");
-    assert!(summary.contains("DEVICE") && summary.contains("GPU"), "{summary}");
+    assert!(
+        summary.contains("Metrics summary: 2 active devices"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("DEVICE") && summary.contains("GPU"),
+        "{summary}"
+    );
     let row = summary
         .lines()
         .find(|l| l.starts_with(&d1))
         .expect("a row for d1");
-    assert!(row.contains("12.5%") && row.contains("40.0%") && row.contains("70.0%"), "{row}");
+    assert!(
+        row.contains("12.5%") && row.contains("40.0%") && row.contains("70.0%"),
+        "{row}"
+    );
 }
 
 #[actix_web::test]
@@ -229,8 +256,14 @@ async fn a_full_outbox_keeps_the_newest_and_counts_what_it_drops() {
     .await;
 
     let delivered = slack.wait_delivered(3).await;
-    assert!(delivered[0].contains(&devices[0]), "the one in flight is retried");
-    assert!(delivered[1].contains(&more[2]) && delivered[2].contains(&more[3]), "{delivered:#?}");
+    assert!(
+        delivered[0].contains(&devices[0]),
+        "the one in flight is retried"
+    );
+    assert!(
+        delivered[1].contains(&more[2]) && delivered[2].contains(&more[3]),
+        "{delivered:#?}"
+    );
     assert_eq!(
         metric(
             &app,
@@ -244,17 +277,28 @@ async fn a_full_outbox_keeps_the_newest_and_counts_what_it_drops() {
 #[actix_web::test]
 async fn shutdown_flushes_the_outbox_within_its_deadline() {
     let slack = SlackMock::start().await;
-    let app = spawn_app_with(&format!("{}[slack]\npace_milliseconds = 200\n", slack_toml(&slack))).await;
+    let app = spawn_app_with(&format!(
+        "{}[slack]\npace_milliseconds = 200\n",
+        slack_toml(&slack)
+    ))
+    .await;
     let mut publisher = app.publisher().await;
 
     raise(&mut publisher, &unique("flush"), 4).await;
     app.wait_metric("edgebus_alerts_raised_total{rule=\"cpu_high\"}", 4.0)
         .await;
-    assert!(slack.delivered().len() < 4, "still queued when shutdown starts");
+    assert!(
+        slack.delivered().len() < 4,
+        "still queued when shutdown starts"
+    );
 
     let started = Instant::now();
     app.handle.shutdown().await;
 
-    assert_eq!(slack.delivered().len(), 4, "flushed before shutdown returned");
+    assert_eq!(
+        slack.delivered().len(),
+        4,
+        "flushed before shutdown returned"
+    );
     assert!(started.elapsed() < Duration::from_secs(6));
 }

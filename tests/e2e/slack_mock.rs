@@ -109,7 +109,10 @@ impl SlackMock {
                 return delivered;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "{n} deliveries expected; got {delivered:#?}");
+            assert!(
+                !left.is_zero(),
+                "{n} deliveries expected; got {delivered:#?}"
+            );
             let _ = tokio::time::timeout(left, count.changed()).await;
         }
     }
@@ -123,7 +126,11 @@ impl SlackMock {
                 return t;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no matching text in {:#?}", self.delivered());
+            assert!(
+                !left.is_zero(),
+                "no matching text in {:#?}",
+                self.delivered()
+            );
             let _ = tokio::time::timeout(left, count.changed()).await;
         }
     }

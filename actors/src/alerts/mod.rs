@@ -9,9 +9,10 @@
 //! on this actor's thread. Should it fall behind, metrics conflate (it keeps
 //! the newest frame per device) like any session's.
 //!
-//! Decisions live in pure types: [`rules`] and [`cooldown`] (threshold
-//! rules), [`health`] (silent, rejecting), [`presence`], [`digest`]; their
-//! output becomes events ([`record`]) published on the bus (`try_send`) and
+//! Decisions live in the pure [`Engine`], built of [`rules`] and
+//! [`cooldown`] (threshold rules), [`health`] (silent, rejecting),
+//! [`presence`] and [`digest`]; its output becomes events ([`record`])
+//! published on the bus (`try_send`) and
 //! Slack notices ([`crate::slack::Enqueue`], `try_send`). Deadlines (offline,
 //! silent, digest windows) share one timer armed for the earliest one.
 //! Time comes from a [`Clock`], so tests can move an hour forward.
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod cooldown;
 pub mod deadlines;
 pub mod digest;
+pub mod engine;
 pub mod health;
 pub mod presence;
 pub mod record;
@@ -30,11 +32,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::Stream;
-use serde_json::Value;
 
 use crate::bus::{self, Bus, Publish};
-use crate::event::{Body, Event};
-use crate::ingest::frame::{DeviceId, MetricsFrame, Rejection};
 use crate::ingest::REJECTS_TOPIC;
 use crate::session::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue};
 use crate::slack::{Enqueue, Notice, NoticeKind};
@@ -42,10 +41,7 @@ use crate::telemetry::{DropReason, Telemetry};
 use crate::topic::TopicFilter;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-use cooldown::{Cooldown, Decision};
-use digest::{DigestReport, Digests};
-use health::{FleetHealth, HealthNotice};
-use presence::{Presence, PresenceChange};
+pub use engine::Engine;
 use record::{Alert, AlertState};
 pub use rules::{Rule, RuleSpec};
 
@@ -83,12 +79,7 @@ pub struct AlertsConfig {
 }
 
 pub struct Alerts {
-    rules: Vec<Rule>,
-    silent_after: Duration,
-    cooldown: Cooldown,
-    presence: Presence,
-    health: FleetHealth,
-    digests: Digests,
+    engine: Engine,
     bus: Addr<Bus>,
     slack: Option<Recipient<Enqueue>>,
     telemetry: Arc<Telemetry>,
@@ -98,11 +89,6 @@ pub struct Alerts {
     inbox: Option<SessionInbox>,
     /// The armed timer and the deadline it is for.
     timer: Option<(u64, SpawnHandle)>,
-    // Scratch buffers, reused so that a frame allocates nothing.
-    decisions: Vec<Decision>,
-    changes: Vec<PresenceChange>,
-    notices: Vec<HealthNotice>,
-    reports: Vec<DigestReport>,
 }
 
 impl Alerts {
@@ -120,18 +106,8 @@ impl Alerts {
         for rule in ["silent", "rejecting", DIGEST_RULE] {
             telemetry.alerts.preregister(rule);
         }
-        let ms = |d: Duration| d.as_millis() as u64;
         Self {
-            cooldown: Cooldown::default(),
-            presence: Presence::new(ms(config.offline_after)),
-            health: FleetHealth::new(
-                ms(config.silent_after),
-                ms(config.rejecting_window),
-                config.max_devices,
-            ),
-            digests: Digests::new(ms(config.digest_window)),
-            silent_after: config.silent_after,
-            rules: config.rules,
+            engine: Engine::new(config),
             bus,
             slack,
             telemetry,
@@ -140,115 +116,36 @@ impl Alerts {
             queue,
             inbox: Some(inbox),
             timer: None,
-            decisions: Vec::new(),
-            changes: Vec::new(),
-            notices: Vec::new(),
-            reports: Vec::new(),
         }
-    }
-
-    fn on_event(&mut self, event: &Event) {
-        let now = self.clock.now_ms();
-        match &event.body {
-            Body::Metrics(frame) => self.on_metrics(frame, now),
-            Body::Object(payload) => {
-                let mut levels = event.topic.split('/');
-                match (levels.next(), levels.next(), levels.next(), levels.next()) {
-                    (Some("attackers"), Some(attacker), Some("observation"), Some(primitive)) => {
-                        self.digests.observed(attacker, primitive, now);
-                    }
-                    (Some("attackers"), Some(attacker), Some("scored"), None) => {
-                        if let Some(score) = payload.get("score").and_then(Value::as_f64) {
-                            self.digests.scored(attacker, score, now);
-                        }
-                    }
-                    _ if &*event.topic == REJECTS_TOPIC => self.on_reject(payload, now),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn on_metrics(&mut self, frame: &MetricsFrame, now: u64) {
-        if !self.rules.is_empty() {
-            self.cooldown
-                .evaluate(&self.rules, frame, now, &mut self.decisions);
-            let mut decisions = std::mem::take(&mut self.decisions);
-            for decision in decisions.drain(..) {
-                let (i, value, state) = match decision {
-                    Decision::Fire { rule, value } => (rule, value, AlertState::Firing),
-                    Decision::Resolve { rule, value } => (rule, value, AlertState::Resolved),
-                };
-                let alert = record::rule_alert(&self.rules[i], frame, value, state);
-                self.raise(alert, now);
-            }
-            self.decisions = decisions;
-        }
-        self.presence.seen(&frame.device_id, now, &mut self.changes);
-        self.health
-            .accepted(&frame.device_id, now, &mut self.notices);
-        self.flush(now);
-    }
-
-    fn on_reject(&mut self, payload: &serde_json::Map<String, Value>, now: u64) {
-        let Some(device) = payload
-            .get("device_id")
-            .and_then(Value::as_str)
-            .and_then(|d| DeviceId::parse(d).ok())
-        else {
-            return;
-        };
-        let reason = payload.get("reason").and_then(Value::as_str).unwrap_or("");
-        // The device cap refuses good frames: not a buggy publisher.
-        if reason == Rejection::DeviceCap.as_str() {
-            return;
-        }
-        let reason = Rejection::ALL_REASONS
-            .iter()
-            .copied()
-            .find(|r| *r == reason)
-            .unwrap_or("unknown");
-        self.health
-            .rejected(&device, reason, now, &mut self.notices);
-        self.flush(now);
     }
 
     /// Runs every deadline due now.
     fn check(&mut self, ctx: &mut Context<Self>) {
         let now = self.clock.now_ms();
-        self.presence.due(now, &mut self.changes);
-        self.health.due(now, &mut self.notices);
-        self.digests.due(now, &mut self.reports);
+        self.engine.due(now);
         self.flush(now);
         self.arm(ctx);
     }
 
-    /// Publishes what the detectors produced.
+    /// Publishes what the engine produced.
     fn flush(&mut self, now: u64) {
-        let mut changes = std::mem::take(&mut self.changes);
-        for change in changes.drain(..) {
-            self.publish(record::presence_draft(&change, now));
+        if self.engine.out.is_empty() {
+            return;
         }
-        self.changes = changes;
-        let mut notices = std::mem::take(&mut self.notices);
-        for notice in notices.drain(..) {
-            if let HealthNotice::Forgotten { device } = &notice {
-                self.cooldown.forget(device.as_str());
-            }
-            if let Some(alert) = record::health_alert(&notice, self.silent_after) {
-                self.raise(alert, now);
-            }
+        let out = std::mem::take(&mut self.engine.out);
+        for change in &out.presence {
+            self.publish(record::presence_draft(change, now));
         }
-        self.notices = notices;
-        let mut reports = std::mem::take(&mut self.reports);
-        for report in reports.drain(..) {
+        for alert in out.alerts {
+            self.raise(alert, now);
+        }
+        for report in &out.digests {
             self.telemetry.alert_raised(DIGEST_RULE);
             self.notify(Notice {
                 kind: NoticeKind::Digest,
-                text: record::digest_text(&report),
+                text: record::digest_text(report),
             });
         }
-        self.reports = reports;
     }
 
     fn raise(&mut self, alert: Alert, now: u64) {
@@ -278,15 +175,7 @@ impl Alerts {
     /// Arms the timer for the earliest deadline, unless one at least as
     /// early is armed already.
     fn arm(&mut self, ctx: &mut Context<Self>) {
-        let next = [
-            self.presence.next_deadline(),
-            self.health.next_deadline(),
-            self.digests.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let Some(at) = next else {
+        let Some(at) = self.engine.next_deadline() else {
             return;
         };
         if let Some((armed, handle)) = self.timer {
@@ -363,7 +252,9 @@ impl StreamHandler<Vec<Delivery>> for Alerts {
             // The snapshot holds last values from before we joined: nothing
             // new to decide on. Close comes at shutdown.
             if let Delivery::Event(event) = item {
-                self.on_event(&event);
+                let now = self.clock.now_ms();
+                self.engine.on_event(&event, now);
+                self.flush(now);
             }
         }
         self.arm(ctx);
@@ -406,8 +297,8 @@ impl Handler<Stats> for Alerts {
 
     fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(AlertsStats {
-            online: self.presence.online(),
-            tracked: self.health.len(),
+            online: self.engine.online(),
+            tracked: self.engine.tracked(),
         })
     }
 }
