@@ -76,7 +76,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// "45 seconds", "1 minute", "5 minutes", "2 hours": for message text.
 pub fn human_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    let (n, unit) = if secs >= 3600 && secs % 3600 == 0 {
+    let (n, unit) = if secs >= 3600 && secs.is_multiple_of(3600) {
         (secs / 3600, "hour")
     } else if secs >= 60 {
         (secs / 60, "minute")
