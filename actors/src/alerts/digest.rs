@@ -5,6 +5,7 @@
 //! stream stays on the bus for dashboards. Pure: time is an argument.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::deadlines::Deadlines;
 
@@ -13,15 +14,18 @@ use super::deadlines::Deadlines;
 /// publishers choose).
 pub const MAX_OPEN_WINDOWS: usize = 10_000;
 
-/// Distinct primitive names remembered per window (the count stays exact
-/// up to here; a longer tail is reported as at least this many).
-pub const MAX_PRIMITIVES: usize = 256;
+/// Distinct primitives counted per window; beyond it the report says "at
+/// least". Names are kept as 64-bit hashes: 10,000 windows of 128 cost a
+/// few MiB whatever names publishers choose.
+pub const MAX_PRIMITIVES: usize = 128;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DigestReport {
     pub attacker: Box<str>,
     pub observations: u64,
     pub primitives: usize,
+    /// More distinct primitives than [`MAX_PRIMITIVES`] were seen.
+    pub primitives_capped: bool,
     pub window_ms: u64,
     pub score: Option<f64>,
 }
@@ -29,7 +33,8 @@ pub struct DigestReport {
 #[derive(Debug, Default)]
 struct Window {
     observations: u64,
-    primitives: HashSet<Box<str>>,
+    primitives: HashSet<u64>,
+    capped: bool,
     score: Option<f64>,
 }
 
@@ -65,8 +70,13 @@ impl Digests {
     pub fn observed(&mut self, attacker: &str, primitive: &str, now_ms: u64) {
         if let Some(w) = self.window(attacker, now_ms) {
             w.observations += 1;
-            if w.primitives.len() < MAX_PRIMITIVES && !w.primitives.contains(primitive) {
-                w.primitives.insert(primitive.into());
+            let mut h = DefaultHasher::new();
+            primitive.hash(&mut h);
+            let key = h.finish();
+            if w.primitives.len() < MAX_PRIMITIVES {
+                w.primitives.insert(key);
+            } else if !w.primitives.contains(&key) {
+                w.capped = true;
             }
         }
     }
@@ -92,6 +102,7 @@ impl Digests {
                 attacker,
                 observations: w.observations,
                 primitives: w.primitives.len(),
+                primitives_capped: w.capped,
                 window_ms: self.window_ms,
                 score: w.score,
             });
@@ -128,6 +139,7 @@ mod tests {
                 attacker: "a1".into(),
                 observations: 4,
                 primitives: 3,
+                primitives_capped: false,
                 window_ms: 60_000,
                 score: Some(87.5)
             }]
@@ -166,6 +178,7 @@ mod tests {
         let reports = due(&mut d, 10);
         let a0 = reports.iter().find(|r| &*r.attacker == "a0").unwrap();
         assert_eq!(a0.primitives, MAX_PRIMITIVES);
+        assert!(a0.primitives_capped);
         assert_eq!(a0.observations, MAX_PRIMITIVES as u64 + 11);
     }
 }

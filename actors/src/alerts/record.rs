@@ -170,8 +170,13 @@ pub fn digest_text(report: &DigestReport) -> String {
         .score
         .map_or_else(|| "n/a".to_owned(), |s| format!("{s}"));
     let attacker: String = report.attacker.chars().take(128).collect();
+    let at_least = if report.primitives_capped {
+        "at least "
+    } else {
+        ""
+    };
     format!(
-        ":shield: attacker {attacker}: {} {obs} across {} {prims} in the last {}, score {score}",
+        ":shield: attacker {attacker}: {} {obs} across {at_least}{} {prims} in the last {}, score {score}",
         report.observations,
         report.primitives,
         human_duration(Duration::from_millis(report.window_ms)),
@@ -287,6 +292,7 @@ mod tests {
             attacker: "a-1".into(),
             observations: 12,
             primitives: 3,
+            primitives_capped: false,
             window_ms: 300_000,
             score: Some(87.5),
         };
