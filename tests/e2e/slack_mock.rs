@@ -223,9 +223,9 @@ fn response(code: u16, reason: &str, headers: &str, body: &str) -> String {
 }
 
 /// Asserts that the gap between consecutive requests is at least `min`
-/// (less a little for scheduling jitter).
+/// (less a hair for clock granularity).
 pub fn assert_spacing(requests: &[Request], min: Duration) {
-    let slack = Duration::from_millis(25);
+    let slack = Duration::from_millis(2);
     for pair in requests.windows(2) {
         let gap = pair[1].at.duration_since(pair[0].at);
         assert!(

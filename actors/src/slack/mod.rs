@@ -8,8 +8,8 @@
 //! active devices ([`ListDevices`], `send`) and queues a summary table.
 //!
 //! One request at a time, so order holds; each request starts at least
-//! `pace` after the previous one (Slack allows about one message per second
-//! per webhook). The rules for answers are in [`retry`]; text is escaped
+//! `pace` after the answer to the previous one (Slack allows about one
+//! message per second per webhook). The rules for answers are in [`retry`]; text is escaped
 //! ([`escape`]) when the request is built. The awc client is not `Send`: it
 //! is built in `started()`, on the actor's own thread, with redirects off.
 //!
@@ -199,19 +199,17 @@ impl Slack {
         ctx.spawn(
             bounded
                 .into_actor(self)
-                .map(move |reply, act, ctx| act.answered(reply, now, ctx)),
+                .map(|reply, act, ctx| act.answered(reply, ctx)),
         );
     }
 
-    fn answered(
-        &mut self,
-        reply: Result<Reply, String>,
-        started: Instant,
-        ctx: &mut Context<Self>,
-    ) {
+    fn answered(&mut self, reply: Result<Reply, String>, ctx: &mut Context<Self>) {
         self.in_flight = false;
         let now = Instant::now();
-        let paced = started + self.config.pace;
+        // Counted from the answer, not the request: the previous request has
+        // surely reached Slack by now, so Slack sees the gap whatever the
+        // network's jitter.
+        let paced = now + self.config.pace;
         let metrics = &self.telemetry.alerts;
         let verdict = match &reply {
             Ok(r) => classify(r.status, r.retry_after.as_deref()),
