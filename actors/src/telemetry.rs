@@ -305,14 +305,14 @@ impl Telemetry {
             .slack_dropped
             .with_label_values(&[kind.as_str(), reason])
             .inc();
-        if reason != "shutdown" {
-            self.warn_limited("slack_dropped", || {
-                format!(
-                    "Dropped a Slack {} ({reason}): the outbox is full; raise `slack.outbox_capacity` or check Slack.",
-                    kind.as_str()
-                )
-            });
-        }
+        let why = match reason {
+            "outbox_full" => "the outbox is full; raise `slack.outbox_capacity` or check Slack",
+            "overload" => "the Slack actor's mailbox is full",
+            _ => return, // shutdown: reported once by the Slack actor
+        };
+        self.warn_limited("slack_dropped", || {
+            format!("Dropped a Slack {}: {why}.", kind.as_str())
+        });
     }
 
     /// Logs a WARN at most `WARN_BURST` times per window for `key`.
