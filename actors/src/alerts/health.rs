@@ -183,25 +183,26 @@ impl FleetHealth {
         accepted: bool,
         out: &mut Vec<HealthNotice>,
     ) -> Option<&mut DeviceHealth> {
-        if !accepted
-            && !self.devices.contains_key(device.as_str())
-            && self.devices.len() >= self.max_devices.saturating_mul(2)
-        {
-            return None;
+        // Look up before inserting: `entry()` would clone the id on every frame.
+        if !self.devices.contains_key(device.as_str()) {
+            if !accepted && self.devices.len() >= self.max_devices.saturating_mul(2) {
+                return None;
+            }
+            self.devices.insert(
+                device.clone(),
+                DeviceHealth {
+                    last_seen_ms: now_ms,
+                    last_accepted_ms: None,
+                    streak: 0,
+                    streak_last_ms: now_ms,
+                    silent: Episode::default(),
+                    rejecting: Episode::default(),
+                    scheduled: false,
+                },
+            );
         }
         let silent_after = self.silent_after_ms;
-        let d = self
-            .devices
-            .entry(device.clone())
-            .or_insert_with(|| DeviceHealth {
-                last_seen_ms: now_ms,
-                last_accepted_ms: None,
-                streak: 0,
-                streak_last_ms: now_ms,
-                silent: Episode::default(),
-                rejecting: Episode::default(),
-                scheduled: false,
-            });
+        let d = self.devices.get_mut(device.as_str())?;
         d.last_seen_ms = d.last_seen_ms.max(now_ms);
         if d.silent.clear() {
             out.push(HealthNotice::Resolved {
