@@ -221,16 +221,7 @@ fn alerts(c: &mut Criterion) {
     let mut group = c.benchmark_group("alerts");
     group.throughput(Throughput::Elements(1));
     for rules in [0usize, 10] {
-        let specs = &ten_rules()[..rules];
-        let config = AlertsConfig {
-            rules: compile_all(specs, Duration::from_secs(60)).expect("benchmark rules are valid"),
-            offline_after: Duration::from_secs(30),
-            silent_after: Duration::from_secs(1800),
-            rejecting_window: Duration::from_secs(300),
-            digest_window: Duration::from_secs(300),
-            max_devices: ALERT_DEVICES,
-        };
-        let mut engine = Engine::new(config);
+        let mut engine = Engine::new(alerts_config(rules));
         let mut table = DeviceTable::new(ALERT_DEVICES, 30_000);
         let now = 1_763_800_000_123;
         let (mut i, mut seq) = (0usize, 0u64);
@@ -252,7 +243,47 @@ fn alerts(c: &mut Criterion) {
             })
         });
     }
+    // The Alerts actor's share alone, on prebuilt events.
+    let events: Vec<Arc<Event>> = frames
+        .iter()
+        .enumerate()
+        .map(|(seq, (topic, payload))| {
+            let draft = accept(topic, payload, MAX_BYTES, 0).expect("valid frame");
+            Arc::new(Event::from_draft(
+                EventId {
+                    epoch: 1,
+                    seq: seq as u64,
+                },
+                draft,
+            ))
+        })
+        .collect();
+    for rules in [0usize, 10] {
+        let mut engine = Engine::new(alerts_config(rules));
+        let mut i = 0usize;
+        group.bench_function(format!("engine_only_1000_devices_{rules}_rules"), |b| {
+            b.iter(|| {
+                engine.on_event(&events[i % ALERT_DEVICES], 1_763_800_000_123);
+                i += 1;
+                if !engine.out.is_empty() {
+                    engine.out = Output::default();
+                }
+            })
+        });
+    }
     group.finish();
+}
+
+fn alerts_config(rules: usize) -> AlertsConfig {
+    AlertsConfig {
+        rules: compile_all(&ten_rules()[..rules], Duration::from_secs(60))
+            .expect("benchmark rules are valid"),
+        offline_after: Duration::from_secs(30),
+        silent_after: Duration::from_secs(1800),
+        rejecting_window: Duration::from_secs(300),
+        digest_window: Duration::from_secs(300),
+        max_devices: ALERT_DEVICES,
+    }
 }
 
 criterion_group! {

@@ -318,3 +318,36 @@ async fn attacker_events_reach_slack_as_one_digest_per_window() {
     assert_eq!(slack.requests().len(), 1, "one message, not four");
     let _: Value = serde_json::from_str(&slack.requests()[0].body).expect("JSON body");
 }
+
+#[actix_web::test]
+async fn without_slack_alerts_still_reach_the_bus() {
+    let app = spawn_app_with(
+        "[alerts]\nrules = [{ name = \"disk_full\", field = \"disk_percent\", above = 65.0, cooldown_seconds = 5 }]\n",
+    )
+    .await;
+    let mut ws = app.ws("?topic=alerts/%2B/disk_full").await;
+    ws.snapshot().await;
+    let mut publisher = app.publisher().await;
+    let d1 = unique("d");
+
+    publisher
+        .publish(&topic(&d1), metrics_json(&d1, 1, 1.0))
+        .await;
+
+    let alert = ws.next_event().await;
+    assert_eq!(alert["topic"], format!("alerts/{d1}/disk_full"));
+    let p = &alert["payload"];
+    assert_eq!(p["field"], "disk_percent");
+    assert_eq!(p["value"], 70.0);
+    assert_eq!(p["above"], 65.0);
+    assert_eq!(p["state"], "firing");
+    assert!(p["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("disk_full ALERT"));
+    assert_eq!(
+        app.metric("edgebus_slack_outbox_depth").await,
+        0.0,
+        "no Slack actor, nothing queued"
+    );
+}
