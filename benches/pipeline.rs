@@ -10,6 +10,12 @@
 //!   [`SessionQueue::offer_event`] per matching session, with every queue
 //!   drained again by its [`SessionInbox`].
 //!
+//! - `alerts/*`: the ingest path per frame over 1,000 devices (acceptance,
+//!   device table, event build) plus what the Alerts actor does with the
+//!   frame ([`Engine::on_event`]: presence, fleet health, rules), without
+//!   rules and with 10: the cost of rules on one core, although in the
+//!   service they run on the Alerts actor's own thread.
+//!
 //! `cargo bench --bench pipeline` (about a minute). Throughput is reported
 //! in elements/s: frames for `ingest`, topic lookups for `routing`,
 //! deliveries (event × session) for `fanout`.
@@ -23,9 +29,13 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use edgebus_actors::event::{Draft, Event, EventId};
+use edgebus_actors::alerts::engine::{Engine, Output};
+use edgebus_actors::alerts::rules::{compile_all, RuleSpec};
+use edgebus_actors::alerts::AlertsConfig;
+use edgebus_actors::event::{Body, Draft, Event, EventId};
 use edgebus_actors::ingest::accept;
 use edgebus_actors::ingest::frame::MetricsFrame;
+use edgebus_actors::registry::DeviceTable;
 use edgebus_actors::session::{session_queue, Delivery, Offer};
 use edgebus_actors::topic::{FilterIndex, TopicFilter};
 
@@ -170,12 +180,118 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
+/// Devices in the alerts benchmark (`registry.max_devices` default).
+const ALERT_DEVICES: usize = 1_000;
+
+/// Ten rules over every field; about one device in ten breaches `cpu_high`
+/// (and then stays within its cooldown), the rest are healthy.
+fn ten_rules() -> Vec<RuleSpec> {
+    let rule = |name: &str, field: &str, above: Option<f64>, below: Option<f64>| RuleSpec {
+        name: name.into(),
+        field: field.into(),
+        above,
+        below,
+        cooldown: None,
+    };
+    vec![
+        rule("cpu_high", "cpu_percent", Some(90.0), None),
+        rule("cpu_idle", "cpu_percent", None, Some(0.5)),
+        rule("mem_high", "mem_percent", Some(95.0), None),
+        rule("mem_band", "mem_percent", Some(99.0), Some(1.0)),
+        rule("disk_full", "disk_percent", Some(95.0), None),
+        rule("disk_empty", "disk_percent", None, Some(0.1)),
+        rule("gpu_hot", "gpu_percent", Some(97.0), None),
+        rule("agent_cpu", "agent_cpu_percent", Some(500.0), None),
+        rule("agent_mem", "agent_mem_mb", Some(4096.0), None),
+        rule("agent_mem_low", "agent_mem_mb", None, Some(0.01)),
+    ]
+}
+
+fn alerts(c: &mut Criterion) {
+    let frames: Vec<(String, Vec<u8>)> = (0..ALERT_DEVICES)
+        .map(|i| {
+            let device = format!("dev-{i}");
+            let cpu = (i % 100) as f64 + 0.5;
+            let payload = format!(
+                r#"{{"device_id":"{device}","timestamp":1763800000,"cpu_percent":{cpu},"mem_percent":40.25,"disk_percent":70.1,"gpu_percent":33.3,"agent_cpu_percent":1.5,"agent_mem_mb":42.7}}"#
+            );
+            (format!("devices/{device}/metrics"), payload.into_bytes())
+        })
+        .collect();
+    let mut group = c.benchmark_group("alerts");
+    group.throughput(Throughput::Elements(1));
+    for rules in [0usize, 10] {
+        let mut engine = Engine::new(alerts_config(rules));
+        let mut table = DeviceTable::new(ALERT_DEVICES, 30_000);
+        let now = 1_763_800_000_123;
+        let (mut i, mut seq) = (0usize, 0u64);
+        group.bench_function(format!("ingest_path_1000_devices_{rules}_rules"), |b| {
+            b.iter(|| {
+                let (topic, payload) = &frames[i % ALERT_DEVICES];
+                i += 1;
+                seq += 1;
+                let draft = accept(topic, payload, MAX_BYTES, now).expect("valid frame");
+                if let Body::Metrics(frame) = &draft.body {
+                    table.observe(frame, now);
+                }
+                let event = Arc::new(Event::from_draft(EventId { epoch: 1, seq }, draft));
+                engine.on_event(&event, now);
+                if !engine.out.is_empty() {
+                    engine.out = Output::default();
+                }
+                event
+            })
+        });
+    }
+    // The Alerts actor's share alone, on prebuilt events.
+    let events: Vec<Arc<Event>> = frames
+        .iter()
+        .enumerate()
+        .map(|(seq, (topic, payload))| {
+            let draft = accept(topic, payload, MAX_BYTES, 0).expect("valid frame");
+            Arc::new(Event::from_draft(
+                EventId {
+                    epoch: 1,
+                    seq: seq as u64,
+                },
+                draft,
+            ))
+        })
+        .collect();
+    for rules in [0usize, 10] {
+        let mut engine = Engine::new(alerts_config(rules));
+        let mut i = 0usize;
+        group.bench_function(format!("engine_only_1000_devices_{rules}_rules"), |b| {
+            b.iter(|| {
+                engine.on_event(&events[i % ALERT_DEVICES], 1_763_800_000_123);
+                i += 1;
+                if !engine.out.is_empty() {
+                    engine.out = Output::default();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn alerts_config(rules: usize) -> AlertsConfig {
+    AlertsConfig {
+        rules: compile_all(&ten_rules()[..rules], Duration::from_secs(60))
+            .expect("benchmark rules are valid"),
+        offline_after: Duration::from_secs(30),
+        silent_after: Duration::from_secs(1800),
+        rejecting_window: Duration::from_secs(300),
+        digest_window: Duration::from_secs(300),
+        max_devices: ALERT_DEVICES,
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(20);
-    targets = ingest, routing, fanout
+    targets = ingest, routing, fanout, alerts
 }
 criterion_main!(benches);

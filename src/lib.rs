@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod broker;
 pub mod error;
+pub mod host_health;
 pub mod http;
 pub mod settings;
 pub mod simulate;

@@ -218,6 +218,10 @@ pub struct ApiKeySettings {
 pub struct AlertSettings {
     pub cooldown_seconds: u64,
     pub rules: Vec<AlertRuleSettings>,
+    /// Security digests: at most one roll-up per attacker per window.
+    pub digest_window_seconds: u64,
+    /// A device with only rejected frames for this long is `rejecting`.
+    pub rejecting_window_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +244,14 @@ pub struct SlackSettings {
     pub summary_interval_seconds: u64,
     pub timeout_seconds: u64,
     pub outbox_capacity: usize,
+    /// Least time between two requests to the webhook (Slack: ~1/s).
+    pub pace_milliseconds: u64,
+    /// Back-off after a 5xx, timeout or connection error: first delay…
+    pub retry_min_milliseconds: u64,
+    /// …doubling up to this.
+    pub retry_max_milliseconds: u64,
+    /// How long shutdown waits for the outbox to empty.
+    pub shutdown_flush_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -435,6 +447,24 @@ impl Settings {
         )?;
         at_least("slack.timeout_seconds", slack.timeout_seconds, 1)?;
         at_least("slack.outbox_capacity", slack.outbox_capacity as u64, 1)?;
+        at_least("slack.pace_milliseconds", slack.pace_milliseconds, 1)?;
+        at_least(
+            "slack.retry_min_milliseconds",
+            slack.retry_min_milliseconds,
+            1,
+        )?;
+        if slack.retry_max_milliseconds < slack.retry_min_milliseconds {
+            return Err(invalid(
+                "slack.retry_max_milliseconds",
+                "must be at least slack.retry_min_milliseconds",
+            ));
+        }
+        if slack.shutdown_flush_seconds > 300 {
+            return Err(invalid(
+                "slack.shutdown_flush_seconds",
+                "must be at most 300",
+            ));
+        }
 
         if self.storage.data_dir.is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
@@ -478,6 +508,18 @@ impl Settings {
     }
 
     fn validate_alerts(&self) -> Result<(), SettingsError> {
+        if self.alerts.digest_window_seconds < 1 {
+            return Err(invalid(
+                "alerts.digest_window_seconds",
+                "must be at least 1",
+            ));
+        }
+        if self.alerts.rejecting_window_seconds < 1 {
+            return Err(invalid(
+                "alerts.rejecting_window_seconds",
+                "must be at least 1",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, rule) in self.alerts.rules.iter().enumerate() {
             let at = |field: &str| format!("alerts.rules[{i}].{field}");
@@ -490,6 +532,12 @@ impl Settings {
                 return Err(invalid(
                     at("name"),
                     "must be unique and match ^[A-Za-z0-9_-]{1,64}$",
+                ));
+            }
+            if edgebus_actors::alerts::rules::RESERVED_NAMES.contains(&rule.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("{:?} is reserved for edgebus's own detectors", rule.name),
                 ));
             }
             if !METRIC_FIELDS.contains(&rule.field.as_str()) {
@@ -618,6 +666,13 @@ mod tests {
             ("[alerts]\nrules = [{ name = \"x\", field = \"cpu_percent\" }]", "alerts.rules[0].above"),
             ("[alerts]\nrules = [{ name = \"a b\", field = \"cpu_percent\", above = 1.0 }]", "alerts.rules[0].name"),
             ("[slack]\nwebhook_url = \"ftp://x\"", "slack.webhook_url"),
+            ("[alerts]\nrules = [{ name = \"silent\", field = \"cpu_percent\", above = 1.0 }]", "alerts.rules[0].name"),
+            ("[alerts]\ndigest_window_seconds = 0", "alerts.digest_window_seconds"),
+            ("[alerts]\nrejecting_window_seconds = 0", "alerts.rejecting_window_seconds"),
+            ("[slack]\npace_milliseconds = 0", "slack.pace_milliseconds"),
+            ("[slack]\nretry_min_milliseconds = 0", "slack.retry_min_milliseconds"),
+            ("[slack]\nretry_min_milliseconds = 500\nretry_max_milliseconds = 100", "slack.retry_max_milliseconds"),
+            ("[slack]\nshutdown_flush_seconds = 301", "slack.shutdown_flush_seconds"),
             ("[storage]\ndata_dir = \"\"", "storage.data_dir"),
         ];
         for (toml, key) in table {

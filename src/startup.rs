@@ -12,10 +12,12 @@ use actix_web::middleware::Logger;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
+use edgebus_actors::alerts::{self, Alerts, AlertsConfig, Clock, SystemClock};
 use edgebus_actors::bus::{self, Bus, BusConfig};
 use edgebus_actors::ingest::tls::{client_config, TlsFiles};
 use edgebus_actors::ingest::{self, Ingest, IngestConfig};
 use edgebus_actors::registry::{Registry, RegistryConfig};
+use edgebus_actors::slack::{self, Slack, SlackConfig};
 use edgebus_actors::telemetry::Telemetry;
 
 use crate::auth::Auth;
@@ -47,6 +49,9 @@ pub struct AppHandle {
     server: ServerHandle,
     bus: Addr<Bus>,
     ingest: Addr<Ingest>,
+    alerts: Addr<Alerts>,
+    slack: Option<Addr<Slack>>,
+    slack_flush: Duration,
     telemetry: Arc<Telemetry>,
     arbiters: Vec<ArbiterHandle>,
 }
@@ -54,6 +59,15 @@ pub struct AppHandle {
 impl Application {
     /// Starts everything; must run inside an actix `System`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`Application::build`], with the alert rules' clock injected
+    /// (tests move it an hour forward instead of waiting).
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let url = settings.broker_url();
         let mqtt = resolve_broker(&settings)?;
@@ -90,6 +104,24 @@ impl Application {
         let registry = Registry::start_in_arbiter(&core.handle(), move |_| {
             Registry::new(registry_config, b, t)
         });
+
+        // Alert evaluation and Slack delivery get their own thread: nothing
+        // on the ingest path waits for them.
+        let alerts_thread = Arbiter::new();
+        let slack = start_slack(&settings, &alerts_thread.handle(), &registry, &telemetry)?;
+        let alerts = start_alerts(
+            &settings,
+            &alerts_thread.handle(),
+            &bus,
+            slack.as_ref(),
+            &telemetry,
+            clock,
+        )?;
+        // Subscribed to the bus before ingest starts: no frame goes unseen.
+        alerts
+            .send(alerts::Stats)
+            .await
+            .context("the alerts actor did not start")?;
 
         let m = &settings.mqtt;
         let ingest_config = IngestConfig {
@@ -169,8 +201,15 @@ impl Application {
             server: server.handle(),
             bus,
             ingest,
+            alerts,
+            slack,
+            slack_flush: Settings::seconds(settings.slack.shutdown_flush_seconds),
             telemetry,
-            arbiters: vec![core.handle(), ingest_thread.handle()],
+            arbiters: vec![
+                core.handle(),
+                ingest_thread.handle(),
+                alerts_thread.handle(),
+            ],
         };
         Ok(Self {
             port,
@@ -219,8 +258,13 @@ impl AppHandle {
         &self.bus
     }
 
+    pub fn alerts(&self) -> &Addr<Alerts> {
+        &self.alerts
+    }
+
     /// Stop accepting, disconnect from MQTT, close every session with a
-    /// close frame, let in-flight requests finish, stop the actor threads.
+    /// close frame, let in-flight requests finish while Slack delivers what
+    /// it can within `slack.shutdown_flush_seconds`, stop the actor threads.
     pub async fn shutdown(&self) {
         self.server.pause().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ingest.send(ingest::Stop)).await;
@@ -229,11 +273,101 @@ impl AppHandle {
         {
             log::info!("Closed {n} streaming session(s).");
         }
-        self.server.stop(true).await;
+        let flush = async {
+            let Some(slack) = &self.slack else {
+                return;
+            };
+            let deadline = self.slack_flush;
+            let drain = slack.send(slack::Drain { deadline });
+            match tokio::time::timeout(deadline + Duration::from_secs(1), drain).await {
+                Ok(Ok(report)) => log::info!(
+                    "Slack: {} message(s) delivered in this run, {} left undelivered at shutdown.",
+                    report.sent,
+                    report.dropped
+                ),
+                _ => log::warn!("Slack did not report before the shutdown deadline."),
+            }
+        };
+        tokio::join!(self.server.stop(true), flush);
         for arbiter in &self.arbiters {
             arbiter.stop();
         }
     }
+}
+
+/// The Slack actor, when `slack.webhook_url` is set.
+fn start_slack(
+    settings: &Settings,
+    thread: &ArbiterHandle,
+    registry: &Addr<Registry>,
+    telemetry: &Arc<Telemetry>,
+) -> anyhow::Result<Option<Addr<Slack>>> {
+    let s = &settings.slack;
+    if s.webhook_url.is_empty() {
+        log::info!("Slack is off (`slack.webhook_url` is empty); alerts go to the bus only.");
+        return Ok(None);
+    }
+    let url = s.webhook_url.expose().to_owned();
+    let tls = if url.starts_with("https://") {
+        Some(
+            client_config(&TlsFiles::default())
+                .context("`slack.webhook_url`: cannot set up TLS for the webhook")?,
+        )
+    } else {
+        log::warn!("`slack.webhook_url` is plain http://: alerts travel unencrypted.");
+        None
+    };
+    let config = SlackConfig {
+        webhook_url: url,
+        tls,
+        timeout: Settings::seconds(s.timeout_seconds),
+        outbox_capacity: s.outbox_capacity,
+        pace: Duration::from_millis(s.pace_milliseconds),
+        retry_min: Duration::from_millis(s.retry_min_milliseconds),
+        retry_max: Duration::from_millis(s.retry_max_milliseconds),
+        summary_interval: Settings::seconds(s.summary_interval_seconds),
+    };
+    let (t, r) = (telemetry.clone(), registry.clone().recipient());
+    Ok(Some(Slack::start_in_arbiter(thread, move |_| {
+        Slack::new(config, Some(r), t)
+    })))
+}
+
+fn start_alerts(
+    settings: &Settings,
+    thread: &ArbiterHandle,
+    bus: &Addr<Bus>,
+    slack: Option<&Addr<Slack>>,
+    telemetry: &Arc<Telemetry>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Addr<Alerts>> {
+    let a = &settings.alerts;
+    let specs: Vec<alerts::RuleSpec> = a
+        .rules
+        .iter()
+        .map(|r| alerts::RuleSpec {
+            name: r.name.clone(),
+            field: r.field.clone(),
+            above: r.above,
+            below: r.below,
+            cooldown: r.cooldown_seconds.map(Settings::seconds),
+        })
+        .collect();
+    let rules = alerts::rules::compile_all(&specs, Settings::seconds(a.cooldown_seconds))
+        .context("`alerts.rules`")?;
+    let config = AlertsConfig {
+        rules,
+        offline_after: Settings::seconds(settings.registry.prune_seconds),
+        silent_after: Settings::seconds(settings.registry.silent_after_seconds),
+        rejecting_window: Settings::seconds(a.rejecting_window_seconds),
+        digest_window: Settings::seconds(a.digest_window_seconds),
+        max_devices: settings.registry.max_devices,
+    };
+    let (t, b) = (telemetry.clone(), bus.clone());
+    let slack = slack.map(|s| s.clone().recipient());
+    Ok(Alerts::start_in_arbiter(thread, move |_| {
+        Alerts::new(config, b, slack, t, clock)
+    }))
 }
 
 fn resolve_broker(settings: &Settings) -> anyhow::Result<MqttEndpoint> {

@@ -100,6 +100,9 @@ pub struct Draft {
     pub body: Body,
     /// `body` serialised, once.
     payload_json: String,
+    /// Event name when the topic alone cannot tell it (presence: one topic,
+    /// `device.online` or `device.offline`); `None` = [`classify`]'s.
+    name: Option<&'static str>,
 }
 
 impl Draft {
@@ -112,7 +115,14 @@ impl Draft {
             ts_ms,
             body,
             payload_json,
+            name: None,
         }
+    }
+
+    /// Names the event explicitly, overriding the topic's family name.
+    pub fn with_event_name(mut self, name: &'static str) -> Self {
+        self.name = Some(name);
+        self
     }
 }
 
@@ -142,9 +152,10 @@ impl Event {
             ts_ms,
             body,
             payload_json,
+            name: explicit,
         } = draft;
         let (name, class) = classify(&topic);
-        let name: Arc<str> = name.into();
+        let name: Arc<str> = explicit.unwrap_or(name).into();
         let head = format!(
             "\"id\":\"{id}\",\"topic\":{},\"event\":{},\"ts\":{ts_ms},\"payload\":{payload_json}}}",
             json_string(&topic),
@@ -262,6 +273,21 @@ mod tests {
         assert!(Event::from_draft(EventId { epoch: 1, seq: 2 }, other)
             .edgewatch_frame()
             .is_none());
+    }
+
+    #[test]
+    fn an_explicit_event_name_overrides_the_topic_family() {
+        let draft = Draft::new("devices/d1/presence", 0, Body::Object(Map::new()))
+            .with_event_name("device.offline");
+        let event = Event::from_draft(EventId { epoch: 1, seq: 1 }, draft);
+        assert_eq!(&*event.name, "device.offline");
+        let v: Value = serde_json::from_str(&event.envelope).unwrap();
+        assert_eq!(v["event"], "device.offline");
+        let plain = Draft::new("alerts/d1/cpu_high", 0, Body::Object(Map::new()));
+        assert_eq!(
+            &*Event::from_draft(EventId { epoch: 1, seq: 2 }, plain).name,
+            "alert"
+        );
     }
 
     #[test]

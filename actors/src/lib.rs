@@ -6,8 +6,10 @@
 //!
 //! ```text
 //!  MQTT broker ──► Ingest ──► Registry ──► Bus ──► WsSession (one per client)
-//!  (embedded or    (parse,    (device      (topic
-//!   external)       validate)  table, cap)  router, history, snapshot)
+//!  (embedded or    (parse,    (device      (topic    └► Alerts ──► Slack (webhook)
+//!   external)       validate)  table, cap)  router,      │  ▲          │
+//!                                           history,     │  └ summary ─┘ ListDevices → Registry
+//!                                           snapshot) ◄──┘ alert and presence events
 //! ```
 //!
 //! # Layout
@@ -22,16 +24,22 @@
 //!   slow-consumer policy (conflate metrics, drop-and-tell for the rest).
 //! - [`subscription`]: topic filter + payload equality predicates.
 //! - [`session`]: per-client queues, the WebSocket and SSE session actors.
+//! - [`alerts`]: the Alerts actor (a bus subscriber): threshold rules with
+//!   cooldown, silent / rejecting detectors, presence, security digests.
+//! - [`slack`]: the Slack delivery actor (awc): bounded outbox, pacing,
+//!   retries, mrkdwn escaping, periodic summaries.
 //! - [`telemetry`]: Prometheus metrics and rate-limited log lines, together.
 //!
 //! Every send that could meet a full mailbox uses `try_send` and counts what
 //! did not fit; nothing on the event path ever awaits a client.
 
+pub mod alerts;
 pub mod bus;
 pub mod event;
 pub mod ingest;
 pub mod registry;
 pub mod session;
+pub mod slack;
 pub mod subscription;
 pub mod telemetry;
 pub mod topic;

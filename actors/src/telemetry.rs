@@ -30,7 +30,101 @@ pub struct Telemetry {
     pub mqtt_connected: IntGauge,
     pub mqtt_reconnects: IntCounter,
     pub devices_known: IntGauge,
+    /// Alerts raised and Slack delivery.
+    pub alerts: AlertMetrics,
     warn_limiter: WarnLimiter,
+}
+
+/// Alerts raised by rule, and Slack delivery: sent, retried, failed by
+/// reason, dropped by kind and reason, outbox depth.
+pub struct AlertMetrics {
+    raised: IntCounterVec,
+    pub slack_sent: IntCounter,
+    pub slack_retried: IntCounter,
+    slack_failed: IntCounterVec,
+    slack_dropped: IntCounterVec,
+    pub slack_outbox_depth: IntGauge,
+}
+
+impl AlertMetrics {
+    fn register(registry: &Registry) -> Self {
+        let vec = |name: &str, help: &str, labels: &[&str]| -> IntCounterVec {
+            let v = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition is valid");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("metric names are unique");
+            v
+        };
+        let counter = |name: &str, help: &str| -> IntCounter {
+            let c = IntCounter::new(name, help).expect("static metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        let raised = vec(
+            "edgebus_alerts_raised_total",
+            "Alerts raised (not resolutions), by rule or detector.",
+            &["rule"],
+        );
+        let slack_failed = vec(
+            "edgebus_slack_failed_total",
+            "Slack messages refused for good (4xx other than 429, redirects), by reason.",
+            &["reason"],
+        );
+        let slack_dropped = vec(
+            "edgebus_slack_dropped_total",
+            "Slack messages dropped before delivery, by kind and reason.",
+            &["kind", "reason"],
+        );
+        for reason in crate::slack::retry::PERMANENT_REASONS {
+            slack_failed.with_label_values(&[reason]);
+        }
+        for kind in crate::slack::NoticeKind::ALL {
+            for reason in ["outbox_full", "overload", "shutdown"] {
+                slack_dropped.with_label_values(&[kind.as_str(), reason]);
+            }
+        }
+        let slack_outbox_depth = IntGauge::new(
+            "edgebus_slack_outbox_depth",
+            "Slack messages waiting, including the one being sent.",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(slack_outbox_depth.clone()))
+            .expect("metric names are unique");
+        Self {
+            raised,
+            slack_sent: counter("edgebus_slack_sent_total", "Slack messages delivered."),
+            slack_retried: counter(
+                "edgebus_slack_retried_total",
+                "Slack requests that failed transiently (5xx, 429, timeout, connection) and were retried.",
+            ),
+            slack_failed,
+            slack_dropped,
+            slack_outbox_depth,
+        }
+    }
+
+    /// Shows `rule` at zero before its first alert.
+    pub fn preregister(&self, rule: &str) {
+        self.raised.with_label_values(&[rule]);
+    }
+
+    pub fn raised(&self, rule: &str) -> u64 {
+        self.raised.with_label_values(&[rule]).get()
+    }
+
+    pub fn slack_failed(&self, reason: &str) -> u64 {
+        self.slack_failed.with_label_values(&[reason]).get()
+    }
+
+    pub fn slack_dropped(&self, kind: crate::slack::NoticeKind, reason: &str) -> u64 {
+        self.slack_dropped
+            .with_label_values(&[kind.as_str(), reason])
+            .get()
+    }
 }
 
 /// Why an event did not reach a session (label of `edgebus_events_dropped_total`).
@@ -137,6 +231,7 @@ impl Telemetry {
                 "Times the MQTT connection was lost and retried.",
             ),
             devices_known: gauge("edgebus_devices_known", "Devices in the registry."),
+            alerts: AlertMetrics::register(&registry),
             frames_rejected,
             events_dropped,
             sessions_open,
@@ -191,6 +286,33 @@ impl Telemetry {
 
     pub fn session_closed(&self, kind: &str) {
         self.sessions_open.with_label_values(&[kind]).dec();
+    }
+
+    /// An alert was raised (rule labels come from config: bounded).
+    pub fn alert_raised(&self, rule: &str) {
+        self.alerts.raised.with_label_values(&[rule]).inc();
+    }
+
+    /// A Slack message was refused for good.
+    pub fn slack_failed(&self, reason: &'static str) {
+        self.alerts.slack_failed.with_label_values(&[reason]).inc();
+    }
+
+    /// A Slack message was dropped before delivery: counted, and logged
+    /// (rate-limited) since an operator loses a message.
+    pub fn slack_dropped(&self, kind: crate::slack::NoticeKind, reason: &'static str) {
+        self.alerts
+            .slack_dropped
+            .with_label_values(&[kind.as_str(), reason])
+            .inc();
+        let why = match reason {
+            "outbox_full" => "the outbox is full; raise `slack.outbox_capacity` or check Slack",
+            "overload" => "the Slack actor's mailbox is full",
+            _ => return, // shutdown: reported once by the Slack actor
+        };
+        self.warn_limited("slack_dropped", || {
+            format!("Dropped a Slack {}: {why}.", kind.as_str())
+        });
     }
 
     /// Logs a WARN at most `WARN_BURST` times per window for `key`.

@@ -1,8 +1,10 @@
 //! The HTTP surface: one module per endpoint family, wired in [`configure`].
 
+mod body;
 mod dashboard;
 mod devices;
 mod health;
+mod host_health;
 pub mod idempotency;
 mod metrics;
 mod publish;
@@ -54,5 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/ws", web::get().to(ws::ws))
         .route("/", web::get().to(dashboard::index))
         .route("/assets/config.json", web::get().to(dashboard::config))
-        .route("/assets/{file:.*}", web::get().to(dashboard::asset));
+        .route("/assets/{file:.*}", web::get().to(dashboard::asset))
+        .route("/v1/host-health", web::get().to(host_health::list))
+        .route("/v1/host-health/{host}", web::put().to(host_health::put));
 }

@@ -7,9 +7,7 @@
 //! through the registry (device table, cap), everything else straight to
 //! the bus.
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -20,6 +18,7 @@ use edgebus_actors::ingest::{self};
 use edgebus_actors::registry::{Admission, Observe};
 use edgebus_actors::topic::TopicFilter;
 
+use super::body::read_capped;
 use super::idempotency::{fingerprint, Claim, MAX_KEY_LEN};
 use super::streams::authorization;
 use super::AppState;
@@ -28,32 +27,6 @@ use crate::error::ApiError;
 
 /// Longest notification message, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 2000;
-
-/// Reads the body, refusing it (413) as soon as it passes `limit`.
-async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes, ApiError> {
-    let too_large = || ApiError::PayloadTooLarge(format!("body is over {limit} bytes"));
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
 
 fn in_families(state: &AppState, topic: &str) -> bool {
     state
@@ -74,7 +47,7 @@ pub async fn publish(
     let identity = state.auth.require(authorization(&req), Role::Publisher)?;
     let topic = topic.into_inner();
     let limit = state.settings.mqtt.max_payload_bytes;
-    let body = read_body(&req, payload, limit).await?;
+    let body = read_capped(&req, payload, limit).await?;
     let key = idempotency_key(&req)?;
 
     let draft = match ingest::accept(&topic, &body, limit, now_ms()) {
@@ -174,7 +147,7 @@ pub async fn notify(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.require(authorization(&req), Role::Publisher)?;
-    let body = read_body(&req, payload, state.settings.mqtt.max_payload_bytes).await?;
+    let body = read_capped(&req, payload, state.settings.mqtt.max_payload_bytes).await?;
     let note: Notification = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("bad notification: {e}")))?;
     if !matches!(

@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -14,6 +15,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use edgebus::actors::alerts::Clock;
 use edgebus::settings::Settings;
 use edgebus::startup::{AppHandle, Application};
 
@@ -56,6 +58,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`], with extra TOML applied over the test defaults.
 pub async fn spawn_app_with(extra: &str) -> TestApp {
+    spawn_app_with_clock(extra, None).await
+}
+
+/// Like [`spawn_app_with`], with the alert rules' clock injected.
+pub async fn spawn_app_with_clock(extra: &str, clock: Option<Arc<dyn Clock>>) -> TestApp {
     let mqtt_port = free_port();
     let toml = format!(
         "[http]\nbind = \"127.0.0.1:0\"\nworkers = 1\n\
@@ -63,7 +70,7 @@ pub async fn spawn_app_with(extra: &str) -> TestApp {
          backoff_min_seconds = 1\nbackoff_max_seconds = 2\n",
         unique("edgebus")
     );
-    spawn_with_settings(&merge(&toml, extra), mqtt_port).await
+    spawn_with(&merge(&toml, extra), mqtt_port, clock).await
 }
 
 /// edgebus connecting to a broker it does not run (`mode = "external"`).
@@ -108,9 +115,17 @@ fn merge(base: &str, extra: &str) -> String {
 }
 
 async fn spawn_with_settings(toml: &str, mqtt_port: u16) -> TestApp {
+    spawn_with(toml, mqtt_port, None).await
+}
+
+async fn spawn_with(toml: &str, mqtt_port: u16, clock: Option<Arc<dyn Clock>>) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     let settings = Settings::from_toml(toml).expect("test settings are valid");
-    let app = Application::build(settings).await.expect("edgebus starts");
+    let app = match clock {
+        Some(clock) => Application::build_with_clock(settings, clock).await,
+        None => Application::build(settings).await,
+    }
+    .expect("edgebus starts");
     let port = app.port();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());

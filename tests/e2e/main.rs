@@ -1,13 +1,17 @@
 //! End-to-end tests: real sockets, a real MQTT broker (embedded, and
 //! Mosquitto), real WebSocket clients. One binary, as one link step.
 
+mod alerts;
 mod auth;
 mod broker;
 mod browser;
 mod helpers;
+mod host_health;
 mod http;
 mod pipeline;
 mod publish;
+mod slack;
+mod slack_mock;
 mod sse;
 mod sse_client;
 mod ws;

@@ -15,7 +15,7 @@ const metrics = (id, device, ts, cpu) => ({
   payload: { device_id: device, timestamp: 1, cpu_percent: cpu, mem_percent: 2, disk_percent: 3 },
 });
 
-test('devices are active, then stale, then silent', () => {
+test('devices are active, then stale (or offline), then silent', () => {
   const s = new Store({ prune_seconds: 30, silent_after_seconds: 600 });
   s.apply(metrics('e-1', 'd1', 1_000_000, 5), { live: false });
   const d = s.devices.get('d1');
@@ -23,7 +23,8 @@ test('devices are active, then stale, then silent', () => {
   assert.equal(s.stateOf(d, 1_000_000 + 30_001), 'stale');
   assert.equal(s.stateOf(d, 1_000_000 + 600_001), 'silent');
   s.apply({ id: 'e-2', topic: 'devices/d1/presence', event: 'device.offline', ts: 1_000_001, payload: { device_id: 'd1' } });
-  assert.equal(s.stateOf(d, 1_000_002), 'silent');
+  assert.equal(s.stateOf(d, 1_000_002), 'stale', 'offline = left the active window');
+  assert.equal(s.stateOf(d, 1_000_000 + 600_001), 'silent');
 });
 
 test('an older frame never overwrites a newer one, and repeats are dropped', () => {
@@ -86,5 +87,6 @@ test('formatting', () => {
   assert.equal(level('CRITICAL'), 'error');
   assert.equal(level('<b>'), 'info');
   assert.equal(alertText({ message: 'custom' }, 'd', 'r'), 'custom');
+  assert.equal(alertText({ message: ':rotating_light: cpu_high ALERT at d' }, 'd', 'r'), 'cpu_high ALERT at d');
   assert.match(connLabel({ state: 'reconnecting', detail: 'Disconnected', retryAt: Date.now() + 2500 }), /retry in 3s/);
 });

@@ -30,7 +30,10 @@ function num(v) {
 }
 
 export function alertText(payload, device, rule) {
-  if (typeof payload?.message === 'string' && payload.message) return payload.message;
+  // The message is written for Slack: drop its leading `:emoji:` shortcode.
+  if (typeof payload?.message === 'string' && payload.message) {
+    return payload.message.replace(/^:[a-z0-9_+-]+:\s*/, '');
+  }
   const field = typeof payload?.field === 'string' ? payload.field : '';
   const value = num(payload?.value);
   const limit = num(payload?.threshold ?? payload?.above ?? payload?.below);
@@ -83,9 +86,11 @@ export class Store {
   }
 
   stateOf(device, now = this.now()) {
-    if (device.presence === 'offline') return 'silent';
     const age = now - device.lastSeen;
-    if (age <= this.activeMs) return 'active';
+    // `device.offline` comes when the device left the active window
+    // (registry.prune_seconds): stale, until it has been quiet for
+    // silent_after_seconds.
+    if (age <= this.activeMs && device.presence !== 'offline') return 'active';
     if (age <= this.silentMs) return 'stale';
     return 'silent';
   }

@@ -412,6 +412,12 @@ pub fn accept(
         ))
         .into());
     }
+    if is_alerts_topic(topic) {
+        return Err(Rejection::BadTopic(
+            "alert and presence topics are published by edgebus only".into(),
+        )
+        .into());
+    }
     if let Some(device) = metrics_device(topic) {
         let frame =
             MetricsFrame::parse(device, payload, max_bytes).map_err(|rejection| Rejected {
@@ -422,6 +428,19 @@ pub fn accept(
     }
     let object = parse_object(payload, max_bytes)?;
     Ok(Draft::new(topic, ts_ms, Body::Object(object)))
+}
+
+/// `alerts/…` and `devices/{id}/presence`: edgebus's own events, which no
+/// publisher may forge.
+fn is_alerts_topic(topic: &str) -> bool {
+    if topic == "alerts" || topic.starts_with("alerts/") {
+        return true;
+    }
+    let mut levels = topic.split('/');
+    matches!(
+        (levels.next(), levels.next(), levels.next(), levels.next()),
+        (Some("devices"), Some(_), Some("presence"), None)
+    )
 }
 
 /// The `edgebus/rejects` event for a refused frame: topic, device when known,
@@ -518,6 +537,12 @@ mod tests {
         assert_eq!(err.rejection.as_str(), "bad_topic");
         let err = accept("devices/+/metrics", GOOD, 1024, 0).unwrap_err();
         assert_eq!(err.rejection.as_str(), "bad_topic");
+        for forged in ["alerts/d1/cpu_high", "alerts", "devices/d1/presence"] {
+            let err = accept(forged, b"{}", 1024, 0).unwrap_err();
+            assert_eq!(err.rejection.as_str(), "bad_topic", "{forged}");
+        }
+        assert!(accept("devices/d1/presence/x", b"{}", 1024, 0).is_ok());
+        assert!(accept("alertsx/1", b"{}", 1024, 0).is_ok());
     }
 
     #[test]

@@ -1,0 +1,250 @@
+//! Everything the Alerts actor decides, without the actor: the rules and
+//! their cooldowns, the fleet-health detectors, presence and digests, fed
+//! events and the time, producing alerts, presence changes and digests into
+//! [`Output`]. Pure (time is an argument), so it is unit-tested and
+//! benchmarked without actix.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::event::{Body, Event};
+use crate::ingest::frame::{DeviceId, MetricsFrame, Rejection};
+use crate::ingest::REJECTS_TOPIC;
+
+use super::cooldown::{Cooldown, Decision};
+use super::digest::{DigestReport, Digests};
+use super::health::{FleetHealth, HealthNotice};
+use super::presence::{Presence, PresenceChange};
+use super::record::{self, Alert, AlertState};
+use super::AlertsConfig;
+
+/// What the engine produced since the caller last drained it.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub alerts: Vec<Alert>,
+    pub presence: Vec<PresenceChange>,
+    pub digests: Vec<DigestReport>,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty() && self.presence.is_empty() && self.digests.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    rules: Vec<super::Rule>,
+    silent_after: Duration,
+    cooldown: Cooldown,
+    presence: Presence,
+    health: FleetHealth,
+    digests: Digests,
+    // Scratch buffers, reused so that a frame allocates nothing.
+    decisions: Vec<Decision>,
+    notices: Vec<HealthNotice>,
+    pub out: Output,
+}
+
+impl Engine {
+    pub fn new(config: AlertsConfig) -> Self {
+        let ms = |d: Duration| d.as_millis() as u64;
+        Self {
+            cooldown: Cooldown::default(),
+            presence: Presence::new(ms(config.offline_after)),
+            health: FleetHealth::new(
+                ms(config.silent_after),
+                ms(config.rejecting_window),
+                config.max_devices,
+            ),
+            digests: Digests::new(ms(config.digest_window)),
+            silent_after: config.silent_after,
+            rules: config.rules,
+            decisions: Vec::new(),
+            notices: Vec::new(),
+            out: Output::default(),
+        }
+    }
+
+    pub fn rules(&self) -> &[super::Rule] {
+        &self.rules
+    }
+
+    /// One event from the bus.
+    pub fn on_event(&mut self, event: &Event, now: u64) {
+        match &event.body {
+            Body::Metrics(frame) => self.on_metrics(frame, now),
+            Body::Object(payload) => {
+                let mut levels = event.topic.split('/');
+                match (levels.next(), levels.next(), levels.next(), levels.next()) {
+                    (Some("attackers"), Some(attacker), Some("observation"), Some(primitive)) => {
+                        self.digests.observed(attacker, primitive, now);
+                    }
+                    (Some("attackers"), Some(attacker), Some("scored"), None) => {
+                        if let Some(score) = payload.get("score").and_then(Value::as_f64) {
+                            self.digests.scored(attacker, score, now);
+                        }
+                    }
+                    _ if &*event.topic == REJECTS_TOPIC => self.on_reject(payload, now),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// An accepted metrics frame.
+    pub fn on_metrics(&mut self, frame: &MetricsFrame, now: u64) {
+        if !self.rules.is_empty() {
+            self.cooldown
+                .evaluate(&self.rules, frame, now, &mut self.decisions);
+            for decision in self.decisions.drain(..) {
+                let (i, value, state) = match decision {
+                    Decision::Fire { rule, value } => (rule, value, AlertState::Firing),
+                    Decision::Resolve { rule, value } => (rule, value, AlertState::Resolved),
+                };
+                self.out
+                    .alerts
+                    .push(record::rule_alert(&self.rules[i], frame, value, state));
+            }
+        }
+        self.presence
+            .seen(&frame.device_id, now, &mut self.out.presence);
+        self.health
+            .accepted(&frame.device_id, now, &mut self.notices);
+        self.collect_health();
+    }
+
+    /// An `edgebus/rejects` event.
+    pub fn on_reject(&mut self, payload: &Map<String, Value>, now: u64) {
+        let Some(device) = payload
+            .get("device_id")
+            .and_then(Value::as_str)
+            .and_then(|d| DeviceId::parse(d).ok())
+        else {
+            return;
+        };
+        let reason = payload.get("reason").and_then(Value::as_str).unwrap_or("");
+        // The device cap refuses good frames: not a buggy publisher.
+        if reason == Rejection::DeviceCap.as_str() {
+            return;
+        }
+        let reason = Rejection::ALL_REASONS
+            .iter()
+            .copied()
+            .find(|r| *r == reason)
+            .unwrap_or("unknown");
+        self.health
+            .rejected(&device, reason, now, &mut self.notices);
+        self.collect_health();
+    }
+
+    /// Runs every deadline due at `now`.
+    pub fn due(&mut self, now: u64) {
+        self.presence.due(now, &mut self.out.presence);
+        self.health.due(now, &mut self.notices);
+        self.digests.due(now, &mut self.out.digests);
+        self.collect_health();
+    }
+
+    /// The earliest deadline of any detector.
+    pub fn next_deadline(&self) -> Option<u64> {
+        [
+            self.presence.next_deadline(),
+            self.health.next_deadline(),
+            self.digests.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn online(&self) -> usize {
+        self.presence.online()
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.health.len()
+    }
+
+    fn collect_health(&mut self) {
+        for notice in self.notices.drain(..) {
+            if let HealthNotice::Forgotten { device } = &notice {
+                self.cooldown.forget(device.as_str());
+            }
+            if let Some(alert) = record::health_alert(&notice, self.silent_after) {
+                self.out.alerts.push(alert);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::rules::{compile_all, RuleSpec};
+    use crate::event::{Draft, EventId};
+
+    fn engine(rules: usize) -> Engine {
+        let specs: Vec<RuleSpec> = (0..rules)
+            .map(|i| RuleSpec {
+                name: format!("r{i}"),
+                field: "cpu_percent".into(),
+                above: Some(90.0 + i as f64),
+                below: None,
+                cooldown: None,
+            })
+            .collect();
+        Engine::new(AlertsConfig {
+            rules: compile_all(&specs, Duration::from_secs(60)).unwrap(),
+            offline_after: Duration::from_secs(30),
+            silent_after: Duration::from_secs(1800),
+            rejecting_window: Duration::from_secs(300),
+            digest_window: Duration::from_secs(300),
+            max_devices: 10,
+        })
+    }
+
+    fn metrics(device: &str, cpu: f64) -> Event {
+        let json = format!(
+            r#"{{"device_id":"{device}","timestamp":1,"cpu_percent":{cpu},"mem_percent":1,"disk_percent":1}}"#
+        );
+        let frame = MetricsFrame::parse(device, json.as_bytes(), 4096).unwrap();
+        let draft = Draft::new(format!("devices/{device}/metrics"), 0, Body::Metrics(frame));
+        Event::from_draft(EventId { epoch: 1, seq: 1 }, draft)
+    }
+
+    #[test]
+    fn events_are_routed_to_the_right_detector() {
+        let mut e = engine(2);
+        e.on_event(&metrics("d1", 95.0), 0);
+        assert_eq!(e.out.alerts.len(), 2, "95 breaches r0 (90) and r1 (91)");
+        assert_eq!(e.out.presence.len(), 1);
+        e.out = Output::default();
+        let mut body = Map::new();
+        body.insert("score".into(), 3.into());
+        let scored = Event::from_draft(
+            EventId { epoch: 1, seq: 2 },
+            Draft::new("attackers/a/scored", 0, Body::Object(body)),
+        );
+        e.on_event(&scored, 0);
+        let obs = Event::from_draft(
+            EventId { epoch: 1, seq: 3 },
+            Draft::new("attackers/a/observation/dns", 0, Body::Object(Map::new())),
+        );
+        e.on_event(&obs, 0);
+        e.due(300_000);
+        assert_eq!(e.out.digests.len(), 1);
+        assert_eq!(e.out.digests[0].score, Some(3.0));
+    }
+
+    #[test]
+    fn with_no_rule_a_frame_only_feeds_presence_and_health() {
+        let mut e = engine(0);
+        e.on_metrics(metrics("d1", 99.0).body.as_metrics().unwrap(), 0);
+        assert!(e.out.alerts.is_empty());
+        assert_eq!(e.online(), 1);
+        assert_eq!(e.tracked(), 1);
+        assert_eq!(e.next_deadline(), Some(30_000));
+    }
+}

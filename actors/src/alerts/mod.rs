@@ -1,0 +1,309 @@
+//! The Alerts actor: threshold rules with cooldown, fleet-health detectors
+//! (silent, rejecting), device presence and security digests.
+//!
+//! It is a subscriber of the bus like any session (`devices/+/metrics`,
+//! `edgebus/rejects`, attacker observations and scores), through its own
+//! bounded queue: the bus hands it the same shared event it hands every
+//! session, with a non-blocking `try_send`, so ingest and the registry do no
+//! extra work for alerts, and nothing waits on rule evaluation, which runs
+//! on this actor's thread. Should it fall behind, metrics conflate (it keeps
+//! the newest frame per device) like any session's.
+//!
+//! Decisions live in the pure [`Engine`], built of [`rules`] and
+//! [`cooldown`] (threshold rules), [`health`] (silent, rejecting),
+//! [`presence`] and [`digest`]; its output becomes events ([`record`])
+//! published on the bus (`try_send`) and
+//! Slack notices ([`crate::slack::Enqueue`], `try_send`). Deadlines (offline,
+//! silent, digest windows) share one timer armed for the earliest one.
+//! Time comes from a [`Clock`], so tests can move an hour forward.
+
+pub mod clock;
+pub mod cooldown;
+pub mod deadlines;
+pub mod digest;
+pub mod engine;
+pub mod health;
+pub mod presence;
+pub mod record;
+pub mod rules;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::Stream;
+
+use crate::bus::{self, Bus, Publish};
+use crate::ingest::REJECTS_TOPIC;
+use crate::session::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue};
+use crate::slack::{Enqueue, Notice, NoticeKind};
+use crate::subscription::Subscription;
+use crate::telemetry::{DropReason, Telemetry};
+use crate::topic::TopicFilter;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::Engine;
+use record::{Alert, AlertState};
+pub use rules::{Rule, RuleSpec};
+
+/// Events the alerts subscription may hold before the bus's slow-consumer
+/// policy applies (metrics conflate, others are dropped and counted).
+pub const ALERTS_QUEUE: usize = 16_384;
+
+/// Items taken from the queue per batch.
+const BATCH: usize = 512;
+
+/// What the Alerts actor listens to on the bus.
+pub const SUBSCRIPTIONS: [&str; 4] = [
+    "devices/+/metrics",
+    REJECTS_TOPIC,
+    "attackers/+/observation/+",
+    "attackers/+/scored",
+];
+
+/// Label for digests in `edgebus_alerts_raised_total`.
+pub const DIGEST_RULE: &str = "security_digest";
+
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub rules: Vec<Rule>,
+    /// A device is offline this long after its last frame (`registry.prune_seconds`).
+    pub offline_after: Duration,
+    /// `registry.silent_after_seconds`.
+    pub silent_after: Duration,
+    /// `alerts.rejecting_window_seconds`.
+    pub rejecting_window: Duration,
+    /// `alerts.digest_window_seconds`.
+    pub digest_window: Duration,
+    /// `registry.max_devices`: bounds devices known only from rejections.
+    pub max_devices: usize,
+}
+
+pub struct Alerts {
+    engine: Engine,
+    bus: Addr<Bus>,
+    slack: Option<Recipient<Enqueue>>,
+    telemetry: Arc<Telemetry>,
+    clock: Arc<dyn Clock>,
+    session: SessionId,
+    queue: SessionQueue,
+    inbox: Option<SessionInbox>,
+    /// The armed timer and the deadline it is for.
+    timer: Option<(u64, SpawnHandle)>,
+}
+
+impl Alerts {
+    pub fn new(
+        config: AlertsConfig,
+        bus: Addr<Bus>,
+        slack: Option<Recipient<Enqueue>>,
+        telemetry: Arc<Telemetry>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let (queue, inbox) = session_queue(ALERTS_QUEUE);
+        for rule in &config.rules {
+            telemetry.alerts.preregister(&rule.name);
+        }
+        for rule in ["silent", "rejecting", DIGEST_RULE] {
+            telemetry.alerts.preregister(rule);
+        }
+        Self {
+            engine: Engine::new(config),
+            bus,
+            slack,
+            telemetry,
+            clock,
+            session: SessionId::next(),
+            queue,
+            inbox: Some(inbox),
+            timer: None,
+        }
+    }
+
+    /// Runs every deadline due now.
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        let now = self.clock.now_ms();
+        self.engine.due(now);
+        self.flush(now);
+        self.arm(ctx);
+    }
+
+    /// Publishes what the engine produced.
+    fn flush(&mut self, now: u64) {
+        if self.engine.out.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut self.engine.out);
+        for change in &out.presence {
+            self.publish(record::presence_draft(change, now));
+        }
+        for alert in out.alerts {
+            self.raise(alert, now);
+        }
+        for report in &out.digests {
+            self.telemetry.alert_raised(DIGEST_RULE);
+            self.notify(Notice {
+                kind: NoticeKind::Digest,
+                text: record::digest_text(report),
+            });
+        }
+    }
+
+    fn raise(&mut self, alert: Alert, now: u64) {
+        if alert.state == AlertState::Firing {
+            self.telemetry.alert_raised(&alert.rule);
+        }
+        self.publish(alert.draft(now));
+        self.notify(Notice::alert(alert.text));
+    }
+
+    fn publish(&self, draft: crate::event::Draft) {
+        if self.bus.try_send(Publish(draft)).is_err() {
+            self.telemetry.events_dropped(DropReason::Overload, 1);
+        }
+    }
+
+    fn notify(&self, notice: Notice) {
+        let Some(slack) = &self.slack else {
+            return;
+        };
+        let kind = notice.kind;
+        if slack.try_send(Enqueue(notice)).is_err() {
+            self.telemetry.slack_dropped(kind, "overload");
+        }
+    }
+
+    /// Arms the timer for the earliest deadline, unless one at least as
+    /// early is armed already.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let Some(at) = self.engine.next_deadline() else {
+            return;
+        };
+        if let Some((armed, handle)) = self.timer {
+            if armed <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = Duration::from_millis(at.saturating_sub(self.clock.now_ms()));
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            act.check(ctx);
+        });
+        self.timer = Some((at, handle));
+    }
+}
+
+/// The alerts queue as a stream of batches; tells the bus when it has
+/// drained after falling behind, as a session's writer does.
+fn deliveries(
+    inbox: SessionInbox,
+    bus: Addr<Bus>,
+    session: SessionId,
+) -> impl Stream<Item = Vec<Delivery>> {
+    futures_util::stream::unfold(inbox, move |mut inbox| {
+        let bus = bus.clone();
+        async move {
+            let behind = inbox.behind.clone();
+            loop {
+                let mut batch = Vec::with_capacity(BATCH);
+                tokio::select! {
+                    biased;
+                    n = inbox.recv_many(&mut batch, BATCH) => {
+                        return (n > 0).then_some((batch, inbox));
+                    }
+                    () = behind.notified() => {
+                        inbox.caught_up();
+                        bus.do_send(bus::Resume { session });
+                    }
+                }
+            }
+        }
+    })
+}
+
+impl Actor for Alerts {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(inbox) = self.inbox.take() {
+            ctx.add_stream(deliveries(inbox, self.bus.clone(), self.session));
+        }
+        let filters: Vec<TopicFilter> = SUBSCRIPTIONS
+            .iter()
+            .filter_map(|f| TopicFilter::parse(f).ok())
+            .collect();
+        self.bus.do_send(bus::Join {
+            session: self.session,
+            queue: self.queue.clone(),
+            subscriptions: filters.into_iter().map(Subscription::topic).collect(),
+            resume: None,
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.bus.do_send(bus::Leave {
+            session: self.session,
+        });
+    }
+}
+
+impl StreamHandler<Vec<Delivery>> for Alerts {
+    fn handle(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
+        for item in batch {
+            // The snapshot holds last values from before we joined: nothing
+            // new to decide on. Close comes at shutdown.
+            if let Delivery::Event(event) = item {
+                let now = self.clock.now_ms();
+                self.engine.on_event(&event, now);
+                self.flush(now);
+            }
+        }
+        self.arm(ctx);
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // The bus let go of our queue (shutdown): timers keep running for
+        // what is already known, until the actor's thread stops.
+        log::debug!("The alerts subscription ended.");
+    }
+}
+
+/// Runs every deadline due by the clock's time now (sent by tests that move
+/// a [`ManualClock`]; the actor's own timer does the same).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Check;
+
+impl Handler<Check> for Alerts {
+    type Result = ();
+
+    fn handle(&mut self, _: Check, ctx: &mut Context<Self>) {
+        self.check(ctx);
+    }
+}
+
+/// Counts for tests and diagnostics (`send`).
+#[derive(Message, Debug)]
+#[rtype(result = "AlertsStats")]
+pub struct Stats;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertsStats {
+    pub online: usize,
+    pub tracked: usize,
+}
+
+impl Handler<Stats> for Alerts {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(AlertsStats {
+            online: self.engine.online(),
+            tracked: self.engine.tracked(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+//! Host-health reports: `PUT /v1/host-health/{host}`, `GET /v1/host-health`,
+//! stored atomically on disk and kept across restarts.
+//! Publisher to write, viewer to read.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with, unique, TestApp};
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("edgebus-e2e-data"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn app_with_data(dir: &std::path::Path) -> TestApp {
+    spawn_app_with(&format!("[storage]\ndata_dir = \"{}\"\n", dir.display())).await
+}
+
+fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish()
+}
+
+async fn put(app: &TestApp, host: &str, body: impl Into<Vec<u8>>) -> (StatusCode, Value) {
+    let mut resp = client()
+        .put(app.url(&format!("/v1/host-health/{host}")))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body.into())
+        .await
+        .expect("PUT");
+    let bytes = resp.body().limit(1 << 20).await.expect("body");
+    (
+        resp.status(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[actix_web::test]
+async fn a_report_is_stored_with_its_receive_time_and_listed() {
+    let dir = data_dir();
+    let app = app_with_data(&dir).await;
+    let report = json!({"disk": "ok", "checks": [{"name": "ntp", "ok": false}]});
+
+    let (status, body) = put(&app, "lab-01", report.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"status": "stored", "host_id": "lab-01"}));
+    put(&app, "lab-00", r#"{"n":0}"#).await;
+
+    let (status, all) = app.get_json("/v1/host-health").await;
+    assert_eq!(status, StatusCode::OK);
+    let hosts = all["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2);
+    assert_eq!(hosts[0]["host_id"], "lab-00", "sorted by host");
+    assert_eq!(hosts[1]["report"], report);
+    let received = hosts[1]["received_at"].as_str().expect("received_at");
+    assert!(
+        received.ends_with('Z') && received.len() == 20,
+        "{received}"
+    );
+    assert!(hosts[1]["received_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("host-health/lab-01.json")).expect("file"))
+            .expect("JSON file");
+    assert_eq!(on_disk, hosts[1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn bad_hosts_and_bodies_are_refused_with_json_errors() {
+    let dir = data_dir();
+    let app = app_with_data(&dir).await;
+    let long = "h".repeat(65);
+    let bad_hosts = [
+        "..%2F..%2Fetc%2Fpasswd",
+        "a%20b",
+        ".hidden",
+        "x%00",
+        long.as_str(),
+        "%3C!channel%3E",
+    ];
+    for host in bad_hosts {
+        let (status, body) = put(&app, host, "{}").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{host}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("host id"),
+            "{body}"
+        );
+    }
+    for bad in ["[1,2]", "\"text\"", "{", "", r#"{"a":1,"a":2}"#] {
+        let (status, body) = put(&app, "h1", bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {body}");
+        assert!(body["error"].is_string());
+    }
+    let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(70 * 1024));
+    let (status, body) = put(&app, "h1", huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body["error"].is_string());
+
+    let (_, all) = app.get_json("/v1/host-health").await;
+    assert_eq!(all, json!({"hosts": []}), "nothing was stored");
+    assert!(walk(&dir.join("host-health")).is_empty(), "no file written");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn concurrent_writers_and_readers_never_see_a_partial_report() {
+    let dir = data_dir();
+    let app = app_with_data(&dir).await;
+    // Large, distinct bodies so a torn write would show.
+    let bodies: Vec<Value> = (0..6)
+        .map(|w| json!({"writer": w, "pad": "x".repeat(20_000 + w * 3_000)}))
+        .collect();
+    put(&app, "h1", bodies[0].to_string()).await;
+
+    let writers = bodies.iter().cloned().map(|body| {
+        let app = &app;
+        async move {
+            for _ in 0..15 {
+                let (status, _) = put(app, "h1", body.to_string()).await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+    });
+    let reader = async {
+        let mut reads = 0;
+        for _ in 0..60 {
+            let (status, all) = app.get_json("/v1/host-health").await;
+            assert_eq!(status, StatusCode::OK, "every read parses");
+            let hosts = all["hosts"].as_array().expect("hosts");
+            assert_eq!(hosts.len(), 1, "{all}");
+            assert!(bodies.contains(&hosts[0]["report"]), "a torn report");
+            reads += 1;
+        }
+        reads
+    };
+    let (_, reads) = futures_util::join!(futures_util::future::join_all(writers), reader);
+    assert_eq!(reads, 60);
+
+    let files: Vec<String> = walk(&dir.join("host-health"))
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+        .collect();
+    assert_eq!(files, vec!["h1.json"], "no temporary file left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn reports_survive_a_restart() {
+    let dir = data_dir();
+    let app = app_with_data(&dir).await;
+    put(&app, "h1", r#"{"ok":true}"#).await;
+    app.handle.shutdown().await;
+
+    let again = app_with_data(&dir).await;
+    let (_, all) = again.get_json("/v1/host-health").await;
+    assert_eq!(all["hosts"][0]["host_id"], "h1");
+    assert_eq!(all["hosts"][0]["report"], json!({"ok": true}));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn writing_needs_a_publisher_and_reading_a_viewer() {
+    use crate::auth::{bearer, keys_toml, PUBLISHER, VIEWER};
+    let dir = data_dir();
+    let app = spawn_app_with(&format!(
+        "{}[storage]\ndata_dir = \"{}\"\n",
+        keys_toml(),
+        dir.display()
+    ))
+    .await;
+    let body = Some(r#"{"ok":true}"#);
+    let path = "/v1/host-health/lab-02";
+    let (viewer, publisher) = (bearer(VIEWER), bearer(PUBLISHER));
+    assert_eq!(app.call("PUT", path, &[], body).await.status, 401);
+    let as_viewer = app
+        .call("PUT", path, &[("Authorization", &viewer)], body)
+        .await;
+    assert_eq!(as_viewer.status, 403);
+    let stored = app
+        .call("PUT", path, &[("Authorization", &publisher)], body)
+        .await;
+    assert_eq!(stored.status, 200, "{stored:?}");
+    assert_eq!(
+        app.call("GET", "/v1/host-health", &[], None).await.status,
+        401
+    );
+    let listed = app
+        .call(
+            "GET",
+            "/v1/host-health",
+            &[("Authorization", &viewer)],
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.body["hosts"][0]["host_id"], "lab-02");
+    let _ = std::fs::remove_dir_all(&dir);
+}
