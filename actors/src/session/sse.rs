@@ -162,7 +162,8 @@ impl Writer {
         if let Err(end) = self.write(preface.freeze()).await {
             return end;
         }
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        // Grown on demand: an idle stream should hold as little as possible.
+        let mut batch = Vec::new();
         let mut seen = HashSet::new();
         let behind = inbox.behind.clone();
         let idle = tokio::time::sleep(self.config.keepalive);
