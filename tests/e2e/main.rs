@@ -14,4 +14,5 @@ mod slack;
 mod slack_mock;
 mod sse;
 mod sse_client;
+mod web_units;
 mod ws;
