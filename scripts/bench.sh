@@ -7,6 +7,7 @@
 #   MODE=e2e SCENARIOS=custom RATE=50000 CLIENTS=10 scripts/bench.sh
 #   MODE=e2e SCENARIOS=sse scripts/bench.sh             # 10,000 idle SSE streams
 #   MODE=e2e SCENARIOS=sse SSE_STREAMS=2000 SSE_EVENTS=20 scripts/bench.sh
+#   MODE=e2e SCENARIOS=fleet FLEET_DEVICES=1000 FLEET_RATE=20000 scripts/bench.sh  # `edgebus simulate`
 #
 # e2e: builds release, then per scenario starts target/release/edgebus with an
 # embedded broker on free ports (never the shared broker on 1883), waits for
@@ -29,6 +30,8 @@ cd "$(dirname "$0")/.."
 
 MODE="${MODE:-all}"                     # all | micro | e2e
 SCENARIOS="${SCENARIOS:-a b}"
+FLEET_DEVICES="${FLEET_DEVICES:-1000}"  # fleet: simulated devices (one goes silent, one sends bad frames)
+FLEET_RATE="${FLEET_RATE:-20000}"       # fleet: metrics frames/s across the fleet
 RATE_A="${RATE_A:-200000}"
 CLIENTS_A="${CLIENTS_A:-1}"
 RATE_B="${RATE_B:-200}"
@@ -214,6 +217,38 @@ run_scenario() {
   rm -rf "$data_dir"
 }
 
+# The simulated fleet (`edgebus simulate`) against a release edgebus: what the
+# whole service (registry, bus, alerts rules, presence, fleet health) accepts
+# and raises under a realistic mix, with bad frames and attackers included.
+run_fleet_scenario() {
+  local label=fleet
+  local http_port mqtt_port data_dir log base
+  pick_ports "$label"
+  echo
+  echo "### scenario fleet: edgebus simulate, $FLEET_DEVICES devices at $FLEET_RATE frames/s for ${DURATION}s (http $http_port, mqtt $mqtt_port)"
+  start_edgebus EDGEBUS__REGISTRY__MAX_DEVICES="$(( FLEET_DEVICES > 1000 ? FLEET_DEVICES : 1000 ))" || return 1
+  local before after started=$SECONDS
+  before=$(thread_ticks "$EDGEBUS_PID")
+  "$TARGET_DIR/release/edgebus" simulate --url "mqtt://127.0.0.1:$mqtt_port" \
+    --devices "$FLEET_DEVICES" --rate "$FLEET_RATE" --duration "$DURATION" \
+    >"$LOG_DIR/load-$label.txt" 2>&1 || true
+  sleep 1 # let the last frames drain before reading the counters
+  after=$(thread_ticks "$EDGEBUS_PID")
+  local wall=$(( SECONDS - started > 0 ? SECONDS - started : 1 ))
+  local metrics accepted rejected alerts
+  metrics=$(curl -s --max-time 5 "$base/metrics")
+  accepted=$(echo "$metrics" | awk '/^edgebus_frames_accepted_total /{print $2}')
+  rejected=$(echo "$metrics" | awk '/^edgebus_frames_rejected_total/{s+=$2} END{print s+0}')
+  alerts=$(echo "$metrics" | awk '/^edgebus_alerts_raised_total/{s+=$2} END{print s+0}')
+  echo "edgebus counters:"
+  echo "$metrics" | grep -E '^edgebus_(frames_accepted_total|frames_rejected_total|events_published_total|events_dropped_total|alerts_raised_total)' \
+    | grep -v ' 0$' | sed 's/^/  /' || true
+  cpu_report "$before" "$after" "$wall"
+  RESULTS+=("RESULT label=$label devices=$FLEET_DEVICES rate=$FLEET_RATE duration_s=$DURATION accepted=${accepted:-0} accepted_per_s=$(( ${accepted:-0} / DURATION )) rejected=$rejected alerts=$alerts")
+  stop_edgebus
+  rm -rf "$data_dir"
+}
+
 # SSE_STREAMS idle SSE streams, then SSE_EVENTS notifications fanned out.
 run_sse_scenario() {
   local label=sse
@@ -279,8 +314,8 @@ fi
 if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
   for scenario in $SCENARIOS; do
     case "$scenario" in
-      a|b|custom|sse) ;;
-      *) echo "unknown scenario $scenario (a, b, custom, sse)" >&2; exit 2 ;;
+      a|b|custom|sse|fleet) ;;
+      *) echo "unknown scenario $scenario (a, b, custom, sse, fleet)" >&2; exit 2 ;;
     esac
   done
   echo "### building release edgebus and the load client(s)"
@@ -294,6 +329,7 @@ if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
       b) run_scenario b "$RATE_B" "$CLIENTS_B" ;;
       custom) run_scenario custom "$RATE" "$CLIENTS" ;;
       sse) run_sse_scenario ;;
+      fleet) run_fleet_scenario ;;
     esac
   done
   echo
