@@ -383,7 +383,7 @@ impl Bus {
                     .and_then(|after| self.replay(after, &subs));
                 match replay {
                     Some(events) => Delivery::Replay(events),
-                    None => Delivery::Snapshot(self.snapshot(&subs, resume.is_some())),
+                    None => Delivery::Snapshot(Box::new(self.snapshot(&subs, resume.is_some()))),
                 }
             }
             Err(e) => Delivery::Error(e),

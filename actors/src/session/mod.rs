@@ -41,7 +41,8 @@ pub enum Delivery {
     Event(Arc<Event>),
     /// Latest value per matching topic; always the first item after a
     /// subscribe, so nothing falls between snapshot and live events.
-    Snapshot(Snapshot),
+    /// (Boxed: a queue slot is the size of its largest item.)
+    Snapshot(Box<Snapshot>),
     /// A resuming client's missed events, from the history, in order; live
     /// events follow with no gap and no repeat.
     Replay(Vec<Arc<Event>>),
@@ -192,6 +193,13 @@ impl SessionInbox {
         n
     }
 
+    /// The next item; `None` when the bus dropped the queue.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        let item = self.rx.recv().await?;
+        self.taken(std::slice::from_ref(&item));
+        Some(item)
+    }
+
     /// Whether the session fell behind and has not caught up since.
     pub fn is_lagging(&self) -> bool {
         self.lagging.load(Ordering::Acquire)
@@ -255,7 +263,7 @@ mod tests {
     fn control_items_do_not_count_against_the_event_capacity() {
         let (queue, _inbox) = session_queue(2);
         assert_eq!(
-            queue.offer_control(Delivery::Snapshot(Snapshot::empty())),
+            queue.offer_control(Delivery::Snapshot(Box::new(Snapshot::empty()))),
             Offer::Queued
         );
         assert_eq!(queue.offer_event(&event(1)), Offer::Queued);

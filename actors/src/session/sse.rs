@@ -162,7 +162,8 @@ impl Writer {
         if let Err(end) = self.write(preface.freeze()).await {
             return end;
         }
-        // Grown on demand: an idle stream should hold as little as possible.
+        // Grown on demand and released after a burst: an idle stream should
+        // hold as little as possible (10,000 of them are normal).
         let mut batch = Vec::new();
         let mut seen = HashSet::new();
         let behind = inbox.behind.clone();
@@ -172,9 +173,16 @@ impl Writer {
             tokio::select! {
                 biased;
                 () = self.out.closed() => return WriterEnd::ClientGone,
-                n = inbox.recv_many(&mut batch, WRITE_BATCH) => {
-                    if n == 0 {
+                first = inbox.recv() => {
+                    let Some(first) = first else {
                         return WriterEnd::QueueClosed;
+                    };
+                    batch.push(first);
+                    while batch.len() < WRITE_BATCH {
+                        match inbox.try_recv() {
+                            Some(item) => batch.push(item),
+                            None => break,
+                        }
                     }
                     if inbox.is_lagging() {
                         let conflated = conflate(&mut batch, &mut seen);
@@ -196,6 +204,9 @@ impl Writer {
                         }
                     };
                     batch.clear();
+                    if batch.capacity() > 4 {
+                        batch = Vec::new();
+                    }
                     if !chunk.is_empty() {
                         if let Err(end) = self.write(chunk).await {
                             return end;

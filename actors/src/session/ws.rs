@@ -562,6 +562,10 @@ mod tests {
         let text = render(metrics(1, "a"), WireFormat::Edgewatch).expect("metrics render");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["a"]["timestamp"], 1);
-        assert!(render(Delivery::Snapshot(Snapshot::empty()), WireFormat::Edgewatch).is_none());
+        assert!(render(
+            Delivery::Snapshot(Box::new(Snapshot::empty())),
+            WireFormat::Edgewatch
+        )
+        .is_none());
     }
 }
