@@ -88,6 +88,15 @@ pub struct SessionStart {
     pub guard: Option<Box<dyn Send>>,
 }
 
+/// Why a session's writer stopped (WebSocket or SSE).
+#[derive(Debug)]
+pub(crate) enum WriterEnd {
+    ClientGone,
+    WriteDeadline,
+    ServerClosing,
+    QueueClosed,
+}
+
 /// Result of offering an item to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {

@@ -29,7 +29,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::ws::conflate;
-use super::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart};
+use super::{
+    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, WriterEnd,
+};
 use crate::bus::{self, Bus};
 use crate::event::Event;
 use crate::telemetry::{DropReason, Telemetry};
@@ -136,14 +138,6 @@ impl Actor for SseSession {
         self.bus.do_send(bus::Leave { session: self.id });
         self.telemetry.session_closed("sse");
     }
-}
-
-#[derive(Debug)]
-enum WriterEnd {
-    ClientGone,
-    WriteDeadline,
-    ServerClosing,
-    QueueClosed,
 }
 
 struct Writer {

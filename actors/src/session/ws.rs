@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use super::{
     session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Snapshot,
+    WriterEnd,
 };
 use crate::bus::{self, Bus};
 use crate::event::Event;
@@ -284,15 +285,6 @@ fn parse_op(text: &str) -> Result<ClientOp, String> {
         "unsubscribe" => Err("unsubscribe takes topics only".into()),
         other => Err(format!("unknown op {other:?}")),
     }
-}
-
-/// Why the writer stopped.
-#[derive(Debug)]
-enum WriterEnd {
-    ClientGone,
-    WriteDeadline,
-    ServerClosing,
-    QueueClosed,
 }
 
 struct Writer {
