@@ -31,11 +31,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures_util::Stream;
 
 use crate::bus::{self, Bus, Publish};
 use crate::ingest::REJECTS_TOPIC;
-use crate::session::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue};
+use crate::session::{
+    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, CONTROL_RESERVE,
+};
 use crate::slack::{Enqueue, Notice, NoticeKind};
 use crate::subscription::Subscription;
 use crate::telemetry::{DropReason, Telemetry};
@@ -50,8 +51,11 @@ pub use rules::{Rule, RuleSpec};
 /// policy applies (metrics conflate, others are dropped and counted).
 pub const ALERTS_QUEUE: usize = 16_384;
 
-/// Items taken from the queue per batch.
-const BATCH: usize = 512;
+/// How often the actor drains its queue. Awaiting the queue instead would
+/// have the bus wake this thread for nearly every frame (a futex syscall on
+/// the bus's fan-out path, and a second busy thread on 2 cores); a tick
+/// costs at most this much alert latency and takes a burst in one pass.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
 /// What the Alerts actor listens to on the bus.
 pub const SUBSCRIPTIONS: [&str; 4] = [
@@ -175,6 +179,43 @@ impl Alerts {
 
     /// Arms the timer for the earliest deadline, unless one at least as
     /// early is armed already.
+    /// Takes everything queued, decides on each event, then sends what was
+    /// decided. Tells the bus when it has drained after falling behind, as a
+    /// session's writer does.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut inbox) = self.inbox.take() else {
+            return;
+        };
+        let mut handled = false;
+        let mut emptied = false;
+        for _ in 0..ALERTS_QUEUE + CONTROL_RESERVE {
+            match inbox.try_recv() {
+                // The snapshot holds last values from before we joined:
+                // nothing new to decide on. Close comes at shutdown.
+                Some(Delivery::Event(event)) => {
+                    self.engine.on_event(&event, self.clock.now_ms());
+                    handled = true;
+                }
+                Some(_) => {}
+                None => {
+                    emptied = true;
+                    break;
+                }
+            }
+        }
+        if emptied && inbox.is_lagging() {
+            inbox.caught_up();
+            self.bus.do_send(bus::Resume {
+                session: self.session,
+            });
+        }
+        self.inbox = Some(inbox);
+        if handled {
+            self.flush(self.clock.now_ms());
+            self.arm(ctx);
+        }
+    }
+
     fn arm(&mut self, ctx: &mut Context<Self>) {
         let Some(at) = self.engine.next_deadline() else {
             return;
@@ -194,41 +235,11 @@ impl Alerts {
     }
 }
 
-/// The alerts queue as a stream of batches; tells the bus when it has
-/// drained after falling behind, as a session's writer does.
-fn deliveries(
-    inbox: SessionInbox,
-    bus: Addr<Bus>,
-    session: SessionId,
-) -> impl Stream<Item = Vec<Delivery>> {
-    futures_util::stream::unfold(inbox, move |mut inbox| {
-        let bus = bus.clone();
-        async move {
-            let behind = inbox.behind.clone();
-            loop {
-                let mut batch = Vec::with_capacity(BATCH);
-                tokio::select! {
-                    biased;
-                    n = inbox.recv_many(&mut batch, BATCH) => {
-                        return (n > 0).then_some((batch, inbox));
-                    }
-                    () = behind.notified() => {
-                        inbox.caught_up();
-                        bus.do_send(bus::Resume { session });
-                    }
-                }
-            }
-        }
-    })
-}
-
 impl Actor for Alerts {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(inbox) = self.inbox.take() {
-            ctx.add_stream(deliveries(inbox, self.bus.clone(), self.session));
-        }
+        ctx.run_interval(DRAIN_EVERY, Self::drain);
         let filters: Vec<TopicFilter> = SUBSCRIPTIONS
             .iter()
             .filter_map(|f| TopicFilter::parse(f).ok())
@@ -245,27 +256,6 @@ impl Actor for Alerts {
         self.bus.do_send(bus::Leave {
             session: self.session,
         });
-    }
-}
-
-impl StreamHandler<Vec<Delivery>> for Alerts {
-    fn handle(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
-        for item in batch {
-            // The snapshot holds last values from before we joined: nothing
-            // new to decide on. Close comes at shutdown.
-            if let Delivery::Event(event) = item {
-                let now = self.clock.now_ms();
-                self.engine.on_event(&event, now);
-                self.flush(now);
-            }
-        }
-        self.arm(ctx);
-    }
-
-    fn finished(&mut self, _: &mut Context<Self>) {
-        // The bus let go of our queue (shutdown): timers keep running for
-        // what is already known, until the actor's thread stops.
-        log::debug!("The alerts subscription ended.");
     }
 }
 
