@@ -20,6 +20,8 @@ use edgebus_actors::registry::{Registry, RegistryConfig};
 use edgebus_actors::slack::{self, Slack, SlackConfig};
 use edgebus_actors::telemetry::Telemetry;
 
+use edgebus_actors::topic::TopicFilter;
+
 use crate::auth::Auth;
 use crate::broker;
 use crate::http::{self, AppState};
@@ -171,6 +173,13 @@ impl Application {
             settings: settings.clone(),
             auth,
             idempotency: Default::default(),
+            // validate() has parsed every one of them already.
+            families: settings
+                .mqtt
+                .topics
+                .iter()
+                .filter_map(|t| TopicFilter::parse(t).ok())
+                .collect(),
         });
         let workers = match settings.http.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

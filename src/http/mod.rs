@@ -35,6 +35,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub auth: Arc<Auth>,
     pub idempotency: Arc<idempotency::Idempotency>,
+    /// `mqtt.topics`, parsed once: the families HTTP publish may use.
+    pub families: Vec<edgebus_actors::topic::TopicFilter>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -16,7 +16,6 @@ use edgebus_actors::event::{now_ms, Body, Draft};
 use edgebus_actors::ingest::frame::{DeviceId, Rejection};
 use edgebus_actors::ingest::{self};
 use edgebus_actors::registry::{Admission, Observe};
-use edgebus_actors::topic::TopicFilter;
 
 use super::body::read_capped;
 use super::idempotency::{fingerprint, Claim, MAX_KEY_LEN};
@@ -29,13 +28,7 @@ use crate::error::ApiError;
 pub const MAX_MESSAGE_CHARS: usize = 2000;
 
 fn in_families(state: &AppState, topic: &str) -> bool {
-    state
-        .settings
-        .mqtt
-        .topics
-        .iter()
-        .filter_map(|f| TopicFilter::parse(f).ok())
-        .any(|f| f.matches(topic))
+    state.families.iter().any(|f| f.matches(topic))
 }
 
 pub async fn publish(

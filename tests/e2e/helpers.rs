@@ -44,6 +44,13 @@ pub fn metrics_json(device: &str, seq: u64, cpu: f64) -> String {
     )
 }
 
+/// One series' value in Prometheus text.
+fn series_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+}
+
 pub struct TestApp {
     pub port: u16,
     pub mqtt_port: u16,
@@ -177,9 +184,7 @@ impl TestApp {
     /// A metric's value from `/metrics`, e.g. `edgebus_frames_rejected_total{reason="bad_json"}`.
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, text) = self.get("/metrics").await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+        series_value(&text, series)
     }
 
     /// Waits until a metric reaches `at_least`.
@@ -547,10 +552,7 @@ impl Service {
         let url = format!("http://127.0.0.1:{}/metrics", self.port);
         let mut resp = self.http.get(url).send().await.expect("/metrics");
         let body = resp.body().limit(16 << 20).await.expect("body");
-        String::from_utf8_lossy(&body)
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+        series_value(&String::from_utf8_lossy(&body), series)
     }
 
     /// Polls a metric until `ok(value)`.
