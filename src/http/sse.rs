@@ -7,7 +7,6 @@
 //! treat any non-200 answer as final, so a page must reconnect itself with a
 //! fresh ticket and `?last_event_id=` (see README, "Reconnecting").
 
-use actix::Actor;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -153,9 +152,7 @@ fn open_authenticated(
         resume: query.resume(req),
         guard: Some(Box::new(permit)),
     };
-    let (session, body) =
-        SseSession::new(state.bus.clone(), start, config, state.telemetry.clone());
-    session.start();
+    let body = SseSession::start(state.bus.clone(), start, config, state.telemetry.clone());
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -189,15 +189,20 @@ impl TestApp {
 
     /// Waits until a metric reaches `at_least`.
     pub async fn wait_metric(&self, series: &str, at_least: f64) -> f64 {
+        self.wait_metric_where(series, |v| v >= at_least).await
+    }
+
+    /// Waits until a metric's value passes `ok`.
+    pub async fn wait_metric_where(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + WAIT;
         loop {
             let v = self.metric(series).await;
-            if v >= at_least {
+            if ok(v) {
                 return v;
             }
             assert!(
                 Instant::now() < deadline,
-                "{series} stayed at {v} < {at_least}"
+                "{series} stayed at {v} for {WAIT:?}"
             );
             actix_web::rt::time::sleep(Duration::from_millis(25)).await;
         }

@@ -410,6 +410,43 @@ async fn a_client_that_falls_behind_is_told_how_many_events_it_lost() {
 }
 
 #[actix_web::test]
+async fn a_client_that_stops_reading_is_ended_after_the_write_timeout_and_frees_its_slot() {
+    let app = locked_app(
+        "[bus]\nqueue_capacity = 4\n[sessions]\nmax_streams_per_identity = 1\nwrite_timeout_seconds = 1\n",
+    )
+    .await;
+    let auth = bearer(VIEWER);
+    let headers = [("Authorization", auth.as_str())];
+    let stream = "/v1/events?topic=notifications/%23";
+    let mut stuck = SseClient::open_with_buffer(app.port, stream, &headers, Some(2048))
+        .await
+        .expect("200");
+    stuck.snapshot().await;
+    // From here on it never reads again, and it holds the identity's one slot.
+    let capped = app.sse(stream, &headers).await.err().expect("capped");
+    assert_eq!(capped.status, 429);
+
+    let publisher = app.publisher().await;
+    let topic = format!("notifications/{}", unique("stuck"));
+    let filler = "z".repeat(15_000);
+    for n in 0..600 {
+        publisher
+            .publish_nowait(&topic, format!(r#"{{"n":{n},"filler":"{filler}"}}"#))
+            .await;
+    }
+    // Its socket, actix-web's buffer and its queue fill up; nothing is taken
+    // for the write timeout, so the session ends and frees the slot.
+    app.wait_metric_where(r#"edgebus_sessions_open{kind="sse"}"#, |v| v == 0.0)
+        .await;
+    let mut next = app
+        .sse(stream, &headers)
+        .await
+        .expect("the slot is free again");
+    next.snapshot().await;
+    drop(stuck);
+}
+
+#[actix_web::test]
 async fn a_thousand_connect_disconnect_cycles_leave_no_session_behind() {
     // The real binary in its own process, so its memory is its own.
     let service = crate::helpers::Service::start(&[]).await;

@@ -382,11 +382,11 @@ impl Bus {
                     .and_then(|text| EventId::parse(text.trim()))
                     .and_then(|after| self.replay(after, &subs));
                 match replay {
-                    Some(events) => Delivery::Replay(events),
+                    Some(events) => Delivery::Replay(Box::new(events)),
                     None => Delivery::Snapshot(Box::new(self.snapshot(&subs, resume.is_some()))),
                 }
             }
-            Err(e) => Delivery::Error(e),
+            Err(e) => Delivery::Error(Box::new(e)),
         };
         if let Some(sub) = self.sessions.get(&session) {
             if sub.queue.offer_control(reply) == Offer::Closed {
@@ -441,7 +441,8 @@ impl Handler<Unsubscribe> for Bus {
         let filters = &sub.filters;
         sub.pending
             .retain(|_, e| filters.iter().any(|s| s.matches(e)));
-        sub.queue.offer_control(Delivery::Unsubscribed(msg.filters));
+        sub.queue
+            .offer_control(Delivery::Unsubscribed(Box::new(msg.filters)));
     }
 }
 

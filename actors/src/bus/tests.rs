@@ -179,10 +179,10 @@ async fn a_slow_session_keeps_only_the_newest_frame_per_device() {
 #[actix::test]
 async fn a_slow_session_is_woken_to_collect_what_it_missed() {
     let (bus, _) = bus(1);
-    let (_, inbox) = join(&bus, 1, &["n/#"]).await;
+    let (_, mut inbox) = join(&bus, 1, &["n/#"]).await;
     bus.send(note("n/a", 1)).await.unwrap();
     bus.send(note("n/a", 2)).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(1), inbox.behind.notified())
+    tokio::time::timeout(Duration::from_secs(1), inbox.behind())
         .await
         .expect("the bus wakes a session that fell behind");
 }

@@ -1,17 +1,25 @@
-//! The Server-Sent Events session actor, one per client.
+//! The Server-Sent Events session actor, one per client, and the response
+//! body it feeds.
 //!
-//! State: its subscriptions and the sending end of the HTTP response body.
-//! Sends [`bus::Join`] at start (with the client's `Last-Event-ID`, so the
-//! bus replays what it missed or sends a snapshot marked as a reset),
-//! [`bus::Resume`] when it drained after falling behind, [`bus::Leave`] when
-//! it stops. Holds its identity's stream slot until then.
+//! The actor holds the session's place on the bus: it sends [`bus::Join`]
+//! at start (with the client's `Last-Event-ID`, so the bus replays what it
+//! missed or sends a snapshot marked as a reset), [`bus::Resume`] when the
+//! body drained after falling behind, [`bus::Leave`] when it stops, and it
+//! holds its identity's stream slot until then.
 //!
-//! One writer future drains the session queue into the response body (a
-//! small bounded channel actix-web reads from). It writes `: keepalive` at
-//! once (so headers flush and the browser sees a live stream) and after
-//! every `keepalive` of silence. A client that goes away drops the body;
-//! the writer notices at once and the session ends. A write that waits
-//! longer than `write_deadline` ends the session too.
+//! The body ([`SseBody`]) is what actix-web reads: it takes from the
+//! session queue only when actix-web asks for more, so a client's socket
+//! is the only buffer between the queue and the client, and an idle stream
+//! costs no writer task and no second channel (10,000 idle streams are
+//! normal). It writes `: keepalive` and the `retry:` hint at once (headers
+//! flush and the browser sees a live stream) and a keepalive after every
+//! `keepalive` of silence.
+//!
+//! A client that goes away drops the body: the body tells the actor, which
+//! stops at once. A client that stops reading leaves events queued with no
+//! take: the actor's watchdog sees no progress for `write_deadline` and
+//! ends the session (its slot is freed; actix-web keeps the TCP connection
+//! until the client closes it).
 //!
 //! Framing (pure functions below): `id:`, `event:`, `data:` lines, a blank
 //! line after each event. Event names and ids are stripped of CR/LF and data
@@ -19,6 +27,7 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -26,21 +35,19 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
 use super::ws::conflate;
-use super::{
-    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, WriterEnd,
-};
+use super::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Take};
 use crate::bus::{self, Bus};
 use crate::event::Event;
 use crate::telemetry::{DropReason, Telemetry};
 
-/// Items taken from the queue per writer pass, written as one chunk.
+/// Items taken from the queue per body read, written as one chunk.
 const WRITE_BATCH: usize = 64;
 
-/// Chunks buffered between the writer and actix-web.
-const BODY_CHUNKS: usize = 4;
+/// The watchdog never runs more often than this, whatever the deadline.
+const MIN_WATCH: Duration = Duration::from_millis(100);
 
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
@@ -48,61 +55,59 @@ pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 pub struct SseSessionConfig {
     /// A comment is written after this long without any other write.
     pub keepalive: Duration,
-    /// A chunk the client does not take within this ends the session.
+    /// Queued events the client does not take within this end the session.
     pub write_deadline: Duration,
     pub queue_capacity: usize,
     /// The `retry:` hint: how long a browser waits before reconnecting.
     pub retry: Duration,
 }
 
-/// The response body: what the session writes, as actix-web reads it.
-pub struct SseBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl futures_util::Stream for SseBody {
-    type Item = Result<Bytes, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|chunk| chunk.map(Ok))
-    }
-}
-
 pub struct SseSession {
     id: SessionId,
     bus: Addr<Bus>,
     queue: SessionQueue,
-    inbox: Option<SessionInbox>,
     start: Option<SessionStart>,
-    out: Option<mpsc::Sender<Bytes>>,
-    config: SseSessionConfig,
+    write_deadline: Duration,
+    /// The queue's take count at the last watchdog round.
+    takes: u64,
     telemetry: Arc<Telemetry>,
     _guard: Option<Box<dyn Send>>,
 }
 
 impl SseSession {
-    /// The session and the body to answer the request with.
-    pub fn new(
+    /// Starts the session actor on the current arbiter; returns the body to
+    /// answer the request with.
+    pub fn start(
         bus: Addr<Bus>,
         mut start: SessionStart,
         config: SseSessionConfig,
         telemetry: Arc<Telemetry>,
-    ) -> (Self, SseBody) {
+    ) -> SseBody {
         let (queue, inbox) = session_queue(config.queue_capacity);
-        let (tx, rx) = mpsc::channel(BODY_CHUNKS);
+        let ctx = Context::new();
         let guard = start.guard.take();
-        let session = Self {
+        let body = SseBody {
+            inbox,
+            batch: Vec::new(),
+            seen: HashSet::new(),
+            preface: Some(preface(config.retry)),
+            idle: Box::pin(tokio::time::sleep(config.keepalive)),
+            keepalive: config.keepalive,
+            session: ctx.address(),
+            telemetry: telemetry.clone(),
+            done: false,
+        };
+        ctx.run(Self {
             id: SessionId::next(),
             bus,
             queue,
-            inbox: Some(inbox),
             start: Some(start),
-            out: Some(tx),
-            config,
+            write_deadline: config.write_deadline,
+            takes: 0,
             telemetry,
             _guard: guard,
-        };
-        (session, SseBody { rx })
+        });
+        body
     }
 }
 
@@ -111,19 +116,6 @@ impl Actor for SseSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.telemetry.session_opened("sse");
-        if let (Some(inbox), Some(out)) = (self.inbox.take(), self.out.take()) {
-            let writer = Writer {
-                out,
-                config: self.config.clone(),
-                bus: self.bus.clone(),
-                session: self.id,
-                telemetry: self.telemetry.clone(),
-            };
-            ctx.spawn(writer.run(inbox).into_actor(self).map(|end, act, ctx| {
-                log::debug!("SSE session {} ended: {end:?}.", act.id.0);
-                ctx.stop();
-            }));
-        }
         if let Some(start) = self.start.take() {
             self.bus.do_send(bus::Join {
                 session: self.id,
@@ -132,105 +124,154 @@ impl Actor for SseSession {
                 resume: start.resume,
             });
         }
+        ctx.run_interval(self.write_deadline.max(MIN_WATCH), |act, ctx| {
+            let (queued, takes) = act.queue.progress();
+            if queued > 0 && takes == act.takes {
+                log::debug!(
+                    "SSE session {} ended: {queued} item(s) untaken for {:?}.",
+                    act.id.0,
+                    act.write_deadline
+                );
+                ctx.stop();
+            }
+            act.takes = takes;
+        });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.bus.do_send(bus::Leave { session: self.id });
+        // A body that actix-web no longer reads still holds the inbox: free
+        // what is queued now, and end the body if it is ever read again.
+        self.queue.close();
         self.telemetry.session_closed("sse");
     }
 }
 
-struct Writer {
-    out: mpsc::Sender<Bytes>,
-    config: SseSessionConfig,
-    bus: Addr<Bus>,
-    session: SessionId,
-    telemetry: Arc<Telemetry>,
+/// The body was dropped: the client went away or the response ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BodyGone;
+
+impl Handler<BodyGone> for SseSession {
+    type Result = ();
+
+    fn handle(&mut self, _: BodyGone, ctx: &mut Context<Self>) {
+        log::debug!(
+            "SSE session {} ended: the response body was dropped.",
+            self.id.0
+        );
+        ctx.stop();
+    }
 }
 
-impl Writer {
-    async fn run(self, mut inbox: SessionInbox) -> WriterEnd {
-        let mut preface = BytesMut::with_capacity(32);
-        preface.put_slice(KEEPALIVE);
-        preface.put_slice(format!("retry: {}\n\n", self.config.retry.as_millis()).as_bytes());
-        if let Err(end) = self.write(preface.freeze()).await {
-            return end;
+/// The body drained its queue after the bus said it fell behind.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Drained;
+
+impl Handler<Drained> for SseSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Drained, _: &mut Context<Self>) {
+        self.bus.do_send(bus::Resume { session: self.id });
+    }
+}
+
+/// The response body: the session queue, rendered as actix-web reads it.
+pub struct SseBody {
+    inbox: SessionInbox,
+    /// Grown on demand and released after a burst: an idle stream should
+    /// hold as little as possible.
+    batch: Vec<Delivery>,
+    seen: HashSet<Arc<str>>,
+    preface: Option<Bytes>,
+    idle: Pin<Box<Sleep>>,
+    keepalive: Duration,
+    session: Addr<SseSession>,
+    telemetry: Arc<Telemetry>,
+    /// The stream ended (server closing, or the session's queue closed).
+    done: bool,
+}
+
+fn preface(retry: Duration) -> Bytes {
+    let mut preface = BytesMut::with_capacity(32);
+    preface.put_slice(KEEPALIVE);
+    preface.put_slice(format!("retry: {}\n\n", retry.as_millis()).as_bytes());
+    preface.freeze()
+}
+
+impl SseBody {
+    fn wrote(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Infallible>>> {
+        let keepalive = self.keepalive;
+        self.idle.as_mut().reset(Instant::now() + keepalive);
+        Poll::Ready(Some(Ok(chunk)))
+    }
+
+    /// One chunk of what was taken: a lone event is its shared frame (no
+    /// copy), anything else is rendered into one buffer.
+    fn render_batch(&mut self, lagging: bool) -> Bytes {
+        if lagging {
+            let conflated = conflate(&mut self.batch, &mut self.seen);
+            if conflated > 0 {
+                self.telemetry
+                    .events_dropped(DropReason::Conflated, conflated);
+            }
         }
-        // Grown on demand and released after a burst: an idle stream should
-        // hold as little as possible (10,000 of them are normal).
-        let mut batch = Vec::new();
-        let mut seen = HashSet::new();
-        let behind = inbox.behind.clone();
-        let idle = tokio::time::sleep(self.config.keepalive);
-        tokio::pin!(idle);
-        loop {
-            tokio::select! {
-                biased;
-                () = self.out.closed() => return WriterEnd::ClientGone,
-                first = inbox.recv() => {
-                    let Some(first) = first else {
-                        return WriterEnd::QueueClosed;
-                    };
-                    batch.push(first);
-                    while batch.len() < WRITE_BATCH {
-                        match inbox.try_recv() {
-                            Some(item) => batch.push(item),
-                            None => break,
-                        }
-                    }
-                    if inbox.is_lagging() {
-                        let conflated = conflate(&mut batch, &mut seen);
-                        if conflated > 0 {
-                            self.telemetry.events_dropped(DropReason::Conflated, conflated);
-                        }
-                    }
-                    let closing = batch.iter().any(|d| matches!(d, Delivery::Close));
-                    let chunk = match batch.as_slice() {
-                        // The common case of a live stream: one event, whose
-                        // shared bytes go out as they are (no copy).
-                        [Delivery::Event(e)] => e.sse_frame().clone(),
-                        items => {
-                            let mut chunk = BytesMut::new();
-                            for item in items {
-                                render(item, &mut chunk);
-                            }
-                            chunk.freeze()
-                        }
-                    };
-                    batch.clear();
-                    if batch.capacity() > 4 {
-                        batch = Vec::new();
-                    }
+        self.done |= self.batch.iter().any(|d| matches!(d, Delivery::Close));
+        let chunk = match self.batch.as_slice() {
+            [Delivery::Event(e)] => e.sse_frame().clone(),
+            items => {
+                let mut chunk = BytesMut::new();
+                for item in items {
+                    render(item, &mut chunk);
+                }
+                chunk.freeze()
+            }
+        };
+        self.batch.clear();
+        if self.batch.capacity() > 4 {
+            self.batch = Vec::new();
+        }
+        chunk
+    }
+}
+
+impl futures_util::Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(preface) = this.preface.take() {
+            return this.wrote(preface);
+        }
+        while !this.done {
+            match this.inbox.poll_take(cx, &mut this.batch, WRITE_BATCH) {
+                Poll::Ready(Take::Items { lagging }) => {
+                    let chunk = this.render_batch(lagging);
                     if !chunk.is_empty() {
-                        if let Err(end) = self.write(chunk).await {
-                            return end;
-                        }
-                        idle.as_mut().reset(tokio::time::Instant::now() + self.config.keepalive);
-                    }
-                    if closing {
-                        return WriterEnd::ServerClosing;
+                        return this.wrote(chunk);
                     }
                 }
-                () = behind.notified() => {
-                    inbox.caught_up();
-                    self.bus.do_send(bus::Resume { session: self.session });
+                Poll::Ready(Take::Behind) => {
+                    this.inbox.caught_up();
+                    this.session.do_send(Drained);
                 }
-                () = &mut idle => {
-                    if let Err(end) = self.write(Bytes::from_static(KEEPALIVE)).await {
-                        return end;
-                    }
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.config.keepalive);
+                Poll::Ready(Take::Closed) => this.done = true,
+                Poll::Pending => {
+                    return match this.idle.as_mut().poll(cx) {
+                        Poll::Ready(()) => this.wrote(Bytes::from_static(KEEPALIVE)),
+                        Poll::Pending => Poll::Pending,
+                    };
                 }
             }
         }
+        Poll::Ready(None)
     }
+}
 
-    async fn write(&self, chunk: Bytes) -> Result<(), WriterEnd> {
-        match tokio::time::timeout(self.config.write_deadline, self.out.send(chunk)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(WriterEnd::ClientGone),
-            Err(_) => Err(WriterEnd::WriteDeadline),
-        }
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        self.session.do_send(BodyGone);
     }
 }
 
@@ -239,7 +280,7 @@ fn render(item: &Delivery, out: &mut BytesMut) {
     match item {
         Delivery::Event(e) => out.put_slice(e.sse_frame()),
         Delivery::Replay(events) => {
-            for e in events {
+            for e in events.iter() {
                 out.put_slice(e.sse_frame());
             }
         }

@@ -21,7 +21,7 @@ use bytestring::ByteString;
 use serde::Deserialize;
 
 use super::{
-    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Snapshot,
+    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Snapshot, Take,
     WriterEnd,
 };
 use crate::bus::{self, Bus};
@@ -131,7 +131,7 @@ impl WsSession {
                 filters,
             }),
             Err(error) => {
-                self.queue.offer_control(Delivery::Error(error));
+                self.queue.offer_control(Delivery::Error(Box::new(error)));
             }
         }
     }
@@ -300,26 +300,44 @@ impl Writer {
     async fn run(mut self, mut inbox: SessionInbox) -> WriterEnd {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut seen = HashSet::new();
-        let behind = inbox.behind.clone();
         loop {
-            tokio::select! {
-                biased;
-                n = inbox.recv_many(&mut batch, WRITE_BATCH) => {
-                    if n == 0 {
-                        return WriterEnd::QueueClosed;
-                    }
-                    let conflated = if inbox.is_lagging() { conflate(&mut batch, &mut seen) } else { 0 };
+            match inbox.take(&mut batch, WRITE_BATCH).await {
+                Take::Closed => return WriterEnd::QueueClosed,
+                Take::Behind => {
+                    // Queue drained: collect what the bus held back.
+                    inbox.caught_up();
+                    self.bus.do_send(bus::Resume {
+                        session: self.session,
+                    });
+                }
+                Take::Items { lagging } => {
+                    let conflated = if lagging {
+                        conflate(&mut batch, &mut seen)
+                    } else {
+                        0
+                    };
                     if conflated > 0 {
-                        self.telemetry.events_dropped(DropReason::Conflated, conflated);
+                        self.telemetry
+                            .events_dropped(DropReason::Conflated, conflated);
                     }
                     for item in batch.drain(..) {
                         let texts = match item {
                             Delivery::Close => {
-                                let reason = CloseReason { code: CloseCode::Away, description: Some("server shutting down".into()) };
-                                let _ = tokio::time::timeout(self.deadline, self.ws.close(Some(reason))).await;
+                                let reason = CloseReason {
+                                    code: CloseCode::Away,
+                                    description: Some("server shutting down".into()),
+                                };
+                                let _ = tokio::time::timeout(
+                                    self.deadline,
+                                    self.ws.close(Some(reason)),
+                                )
+                                .await;
                                 return WriterEnd::ServerClosing;
                             }
-                            Delivery::Replay(events) => events.iter().filter_map(|e| event_text(e, self.format)).collect(),
+                            Delivery::Replay(events) => events
+                                .iter()
+                                .filter_map(|e| event_text(e, self.format))
+                                .collect(),
                             other => render(other, self.format).into_iter().collect::<Vec<_>>(),
                         };
                         for text in texts {
@@ -328,12 +346,6 @@ impl Writer {
                             }
                         }
                     }
-                }
-                () = behind.notified() => {
-                    // Queue drained (the biased select takes queued items
-                    // first): collect what the bus held back.
-                    inbox.caught_up();
-                    self.bus.do_send(bus::Resume { session: self.session });
                 }
             }
         }

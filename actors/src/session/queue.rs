@@ -1,0 +1,533 @@
+//! A session's bounded queue: the bus offers, the session's writer takes.
+//!
+//! `bus.queue_capacity` events plus [`CONTROL_RESERVE`] slots for control
+//! items (snapshot, lagged notice, close) that must never be lost to a full
+//! queue. Offers never block and never allocate per item once the ring has
+//! grown; a full queue refuses, and the bus decides what that means for the
+//! event (conflate or drop, see `bus`).
+//!
+//! Why a ring behind a per-session mutex and not a channel: an idle stream
+//! must cost little, and 10,000 idle SSE streams are normal. A tokio mpsc
+//! costs 1.8 KiB per queue before the first item (a cache-padded channel and
+//! a 32-slot block); this costs one small allocation, and its ring shrinks
+//! back after a burst. The lock belongs to one session: only the bus (one
+//! push, or one batch of control items) and that session's writer (one
+//! batch take) ever hold it, for a few instructions, so it is uncontended in
+//! practice and costs less than a channel's four atomic read-modify-writes
+//! (benches/pipeline.rs, `fanout/*`).
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use super::Delivery;
+use crate::event::Event;
+
+/// Slots kept free for control items beyond the event capacity.
+pub const CONTROL_RESERVE: usize = 4;
+
+/// A ring that has grown past this many slots is given back once drained:
+/// an idle session keeps only a few slots.
+const KEEP_SLOTS: usize = 16;
+
+/// Result of offering an item to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    Full,
+    Closed,
+}
+
+/// What a writer's take found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Items were moved into the batch. `lagging`: the session fell behind
+    /// and has not caught up, so its writer conflates metrics within them.
+    Items { lagging: bool },
+    /// Nothing queued, and the bus holds items that did not fit (held
+    /// frames, a lagged count): the writer has drained and should ask for
+    /// them ([`SessionInbox::caught_up`], then `bus::Resume`).
+    Behind,
+    /// Nothing queued and every producer is gone: the session is over.
+    Closed,
+}
+
+struct State {
+    items: VecDeque<Delivery>,
+    /// Events (not control items) in `items`, against the capacity.
+    events: usize,
+    /// The writer waiting for items (or for `behind`).
+    waker: Option<Waker>,
+    /// The bus holds items for this session; reported once the ring is empty.
+    behind: bool,
+    /// Set with `behind`, cleared when the writer caught up.
+    lagging: bool,
+    /// Live [`SessionQueue`] handles; none left means closed.
+    producers: usize,
+    /// The [`SessionInbox`] is gone (or the queue was closed): refuse all.
+    closed: bool,
+    /// Takes that found items.
+    takes: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; if something did, the ring is
+        // still a valid ring.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The producing end, held by the bus (and by the session for its own replies).
+pub struct SessionQueue {
+    shared: Arc<Shared>,
+}
+
+/// The consuming end, owned by the session's writer.
+pub struct SessionInbox {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SessionQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionQueue")
+            .field("capacity", &self.shared.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SessionInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionInbox").finish_non_exhaustive()
+    }
+}
+
+/// A queue for `capacity` events plus the control reserve.
+pub fn session_queue(capacity: usize) -> (SessionQueue, SessionInbox) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            events: 0,
+            waker: None,
+            behind: false,
+            lagging: false,
+            producers: 1,
+            closed: false,
+            takes: 0,
+        }),
+        capacity: capacity.max(1),
+    });
+    (
+        SessionQueue {
+            shared: shared.clone(),
+        },
+        SessionInbox { shared },
+    )
+}
+
+impl Clone for SessionQueue {
+    fn clone(&self) -> Self {
+        self.shared.lock().producers += 1;
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for SessionQueue {
+    fn drop(&mut self) {
+        let waker = {
+            let mut state = self.shared.lock();
+            state.producers -= 1;
+            if state.producers == 0 {
+                state.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl SessionQueue {
+    /// Offers an event: refused once only the control reserve is left.
+    pub fn offer_event(&self, event: &Arc<Event>) -> Offer {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Offer::Closed;
+        }
+        if state.events >= self.shared.capacity {
+            return Offer::Full;
+        }
+        state.events += 1;
+        push(state, Delivery::Event(event.clone()))
+    }
+
+    /// Offers a control item, which may use the reserve.
+    pub fn offer_control(&self, item: Delivery) -> Offer {
+        let state = self.shared.lock();
+        if state.closed {
+            return Offer::Closed;
+        }
+        if state.items.len() >= self.shared.capacity + CONTROL_RESERVE {
+            return Offer::Full;
+        }
+        push(state, item)
+    }
+
+    /// Tells the session that it fell behind and the bus holds items for it.
+    pub fn wake(&self) {
+        let waker = {
+            let mut state = self.shared.lock();
+            state.behind = true;
+            state.lagging = true;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
+    /// Items waiting for the writer, and how many takes it has made so far:
+    /// a writer that takes nothing while items wait is stuck.
+    pub fn progress(&self) -> (usize, u64) {
+        let state = self.shared.lock();
+        (state.items.len(), state.takes)
+    }
+
+    /// Ends the queue now: what is queued is dropped, offers are refused and
+    /// the writer's next take reads [`Take::Closed`]. For a session that
+    /// ends while its writer cannot run (a client that stopped reading).
+    pub fn close(&self) {
+        let (items, waker) = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            state.events = 0;
+            (std::mem::take(&mut state.items), state.waker.take())
+        };
+        drop(items);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Pushes under the lock, then wakes the writer outside it.
+fn push(mut state: MutexGuard<'_, State>, item: Delivery) -> Offer {
+    state.items.push_back(item);
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+    Offer::Queued
+}
+
+impl Drop for SessionInbox {
+    fn drop(&mut self) {
+        let items = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            state.events = 0;
+            std::mem::take(&mut state.items)
+        };
+        drop(items);
+    }
+}
+
+impl SessionInbox {
+    /// Moves up to `limit` queued items into `batch`, in order; or reports
+    /// that the session is behind or closed; or registers the writer's waker.
+    pub fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Delivery>,
+        limit: usize,
+    ) -> Poll<Take> {
+        let mut state = self.shared.lock();
+        if let Some(take) = take_locked(&mut state, batch, limit) {
+            return Poll::Ready(take);
+        }
+        match &state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// [`SessionInbox::poll_take`] as a future.
+    pub async fn take(&mut self, batch: &mut Vec<Delivery>, limit: usize) -> Take {
+        poll_fn(|cx| self.poll_take(cx, batch, limit)).await
+    }
+
+    /// Like [`SessionInbox::take`], without waiting: `None` when there is
+    /// nothing to report yet.
+    pub fn try_take(&mut self, batch: &mut Vec<Delivery>, limit: usize) -> Option<Take> {
+        take_locked(&mut self.shared.lock(), batch, limit)
+    }
+
+    /// The next item, waiting for one; `None` once closed. (Tests.)
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        let mut one = Vec::with_capacity(1);
+        loop {
+            match self.take(&mut one, 1).await {
+                Take::Items { .. } => return one.pop(),
+                Take::Behind => {}
+                Take::Closed => return None,
+            }
+        }
+    }
+
+    /// Takes one item if any is queued. (Tests, benchmarks.)
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        let mut state = self.shared.lock();
+        let item = state.items.pop_front()?;
+        taken(&mut state, std::slice::from_ref(&item));
+        Some(item)
+    }
+
+    /// Waits until the bus reports that it holds items for this session and
+    /// everything queued before that was taken. (Tests.)
+    pub async fn behind(&mut self) {
+        let mut batch = Vec::new();
+        while self.take(&mut batch, usize::MAX).await != Take::Behind {
+            batch.clear();
+        }
+    }
+
+    /// Whether the session fell behind and has not caught up since.
+    pub fn is_lagging(&self) -> bool {
+        self.shared.lock().lagging
+    }
+
+    /// The session drained everything queued: it has caught up.
+    pub fn caught_up(&self) {
+        let mut state = self.shared.lock();
+        state.lagging = false;
+        state.behind = false;
+    }
+}
+
+fn take_locked(state: &mut State, batch: &mut Vec<Delivery>, limit: usize) -> Option<Take> {
+    if !state.items.is_empty() {
+        let start = batch.len();
+        let n = limit.min(state.items.len());
+        batch.extend(state.items.drain(..n));
+        taken(state, &batch[start..]);
+        return Some(Take::Items {
+            lagging: state.lagging,
+        });
+    }
+    if state.behind {
+        state.behind = false;
+        return Some(Take::Behind);
+    }
+    if state.closed || state.producers == 0 {
+        return Some(Take::Closed);
+    }
+    None
+}
+
+fn taken(state: &mut State, items: &[Delivery]) {
+    state.takes += 1;
+    let events = items
+        .iter()
+        .filter(|d| matches!(d, Delivery::Event(_)))
+        .count();
+    state.events = state.events.saturating_sub(events);
+    if state.items.is_empty() && state.items.capacity() > KEEP_SLOTS {
+        state.items = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Body, Draft, EventId};
+    use crate::session::Snapshot;
+
+    fn event(seq: u64) -> Arc<Event> {
+        let draft = Draft::new("t", 0, Body::Object(Default::default()));
+        Arc::new(Event::from_draft(EventId { epoch: 1, seq }, draft))
+    }
+
+    #[test]
+    fn events_fill_exactly_the_capacity_and_control_items_still_fit() {
+        let (queue, mut inbox) = session_queue(3);
+        for seq in 0..3 {
+            assert_eq!(queue.offer_event(&event(seq)), Offer::Queued);
+        }
+        assert_eq!(queue.offer_event(&event(9)), Offer::Full);
+        assert_eq!(queue.offer_control(Delivery::Lagged(1)), Offer::Queued);
+        let mut got = Vec::new();
+        while let Some(item) = inbox.try_recv() {
+            got.push(item);
+        }
+        assert_eq!(got.len(), 4);
+        assert!(matches!(got[3], Delivery::Lagged(1)));
+        assert_eq!(
+            queue.offer_event(&event(10)),
+            Offer::Queued,
+            "draining frees room"
+        );
+    }
+
+    #[test]
+    fn control_items_do_not_count_against_the_event_capacity() {
+        let (queue, _inbox) = session_queue(2);
+        assert_eq!(
+            queue.offer_control(Delivery::Snapshot(Box::new(Snapshot::empty()))),
+            Offer::Queued
+        );
+        assert_eq!(queue.offer_event(&event(1)), Offer::Queued);
+        assert_eq!(queue.offer_event(&event(2)), Offer::Queued);
+        assert_eq!(queue.offer_event(&event(3)), Offer::Full);
+    }
+
+    #[test]
+    fn the_control_reserve_is_bounded_too() {
+        let (queue, _inbox) = session_queue(1);
+        for _ in 0..1 + CONTROL_RESERVE {
+            assert_eq!(queue.offer_control(Delivery::Lagged(1)), Offer::Queued);
+        }
+        assert_eq!(queue.offer_control(Delivery::Lagged(1)), Offer::Full);
+    }
+
+    #[test]
+    fn a_dropped_inbox_reads_as_closed() {
+        let (queue, inbox) = session_queue(2);
+        drop(inbox);
+        assert_eq!(queue.offer_event(&event(1)), Offer::Closed);
+        assert!(queue.is_closed());
+    }
+
+    #[test]
+    fn takes_come_in_order_in_batches_up_to_the_limit() {
+        let (queue, mut inbox) = session_queue(8);
+        for seq in 0..5 {
+            queue.offer_event(&event(seq));
+        }
+        let mut batch = Vec::new();
+        assert_eq!(
+            inbox.try_take(&mut batch, 3),
+            Some(Take::Items { lagging: false })
+        );
+        assert_eq!(
+            inbox.try_take(&mut batch, 3),
+            Some(Take::Items { lagging: false })
+        );
+        let seqs: Vec<u64> = batch
+            .iter()
+            .map(|d| match d {
+                Delivery::Event(e) => e.id.seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+        assert_eq!(inbox.try_take(&mut batch, 3), None, "empty and open");
+        assert_eq!(queue.offer_event(&event(5)), Offer::Queued, "room again");
+    }
+
+    #[test]
+    fn behind_is_reported_once_the_queue_is_drained() {
+        let (queue, mut inbox) = session_queue(1);
+        queue.offer_event(&event(1));
+        queue.wake();
+        let mut batch = Vec::new();
+        assert_eq!(
+            inbox.try_take(&mut batch, 8),
+            Some(Take::Items { lagging: true }),
+            "queued items first, marked for conflation"
+        );
+        assert_eq!(inbox.try_take(&mut batch, 8), Some(Take::Behind));
+        assert_eq!(inbox.try_take(&mut batch, 8), None, "reported once");
+        assert!(inbox.is_lagging(), "until the writer caught up");
+        inbox.caught_up();
+        assert!(!inbox.is_lagging());
+    }
+
+    #[test]
+    fn the_inbox_reads_closed_when_every_producer_is_gone() {
+        let (queue, mut inbox) = session_queue(2);
+        let other = queue.clone();
+        queue.offer_event(&event(1));
+        drop(queue);
+        let mut batch = Vec::new();
+        assert_eq!(
+            inbox.try_take(&mut batch, 8),
+            Some(Take::Items { lagging: false })
+        );
+        assert_eq!(inbox.try_take(&mut batch, 8), None, "one producer left");
+        drop(other);
+        assert_eq!(inbox.try_take(&mut batch, 8), Some(Take::Closed));
+    }
+
+    #[test]
+    fn close_drops_what_is_queued_and_refuses_more() {
+        let (queue, mut inbox) = session_queue(4);
+        let e = event(1);
+        queue.offer_event(&e);
+        queue.close();
+        assert_eq!(Arc::strong_count(&e), 1, "the queued reference is released");
+        assert_eq!(queue.offer_event(&e), Offer::Closed);
+        assert_eq!(inbox.try_take(&mut Vec::new(), 8), Some(Take::Closed));
+    }
+
+    #[actix::test]
+    async fn a_waiting_writer_is_woken_by_an_offer_by_a_wake_and_by_the_last_drop() {
+        let (queue, mut inbox) = session_queue(4);
+        let offer = queue.clone();
+        let waiter = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            let first = inbox.take(&mut batch, 8).await;
+            let second = inbox.take(&mut batch, 8).await;
+            let third = inbox.take(&mut batch, 8).await;
+            (first, second, third, batch.len())
+        });
+        tokio::task::yield_now().await;
+        offer.offer_event(&event(1));
+        tokio::task::yield_now().await;
+        queue.wake();
+        tokio::task::yield_now().await;
+        drop(offer);
+        drop(queue);
+        let (first, second, third, taken) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+                .await
+                .expect("the writer was woken each time")
+                .expect("no panic");
+        assert_eq!(first, Take::Items { lagging: false });
+        assert_eq!(taken, 1);
+        // `behind` is reported before `closed`, whenever the writer ran.
+        assert_eq!(second, Take::Behind);
+        assert_eq!(third, Take::Closed);
+    }
+
+    #[test]
+    fn a_ring_grown_by_a_burst_is_given_back_once_drained() {
+        let (queue, mut inbox) = session_queue(1024);
+        for seq in 0..500 {
+            queue.offer_event(&event(seq));
+        }
+        while inbox.try_recv().is_some() {}
+        assert!(inbox.shared.lock().items.capacity() <= KEEP_SLOTS);
+    }
+
+    #[test]
+    fn a_queue_slot_is_two_words() {
+        // Every idle session's ring is made of these: keep payloads boxed.
+        assert!(std::mem::size_of::<Delivery>() <= 16);
+    }
+}
