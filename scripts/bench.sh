@@ -48,6 +48,7 @@ DRAIN="${DRAIN:-10}"                    # max seconds to wait for deliveries aft
 READY_TIMEOUT="${READY_TIMEOUT:-60}"    # seconds to wait for /readyz
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 LOG_DIR="${LOG_DIR:-$TARGET_DIR/bench-logs}"
+BROKER="${BROKER:-embedded}"            # embedded (rumqttd in edgebus) | mosquitto (a private one on a free port)
 PERF="${PERF:-0}"                       # 1 = `perf record` edgebus during publishing (flat profile)
 SSE_STREAMS="${SSE_STREAMS:-10000}"     # sse: concurrent streams
 SSE_EVENTS="${SSE_EVENTS:-50}"          # sse: notifications fanned out, one at a time
@@ -92,6 +93,15 @@ thread_ticks() {
   done
 }
 
+MOSQUITTO_PID=""
+stop_mosquitto() {
+  if [ -n "$MOSQUITTO_PID" ]; then
+    kill -TERM "$MOSQUITTO_PID" 2>/dev/null || true
+    wait "$MOSQUITTO_PID" 2>/dev/null || true
+  fi
+  MOSQUITTO_PID=""
+}
+
 EDGEBUS_PID=""
 stop_edgebus() {
   if [ -n "$EDGEBUS_PID" ] && kill -0 "$EDGEBUS_PID" 2>/dev/null; then
@@ -105,6 +115,7 @@ stop_edgebus() {
     wait "$EDGEBUS_PID" 2>/dev/null || true
   fi
   EDGEBUS_PID=""
+  stop_mosquitto
 }
 trap stop_edgebus EXIT INT TERM
 
@@ -122,12 +133,27 @@ pick_ports() {
   base="http://127.0.0.1:$http_port"
 }
 
-# Starts release edgebus with an embedded broker on the picked ports, plus
-# the given extra VAR=value settings, and waits for /readyz.
+# Starts release edgebus with an embedded broker on the picked ports (or,
+# with BROKER=mosquitto, a private Mosquitto there and edgebus in external
+# mode), plus the given extra VAR=value settings, and waits for /readyz.
 start_edgebus() {
+  local mode=embedded
+  if [ "$BROKER" = "mosquitto" ]; then
+    mode=external
+    local conf="$data_dir/mosquitto.conf"
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n' \
+      "$mqtt_port" >"$conf"
+    mosquitto -c "$conf" >"$LOG_DIR/mosquitto.log" 2>&1 &
+    MOSQUITTO_PID=$!
+    local i
+    for i in $(seq 1 50); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break
+      sleep 0.1
+    done
+  fi
   env EDGEBUS__HTTP__BIND="127.0.0.1:$http_port" \
     EDGEBUS__MQTT__URL="mqtt://127.0.0.1:$mqtt_port" \
-    EDGEBUS__MQTT__MODE=embedded \
+    EDGEBUS__MQTT__MODE="$mode" \
     EDGEBUS__STORAGE__DATA_DIR="$data_dir" \
     "$@" \
     "$TARGET_DIR/release/edgebus" >"$log" 2>&1 &
