@@ -27,8 +27,10 @@ use crate::event::Event;
 /// Slots kept free for control items beyond the event capacity.
 pub const CONTROL_RESERVE: usize = 4;
 
-/// A ring that has grown past this many slots is given back once drained:
-/// an idle session keeps only a few slots.
+/// A ring that has grown past `SHRINK_ABOVE` slots shrinks to `KEEP_SLOTS`
+/// once drained: an idle session keeps only a few slots, and a busy one
+/// whose backlog stays small does not reallocate at every drain.
+const SHRINK_ABOVE: usize = 64;
 const KEEP_SLOTS: usize = 16;
 
 /// Result of offering an item to a session.
@@ -164,7 +166,9 @@ impl SessionQueue {
         if state.closed {
             return Offer::Closed;
         }
-        if state.events >= self.shared.capacity {
+        if state.events >= self.shared.capacity
+            || state.items.len() >= self.shared.capacity + CONTROL_RESERVE
+        {
             return Offer::Full;
         }
         state.events += 1;
@@ -347,8 +351,8 @@ fn taken(state: &mut State, items: &[Delivery]) {
         .filter(|d| matches!(d, Delivery::Event(_)))
         .count();
     state.events = state.events.saturating_sub(events);
-    if state.items.is_empty() && state.items.capacity() > KEEP_SLOTS {
-        state.items = VecDeque::new();
+    if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
+        state.items.shrink_to(KEEP_SLOTS);
     }
 }
 
@@ -394,6 +398,15 @@ mod tests {
         assert_eq!(queue.offer_event(&event(1)), Offer::Queued);
         assert_eq!(queue.offer_event(&event(2)), Offer::Queued);
         assert_eq!(queue.offer_event(&event(3)), Offer::Full);
+    }
+
+    #[test]
+    fn control_items_and_events_together_stay_within_capacity_plus_reserve() {
+        let (queue, _inbox) = session_queue(2);
+        for _ in 0..2 + CONTROL_RESERVE {
+            assert_eq!(queue.offer_control(Delivery::Lagged(1)), Offer::Queued);
+        }
+        assert_eq!(queue.offer_event(&event(1)), Offer::Full);
     }
 
     #[test]

@@ -17,9 +17,10 @@
 //!
 //! A client that goes away drops the body: the body tells the actor, which
 //! stops at once. A client that stops reading leaves events queued with no
-//! take: the actor's watchdog sees no progress for `write_deadline` and
-//! ends the session (its slot is freed; actix-web keeps the TCP connection
-//! until the client closes it).
+//! take: the actor's watchdog, run every `write_deadline`, ends the session
+//! when items waited through a whole round untaken, so between one and two
+//! deadlines after the client stopped (its slot is freed; actix-web keeps
+//! the TCP connection until the client closes it).
 //!
 //! Framing (pure functions below): `id:`, `event:`, `data:` lines, a blank
 //! line after each event. Event names and ids are stripped of CR/LF and data
@@ -55,7 +56,8 @@ pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 pub struct SseSessionConfig {
     /// A comment is written after this long without any other write.
     pub keepalive: Duration,
-    /// Queued events the client does not take within this end the session.
+    /// Events that wait this long untaken end the session (checked every
+    /// `write_deadline`, so it ends within twice that).
     pub write_deadline: Duration,
     pub queue_capacity: usize,
     /// The `retry:` hint: how long a browser waits before reconnecting.
@@ -70,6 +72,8 @@ pub struct SseSession {
     write_deadline: Duration,
     /// The queue's take count at the last watchdog round.
     takes: u64,
+    /// Whether items were waiting at the last watchdog round.
+    waiting: bool,
     telemetry: Arc<Telemetry>,
     _guard: Option<Box<dyn Send>>,
 }
@@ -104,6 +108,7 @@ impl SseSession {
             start: Some(start),
             write_deadline: config.write_deadline,
             takes: 0,
+            waiting: false,
             telemetry,
             _guard: guard,
         });
@@ -126,14 +131,15 @@ impl Actor for SseSession {
         }
         ctx.run_interval(self.write_deadline.max(MIN_WATCH), |act, ctx| {
             let (queued, takes) = act.queue.progress();
-            if queued > 0 && takes == act.takes {
+            if stuck(act.waiting, act.takes, queued, takes) {
                 log::debug!(
-                    "SSE session {} ended: {queued} item(s) untaken for {:?}.",
+                    "SSE session {} ended: {queued} item(s) untaken for at least {:?}.",
                     act.id.0,
                     act.write_deadline
                 );
                 ctx.stop();
             }
+            act.waiting = queued > 0;
             act.takes = takes;
         });
     }
@@ -145,6 +151,15 @@ impl Actor for SseSession {
         self.queue.close();
         self.telemetry.session_closed("sse");
     }
+}
+
+/// The watchdog's rule, from the last round's reading (items waiting?
+/// takes so far) and this one's: stuck when items were waiting at the last
+/// round already and none was taken since, so the oldest has waited a whole
+/// round. An item queued just before a round, after a long quiet spell, is
+/// not stuck.
+fn stuck(was_waiting: bool, takes_then: u64, queued: usize, takes: u64) -> bool {
+    was_waiting && queued > 0 && takes == takes_then
 }
 
 /// The body was dropped: the client went away or the response ended.
@@ -380,6 +395,18 @@ mod tests {
             }
         }
         events
+    }
+
+    #[test]
+    fn the_watchdog_ends_only_a_session_whose_items_waited_a_whole_round() {
+        // Quiet stream, then an event lands just before the round: fine.
+        assert!(!stuck(false, 7, 1, 7));
+        // It was still there a round later and nothing was taken: stuck.
+        assert!(stuck(true, 7, 1, 7));
+        // Something was taken in between: progress, however slow.
+        assert!(!stuck(true, 7, 3, 8));
+        // Drained by now.
+        assert!(!stuck(true, 7, 0, 7));
     }
 
     #[test]
