@@ -5,6 +5,7 @@
 //! (`Arc`, `ByteString`) by every session that receives it.
 
 use std::fmt;
+use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -156,13 +157,20 @@ impl Event {
         } = draft;
         let (name, class) = classify(&topic);
         let name: Arc<str> = explicit.unwrap_or(name).into();
-        let head = format!(
-            "\"id\":\"{id}\",\"topic\":{},\"event\":{},\"ts\":{ts_ms},\"payload\":{payload_json}}}",
-            json_string(&topic),
-            json_string(&name),
-        );
-        let envelope = ByteString::from(format!("{{{head}"));
-        let ws_frame = ByteString::from(format!("{{\"type\":\"event\",{head}"));
+        // `"id":…,"payload":{…}}`, the part both wire forms share, written
+        // once; then each form is one allocation of the exact size.
+        let mut head = Vec::with_capacity(96 + topic.len() + name.len() + payload_json.len());
+        head.extend_from_slice(b"\"id\":\"");
+        let _ = write!(head, "{id}");
+        head.extend_from_slice(b"\",\"topic\":");
+        push_json_string(&mut head, &topic);
+        head.extend_from_slice(b",\"event\":");
+        push_json_string(&mut head, &name);
+        let _ = write!(head, ",\"ts\":{ts_ms},\"payload\":");
+        head.extend_from_slice(payload_json.as_bytes());
+        head.push(b'}');
+        let envelope = joined(b"{", &head);
+        let ws_frame = joined(b"{\"type\":\"event\",", &head);
         Self {
             id,
             topic,
@@ -193,6 +201,22 @@ impl Event {
             })
             .as_ref()
     }
+}
+
+/// `text` as a JSON string literal, appended.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    if serde_json::to_writer(&mut *out, text).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// `prefix` then `rest`, as one string of exactly that size. Both parts are
+/// UTF-8 built above, so the check cannot fail.
+fn joined(prefix: &[u8], rest: &[u8]) -> ByteString {
+    let mut bytes = Vec::with_capacity(prefix.len() + rest.len());
+    bytes.extend_from_slice(prefix);
+    bytes.extend_from_slice(rest);
+    ByteString::try_from(Bytes::from(bytes)).unwrap_or_default()
 }
 
 fn json_string(text: &str) -> String {

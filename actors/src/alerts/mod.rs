@@ -35,7 +35,7 @@ use actix::prelude::*;
 use crate::bus::{self, Bus, Publish};
 use crate::ingest::REJECTS_TOPIC;
 use crate::session::{
-    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, CONTROL_RESERVE,
+    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, Take, CONTROL_RESERVE,
 };
 use crate::slack::{Enqueue, Notice, NoticeKind};
 use crate::subscription::Subscription;
@@ -92,6 +92,8 @@ pub struct Alerts {
     session: SessionId,
     queue: SessionQueue,
     inbox: Option<SessionInbox>,
+    /// Reused for every drain.
+    batch: Vec<Delivery>,
     /// The armed timer and the deadline it is for.
     timer: Option<(u64, SpawnHandle)>,
 }
@@ -120,6 +122,7 @@ impl Alerts {
             session: SessionId::next(),
             queue,
             inbox: Some(inbox),
+            batch: Vec::new(),
             timer: None,
         }
     }
@@ -177,8 +180,6 @@ impl Alerts {
         }
     }
 
-    /// Arms the timer for the earliest deadline, unless one at least as
-    /// early is armed already.
     /// Takes everything queued, decides on each event, then sends what was
     /// decided. Tells the bus when it has drained after falling behind, as a
     /// session's writer does.
@@ -187,28 +188,29 @@ impl Alerts {
             return;
         };
         let mut handled = false;
-        let mut emptied = false;
-        for _ in 0..ALERTS_QUEUE + CONTROL_RESERVE {
-            match inbox.try_recv() {
-                // The snapshot holds last values from before we joined:
-                // nothing new to decide on. Close comes at shutdown.
-                Some(Delivery::Event(event)) => {
-                    self.engine.on_event(&event, self.clock.now_ms());
-                    handled = true;
-                }
-                Some(_) => {}
-                None => {
-                    emptied = true;
-                    break;
+        let mut batch = std::mem::take(&mut self.batch);
+        match inbox.try_take(&mut batch, ALERTS_QUEUE + CONTROL_RESERVE) {
+            Some(Take::Items { .. }) => {
+                let now = self.clock.now_ms();
+                for item in batch.drain(..) {
+                    // The snapshot holds last values from before we joined:
+                    // nothing new to decide on. Close comes at shutdown.
+                    if let Delivery::Event(event) = item {
+                        self.engine.on_event(&event, now);
+                        handled = true;
+                    }
                 }
             }
+            // Drained after falling behind: collect what the bus held.
+            Some(Take::Behind) => {
+                inbox.caught_up();
+                self.bus.do_send(bus::Resume {
+                    session: self.session,
+                });
+            }
+            Some(Take::Closed) | None => {}
         }
-        if emptied && inbox.is_lagging() {
-            inbox.caught_up();
-            self.bus.do_send(bus::Resume {
-                session: self.session,
-            });
-        }
+        self.batch = batch;
         self.inbox = Some(inbox);
         if handled {
             self.flush(self.clock.now_ms());
@@ -216,6 +218,8 @@ impl Alerts {
         }
     }
 
+    /// Arms the timer for the earliest deadline, unless one at least as
+    /// early is armed already.
     fn arm(&mut self, ctx: &mut Context<Self>) {
         let Some(at) = self.engine.next_deadline() else {
             return;

@@ -321,7 +321,7 @@ impl Writer {
                             .events_dropped(DropReason::Conflated, conflated);
                     }
                     for item in batch.drain(..) {
-                        let texts = match item {
+                        let written = match item {
                             Delivery::Close => {
                                 let reason = CloseReason {
                                     code: CloseCode::Away,
@@ -334,16 +334,23 @@ impl Writer {
                                 .await;
                                 return WriterEnd::ServerClosing;
                             }
-                            Delivery::Replay(events) => events
-                                .iter()
-                                .filter_map(|e| event_text(e, self.format))
-                                .collect(),
-                            other => render(other, self.format).into_iter().collect::<Vec<_>>(),
-                        };
-                        for text in texts {
-                            if let Err(end) = self.write(text).await {
-                                return end;
+                            Delivery::Replay(events) => {
+                                let (mut written, format) = (Ok(()), self.format);
+                                for text in events.iter().filter_map(|e| event_text(e, format)) {
+                                    written = self.write(text).await;
+                                    if written.is_err() {
+                                        break;
+                                    }
+                                }
+                                written
                             }
+                            other => match render(other, self.format) {
+                                Some(text) => self.write(text).await,
+                                None => Ok(()),
+                            },
+                        };
+                        if let Err(end) = written {
+                            return end;
                         }
                     }
                 }
