@@ -337,10 +337,14 @@ impl Pump {
 
     fn on_publish(&mut self, publish: rumqttc::Publish) {
         let ts_ms = now_ms();
-        let fingerprint = RecentFrames::fingerprint(&publish.topic, &publish.payload);
-        if publish.dup && self.recent.contains(fingerprint) {
-            self.telemetry.frames_duplicate.inc();
-            return;
+        // Only QoS 1/2 frames can come again: QoS 0 ones skip the hashing.
+        let fingerprint = (publish.qos != QoS::AtMostOnce)
+            .then(|| RecentFrames::fingerprint(&publish.topic, &publish.payload));
+        if let Some(fingerprint) = fingerprint {
+            if publish.dup && self.recent.contains(fingerprint) {
+                self.telemetry.frames_duplicate.inc();
+                return;
+            }
         }
         match accept(
             &publish.topic,
@@ -349,7 +353,7 @@ impl Pump {
             ts_ms,
         ) {
             Ok(draft) => {
-                if publish.qos != QoS::AtMostOnce {
+                if let Some(fingerprint) = fingerprint {
                     self.recent.remember(fingerprint);
                 }
                 let sent = if matches!(draft.body, Body::Metrics(_)) {
