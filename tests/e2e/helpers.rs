@@ -269,6 +269,17 @@ impl Publisher {
             .await
             .expect("queue publish");
     }
+
+    /// Publishes `count` objects `{"n":0…,"filler":"…"}` of about 15 KB each
+    /// without waiting: ~9 MB for 600, enough to fill a client's socket and
+    /// queue when it does not read.
+    pub async fn flood(&self, topic: &str, count: u64) {
+        let filler = "f".repeat(15_000);
+        for n in 0..count {
+            self.publish_nowait(topic, format!(r#"{{"n":{n},"filler":"{filler}"}}"#))
+                .await;
+        }
+    }
 }
 
 /// A real WebSocket client (awc).

@@ -379,13 +379,8 @@ async fn a_client_that_falls_behind_is_told_how_many_events_it_lost() {
     .await
     .expect("200");
     let publisher = app.publisher().await;
-    let filler = "y".repeat(15_000);
     const N: u64 = 600;
-    for n in 0..N {
-        publisher
-            .publish_nowait(&topic, format!(r#"{{"n":{n},"filler":"{filler}"}}"#))
-            .await;
-    }
+    publisher.flood(&topic, N).await;
     app.wait_metric(
         r#"edgebus_events_dropped_total{reason="slow_session"}"#,
         1.0,
@@ -428,12 +423,7 @@ async fn a_client_that_stops_reading_is_ended_after_the_write_timeout_and_frees_
 
     let publisher = app.publisher().await;
     let topic = format!("notifications/{}", unique("stuck"));
-    let filler = "z".repeat(15_000);
-    for n in 0..600 {
-        publisher
-            .publish_nowait(&topic, format!(r#"{{"n":{n},"filler":"{filler}"}}"#))
-            .await;
-    }
+    publisher.flood(&topic, 600).await;
     // Its socket, actix-web's buffer and its queue fill up; nothing is taken
     // for the write timeout, so the session ends and frees the slot.
     app.wait_metric_where(r#"edgebus_sessions_open{kind="sse"}"#, |v| v == 0.0)

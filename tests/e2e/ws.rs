@@ -212,15 +212,10 @@ async fn a_client_that_falls_behind_is_told_how_many_events_it_lost() {
     let topic = format!("notifications/{}", unique("lag"));
     let mut lagging = RawWsClient::connect(app.port, "?topic=notifications/%23").await;
     let publisher = app.publisher().await;
-    let filler = "y".repeat(15_000);
     const N: u64 = 600;
 
     // ~9 MB the client does not read: its socket and queue fill up.
-    for n in 0..N {
-        publisher
-            .publish_nowait(&topic, format!(r#"{{"n":{n},"filler":"{filler}"}}"#))
-            .await;
-    }
+    publisher.flood(&topic, N).await;
     app.wait_metric(
         r#"edgebus_events_dropped_total{reason="slow_session"}"#,
         1.0,
