@@ -5,11 +5,17 @@
 //! cannot report an ephemeral port and only *logs* a port already in use. So
 //! the port is checked here first, the broker runs on its own thread, and
 //! start-up waits until the port accepts connections.
+//!
+//! Ingest does not connect to it over TCP: before the broker starts, it
+//! takes an in-process local link from the router ([`LocalLink`]), so our
+//! subscription's publishes are handed over as `Bytes` instead of being
+//! encoded by the broker's network thread and decoded again by rumqttc.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use edgebus_actors::ingest::LocalLink;
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 /// How long start-up waits for the embedded broker to listen.
@@ -32,6 +38,8 @@ pub enum BrokerError {
     NotListening(SocketAddr),
     #[error("could not start the embedded broker thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("the embedded broker refused edgebus's local link: {0}")]
+    Link(String),
 }
 
 pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, BrokerError> {
@@ -47,20 +55,30 @@ pub fn answers(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
-/// Starts rumqttd on `addr` and returns once it accepts connections.
+/// Starts rumqttd on `addr` and returns, once it accepts connections, the
+/// local link (as `client_id`) that ingest reads from.
 /// `max_payload_bytes` is edgebus's frame limit: the broker's own limit sits
 /// well above it, so over-size frames reach edgebus and are counted there
 /// instead of silently disconnecting the device.
-pub fn start_embedded(addr: SocketAddr, max_payload_bytes: usize) -> Result<(), BrokerError> {
+pub fn start_embedded(
+    addr: SocketAddr,
+    max_payload_bytes: usize,
+    client_id: &str,
+) -> Result<LocalLink, BrokerError> {
     TcpListener::bind(addr).map_err(|e| BrokerError::PortTaken {
         addr,
         reason: e.to_string(),
     })?;
     let config = broker_config(addr, max_payload_bytes);
+    // `new` starts the router thread; the link must be taken before
+    // `start()`, which blocks its thread for good.
+    let mut broker = rumqttd::Broker::new(config);
+    let (tx, rx) = broker
+        .link(client_id)
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
             if let Err(error) = broker.start() {
                 log::error!("The embedded MQTT broker stopped: {error}.");
             }
@@ -69,7 +87,7 @@ pub fn start_embedded(addr: SocketAddr, max_payload_bytes: usize) -> Result<(), 
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             log::info!("Embedded MQTT broker listening on {addr}.");
-            return Ok(());
+            return Ok(LocalLink { tx, rx });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
