@@ -175,3 +175,165 @@ impl LinkPump {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use actix::{Actor, Addr};
+    use rumqttd::{Broker, Config, RouterConfig};
+
+    use super::LocalLink;
+    use crate::bus::{Bus, BusConfig};
+    use crate::ingest::{ConnectionState, Ingest, IngestConfig, Status, Stop};
+    use crate::registry::{Registry, RegistryConfig};
+    use crate::telemetry::Telemetry;
+
+    /// A broker with its router only (no listener: nothing here uses TCP).
+    fn router_only() -> Broker {
+        Broker::new(Config {
+            router: RouterConfig {
+                max_connections: 10,
+                max_outgoing_packet_count: 100,
+                max_segment_size: 1024 * 1024,
+                max_segment_count: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    fn ingest_config(topics: &[&str]) -> IngestConfig {
+        IngestConfig {
+            host: "unused".into(),
+            port: 0,
+            tls: None,
+            client_id: "edgebus-test".into(),
+            credentials: None,
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(1),
+            max_payload_bytes: 1024,
+            keep_alive: Duration::from_secs(30),
+            persistent_session: false,
+        }
+    }
+
+    /// A bus and a registry, as ingest's downstream.
+    fn downstream() -> (Addr<Bus>, Addr<Registry>, Arc<Telemetry>) {
+        let telemetry = Arc::new(Telemetry::new());
+        let bus = Bus::new(
+            BusConfig {
+                queue_capacity: 16,
+                history: 16,
+                metrics_snapshot_window: Duration::from_secs(30),
+            },
+            telemetry.clone(),
+        )
+        .start();
+        let registry = Registry::new(
+            RegistryConfig {
+                max_devices: 10,
+                active_window: Duration::from_secs(30),
+            },
+            bus.clone().recipient(),
+            telemetry.clone(),
+        )
+        .start();
+        (bus, registry, telemetry)
+    }
+
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    #[actix::test]
+    async fn frames_from_the_local_link_are_validated_and_counted() {
+        let broker = router_only();
+        let (tx, rx) = broker.link("edgebus-test").unwrap();
+        let (mut publisher, _publisher_rx) = broker.link("device").unwrap();
+
+        let (bus, registry, telemetry) = downstream();
+        let ingest = Ingest::new(
+            ingest_config(&["notifications/#", "attackers/#"]),
+            registry.recipient(),
+            bus.recipient(),
+            telemetry.clone(),
+        )
+        .with_link(LocalLink { tx, rx })
+        .start();
+
+        for _ in 0..200 {
+            if ingest.send(Status).await.unwrap() == ConnectionState::Subscribed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            ingest.send(Status).await.unwrap(),
+            ConnectionState::Subscribed
+        );
+        assert_eq!(telemetry.mqtt_connected.get(), 1);
+
+        publisher.publish("notifications/a", r#"{"n":1}"#).unwrap();
+        publisher.publish("attackers/u1", "[1]").unwrap();
+        let t = telemetry.clone();
+        eventually("one accepted", move || t.frames_accepted.get() == 1).await;
+        let t = telemetry.clone();
+        eventually("one rejected", move || t.frames_rejected("not_object") == 1).await;
+
+        ingest.send(Stop).await.unwrap();
+        assert_eq!(telemetry.mqtt_connected.get(), 0);
+    }
+
+    #[actix::test]
+    async fn a_failed_link_leaves_ingest_not_ready_until_stopped() {
+        let broker = router_only();
+        let (tx, rx) = broker.link("edgebus-test").unwrap();
+        let (bus, registry, telemetry) = downstream();
+        let ingest = Ingest::new(
+            ingest_config(&["notifications/#"]),
+            registry.recipient(),
+            bus.recipient(),
+            telemetry.clone(),
+        )
+        .with_link(LocalLink { tx, rx })
+        .start();
+        let t = telemetry.clone();
+        eventually("subscribed", move || t.mqtt_connected.get() == 1).await;
+
+        // A second connection with our client id takes the session over.
+        let _thief = broker.link("edgebus-test").unwrap();
+        let t = telemetry.clone();
+        eventually("not ready", move || t.mqtt_connected.get() == 0).await;
+        assert_eq!(
+            ingest.send(Status).await.unwrap(),
+            ConnectionState::Disconnected
+        );
+        tokio::time::timeout(Duration::from_secs(5), ingest.send(Stop))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[actix::test]
+    async fn a_non_utf8_topic_is_a_counted_rejection() {
+        let (bus, registry, telemetry) = downstream();
+        let mut sink = super::Sink {
+            max_payload_bytes: 1024,
+            registry: registry.recipient(),
+            bus: bus.recipient(),
+            telemetry: telemetry.clone(),
+            recent: super::super::RecentFrames::new(4),
+        };
+        sink.on_bad_topic(b"devices/\xff/metrics", b"{}");
+        assert_eq!(telemetry.frames_rejected("bad_topic"), 1);
+    }
+}

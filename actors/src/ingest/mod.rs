@@ -10,6 +10,10 @@
 //! The rumqttc event loop runs as a future in this actor's context. rumqttc
 //! neither backs off nor re-subscribes after a reconnect; both happen here:
 //! every ConnAck subscribes again, and every error waits [`Backoff`].
+//!
+//! With the embedded broker, a [`LocalLink`] (`link`) replaces rumqttc: the
+//! router hands publishes over in-process. Both sources end in one
+//! per-publish function, `Sink::on_publish`.
 
 pub mod backoff;
 pub mod frame;
