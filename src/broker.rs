@@ -5,11 +5,18 @@
 //! cannot report an ephemeral port and only *logs* a port already in use. So
 //! the port is checked here first, the broker runs on its own thread, and
 //! start-up waits until the port accepts connections.
+//!
+//! Ingest does not connect to it over TCP: before the broker starts, it
+//! takes an in-process local link from the router ([`LocalLink`]), so our
+//! subscription's publishes are handed over as `Bytes` instead of being
+//! encoded by the broker's network thread and decoded again by rumqttc.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use edgebus_actors::ingest::LocalLink;
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 /// How long start-up waits for the embedded broker to listen.
@@ -32,6 +39,8 @@ pub enum BrokerError {
     NotListening(SocketAddr),
     #[error("could not start the embedded broker thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("the embedded broker refused edgebus's local link: {0}")]
+    Link(String),
 }
 
 pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, BrokerError> {
@@ -47,20 +56,31 @@ pub fn answers(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
-/// Starts rumqttd on `addr` and returns once it accepts connections.
+/// Starts rumqttd on `addr` and returns, once it accepts connections, the
+/// local link that ingest reads from (its client id starts with
+/// `client_id`).
 /// `max_payload_bytes` is edgebus's frame limit: the broker's own limit sits
 /// well above it, so over-size frames reach edgebus and are counted there
 /// instead of silently disconnecting the device.
-pub fn start_embedded(addr: SocketAddr, max_payload_bytes: usize) -> Result<(), BrokerError> {
+pub fn start_embedded(
+    addr: SocketAddr,
+    max_payload_bytes: usize,
+    client_id: &str,
+) -> Result<LocalLink, BrokerError> {
     TcpListener::bind(addr).map_err(|e| BrokerError::PortTaken {
         addr,
         reason: e.to_string(),
     })?;
     let config = broker_config(addr, max_payload_bytes);
+    // `new` starts the router thread; the link must be taken before
+    // `start()`, which blocks its thread for good.
+    let mut broker = rumqttd::Broker::new(config);
+    let (tx, rx) = broker
+        .link(&link_client_id(client_id))
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
             if let Err(error) = broker.start() {
                 log::error!("The embedded MQTT broker stopped: {error}.");
             }
@@ -69,11 +89,20 @@ pub fn start_embedded(addr: SocketAddr, max_payload_bytes: usize) -> Result<(), 
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             log::info!("Embedded MQTT broker listening on {addr}.");
-            return Ok(());
+            return Ok(LocalLink { tx, rx });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     Err(BrokerError::NotListening(addr))
+}
+
+/// The local link's client id: `client_id` plus a per-process random
+/// suffix. The link cannot be re-established, so no device may take its
+/// session over by connecting with the same id (by accident, or by copying
+/// `mqtt.client_id`).
+fn link_client_id(client_id: &str) -> String {
+    let salt = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("{client_id}-link-{salt:016x}")
 }
 
 fn broker_config(addr: SocketAddr, max_payload_bytes: usize) -> Config {
@@ -103,5 +132,17 @@ fn broker_config(addr: SocketAddr, max_payload_bytes: usize) -> Config {
         },
         v4: Some(HashMap::from([("1".to_owned(), server)])),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_client_id;
+
+    #[test]
+    fn the_link_id_is_the_client_id_plus_a_suffix_no_device_would_pick() {
+        let (a, b) = (link_client_id("edgebus"), link_client_id("edgebus"));
+        assert!(a.starts_with("edgebus-link-") && a.len() == "edgebus-link-".len() + 16);
+        assert_ne!(a, b, "not guessable from the configured id");
     }
 }

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use edgebus_actors::alerts::{self, Alerts, AlertsConfig, Clock, SystemClock};
 use edgebus_actors::bus::{self, Bus, BusConfig};
 use edgebus_actors::ingest::tls::{client_config, TlsFiles};
-use edgebus_actors::ingest::{self, Ingest, IngestConfig};
+use edgebus_actors::ingest::{self, Ingest, IngestConfig, LocalLink};
 use edgebus_actors::registry::{Registry, RegistryConfig};
 use edgebus_actors::slack::{self, Slack, SlackConfig};
 use edgebus_actors::telemetry::Telemetry;
@@ -72,7 +72,7 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let url = settings.broker_url();
-        let mqtt = resolve_broker(&settings)?;
+        let (mqtt, link) = resolve_broker(&settings)?;
         let tls = if url.tls {
             let files = TlsFiles {
                 ca_cert: settings.mqtt.ca_cert.clone(),
@@ -147,7 +147,11 @@ impl Application {
             bus.clone().recipient(),
         );
         let ingest = Ingest::start_in_arbiter(&ingest_thread.handle(), move |_| {
-            Ingest::new(ingest_config, r, b, t)
+            let ingest = Ingest::new(ingest_config, r, b, t);
+            match link {
+                Some(link) => ingest.with_link(link),
+                None => ingest,
+            }
         });
 
         let listener = TcpListener::bind(&settings.http.bind)
@@ -379,7 +383,9 @@ fn start_alerts(
     }))
 }
 
-fn resolve_broker(settings: &Settings) -> anyhow::Result<MqttEndpoint> {
+/// The broker to use and, when edgebus embeds it, the local link ingest
+/// reads it through.
+fn resolve_broker(settings: &Settings) -> anyhow::Result<(MqttEndpoint, Option<LocalLink>)> {
     let url = settings.broker_url();
     let embed = match settings.mqtt.mode {
         MqttMode::External => false,
@@ -393,15 +399,23 @@ fn resolve_broker(settings: &Settings) -> anyhow::Result<MqttEndpoint> {
             !found
         }
     };
-    if embed {
+    let link = if embed {
         let addr = broker::resolve(&url.host, url.port)?;
-        broker::start_embedded(addr, settings.mqtt.max_payload_bytes)?;
-    }
-    Ok(MqttEndpoint {
+        let m = &settings.mqtt;
+        Some(broker::start_embedded(
+            addr,
+            m.max_payload_bytes,
+            &m.client_id,
+        )?)
+    } else {
+        None
+    };
+    let endpoint = MqttEndpoint {
         host: url.host,
         port: url.port,
         embedded: embed,
-    })
+    };
+    Ok((endpoint, link))
 }
 
 /// Access log without query strings: tickets and tokens travel there and

@@ -10,9 +10,14 @@
 //! The rumqttc event loop runs as a future in this actor's context. rumqttc
 //! neither backs off nor re-subscribes after a reconnect; both happen here:
 //! every ConnAck subscribes again, and every error waits [`Backoff`].
+//!
+//! With the embedded broker, a [`LocalLink`] (`link`) replaces rumqttc: the
+//! router hands publishes over in-process. Both sources end in one
+//! per-publish function, `Sink::on_publish`.
 
 pub mod backoff;
 pub mod frame;
+mod link;
 pub mod tls;
 
 use std::collections::{HashSet, VecDeque};
@@ -36,6 +41,7 @@ use crate::topic::{metrics_device, validate_topic};
 
 pub use backoff::Backoff;
 use frame::{parse_object, DeviceId, MetricsFrame, Rejection};
+pub use link::LocalLink;
 
 /// Topic of the reject stream, and the prefix no publisher may use.
 pub const REJECTS_TOPIC: &str = "edgebus/rejects";
@@ -109,6 +115,8 @@ pub struct Ingest {
     telemetry: Arc<Telemetry>,
     state: ConnectionState,
     stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+    /// The embedded broker's in-process link, used instead of rumqttc.
+    link: Option<LocalLink>,
 }
 
 impl Ingest {
@@ -125,6 +133,25 @@ impl Ingest {
             telemetry,
             state: ConnectionState::Connecting,
             stop: None,
+            link: None,
+        }
+    }
+
+    /// Reads from the embedded broker's local link instead of connecting to
+    /// `host:port` with rumqttc (the broker/TLS/session settings then go
+    /// unused: there is no network between the broker and us).
+    pub fn with_link(mut self, link: LocalLink) -> Self {
+        self.link = Some(link);
+        self
+    }
+
+    fn sink(&self) -> Sink {
+        Sink {
+            max_payload_bytes: self.config.max_payload_bytes,
+            registry: self.registry.clone(),
+            bus: self.bus.clone(),
+            telemetry: self.telemetry.clone(),
+            recent: RecentFrames::new(RECENT_FRAMES),
         }
     }
 }
@@ -133,9 +160,19 @@ impl Actor for Ingest {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let (client, eventloop) = AsyncClient::new(self.config.mqtt_options(), 16);
         let (stop_tx, stop_rx) = oneshot::channel();
         self.stop = Some(stop_tx);
+        if let Some(link) = self.link.take() {
+            log::info!(
+                "Reading the embedded MQTT broker through its local link as `{}`.",
+                self.config.client_id
+            );
+            let pump =
+                link::LinkPump::new(link, self.config.topics.clone(), self.sink(), ctx.address());
+            ctx.spawn(pump.run(stop_rx).into_actor(self));
+            return;
+        }
+        let (client, eventloop) = AsyncClient::new(self.config.mqtt_options(), 16);
         log::info!(
             "Connecting to MQTT broker `{}:{}` as `{}`.",
             self.config.host,
@@ -147,11 +184,8 @@ impl Actor for Ingest {
             eventloop,
             topics: self.config.topics.clone(),
             backoff: Backoff::new(self.config.backoff_min, self.config.backoff_max),
-            max_payload_bytes: self.config.max_payload_bytes,
-            registry: self.registry.clone(),
-            bus: self.bus.clone(),
+            sink: self.sink(),
             telemetry: self.telemetry.clone(),
-            recent: RecentFrames::new(RECENT_FRAMES),
             me: ctx.address(),
             broker: format!("{}:{}", self.config.host, self.config.port),
         };
@@ -226,11 +260,8 @@ struct Pump {
     eventloop: EventLoop,
     topics: Vec<String>,
     backoff: Backoff,
-    max_payload_bytes: usize,
-    registry: Recipient<Observe>,
-    bus: Recipient<Publish>,
+    sink: Sink,
     telemetry: Arc<Telemetry>,
-    recent: RecentFrames,
     me: Addr<Ingest>,
     broker: String,
 }
@@ -250,7 +281,7 @@ impl Pump {
                 polled = self.eventloop.poll() => polled,
             };
             match polled {
-                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => self.on_publish(publish),
+                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => self.on_publish(&publish),
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => self.on_connected(),
                 Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
                     self.on_subscribed(&ack.return_codes)
@@ -335,23 +366,36 @@ impl Pump {
         }
     }
 
-    fn on_publish(&mut self, publish: rumqttc::Publish) {
+    fn on_publish(&mut self, publish: &rumqttc::Publish) {
+        self.sink
+            .on_publish(&publish.topic, &publish.payload, publish.qos, publish.dup);
+    }
+}
+
+/// Where every publish goes, whatever brought it (rumqttc or the embedded
+/// broker's local link): duplicate check, acceptance, then the registry or
+/// the bus, or a counted rejection.
+struct Sink {
+    max_payload_bytes: usize,
+    registry: Recipient<Observe>,
+    bus: Recipient<Publish>,
+    telemetry: Arc<Telemetry>,
+    recent: RecentFrames,
+}
+
+impl Sink {
+    fn on_publish(&mut self, topic: &str, payload: &[u8], qos: QoS, dup: bool) {
         let ts_ms = now_ms();
         // Only QoS 1/2 frames can come again: QoS 0 ones skip the hashing.
-        let fingerprint = (publish.qos != QoS::AtMostOnce)
-            .then(|| RecentFrames::fingerprint(&publish.topic, &publish.payload));
+        let fingerprint =
+            (qos != QoS::AtMostOnce).then(|| RecentFrames::fingerprint(topic, payload));
         if let Some(fingerprint) = fingerprint {
-            if publish.dup && self.recent.contains(fingerprint) {
+            if dup && self.recent.contains(fingerprint) {
                 self.telemetry.frames_duplicate.inc();
                 return;
             }
         }
-        match accept(
-            &publish.topic,
-            &publish.payload,
-            self.max_payload_bytes,
-            ts_ms,
-        ) {
+        match accept(topic, payload, self.max_payload_bytes, ts_ms) {
             Ok(draft) => {
                 if let Some(fingerprint) = fingerprint {
                     self.recent.remember(fingerprint);
@@ -366,21 +410,24 @@ impl Pump {
                     self.telemetry.events_dropped(DropReason::Overload, 1);
                 }
             }
-            Err(rejected) => {
-                self.telemetry
-                    .frame_rejected(&publish.topic, &rejected.rejection);
-                let device = rejected.device.as_ref().map(DeviceId::as_str);
-                let draft = reject_draft(
-                    &publish.topic,
-                    device,
-                    &rejected.rejection,
-                    &publish.payload,
-                    ts_ms,
-                );
-                if self.bus.try_send(Publish(draft)).is_err() {
-                    self.telemetry.events_dropped(DropReason::Overload, 1);
-                }
-            }
+            Err(rejected) => self.reject(topic, &rejected, payload, ts_ms),
+        }
+    }
+
+    /// A publish whose topic is not UTF-8 (possible only on the local link:
+    /// rumqttc refuses such a packet itself): a `bad_topic` rejection.
+    fn on_bad_topic(&mut self, topic: &[u8], payload: &[u8]) {
+        let topic = String::from_utf8_lossy(topic);
+        let rejected = Rejected::from(Rejection::BadTopic("the topic is not UTF-8".into()));
+        self.reject(&topic, &rejected, payload, now_ms());
+    }
+
+    fn reject(&mut self, topic: &str, rejected: &Rejected, payload: &[u8], ts_ms: u64) {
+        self.telemetry.frame_rejected(topic, &rejected.rejection);
+        let device = rejected.device.as_ref().map(DeviceId::as_str);
+        let draft = reject_draft(topic, device, &rejected.rejection, payload, ts_ms);
+        if self.bus.try_send(Publish(draft)).is_err() {
+            self.telemetry.events_dropped(DropReason::Overload, 1);
         }
     }
 }
