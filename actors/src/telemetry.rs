@@ -11,6 +11,11 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 
 use crate::ingest::frame::Rejection;
 
+/// Log targets an operator filters on (`RUST_LOG=edgebus::rejects=off`),
+/// whichever module noticed.
+pub const REJECTS_LOG: &str = "edgebus::rejects";
+pub const DROPS_LOG: &str = "edgebus::drops";
+
 /// At most this many WARN lines per key per window; the rest are counted and
 /// summarised, so a flood of bad frames cannot fill the disk.
 const WARN_BURST: u32 = 5;
@@ -244,16 +249,17 @@ impl Telemetry {
         &self.registry
     }
 
-    /// A frame was refused: count it and log it (rate-limited, per reason).
+    /// A frame was refused: count it and log it (rate-limited, per reason,
+    /// under the log target `edgebus::rejects`).
     pub fn frame_rejected(&self, topic: &str, rejection: &Rejection) {
         let reason = rejection.as_str();
         self.frames_rejected.with_label_values(&[reason]).inc();
         if let Some(suppressed) = self.warn_limiter.admit(reason) {
             let topic = topic.escape_debug();
             if suppressed > 0 {
-                log::warn!("Rejected frame on `{topic}`: {rejection} ({suppressed} similar rejections not logged).");
+                log::warn!(target: REJECTS_LOG, "Rejected frame on `{topic}`: {rejection} ({suppressed} similar rejections not logged).");
             } else {
-                log::warn!("Rejected frame on `{topic}`: {rejection}.");
+                log::warn!(target: REJECTS_LOG, "Rejected frame on `{topic}`: {rejection}.");
             }
         }
     }
@@ -269,7 +275,7 @@ impl Telemetry {
             .inc_by(n);
         if reason == DropReason::Overload {
             if let Some(suppressed) = self.warn_limiter.admit("overload") {
-                log::warn!("Dropped {n} event(s): an actor mailbox is full ({suppressed} earlier drops not logged).");
+                log::warn!(target: DROPS_LOG, "Dropped {n} event(s): an actor mailbox is full ({suppressed} earlier drops not logged).");
             }
         }
     }
