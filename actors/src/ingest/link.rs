@@ -270,12 +270,8 @@ mod tests {
         .with_link(LocalLink { tx, rx })
         .start();
 
-        for _ in 0..200 {
-            if ingest.send(Status).await.unwrap() == ConnectionState::Subscribed {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let t = telemetry.clone();
+        eventually("subscribed", move || t.mqtt_connected.get() == 1).await;
         assert_eq!(
             ingest.send(Status).await.unwrap(),
             ConnectionState::Subscribed
