@@ -15,7 +15,7 @@ use edgebus::startup::Application;
 // jemalloc: frames are allocated on the ingest thread and freed on the bus
 // and HTTP threads; glibc malloc handles that cross-thread pattern poorly
 // (single client at 200k frames/s offered: 71k/s delivered with glibc,
-// 119k/s with jemalloc; README, "Speed").
+// 119k/s with jemalloc; docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -6,7 +6,7 @@
 //! [`Settings::validate`] names the key and the rule it breaks, so a bad
 //! value stops the process with one line instead of failing later.
 //!
-//! Did you add a key? Document it in README.md's settings table too.
+//! Did you add a key? Document it in docs/configuration.md's settings table too.
 
 use std::collections::HashMap;
 use std::fmt;

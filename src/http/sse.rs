@@ -5,7 +5,7 @@
 //! Order of checks: query shape (400), credentials (401/403), existence of
 //! the device or attacker (404), the identity's stream cap (429). Browsers
 //! treat any non-200 answer as final, so a page must reconnect itself with a
-//! fresh ticket and `?last_event_id=` (see README, "Reconnecting").
+//! fresh ticket and `?last_event_id=` (see docs/protocol.md, "Reconnecting from a browser").
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
