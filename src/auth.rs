@@ -222,7 +222,8 @@ fn to_hex(bytes: &[u8]) -> String {
 
 /// Constant-time comparison of a presented secret with a configured one.
 fn same_secret(presented: &str, expected: &str) -> bool {
-    !expected.is_empty() && bool::from(sha256(presented.as_bytes()).ct_eq(&sha256(expected.as_bytes())))
+    !expected.is_empty()
+        && bool::from(sha256(presented.as_bytes()).ct_eq(&sha256(expected.as_bytes())))
 }
 
 impl KeyRing {
@@ -972,7 +973,11 @@ api_keys = [
             .collect();
         assert!(matches!(
             a.acquire_stream(&anon, Some(here)),
-            Err(AuthError::TooManyStreams(_, "sessions.max_streams_per_address", 2))
+            Err(AuthError::TooManyStreams(
+                _,
+                "sessions.max_streams_per_address",
+                2
+            ))
         ));
         assert!(a.acquire_stream(&anon, Some(there)).is_ok());
     }
