@@ -418,6 +418,9 @@ impl Tickets {
     }
 }
 
+/// The one owner of the global stream cap.
+const ALL_STREAMS: &str = "all callers";
+
 /// Concurrent streams per owner (a key's name or a shared identity's address).
 pub struct StreamLimits {
     max: usize,
@@ -425,9 +428,11 @@ pub struct StreamLimits {
     open: Mutex<HashMap<Arc<str>, usize>>,
 }
 
-/// One open stream's slot; dropping it (the session ended) frees the slot.
+/// One open stream's slot (and its slot under the global cap); dropping it
+/// (the session ended) frees both.
 pub struct StreamPermit {
     limits: Option<(Arc<StreamLimits>, Arc<str>)>,
+    total: Option<Box<StreamPermit>>,
 }
 
 impl StreamLimits {
@@ -453,6 +458,7 @@ impl StreamLimits {
         *count += 1;
         Ok(StreamPermit {
             limits: Some((self.clone(), owner)),
+            total: None,
         })
     }
 
@@ -485,6 +491,8 @@ pub struct Auth {
     pub streams: Arc<StreamLimits>,
     /// Shared identities by address, under `sessions.max_streams_per_address`.
     pub addresses: Arc<StreamLimits>,
+    /// Every stream, under `sessions.max_streams`: addresses are unbounded.
+    pub total: Arc<StreamLimits>,
     ws_token: String,
     metrics_token: String,
     mode: Mode,
@@ -534,6 +542,7 @@ impl Auth {
                 s.max_streams_per_address,
                 "sessions.max_streams_per_address",
             ),
+            total: StreamLimits::new(s.max_streams, "sessions.max_streams"),
             ws_token,
             metrics_token: settings.http.metrics_token.expose().to_owned(),
             mode,
@@ -630,7 +639,9 @@ impl Auth {
         } else {
             &self.addresses
         };
-        limits.acquire(identity.owner(peer))
+        let mut permit = limits.acquire(identity.owner(peer))?;
+        permit.total = Some(Box::new(self.total.acquire(ALL_STREAMS.into())?));
+        Ok(permit)
     }
 
     /// Refuses a request whose URL carries a valid API key in any of the
@@ -982,6 +993,29 @@ api_keys = [
             ))
         ));
         assert!(a.acquire_stream(&anon, Some(there)).is_ok());
+    }
+
+    #[test]
+    fn the_global_stream_cap_holds_over_every_address_and_frees_on_drop() {
+        let a = from_toml("[sessions]\nmax_streams = 3\nmax_streams_per_address = 2");
+        let anon = Identity::anonymous();
+        let ips: Vec<IpAddr> = (1..=4)
+            .map(|i| format!("10.0.0.{i}").parse().unwrap())
+            .collect();
+        let first = a.acquire_stream(&anon, Some(ips[0])).unwrap();
+        let _held: Vec<_> = ips[1..3]
+            .iter()
+            .map(|ip| a.acquire_stream(&anon, Some(*ip)).unwrap())
+            .collect();
+        assert!(matches!(
+            a.acquire_stream(&anon, Some(ips[3])),
+            Err(AuthError::TooManyStreams(_, "sessions.max_streams", 3))
+        ));
+        // The refused attempt took no per-address slot.
+        assert_eq!(a.addresses.open_for("anonymous from 10.0.0.4"), 0);
+        drop(first);
+        let _last = a.acquire_stream(&anon, Some(ips[3])).unwrap();
+        assert_eq!(a.total.open_for(ALL_STREAMS), 3);
     }
 
     #[test]

@@ -202,6 +202,8 @@ pub struct SessionSettings {
     /// Where callers share one identity (open mode, the legacy token), the
     /// stream cap is per source address instead.
     pub max_streams_per_address: usize,
+    /// Streams open at once over all callers.
+    pub max_streams: usize,
     pub ticket_ttl_seconds: u64,
     /// Unredeemed tickets one identity (or, for shared identities, one
     /// address) may hold at once.
@@ -463,6 +465,7 @@ impl Settings {
             s.max_streams_per_address as u64,
             1,
         )?;
+        in_range("sessions.max_streams", s.max_streams, 1_000_000)?;
         at_least("sessions.ticket_ttl_seconds", s.ticket_ttl_seconds, 1)?;
         in_range("sessions.max_tickets", s.max_tickets, 10_000_000)?;
         in_range(
@@ -728,6 +731,7 @@ mod tests {
             ("[http]\nidempotency_max_keys = 10\nidempotency_keys_per_identity = 11", "http.idempotency_keys_per_identity"),
             ("[sessions]\nmax_streams_per_address = 0", "sessions.max_streams_per_address"),
             ("[sessions]\nmax_tickets = 0", "sessions.max_tickets"),
+            ("[sessions]\nmax_streams = 0", "sessions.max_streams"),
             ("[sessions]\nmax_tickets = 10\nmax_tickets_per_identity = 11", "sessions.max_tickets_per_identity"),
         ];
         for (toml, key) in table {

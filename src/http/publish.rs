@@ -68,11 +68,7 @@ pub async fn publish(
     let claim = state
         .idempotency
         .claim(&identity.name, &key, fingerprint(&topic, &body))
-        .map_err(|e| match e {
-            IdempotencyError::IdentityFull(..) | IdempotencyError::StoreFull(_) => {
-                ApiError::TooManyRequests(e.to_string(), 60)
-            }
-        })?;
+        .map_err(|e: IdempotencyError| ApiError::TooManyRequests(e.to_string(), 60))?;
     match claim {
         Claim::AlreadyPresent(id) => {
             Ok(HttpResponse::Ok().json(Published { id }.body(&topic, "already-present")))
