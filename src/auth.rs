@@ -4,27 +4,31 @@
 //!   presented as `Authorization: Bearer KEY`. Every stored key is compared
 //!   against the SHA-256 of the presented one in constant time, and every key
 //!   is always compared, so timing tells nothing about which came close.
-//! - Stream tickets: `POST /v1/auth/ticket` trades a bearer key for an opaque,
-//!   random, single-use ticket that expires after `sessions.ticket_ttl_seconds`.
-//!   Browsers pass it as `?ticket=` because EventSource cannot set headers. An
-//!   API key in a URL is refused outright: it would end up in proxy logs.
-//! - A per-identity cap on concurrent streams, held by a [`StreamPermit`]
-//!   that gives its slot back when the session that owns it ends.
-//! - With no key configured edgebus runs in open dev mode: every caller is
-//!   the anonymous identity with every role.
+//! - Stream tickets: `POST /v1/auth/ticket` trades a bearer credential for an
+//!   opaque, random, single-use ticket that expires after
+//!   `sessions.ticket_ttl_seconds` on the injected [`Clock`]. Browsers pass it
+//!   as `?ticket=` because EventSource cannot set headers. An API key in a URL
+//!   is refused outright: it would end up in proxy logs.
+//! - Per-identity caps on concurrent streams and outstanding tickets. Where
+//!   callers share one identity (open mode, the legacy token) the caps count
+//!   per source address instead, so one caller at its cap never blocks another.
+//! - Three modes ([`Mode`]): API keys; the seed bridge's shared `ws_token`
+//!   alone, which then guards every stream and API call (its users set it to
+//!   keep their data private, not to guard one path of several); and, with
+//!   neither, open dev mode: every caller is the anonymous identity with every
+//!   role.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
-use crate::settings::AuthSettings;
+use edgebus_actors::alerts::Clock;
 
-/// Most tickets outstanding at once; a client minting more gets 429.
-pub const MAX_OUTSTANDING_TICKETS: usize = 100_000;
+use crate::settings::{AuthSettings, Settings};
 
 /// Query parameters a confused client might carry a key in. A value there
 /// that is a valid API key is refused, never accepted.
@@ -72,6 +76,17 @@ impl Role {
     }
 }
 
+/// Which credentials this process accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No key and no token: anyone who reaches the port may do anything.
+    Open,
+    /// `auth.ws_token` and no API key: the token guards everything.
+    Legacy,
+    /// `auth.api_keys` (the token, if also set, opens WebSockets only).
+    Keys,
+}
+
 /// How a caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proof {
@@ -100,10 +115,12 @@ impl Identity {
         }
     }
 
+    /// The token holder may read and publish: what open mode allowed before
+    /// the token was set, no more (no admin).
     fn legacy() -> Self {
         Self {
             name: "legacy-token".into(),
-            roles: Role::Viewer.bit(),
+            roles: Role::Viewer.bit() | Role::Publisher.bit(),
             proof: Proof::LegacyToken,
         }
     }
@@ -121,11 +138,23 @@ impl Identity {
             .collect()
     }
 
-    /// Whether this identity counts against `max_streams_per_identity`:
-    /// only named keys do. Open dev mode and the legacy shared token have no
-    /// identity to tell callers apart (the seed bridge had no cap either).
-    fn is_capped(&self) -> bool {
+    /// Named keys are capped by name. Open mode and the legacy shared token
+    /// have no name that tells callers apart, so they are capped by address.
+    fn is_named(&self) -> bool {
         matches!(self.proof, Proof::ApiKey | Proof::Ticket)
+    }
+
+    /// Whom a per-caller cap counts against: the key's name, or for a shared
+    /// identity the source address.
+    pub fn owner(&self, peer: Option<IpAddr>) -> Arc<str> {
+        if self.is_named() {
+            self.name.clone()
+        } else {
+            match peer {
+                Some(ip) => format!("{} from {ip}", self.name).into(),
+                None => self.name.clone(),
+            }
+        }
     }
 }
 
@@ -133,8 +162,12 @@ impl Identity {
 pub enum AuthError {
     #[error("missing credentials: send Authorization: Bearer <api key>")]
     Missing,
+    #[error("missing credentials: send Authorization: Bearer <auth.ws_token> (streams: ?token=)")]
+    MissingToken,
     #[error("invalid API key")]
     InvalidKey,
+    #[error("invalid token")]
+    InvalidToken,
     #[error("malformed Authorization header: expected `Bearer <api key>`")]
     Malformed,
     #[error("an API key is never accepted in a URL; exchange it at POST /v1/auth/ticket and pass ?ticket=")]
@@ -145,10 +178,14 @@ pub enum AuthError {
     Repeated(&'static str),
     #[error("this needs the {} role", .0.as_str())]
     Forbidden(Role),
-    #[error("too many concurrent streams for {0:?} (sessions.max_streams_per_identity = {1})")]
-    TooManyStreams(String, usize),
-    #[error("too many outstanding tickets; retry shortly")]
-    TooManyTickets,
+    #[error("too many concurrent streams for {0:?} ({1} = {2})")]
+    TooManyStreams(String, &'static str, usize),
+    #[error("too many outstanding tickets for {0:?} (sessions.max_tickets_per_identity = {1}); open a stream with one or let them expire")]
+    TooManyTickets(String, usize),
+    #[error("too many outstanding tickets (sessions.max_tickets = {0}); retry shortly")]
+    TicketsFull(usize),
+    #[error("the system random generator failed")]
+    Random,
 }
 
 struct Key {
@@ -183,6 +220,12 @@ fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Constant-time comparison of a presented secret with a configured one.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    !expected.is_empty()
+        && bool::from(sha256(presented.as_bytes()).ct_eq(&sha256(expected.as_bytes())))
+}
+
 impl KeyRing {
     /// Settings were validated at start: a malformed hash cannot reach here,
     /// and is skipped rather than trusted if it somehow does.
@@ -211,8 +254,8 @@ impl KeyRing {
         Self { keys }
     }
 
-    /// No keys: open dev mode.
-    pub fn is_open(&self) -> bool {
+    /// No keys.
+    pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
@@ -232,100 +275,196 @@ impl KeyRing {
     }
 }
 
+/// Bytes one outstanding ticket costs at most: its map slot (up to 16/7 of
+/// it just after the table doubled) and 64-character key, and up to two
+/// expiry-queue slots with their copies of the key (redeemed tickets wait
+/// there until compaction). For the memory formula in the docs; pinned by a
+/// test.
+pub const TICKET_BYTES: usize = 512;
+
+struct Issued {
+    identity: Identity,
+    owner: Arc<str>,
+    expires_ms: u64,
+}
+
+#[derive(Default)]
+struct TicketBook {
+    issued: HashMap<String, Issued>,
+    /// Issue order = expiry order (one TTL for all). Redeemed tickets stay
+    /// here until they expire or the queue is compacted.
+    expiry: VecDeque<(u64, String)>,
+    per_owner: HashMap<Arc<str>, usize>,
+}
+
+impl TicketBook {
+    fn forget(&mut self, ticket: &str) -> Option<Issued> {
+        let issued = self.issued.remove(ticket)?;
+        if let Some(count) = self.per_owner.get_mut(&issued.owner) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_owner.remove(&issued.owner);
+            }
+        }
+        Some(issued)
+    }
+
+    /// Drops expired tickets (amortised O(1): the queue is in expiry order)
+    /// and keeps the queue within twice the live tickets.
+    fn expire(&mut self, now_ms: u64) {
+        while self.expiry.front().is_some_and(|(at, _)| *at <= now_ms) {
+            if let Some((_, ticket)) = self.expiry.pop_front() {
+                self.forget(&ticket);
+            }
+        }
+        if self.expiry.len() > 2 * self.issued.len() + 64 {
+            let issued = &self.issued;
+            self.expiry.retain(|(_, t)| issued.contains_key(t));
+        }
+    }
+}
+
 /// Single-use stream tickets, in process. (Several instances would keep
 /// them in Redis with `GETDEL`; one instance needs nothing but this map.)
 pub struct Tickets {
-    ttl: Duration,
+    ttl_ms: u64,
+    per_owner: usize,
+    max: usize,
+    clock: Arc<dyn Clock>,
     rng: SystemRandom,
-    issued: Mutex<HashMap<String, (Identity, Instant)>>,
+    book: Mutex<TicketBook>,
 }
 
 impl Tickets {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl_ms: u64, per_owner: usize, max: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
-            ttl,
+            ttl_ms,
+            per_owner,
+            max,
+            clock,
             rng: SystemRandom::new(),
-            issued: Mutex::new(HashMap::new()),
+            book: Mutex::new(TicketBook::default()),
         }
     }
 
-    pub fn ttl(&self) -> Duration {
-        self.ttl
+    pub fn ttl_seconds(&self) -> u64 {
+        self.ttl_ms / 1000
     }
 
-    /// 256 random bits from the OS CSPRNG, hex-encoded.
-    pub fn issue(&self, identity: &Identity) -> Result<String, AuthError> {
+    fn random(&self) -> Result<String, AuthError> {
         let mut bytes = [0u8; 32];
-        self.rng
-            .fill(&mut bytes)
-            .map_err(|_| AuthError::TooManyTickets)?;
-        let ticket = to_hex(&bytes);
-        let now = Instant::now();
-        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
-        if issued.len() >= MAX_OUTSTANDING_TICKETS {
-            issued.retain(|_, (_, expires)| *expires > now);
-            if issued.len() >= MAX_OUTSTANDING_TICKETS {
-                return Err(AuthError::TooManyTickets);
-            }
+        self.rng.fill(&mut bytes).map_err(|_| AuthError::Random)?;
+        Ok(to_hex(&bytes))
+    }
+
+    /// 256 random bits from the OS CSPRNG, hex-encoded, counted against
+    /// `owner` (see [`Identity::owner`]).
+    pub fn issue(&self, identity: &Identity, owner: Arc<str>) -> Result<String, AuthError> {
+        let ticket = self.random()?;
+        let now = self.clock.now_ms();
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        book.expire(now);
+        let held = book.per_owner.get(&owner).copied().unwrap_or(0);
+        if held >= self.per_owner {
+            return Err(AuthError::TooManyTickets(owner.to_string(), self.per_owner));
         }
-        issued.insert(ticket.clone(), (identity.clone(), now + self.ttl));
+        if book.issued.len() >= self.max {
+            return Err(AuthError::TicketsFull(self.max));
+        }
+        let expires_ms = now.saturating_add(self.ttl_ms);
+        *book.per_owner.entry(owner.clone()).or_insert(0) += 1;
+        book.expiry.push_back((expires_ms, ticket.clone()));
+        book.issued.insert(
+            ticket.clone(),
+            Issued {
+                identity: identity.clone(),
+                owner,
+                expires_ms,
+            },
+        );
         Ok(ticket)
+    }
+
+    /// A ticket in open mode: streams need none, so nothing is kept.
+    pub fn issue_unrecorded(&self) -> Result<String, AuthError> {
+        self.random()
     }
 
     /// Consumes a ticket: it authenticates once, and only before it expires.
     pub fn redeem(&self, ticket: &str) -> Result<Identity, AuthError> {
-        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
-        match issued.remove(ticket) {
-            Some((identity, expires)) if expires > Instant::now() => Ok(Identity {
-                proof: Proof::Ticket,
-                ..identity
-            }),
+        let now = self.clock.now_ms();
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        match book.forget(ticket) {
+            Some(issued) if issued.expires_ms > now => {
+                let identity = issued.identity;
+                // A key's ticket is that key; the shared token's stays shared.
+                let proof = match identity.proof {
+                    Proof::ApiKey => Proof::Ticket,
+                    other => other,
+                };
+                Ok(Identity { proof, ..identity })
+            }
             _ => Err(AuthError::BadTicket),
         }
     }
+
+    /// Tickets held now (expired ones not yet swept included), and by `owner`.
+    pub fn outstanding(&self, owner: &str) -> (usize, usize) {
+        let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            book.issued.len(),
+            book.per_owner.get(owner).copied().unwrap_or(0),
+        )
+    }
 }
 
-/// Concurrent streams per identity.
+/// The one owner of the global stream cap.
+const ALL_STREAMS: &str = "all callers";
+
+/// Concurrent streams per owner (a key's name or a shared identity's address).
 pub struct StreamLimits {
     max: usize,
+    setting: &'static str,
     open: Mutex<HashMap<Arc<str>, usize>>,
 }
 
-/// One open stream's slot; dropping it (the session ended) frees the slot.
+/// One open stream's slot (and its slot under the global cap); dropping it
+/// (the session ended) frees both.
 pub struct StreamPermit {
     limits: Option<(Arc<StreamLimits>, Arc<str>)>,
+    total: Option<Box<StreamPermit>>,
 }
 
 impl StreamLimits {
-    pub fn new(max: usize) -> Arc<Self> {
+    pub fn new(max: usize, setting: &'static str) -> Arc<Self> {
         Arc::new(Self {
             max,
+            setting,
             open: Mutex::new(HashMap::new()),
         })
     }
 
     /// Checks and takes a slot in one step.
-    pub fn acquire(self: &Arc<Self>, identity: &Identity) -> Result<StreamPermit, AuthError> {
-        if !identity.is_capped() {
-            return Ok(StreamPermit { limits: None });
-        }
+    pub fn acquire(self: &Arc<Self>, owner: Arc<str>) -> Result<StreamPermit, AuthError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(identity.name.clone()).or_insert(0);
+        let count = open.entry(owner.clone()).or_insert(0);
         if *count >= self.max {
             return Err(AuthError::TooManyStreams(
-                identity.name.to_string(),
+                owner.to_string(),
+                self.setting,
                 self.max,
             ));
         }
         *count += 1;
         Ok(StreamPermit {
-            limits: Some((self.clone(), identity.name.clone())),
+            limits: Some((self.clone(), owner)),
+            total: None,
         })
     }
 
-    pub fn open_for(&self, name: &str) -> usize {
+    pub fn open_for(&self, owner: &str) -> usize {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(name).copied().unwrap_or(0)
+        open.get(owner).copied().unwrap_or(0)
     }
 }
 
@@ -348,8 +487,15 @@ impl Drop for StreamPermit {
 pub struct Auth {
     pub keys: KeyRing,
     pub tickets: Tickets,
+    /// Named identities, under `sessions.max_streams_per_identity`.
     pub streams: Arc<StreamLimits>,
+    /// Shared identities by address, under `sessions.max_streams_per_address`.
+    pub addresses: Arc<StreamLimits>,
+    /// Every stream, under `sessions.max_streams`: addresses are unbounded.
+    pub total: Arc<StreamLimits>,
     ws_token: String,
+    metrics_token: String,
+    mode: Mode,
 }
 
 /// What a stream request carried.
@@ -364,23 +510,52 @@ pub struct StreamCredentials<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamAuth {
     Granted(Identity),
-    /// Legacy mode and a wrong or missing `?token=`: the seed bridge's
-    /// clients expect an upgrade then close 1008, so the caller does that.
+    /// Legacy token and a wrong or missing `?token=` on a WebSocket: the seed
+    /// bridge's clients expect an upgrade then close 1008, so the caller
+    /// does that.
     LegacyRefused,
 }
 
 impl Auth {
-    pub fn new(settings: &AuthSettings, ticket_ttl: Duration, max_streams: usize) -> Self {
+    pub fn new(settings: &Settings, clock: Arc<dyn Clock>) -> Self {
+        let s = &settings.sessions;
+        let keys = KeyRing::new(&settings.auth);
+        let ws_token = settings.auth.ws_token.expose().to_owned();
+        let mode = match (keys.is_empty(), ws_token.is_empty()) {
+            (false, _) => Mode::Keys,
+            (true, false) => Mode::Legacy,
+            (true, true) => Mode::Open,
+        };
         Self {
-            keys: KeyRing::new(settings),
-            tickets: Tickets::new(ticket_ttl),
-            streams: StreamLimits::new(max_streams),
-            ws_token: settings.ws_token.expose().to_owned(),
+            keys,
+            tickets: Tickets::new(
+                s.ticket_ttl_seconds.saturating_mul(1000),
+                s.max_tickets_per_identity,
+                s.max_tickets,
+                clock,
+            ),
+            streams: StreamLimits::new(
+                s.max_streams_per_identity,
+                "sessions.max_streams_per_identity",
+            ),
+            addresses: StreamLimits::new(
+                s.max_streams_per_address,
+                "sessions.max_streams_per_address",
+            ),
+            total: StreamLimits::new(s.max_streams, "sessions.max_streams"),
+            ws_token,
+            metrics_token: settings.http.metrics_token.expose().to_owned(),
+            mode,
         }
     }
 
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Open dev mode: no key and no token.
     pub fn is_open(&self) -> bool {
-        self.keys.is_open()
+        self.mode == Mode::Open
     }
 
     /// A plain API call: `Authorization: Bearer KEY` with `role`.
@@ -395,24 +570,84 @@ impl Auth {
 
     /// Who is calling, whatever their roles.
     pub fn identify(&self, authorization: Option<&str>) -> Result<Identity, AuthError> {
-        if self.is_open() {
-            return Ok(Identity::anonymous());
+        match (self.mode, authorization) {
+            (Mode::Open, _) => Ok(Identity::anonymous()),
+            (_, Some(header)) => self.bearer(header),
+            (Mode::Legacy, None) => Err(AuthError::MissingToken),
+            (Mode::Keys, None) => Err(AuthError::Missing),
         }
-        self.bearer(authorization.ok_or(AuthError::Missing)?)
     }
 
     fn bearer(&self, header: &str) -> Result<Identity, AuthError> {
-        let (scheme, key) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+        let (scheme, secret) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::Malformed);
         }
-        self.keys.verify(key.trim()).ok_or(AuthError::InvalidKey)
+        let secret = secret.trim();
+        match self.mode {
+            Mode::Legacy if same_secret(secret, &self.ws_token) => Ok(Identity::legacy()),
+            Mode::Legacy => Err(AuthError::InvalidToken),
+            _ => self.keys.verify(secret).ok_or(AuthError::InvalidKey),
+        }
+    }
+
+    /// `GET /metrics`: open in open mode; otherwise `http.metrics_token`,
+    /// any API key whatever its roles, or (legacy mode) the token.
+    pub fn metrics(&self, authorization: Option<&str>) -> Result<(), AuthError> {
+        if let Some(header) = authorization {
+            let token = header
+                .trim()
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim());
+            if token.is_some_and(|t| same_secret(t, &self.metrics_token)) {
+                return Ok(());
+            }
+        }
+        if self.is_open() && self.metrics_token.is_empty() {
+            return Ok(());
+        }
+        match authorization {
+            Some(header) => self.bearer(header).map(drop),
+            None if self.mode == Mode::Legacy => Err(AuthError::MissingToken),
+            None => Err(AuthError::Missing),
+        }
+    }
+
+    /// A ticket for `identity`, counted against its owner. In open mode no
+    /// stream needs one, so none is kept.
+    pub fn issue_ticket(
+        &self,
+        identity: &Identity,
+        peer: Option<IpAddr>,
+    ) -> Result<String, AuthError> {
+        if self.is_open() {
+            return self.tickets.issue_unrecorded();
+        }
+        self.tickets.issue(identity, identity.owner(peer))
+    }
+
+    /// Takes a stream slot: per key name, or per address for shared
+    /// identities (open mode, the legacy token).
+    pub fn acquire_stream(
+        &self,
+        identity: &Identity,
+        peer: Option<IpAddr>,
+    ) -> Result<StreamPermit, AuthError> {
+        let limits = if identity.is_named() {
+            &self.streams
+        } else {
+            &self.addresses
+        };
+        let mut permit = limits.acquire(identity.owner(peer))?;
+        permit.total = Some(Box::new(self.total.acquire(ALL_STREAMS.into())?));
+        Ok(permit)
     }
 
     /// Refuses a request whose URL carries a valid API key in any of the
     /// parameters a key might be pasted into.
     pub fn refuse_keys_in_url(&self, query: &str) -> Result<(), AuthError> {
-        if self.is_open() {
+        if self.mode != Mode::Keys {
             return Ok(());
         }
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -423,24 +658,25 @@ impl Auth {
         Ok(())
     }
 
-    /// A stream (SSE or WebSocket): a bearer header, a ticket, or (WebSocket
-    /// only, when configured) the legacy shared token. Needs `viewer`.
+    /// A stream (SSE or WebSocket): a bearer header, a ticket, or the legacy
+    /// shared token as `?token=` (WebSockets whenever it is set; every stream
+    /// in legacy mode). Needs `viewer`.
     pub fn stream(
         &self,
         creds: &StreamCredentials<'_>,
-        legacy_allowed: bool,
+        websocket: bool,
     ) -> Result<StreamAuth, AuthError> {
-        let legacy = legacy_allowed && !self.ws_token.is_empty();
+        let token_opens = !self.ws_token.is_empty() && (websocket || self.mode == Mode::Legacy);
         let identity = if let Some(header) = creds.authorization {
             self.bearer(header)?
         } else if let Some(ticket) = creds.ticket.filter(|_| !self.is_open()) {
             self.tickets.redeem(ticket)?
-        } else if legacy {
-            let presented = creds.token.unwrap_or("");
-            if bool::from(presented.as_bytes().ct_eq(self.ws_token.as_bytes())) {
-                Identity::legacy()
-            } else {
-                return Ok(StreamAuth::LegacyRefused);
+        } else if token_opens {
+            match creds.token {
+                Some(presented) if same_secret(presented, &self.ws_token) => Identity::legacy(),
+                _ if websocket => return Ok(StreamAuth::LegacyRefused),
+                Some(_) => return Err(AuthError::InvalidToken),
+                None => return Err(AuthError::MissingToken),
             }
         } else if self.is_open() {
             Identity::anonymous()
@@ -458,11 +694,13 @@ impl Auth {
 mod tests {
     use super::*;
     use crate::settings::Settings;
+    use edgebus_actors::alerts::ManualClock;
+    use std::time::Duration;
 
     const KEY: &str = "viewer-key-0123456789";
     const PUB: &str = "publisher-key-0123456789";
 
-    fn auth(extra: &str) -> Auth {
+    fn auth_with_clock(extra: &str, clock: Arc<ManualClock>) -> Auth {
         let toml = format!(
             r#"[auth]
 {extra}
@@ -472,8 +710,22 @@ api_keys = [
 ]"#,
             to_hex(&sha256(PUB.as_bytes()))
         );
-        let s = Settings::from_toml(&toml).unwrap();
-        Auth::new(&s.auth, Duration::from_secs(60), 2)
+        let s = Settings::from_toml(&format!(
+            "[sessions]\nmax_streams_per_identity = 2\nmax_tickets_per_identity = 3\n{toml}"
+        ))
+        .unwrap();
+        Auth::new(&s, clock)
+    }
+
+    fn auth(extra: &str) -> Auth {
+        auth_with_clock(extra, Arc::new(ManualClock::new(1_000_000)))
+    }
+
+    fn from_toml(toml: &str) -> Auth {
+        Auth::new(
+            &Settings::from_toml(toml).unwrap(),
+            Arc::new(ManualClock::new(0)),
+        )
     }
 
     fn granted(result: Result<StreamAuth, AuthError>) -> Identity {
@@ -483,13 +735,16 @@ api_keys = [
         }
     }
 
+    fn ops(a: &Auth) -> Identity {
+        a.require(Some(&format!("Bearer {KEY}")), Role::Viewer)
+            .unwrap()
+    }
+
     #[test]
     fn plain_and_hashed_keys_verify_and_carry_their_roles() {
         let a = auth("");
-        let ops = a
-            .require(Some(&format!("Bearer {KEY}")), Role::Viewer)
-            .unwrap();
-        assert_eq!(&*ops.name, "ops");
+        assert_eq!(a.mode(), Mode::Keys);
+        assert_eq!(&*ops(&a).name, "ops");
         let tool = a
             .require(Some(&format!("bearer {PUB}")), Role::Publisher)
             .unwrap();
@@ -517,23 +772,18 @@ api_keys = [
             proof: Proof::ApiKey,
         };
         assert!(admin.has(Role::Viewer) && admin.has(Role::Publisher));
-        let open = Auth::new(
-            &Settings::from_toml("").unwrap().auth,
-            Duration::from_secs(1),
-            1,
-        );
+        let open = from_toml("");
         assert!(open.is_open());
         assert_eq!(open.require(None, Role::Admin).unwrap().proof, Proof::Open);
     }
 
     #[test]
-    fn tickets_are_single_use_random_and_expire() {
-        let a = auth("");
-        let ops = a
-            .require(Some(&format!("Bearer {KEY}")), Role::Viewer)
-            .unwrap();
-        let t1 = a.tickets.issue(&ops).unwrap();
-        let t2 = a.tickets.issue(&ops).unwrap();
+    fn tickets_are_single_use_random_and_expire_on_the_clock() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let a = auth_with_clock("", clock.clone());
+        let ops = ops(&a);
+        let t1 = a.issue_ticket(&ops, None).unwrap();
+        let t2 = a.issue_ticket(&ops, None).unwrap();
         assert_ne!(t1, t2);
         assert_eq!(t1.len(), 64);
         let creds = StreamCredentials {
@@ -544,9 +794,69 @@ api_keys = [
         assert_eq!((&*got.name, got.proof), ("ops", Proof::Ticket));
         assert_eq!(a.stream(&creds, false), Err(AuthError::BadTicket));
 
-        let short = Tickets::new(Duration::ZERO);
-        let t = short.issue(&ops).unwrap();
-        assert_eq!(short.redeem(&t), Err(AuthError::BadTicket));
+        // One millisecond short of the TTL it still works; at the TTL it does not.
+        let t3 = a.issue_ticket(&ops, None).unwrap();
+        clock.advance(Duration::from_millis(59_999));
+        assert!(a.tickets.redeem(&t2).is_ok());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(a.tickets.redeem(&t3), Err(AuthError::BadTicket));
+    }
+
+    #[test]
+    fn one_identity_at_its_ticket_cap_never_blocks_another() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let a = auth_with_clock("", clock.clone());
+        let ops = ops(&a);
+        for _ in 0..3 {
+            a.issue_ticket(&ops, None).unwrap();
+        }
+        assert_eq!(
+            a.issue_ticket(&ops, None),
+            Err(AuthError::TooManyTickets("ops".into(), 3))
+        );
+        let root = Identity {
+            name: "root".into(),
+            roles: Role::Admin.bit(),
+            proof: Proof::ApiKey,
+        };
+        assert!(a.issue_ticket(&root, None).is_ok());
+        // Redeeming or expiry gives the slots back.
+        clock.advance(Duration::from_secs(60));
+        assert!(a.issue_ticket(&ops, None).is_ok());
+        assert_eq!(a.tickets.outstanding("ops"), (1, 1));
+    }
+
+    #[test]
+    fn the_global_ticket_cap_bounds_memory_without_sweeping_on_every_call() {
+        let clock = Arc::new(ManualClock::new(0));
+        let tickets = Tickets::new(1_000, 100, 5, clock.clone());
+        let who = Identity::legacy();
+        for i in 0..5 {
+            tickets.issue(&who, format!("a{i}").into()).unwrap();
+        }
+        assert_eq!(
+            tickets.issue(&who, "b".into()),
+            Err(AuthError::TicketsFull(5))
+        );
+        clock.advance(Duration::from_secs(1));
+        assert!(tickets.issue(&who, "b".into()).is_ok());
+        assert_eq!(tickets.outstanding("b"), (1, 1));
+        // Mint-and-redeem churn keeps the expiry queue bounded.
+        for _ in 0..1_000 {
+            let t = tickets.issue(&who, "c".into()).unwrap();
+            tickets.redeem(&t).unwrap();
+        }
+        let book = tickets.book.lock().unwrap();
+        assert!(book.expiry.len() <= 2 * book.issued.len() + 65);
+    }
+
+    #[test]
+    fn open_mode_keeps_no_tickets() {
+        let open = from_toml("");
+        for _ in 0..100 {
+            open.issue_ticket(&Identity::anonymous(), None).unwrap();
+        }
+        assert_eq!(open.tickets.outstanding("anonymous"), (0, 0));
     }
 
     #[test]
@@ -577,7 +887,7 @@ api_keys = [
     }
 
     #[test]
-    fn the_legacy_token_only_opens_websockets() {
+    fn beside_keys_the_legacy_token_only_opens_websockets() {
         let a = auth(r#"ws_token = "shared-secret""#);
         let good = StreamCredentials {
             token: Some("shared-secret"),
@@ -590,27 +900,133 @@ api_keys = [
         };
         assert_eq!(a.stream(&bad, true), Ok(StreamAuth::LegacyRefused));
         assert_eq!(a.stream(&good, false), Err(AuthError::Missing));
+        assert_eq!(
+            a.require(Some("Bearer shared-secret"), Role::Viewer),
+            Err(AuthError::InvalidKey)
+        );
+    }
+
+    #[test]
+    fn the_legacy_token_alone_guards_everything() {
+        let a = from_toml("[auth]\nws_token = \"shared-secret\"");
+        assert_eq!(a.mode(), Mode::Legacy);
+        assert!(!a.is_open());
+        assert_eq!(
+            a.require(None, Role::Publisher),
+            Err(AuthError::MissingToken)
+        );
+        assert_eq!(
+            a.require(Some("Bearer shared-secreT"), Role::Viewer),
+            Err(AuthError::InvalidToken)
+        );
+        let holder = a
+            .require(Some("Bearer shared-secret"), Role::Publisher)
+            .unwrap();
+        assert_eq!(holder.proof, Proof::LegacyToken);
+        assert_eq!(
+            a.require(Some("Bearer shared-secret"), Role::Admin),
+            Err(AuthError::Forbidden(Role::Admin))
+        );
+        let sse = |token| StreamCredentials {
+            token,
+            ..Default::default()
+        };
+        assert_eq!(a.stream(&sse(None), false), Err(AuthError::MissingToken));
+        assert_eq!(
+            a.stream(&sse(Some("nope")), false),
+            Err(AuthError::InvalidToken)
+        );
+        granted(a.stream(&sse(Some("shared-secret")), false));
+        assert_eq!(a.metrics(None), Err(AuthError::MissingToken));
+        assert!(a.metrics(Some("Bearer shared-secret")).is_ok());
+        // A ticket minted with the token stays a shared identity.
+        let t = a.issue_ticket(&holder, None).unwrap();
+        let creds = StreamCredentials {
+            ticket: Some(&t),
+            ..Default::default()
+        };
+        assert_eq!(granted(a.stream(&creds, false)).proof, Proof::LegacyToken);
+    }
+
+    #[test]
+    fn metrics_are_open_only_in_open_mode_unless_a_metrics_token_is_set() {
+        assert!(from_toml("").metrics(None).is_ok());
+        let a = auth("");
+        assert_eq!(a.metrics(None), Err(AuthError::Missing));
+        assert!(a.metrics(Some(&format!("Bearer {PUB}"))).is_ok());
+        let scrape = "[http]\nmetrics_token = \"scrape-token-0123456789\"";
+        let open = from_toml(scrape);
+        assert_eq!(open.metrics(None), Err(AuthError::Missing));
+        assert!(open.metrics(Some("Bearer scrape-token-0123456789")).is_ok());
     }
 
     #[test]
     fn stream_permits_cap_each_identity_and_free_on_drop() {
         let a = auth("");
-        let ops = a
-            .require(Some(&format!("Bearer {KEY}")), Role::Viewer)
-            .unwrap();
-        let p1 = a.streams.acquire(&ops).unwrap();
-        let _p2 = a.streams.acquire(&ops).unwrap();
+        let ops = ops(&a);
+        let p1 = a.acquire_stream(&ops, None).unwrap();
+        let _p2 = a.acquire_stream(&ops, None).unwrap();
         assert!(matches!(
-            a.streams.acquire(&ops),
-            Err(AuthError::TooManyStreams(_, 2))
+            a.acquire_stream(&ops, None),
+            Err(AuthError::TooManyStreams(_, _, 2))
         ));
         drop(p1);
         assert_eq!(a.streams.open_for("ops"), 1);
-        let _p3 = a.streams.acquire(&ops).unwrap();
-        // Open mode and the legacy token are not capped.
-        for _ in 0..5 {
-            std::mem::forget(a.streams.acquire(&Identity::anonymous()).unwrap());
-        }
-        assert_eq!(a.streams.open_for("anonymous"), 0);
+        let _p3 = a.acquire_stream(&ops, None).unwrap();
+    }
+
+    #[test]
+    fn shared_identities_are_capped_per_address() {
+        let a = from_toml("[sessions]\nmax_streams_per_address = 2");
+        let anon = Identity::anonymous();
+        let here: IpAddr = "10.0.0.1".parse().unwrap();
+        let there: IpAddr = "10.0.0.2".parse().unwrap();
+        let _held: Vec<_> = (0..2)
+            .map(|_| a.acquire_stream(&anon, Some(here)).unwrap())
+            .collect();
+        assert!(matches!(
+            a.acquire_stream(&anon, Some(here)),
+            Err(AuthError::TooManyStreams(
+                _,
+                "sessions.max_streams_per_address",
+                2
+            ))
+        ));
+        assert!(a.acquire_stream(&anon, Some(there)).is_ok());
+    }
+
+    #[test]
+    fn the_global_stream_cap_holds_over_every_address_and_frees_on_drop() {
+        let a = from_toml("[sessions]\nmax_streams = 3\nmax_streams_per_address = 2");
+        let anon = Identity::anonymous();
+        let ips: Vec<IpAddr> = (1..=4)
+            .map(|i| format!("10.0.0.{i}").parse().unwrap())
+            .collect();
+        let first = a.acquire_stream(&anon, Some(ips[0])).unwrap();
+        let _held: Vec<_> = ips[1..3]
+            .iter()
+            .map(|ip| a.acquire_stream(&anon, Some(*ip)).unwrap())
+            .collect();
+        assert!(matches!(
+            a.acquire_stream(&anon, Some(ips[3])),
+            Err(AuthError::TooManyStreams(_, "sessions.max_streams", 3))
+        ));
+        // The refused attempt took no per-address slot.
+        assert_eq!(a.addresses.open_for("anonymous from 10.0.0.4"), 0);
+        drop(first);
+        let _last = a.acquire_stream(&anon, Some(ips[3])).unwrap();
+        assert_eq!(a.total.open_for(ALL_STREAMS), 3);
+    }
+
+    #[test]
+    fn a_ticket_costs_at_most_the_documented_bytes() {
+        let key = 64;
+        let slot = (std::mem::size_of::<(String, Issued)>() + 1) * 16 / 7 + key;
+        let queued = 2 * (std::mem::size_of::<(u64, String)>() + key);
+        assert!(
+            slot + queued <= TICKET_BYTES,
+            "{} > {TICKET_BYTES}",
+            slot + queued
+        );
     }
 }

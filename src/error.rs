@@ -22,6 +22,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// Retry after this many seconds.
     #[error("{0}")]
     TooManyRequests(String, u64),
@@ -40,6 +42,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,9 +73,14 @@ impl From<AuthError> for ApiError {
         match e {
             AuthError::Forbidden(_) => ApiError::Forbidden(text),
             AuthError::TooManyStreams(..) => ApiError::TooManyRequests(text, 1),
-            AuthError::TooManyTickets => ApiError::TooManyRequests(text, 1),
+            AuthError::TooManyTickets(..) | AuthError::TicketsFull(_) => {
+                ApiError::TooManyRequests(text, 1)
+            }
+            AuthError::Random => ApiError::Internal(anyhow::anyhow!(text)),
             AuthError::Repeated(_) => ApiError::BadRequest(text),
             AuthError::Missing
+            | AuthError::MissingToken
+            | AuthError::InvalidToken
             | AuthError::InvalidKey
             | AuthError::Malformed
             | AuthError::KeyInUrl

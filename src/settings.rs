@@ -89,6 +89,12 @@ pub struct HttpSettings {
     pub bind: String,
     pub allowed_origins: Vec<String>,
     pub workers: usize,
+    /// Bearer token a scraper may present to `/metrics` instead of a key.
+    pub metrics_token: Secret,
+    /// `Idempotency-Key`s one identity may hold at once (24 h each).
+    pub idempotency_keys_per_identity: usize,
+    /// `Idempotency-Key`s held at once over all identities.
+    pub idempotency_max_keys: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -193,7 +199,17 @@ pub struct SessionSettings {
     pub ws_timeout_seconds: u64,
     pub write_timeout_seconds: u64,
     pub max_streams_per_identity: usize,
+    /// Where callers share one identity (open mode, the legacy token), the
+    /// stream cap is per source address instead.
+    pub max_streams_per_address: usize,
+    /// Streams open at once over all callers.
+    pub max_streams: usize,
     pub ticket_ttl_seconds: u64,
+    /// Unredeemed tickets one identity (or, for shared identities, one
+    /// address) may hold at once.
+    pub max_tickets_per_identity: usize,
+    /// Unredeemed tickets held at once over all identities.
+    pub max_tickets: usize,
     pub sse_retry_ms: u64,
 }
 
@@ -332,6 +348,30 @@ impl Settings {
                 ));
             }
         }
+        let metrics_token = self.http.metrics_token.expose();
+        if !metrics_token.is_empty() && metrics_token.len() < 16 {
+            return Err(invalid(
+                "http.metrics_token",
+                "must be empty or at least 16 characters",
+            ));
+        }
+        let in_range = |key: &str, value: usize, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("must be from 1 to {max}")))
+            }
+        };
+        in_range(
+            "http.idempotency_max_keys",
+            self.http.idempotency_max_keys,
+            10_000_000,
+        )?;
+        in_range(
+            "http.idempotency_keys_per_identity",
+            self.http.idempotency_keys_per_identity,
+            self.http.idempotency_max_keys,
+        )?;
 
         let m = &self.mqtt;
         let url = BrokerUrl::parse(&m.url).map_err(|rule| invalid("mqtt.url", rule))?;
@@ -420,7 +460,19 @@ impl Settings {
             s.max_streams_per_identity as u64,
             1,
         )?;
+        at_least(
+            "sessions.max_streams_per_address",
+            s.max_streams_per_address as u64,
+            1,
+        )?;
+        in_range("sessions.max_streams", s.max_streams, 1_000_000)?;
         at_least("sessions.ticket_ttl_seconds", s.ticket_ttl_seconds, 1)?;
+        in_range("sessions.max_tickets", s.max_tickets, 10_000_000)?;
+        in_range(
+            "sessions.max_tickets_per_identity",
+            s.max_tickets_per_identity,
+            s.max_tickets,
+        )?;
         if !(100..=600_000).contains(&s.sse_retry_ms) {
             return Err(invalid(
                 "sessions.sse_retry_ms",
@@ -674,6 +726,13 @@ mod tests {
             ("[slack]\nretry_min_milliseconds = 500\nretry_max_milliseconds = 100", "slack.retry_max_milliseconds"),
             ("[slack]\nshutdown_flush_seconds = 301", "slack.shutdown_flush_seconds"),
             ("[storage]\ndata_dir = \"\"", "storage.data_dir"),
+            ("[http]\nmetrics_token = \"short\"", "http.metrics_token"),
+            ("[http]\nidempotency_max_keys = 0", "http.idempotency_max_keys"),
+            ("[http]\nidempotency_max_keys = 10\nidempotency_keys_per_identity = 11", "http.idempotency_keys_per_identity"),
+            ("[sessions]\nmax_streams_per_address = 0", "sessions.max_streams_per_address"),
+            ("[sessions]\nmax_tickets = 0", "sessions.max_tickets"),
+            ("[sessions]\nmax_streams = 0", "sessions.max_streams"),
+            ("[sessions]\nmax_tickets = 10\nmax_tickets_per_identity = 11", "sessions.max_tickets_per_identity"),
         ];
         for (toml, key) in table {
             let line = error_line(toml);

@@ -117,7 +117,7 @@ impl Application {
             &bus,
             slack.as_ref(),
             &telemetry,
-            clock,
+            clock.clone(),
         )?;
         // Subscribed to the bus before ingest starts: no frame goes unseen.
         alerts
@@ -157,16 +157,18 @@ impl Application {
         let listener = TcpListener::bind(&settings.http.bind)
             .with_context(|| format!("`http.bind`: cannot listen on {}", settings.http.bind))?;
         let port = listener.local_addr()?.port();
-        let auth = Arc::new(Auth::new(
-            &settings.auth,
-            Settings::seconds(settings.sessions.ticket_ttl_seconds),
-            settings.sessions.max_streams_per_identity,
-        ));
+        let auth = Arc::new(Auth::new(&settings, clock.clone()));
         if auth.is_open() {
             log::warn!(
                 "OPEN DEV MODE: no auth.api_keys are configured, so anyone who can reach {} may \
                  read every stream and publish. Configure API keys before exposing edgebus.",
                 settings.http.bind
+            );
+        }
+        if auth.mode() == crate::auth::Mode::Legacy {
+            log::info!(
+                "Legacy token mode: auth.ws_token guards every stream and API call \
+                 (`?token=` on streams, `Authorization: Bearer` elsewhere)."
             );
         }
         let state = web::Data::new(AppState {
@@ -176,7 +178,7 @@ impl Application {
             telemetry: telemetry.clone(),
             settings: settings.clone(),
             auth,
-            idempotency: Default::default(),
+            idempotency: Arc::new(http::idempotency::Idempotency::new(&settings.http, clock)),
             // validate() has parsed every one of them already.
             families: settings
                 .mqtt

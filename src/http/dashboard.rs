@@ -118,7 +118,9 @@ pub async fn config(state: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "prune_seconds": s.registry.prune_seconds,
         "silent_after_seconds": s.registry.silent_after_seconds,
-        "auth_required": !s.auth.api_keys.is_empty(),
+        // The legacy token alone also locks streams: the page then asks for
+        // it as it would for a key, and trades it for tickets.
+        "auth_required": !state.auth.is_open(),
     });
     with_security_headers(HttpResponse::Ok())
         .content_type("application/json")

@@ -18,8 +18,8 @@ use edgebus_actors::ingest::{self};
 use edgebus_actors::registry::{Admission, Observe};
 
 use super::body::read_capped;
-use super::idempotency::{fingerprint, Claim, MAX_KEY_LEN};
-use super::streams::authorization;
+use super::idempotency::{fingerprint, Claim, IdempotencyError, MAX_KEY_LEN};
+use super::streams::{authorization, check_origin, require_json};
 use super::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
@@ -37,7 +37,9 @@ pub async fn publish(
     state: web::Data<AppState>,
     topic: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
     let identity = state.auth.require(authorization(&req), Role::Publisher)?;
+    require_json(&req)?;
     let topic = topic.into_inner();
     let limit = state.settings.mqtt.max_payload_bytes;
     let body = read_capped(&req, payload, limit).await?;
@@ -61,33 +63,46 @@ pub async fn publish(
 
     let Some(key) = key else {
         let result = put_on_bus(&state, draft).await?;
-        return Ok(HttpResponse::Created().json(result));
+        return Ok(HttpResponse::Created().json(result.body(&topic, "created")));
     };
-    let name = &*identity.name;
-    match state
+    let claim = state
         .idempotency
-        .claim(name, &key, fingerprint(&topic, &body))
-    {
-        Claim::AlreadyPresent(result) => {
-            let mut result = result;
-            if let Value::Object(map) = &mut result {
-                map.insert("status".into(), "already-present".into());
-            }
-            Ok(HttpResponse::Ok().json(result))
+        .claim(&identity.name, &key, fingerprint(&topic, &body))
+        .map_err(|e: IdempotencyError| ApiError::TooManyRequests(e.to_string(), 60))?;
+    match claim {
+        Claim::AlreadyPresent(id) => {
+            Ok(HttpResponse::Ok().json(Published { id }.body(&topic, "already-present")))
         }
         Claim::Conflict => Err(ApiError::Conflict(
             "Idempotency-Key was already used with a different request".into(),
         )),
-        Claim::New => match put_on_bus(&state, draft).await {
-            Ok(result) => {
-                state.idempotency.record(name, &key, result.clone());
-                Ok(HttpResponse::Created().json(result))
-            }
-            Err(e) => {
-                state.idempotency.release(name, &key);
-                Err(e)
-            }
-        },
+        Claim::InFlight => Err(ApiError::Conflict(
+            "in_flight: a request with this Idempotency-Key is still being published; \
+             retry it to get its answer"
+                .into(),
+        )),
+        // A failed publish drops `pending`, which frees the key.
+        Claim::New(pending) => {
+            let result = put_on_bus(&state, draft).await?;
+            pending.record(result.id.clone());
+            Ok(HttpResponse::Created().json(result.body(&topic, "created")))
+        }
+    }
+}
+
+/// What a publish produced: the event id (metrics, which go through the
+/// registry, have none to give).
+struct Published {
+    id: Option<String>,
+}
+
+impl Published {
+    fn body(&self, topic: &str, status: &str) -> Value {
+        let mut body = json!({"status": status, "topic": topic});
+        if let (Some(id), Value::Object(map)) = (&self.id, &mut body) {
+            map.insert("id".into(), id.as_str().into());
+        }
+        body
     }
 }
 
@@ -109,18 +124,19 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 
 /// Metrics through the registry (it keeps the device table and forwards to
 /// the bus), anything else straight to the bus, which answers with the id.
-async fn put_on_bus(state: &AppState, draft: Draft) -> Result<Value, ApiError> {
-    let topic = draft.topic.to_string();
+async fn put_on_bus(state: &AppState, draft: Draft) -> Result<Published, ApiError> {
     if matches!(draft.body, Body::Metrics(_)) {
         return match state.registry.send(Observe(draft)).await? {
             Admission::Refused => Err(ApiError::Forbidden(
                 "device cap (registry.max_devices) reached: new devices are refused".into(),
             )),
-            Admission::New | Admission::Updated => Ok(json!({"status": "created", "topic": topic})),
+            Admission::New | Admission::Updated => Ok(Published { id: None }),
         };
     }
     let id = state.bus.send(Publish(draft)).await?;
-    Ok(json!({"status": "created", "topic": topic, "id": id.to_string()}))
+    Ok(Published {
+        id: Some(id.to_string()),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,7 +155,9 @@ pub async fn notify(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
     state.auth.require(authorization(&req), Role::Publisher)?;
+    require_json(&req)?;
     let body = read_capped(&req, payload, state.settings.mqtt.max_payload_bytes).await?;
     let note: Notification = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("bad notification: {e}")))?;

@@ -139,7 +139,7 @@ fn open_authenticated(
     identity: Identity,
     subscriptions: Vec<Subscription>,
 ) -> Result<HttpResponse, ApiError> {
-    let permit = streams::permit(state, &identity)?;
+    let permit = streams::permit(req, state, &identity)?;
     let s = &state.settings.sessions;
     let config = SseSessionConfig {
         keepalive: Settings::seconds(s.keepalive_seconds),

@@ -1,6 +1,7 @@
 //! What WebSocket and SSE stream requests share: the query (topics, `where`
-//! predicates, ticket, resume id), authentication, the per-identity stream
-//! cap and the `Origin` check.
+//! predicates, ticket, resume id), authentication, the stream caps, and the
+//! browser checks every state-changing request shares (`Origin`,
+//! `Content-Type`).
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
@@ -105,7 +106,7 @@ pub fn authenticate(
     req: &HttpRequest,
     state: &AppState,
     query: &StreamQuery,
-    legacy_allowed: bool,
+    websocket: bool,
 ) -> Result<StreamAuth, ApiError> {
     let result = state
         .auth
@@ -116,7 +117,7 @@ pub fn authenticate(
                 ticket: query.ticket.as_deref(),
                 token: query.token.as_deref(),
             };
-            state.auth.stream(&creds, legacy_allowed)
+            state.auth.stream(&creds, websocket)
         });
     result.map_err(|e| {
         state.telemetry.warn_limited("stream_unauthorized", || {
@@ -126,29 +127,83 @@ pub fn authenticate(
     })
 }
 
-/// Takes a slot under `sessions.max_streams_per_identity` (429 when full).
-pub fn permit(state: &AppState, identity: &Identity) -> Result<StreamPermit, ApiError> {
-    Ok(state.auth.streams.acquire(identity)?)
+/// Takes a slot under `sessions.max_streams_per_identity`, or for a shared
+/// identity `sessions.max_streams_per_address` (429 when full).
+pub fn permit(
+    req: &HttpRequest,
+    state: &AppState,
+    identity: &Identity,
+) -> Result<StreamPermit, ApiError> {
+    Ok(state
+        .auth
+        .acquire_stream(identity, req.peer_addr().map(|a| a.ip()))?)
 }
 
-/// `http.allowed_origins`, when set, is the WebSocket `Origin` allow-list
-/// (cross-site WebSocket hijacking). Clients that send no Origin (not
-/// browsers) are not affected.
+/// Whether `origin` is this server itself: what the `Host` header names,
+/// whatever the scheme (TLS may end at a proxy).
+fn same_origin(req: &HttpRequest, origin: &str) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+}
+
+/// The `Origin` check (cross-site WebSocket hijacking, cross-site POSTs).
+/// Requests without an `Origin` (curl, devices: not browsers) and requests
+/// from edgebus's own page always pass. Other origins pass when listed in
+/// `http.allowed_origins`; with the list empty they pass only once
+/// credentials are configured, since then a page elsewhere has nothing to
+/// ride on (keys travel in headers, never cookies). In open mode an empty
+/// list means "this origin only": otherwise any page the operator visits
+/// could publish to, or read from, a local edgebus.
 pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let allowed = &state.settings.http.allowed_origins;
-    if allowed.is_empty() {
-        return Ok(());
-    }
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("");
-    if allowed.iter().any(|a| a.trim_end_matches('/') == origin) {
+    let allowed = &state.settings.http.allowed_origins;
+    if same_origin(req, origin) || allowed.iter().any(|a| a.trim_end_matches('/') == origin) {
+        return Ok(());
+    }
+    if allowed.is_empty() && !state.auth.is_open() {
+        return Ok(());
+    }
+    state.telemetry.warn_limited("foreign_origin", || {
+        format!(
+            "Refused a request from {} with Origin {:?}.",
+            peer(req),
+            origin.chars().take(100).collect::<String>()
+        )
+    });
+    Err(ApiError::Forbidden(format!(
+        "origin {:?} is not in http.allowed_origins",
+        origin.chars().take(100).collect::<String>()
+    )))
+}
+
+/// JSON bodies must say so: `text/plain` and form posts are what a page on
+/// another origin can send without a CORS preflight, so refusing them (415)
+/// closes that door whatever the mode.
+pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(ApiError::Forbidden(format!(
-            "origin {:?} is not in http.allowed_origins",
-            origin.chars().take(100).collect::<String>()
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be application/json (got {:?})",
+            content_type.chars().take(100).collect::<String>()
         )))
     }
 }

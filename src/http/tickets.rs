@@ -6,29 +6,34 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::streams::authorization;
+use super::streams::{authorization, check_origin};
 use super::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
 
-/// A single-use ticket bound to the caller's identity and roles. In open
-/// dev mode anyone gets one (streams then need none, but a page written for
-/// a locked-down deployment works unchanged).
+/// A single-use ticket bound to the caller's identity and roles, under the
+/// caller's own outstanding-ticket cap. In open dev mode anyone gets one
+/// (streams then need none, but a page written for a locked-down deployment
+/// works unchanged).
 pub async fn ticket(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
     let identity = state.auth.require(authorization(&req), Role::Viewer)?;
-    let ticket = state.auth.tickets.issue(&identity)?;
+    let ticket = state
+        .auth
+        .issue_ticket(&identity, req.peer_addr().map(|a| a.ip()))?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({
             "ticket": ticket,
-            "expires_in": state.auth.tickets.ttl().as_secs(),
+            "expires_in": state.auth.tickets.ttl_seconds(),
         })))
 }
 
 pub async fn ping(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
     // Any valid key, whatever its roles, may ping.
     let identity = state.auth.identify(authorization(&req))?;
     let t_wall_ns = SystemTime::now()

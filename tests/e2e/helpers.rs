@@ -56,6 +56,26 @@ pub struct TestApp {
     pub mqtt_port: u16,
     pub handle: AppHandle,
     http: awc::Client,
+    /// `Authorization` for `/metrics` once credentials are configured.
+    metrics_auth: Option<String>,
+}
+
+/// A credential `/metrics` accepts under `settings`: the metrics token, a
+/// plain API key, or the legacy token (`None` in open mode).
+fn metrics_auth(settings: &Settings) -> Option<String> {
+    let token = settings.http.metrics_token.expose();
+    let key = settings
+        .auth
+        .api_keys
+        .iter()
+        .map(|k| k.key.expose())
+        .find(|k| !k.starts_with("sha256:"));
+    let legacy = settings.auth.ws_token.expose();
+    [Some(token), key, Some(legacy)]
+        .into_iter()
+        .flatten()
+        .find(|s| !s.is_empty())
+        .map(|s| format!("Bearer {s}"))
 }
 
 /// edgebus with an embedded broker on free ports.
@@ -128,6 +148,7 @@ async fn spawn_with_settings(toml: &str, mqtt_port: u16) -> TestApp {
 async fn spawn_with(toml: &str, mqtt_port: u16, clock: Option<Arc<dyn Clock>>) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     let settings = Settings::from_toml(toml).expect("test settings are valid");
+    let metrics_auth = metrics_auth(&settings);
     let app = match clock {
         Some(clock) => Application::build_with_clock(settings, clock).await,
         None => Application::build(settings).await,
@@ -141,6 +162,7 @@ async fn spawn_with(toml: &str, mqtt_port: u16, clock: Option<Arc<dyn Clock>>) -
         mqtt_port,
         handle,
         http: awc::Client::builder().timeout(WAIT).finish(),
+        metrics_auth,
     };
     app.wait_until_ready(true).await;
     app
@@ -183,8 +205,13 @@ impl TestApp {
 
     /// A metric's value from `/metrics`, e.g. `edgebus_frames_rejected_total{reason="bad_json"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let (_, text) = self.get("/metrics").await;
-        series_value(&text, series)
+        let mut req = self.http.get(self.url("/metrics"));
+        if let Some(auth) = &self.metrics_auth {
+            req = req.insert_header(("Authorization", auth.as_str()));
+        }
+        let mut resp = req.send().await.expect("/metrics");
+        let body = resp.body().limit(16 << 20).await.expect("body");
+        series_value(&String::from_utf8_lossy(&body), series)
     }
 
     /// Waits until a metric reaches `at_least`.

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::auth::{bearer, locked_app, PUBLISHER};
+use crate::auth::{bearer, locked_app, ADMIN, PUBLISHER};
 use crate::helpers::{metrics_json, spawn_app, unique};
 
 #[actix_web::test]
@@ -191,4 +191,99 @@ async fn notifications_are_checked_and_published_under_their_source() {
         assert_eq!(answer.status, 400, "{body}");
         assert!(answer.error().contains(what), "{what}: {answer:?}");
     }
+}
+
+/// One publisher's keys used to evict another's from a shared pool, so the
+/// other's retry within the promised 24 h published twice.
+#[actix_web::test]
+async fn one_publishers_keys_never_evict_anothers() {
+    let app =
+        locked_app("[http]\nidempotency_keys_per_identity = 2\nidempotency_max_keys = 10").await;
+    let path = format!("/v1/publish/notifications/{}", unique("evict"));
+    let (root, tool) = (bearer(ADMIN), bearer(PUBLISHER));
+    let kept = app
+        .call(
+            "POST",
+            &path,
+            &[("Authorization", &root), ("Idempotency-Key", "root-1")],
+            Some(r#"{"v":0}"#),
+        )
+        .await;
+    assert_eq!(kept.status, 201);
+
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let key = format!("tool-{n}");
+        let answer = app
+            .call(
+                "POST",
+                &path,
+                &[("Authorization", &tool), ("Idempotency-Key", &key)],
+                Some(&format!(r#"{{"v":{n}}}"#)),
+            )
+            .await;
+        if answer.status == 429 {
+            assert!(
+                answer.error().contains("idempotency_keys_per_identity"),
+                "{answer:?}"
+            );
+        }
+        statuses.push(answer.status);
+    }
+    assert_eq!(statuses, [201, 201, 429, 429, 429, 429]);
+
+    let retry = app
+        .call(
+            "POST",
+            &path,
+            &[("Authorization", &root), ("Idempotency-Key", "root-1")],
+            Some(r#"{"v":0}"#),
+        )
+        .await;
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert_eq!(retry.body["id"], kept.body["id"], "published once");
+}
+
+/// A publish refused after its key was claimed (here: the device cap) must
+/// not hold the key: it used to stay in the store's bookkeeping.
+#[actix_web::test]
+async fn a_refused_publish_leaves_no_key_behind() {
+    let app =
+        locked_app("[http]\nidempotency_keys_per_identity = 1\n[registry]\nmax_devices = 1").await;
+    let tool = bearer(PUBLISHER);
+    let first = unique("dev");
+    let ok = app
+        .call(
+            "POST",
+            &format!("/v1/publish/devices/{first}/metrics"),
+            &[("Authorization", &tool)],
+            Some(&metrics_json(&first, 1, 5.0)),
+        )
+        .await;
+    assert_eq!(ok.status, 201, "{ok:?}");
+    for n in 0..3 {
+        let device = unique("refused");
+        let refused = app
+            .call(
+                "POST",
+                &format!("/v1/publish/devices/{device}/metrics"),
+                &[
+                    ("Authorization", &tool),
+                    ("Idempotency-Key", &format!("r{n}")),
+                ],
+                Some(&metrics_json(&device, 1, 5.0)),
+            )
+            .await;
+        assert_eq!(refused.status, 403, "{refused:?}");
+    }
+    // The identity's one key slot is still free, and a refused key reusable.
+    let answer = app
+        .call(
+            "POST",
+            &format!("/v1/publish/notifications/{}", unique("after")),
+            &[("Authorization", &tool), ("Idempotency-Key", "r0")],
+            Some(r#"{"v":1}"#),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{answer:?}");
 }
