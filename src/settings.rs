@@ -220,6 +220,8 @@ pub struct AlertSettings {
     pub rules: Vec<AlertRuleSettings>,
     /// Security digests: at most one roll-up per attacker per window.
     pub digest_window_seconds: u64,
+    /// …and at most this many roll-ups per window overall.
+    pub max_digests_per_window: u32,
     /// A device with only rejected frames for this long is `rejecting`.
     pub rejecting_window_seconds: u64,
 }
@@ -243,7 +245,10 @@ pub struct SlackSettings {
     pub webhook_url: Secret,
     pub summary_interval_seconds: u64,
     pub timeout_seconds: u64,
+    /// Alerts waiting; digests and summaries have budgets of their own.
     pub outbox_capacity: usize,
+    /// Digests waiting; when full the oldest digest goes, never an alert.
+    pub digest_outbox_capacity: usize,
     /// Least time between two requests to the webhook (Slack: ~1/s).
     pub pace_milliseconds: u64,
     /// Back-off after a 5xx, timeout or connection error: first delay…
@@ -447,6 +452,11 @@ impl Settings {
         )?;
         at_least("slack.timeout_seconds", slack.timeout_seconds, 1)?;
         at_least("slack.outbox_capacity", slack.outbox_capacity as u64, 1)?;
+        at_least(
+            "slack.digest_outbox_capacity",
+            slack.digest_outbox_capacity as u64,
+            1,
+        )?;
         at_least("slack.pace_milliseconds", slack.pace_milliseconds, 1)?;
         at_least(
             "slack.retry_min_milliseconds",

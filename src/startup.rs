@@ -335,6 +335,7 @@ fn start_slack(
         tls,
         timeout: Settings::seconds(s.timeout_seconds),
         outbox_capacity: s.outbox_capacity,
+        digest_outbox_capacity: s.digest_outbox_capacity,
         pace: Duration::from_millis(s.pace_milliseconds),
         retry_min: Duration::from_millis(s.retry_min_milliseconds),
         retry_max: Duration::from_millis(s.retry_max_milliseconds),
@@ -374,6 +375,7 @@ fn start_alerts(
         silent_after: Settings::seconds(settings.registry.silent_after_seconds),
         rejecting_window: Settings::seconds(a.rejecting_window_seconds),
         digest_window: Settings::seconds(a.digest_window_seconds),
+        max_digests_per_window: a.max_digests_per_window,
         max_devices: settings.registry.max_devices,
     };
     let (t, b) = (telemetry.clone(), bus.clone());
