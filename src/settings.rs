@@ -81,6 +81,7 @@ pub struct Settings {
     pub alerts: AlertSettings,
     pub slack: SlackSettings,
     pub storage: StorageSettings,
+    pub host_health: HostHealthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +264,15 @@ pub struct SlackSettings {
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub data_dir: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostHealthSettings {
+    /// Hosts with a stored report; a new host beyond it is refused.
+    pub max_hosts: usize,
+    /// `GET /v1/host-health` listings streaming at once.
+    pub max_concurrent_lists: usize,
 }
 
 /// Where settings come from. `Default` = embedded defaults + process env.
@@ -479,6 +489,19 @@ impl Settings {
         if self.storage.data_dir.is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
         }
+        let hh = &self.host_health;
+        if !(1..=1_000_000).contains(&hh.max_hosts) {
+            return Err(invalid(
+                "host_health.max_hosts",
+                "must be from 1 to 1000000",
+            ));
+        }
+        if !(1..=1024).contains(&hh.max_concurrent_lists) {
+            return Err(invalid(
+                "host_health.max_concurrent_lists",
+                "must be from 1 to 1024",
+            ));
+        }
         Ok(())
     }
 
@@ -684,6 +707,9 @@ mod tests {
             ("[slack]\nretry_min_milliseconds = 500\nretry_max_milliseconds = 100", "slack.retry_max_milliseconds"),
             ("[slack]\nshutdown_flush_seconds = 301", "slack.shutdown_flush_seconds"),
             ("[storage]\ndata_dir = \"\"", "storage.data_dir"),
+            ("[slack]\ndigest_outbox_capacity = 0", "slack.digest_outbox_capacity"),
+            ("[host_health]\nmax_hosts = 0", "host_health.max_hosts"),
+            ("[host_health]\nmax_concurrent_lists = 0", "host_health.max_concurrent_lists"),
         ];
         for (toml, key) in table {
             let line = error_line(toml);

@@ -24,6 +24,7 @@ use edgebus_actors::topic::TopicFilter;
 
 use crate::auth::Auth;
 use crate::broker;
+use crate::host_health::{HostHealthLimits, HostHealthStore};
 use crate::http::{self, AppState};
 use crate::settings::{MqttMode, Settings};
 
@@ -169,6 +170,14 @@ impl Application {
                 settings.http.bind
             );
         }
+        let host_health = HostHealthStore::open(
+            &settings.storage.data_dir,
+            HostHealthLimits {
+                max_hosts: settings.host_health.max_hosts,
+                max_concurrent_lists: settings.host_health.max_concurrent_lists,
+            },
+        )
+        .context("`storage.data_dir`: cannot read the host-health reports")?;
         let state = web::Data::new(AppState {
             bus: bus.clone(),
             registry,
@@ -177,6 +186,7 @@ impl Application {
             settings: settings.clone(),
             auth,
             idempotency: Default::default(),
+            host_health: Arc::new(host_health),
             // validate() has parsed every one of them already.
             families: settings
                 .mqtt
