@@ -282,6 +282,7 @@ fn alerts_config(rules: usize) -> AlertsConfig {
         silent_after: Duration::from_secs(1800),
         rejecting_window: Duration::from_secs(300),
         digest_window: Duration::from_secs(300),
+        max_digests_per_window: 20,
         max_devices: ALERT_DEVICES,
     }
 }

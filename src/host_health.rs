@@ -2,27 +2,54 @@
 //! `{data_dir}/host-health/{host}.json`, each the latest report with the
 //! time edgebus received it.
 //!
+//! Bounded in every direction a client controls:
+//! - at most `host_health.max_hosts` hosts: a new host beyond it is refused,
+//!   a known host can always replace its report;
+//! - a report is at most [`MAX_REPORT_BYTES`] and is stored as the bytes the
+//!   host sent (validated, never re-rendered, never pretty-printed) inside a
+//!   one-line envelope, so a file is at most [`MAX_RECORD_BYTES`] and the
+//!   directory at most `max_hosts × MAX_RECORD_BYTES`;
+//! - a listing ([`Listing`]) reads one file at a time, when the response
+//!   asks for the next piece, so one `GET` holds one report in memory
+//!   whatever the number of hosts, and at most
+//!   `host_health.max_concurrent_lists` listings run at once.
+//!
 //! Writes are atomic: the record goes to a uniquely named temporary file in
 //! the same directory, is fsynced, then renamed over the old one, and the
 //! directory is fsynced, so a reader (or a restart after a crash) sees the
 //! old report or the new one, never a mix. Concurrent writers for one host
 //! each use their own temporary file; the last rename wins whole.
 //!
+//! The directory belongs to this process: the hosts are read from it once at
+//! start, then kept in memory (their names only) to check the cap and to
+//! order listings.
+//!
 //! Blocking file I/O: call from a blocking thread (`web::block`).
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use serde_json::{Map, Value};
+use serde::de::IgnoredAny;
 
 use edgebus_actors::alerts::clock::rfc3339;
 use edgebus_actors::ingest::frame::{parse_object, DeviceId, Rejection};
 
 /// Largest report body accepted. A doctor report is a few KiB; this leaves
-/// ample room and keeps `GET /v1/host-health` bounded.
+/// ample room.
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// Room for the envelope around a report:
+/// `{"host_id":"<64>","received_at":"<20>","received_at_ms":<20>,"report":…}`
+/// takes under 160 bytes.
+pub const RECORD_OVERHEAD: usize = 256;
+
+/// Largest file a listing reads; a larger one (not written by this version)
+/// is skipped rather than read.
+pub const MAX_RECORD_BYTES: usize = MAX_REPORT_BYTES + RECORD_OVERHEAD;
 
 /// Prefix of temporary files: never a valid host id, never listed.
 const TMP_PREFIX: &str = ".tmp-";
@@ -35,6 +62,16 @@ pub enum HostHealthError {
     TooLarge(usize),
     #[error("report must be a JSON object: {0}")]
     BadBody(String),
+    #[error(
+        "host-health is full: reports from {0} hosts are stored (host_health.max_hosts); \
+         a new host is refused, a known host can still update its report"
+    )]
+    Full(usize),
+    #[error(
+        "{0} host-health listings are already being sent (host_health.max_concurrent_lists); \
+         retry shortly"
+    )]
+    Busy(usize),
     #[error("storage: {0}")]
     Io(#[from] io::Error),
 }
@@ -48,45 +85,137 @@ pub fn validate_host(host: &str) -> Result<DeviceId, HostHealthError> {
 }
 
 /// A report body: one JSON object, no duplicate keys, within the size cap.
-pub fn parse_report(body: &[u8]) -> Result<Map<String, Value>, HostHealthError> {
+/// Returns the body itself, trimmed: what is stored. (The parse only
+/// validates; its tree is dropped at once.)
+pub fn parse_report(body: &[u8]) -> Result<&[u8], HostHealthError> {
     parse_object(body, MAX_REPORT_BYTES).map_err(|e| match e {
         Rejection::TooLarge(n) => HostHealthError::TooLarge(n),
         other => HostHealthError::BadBody(other.to_string()),
-    })
+    })?;
+    Ok(body.trim_ascii())
 }
 
-/// What is stored: `{host_id, received_at, received_at_ms, report}`.
-pub fn record(host: &DeviceId, report: Map<String, Value>, received_ms: u64) -> Value {
-    let mut record = Map::new();
-    record.insert("host_id".into(), Value::from(host.as_str()));
-    record.insert("received_at".into(), Value::from(rfc3339(received_ms)));
-    record.insert("received_at_ms".into(), Value::from(received_ms));
-    record.insert("report".into(), Value::Object(report));
-    Value::Object(record)
+/// What is stored: `{"host_id","received_at","received_at_ms","report"}` on
+/// one line, `report` being the validated body as sent. A host id needs no
+/// JSON escaping (`[A-Za-z0-9._-]`), nor does an RFC 3339 time.
+pub fn record(host: &DeviceId, report: &[u8], received_ms: u64) -> Vec<u8> {
+    let head = format!(
+        r#"{{"host_id":"{host}","received_at":"{}","received_at_ms":{received_ms},"report":"#,
+        rfc3339(received_ms)
+    );
+    let mut record = Vec::with_capacity(head.len() + report.len() + 1);
+    record.extend_from_slice(head.as_bytes());
+    record.extend_from_slice(report);
+    record.push(b'}');
+    record
 }
 
-#[derive(Debug, Clone)]
+/// `host_health.*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostHealthLimits {
+    pub max_hosts: usize,
+    pub max_concurrent_lists: usize,
+}
+
+#[derive(Debug)]
 pub struct HostHealthStore {
     dir: PathBuf,
+    limits: HostHealthLimits,
+    /// Hosts with a stored report, sorted.
+    hosts: Mutex<BTreeSet<Box<str>>>,
+    /// Listings being sent.
+    lists: AtomicUsize,
 }
 
 impl HostHealthStore {
-    /// Reports live in `{data_dir}/host-health`.
-    pub fn new(data_dir: impl AsRef<Path>) -> Self {
-        Self {
-            dir: data_dir.as_ref().join("host-health"),
+    /// Reports live in `{data_dir}/host-health`. Reads the hosts stored
+    /// there (names only) and removes temporary files a crash left behind.
+    pub fn open(
+        data_dir: impl AsRef<Path>,
+        limits: HostHealthLimits,
+    ) -> Result<Self, HostHealthError> {
+        let dir = data_dir.as_ref().join("host-health");
+        let mut hosts = BTreeSet::new();
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if name.starts_with(TMP_PREFIX) {
+                        let _ = fs::remove_file(entry.path());
+                    } else if let Some(host) = host_of(name) {
+                        hosts.insert(host.into());
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
+        if hosts.len() > limits.max_hosts {
+            log::warn!(
+                "{} hosts have host-health reports, over `host_health.max_hosts` ({}): new hosts \
+                 are refused until reports are removed from {}.",
+                hosts.len(),
+                limits.max_hosts,
+                dir.display()
+            );
+        }
+        Ok(Self {
+            dir,
+            limits,
+            hosts: Mutex::new(hosts),
+            lists: AtomicUsize::new(0),
+        })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Stores `record` as the latest report of `host`, atomically.
-    pub fn put(&self, host: &DeviceId, record: &Value) -> Result<(), HostHealthError> {
+    /// Hosts with a stored report.
+    pub fn len(&self) -> usize {
+        self.hosts().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn hosts(&self) -> MutexGuard<'_, BTreeSet<Box<str>>> {
+        // The set stays consistent whatever panicked while holding it.
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn path(&self, host: &str) -> PathBuf {
+        self.dir.join(format!("{host}.json"))
+    }
+
+    /// Stores `record` as the latest report of `host`, atomically; refuses a
+    /// new host once `max_hosts` hosts are stored.
+    pub fn put(&self, host: &DeviceId, record: &[u8]) -> Result<(), HostHealthError> {
+        let new = {
+            let mut hosts = self.hosts();
+            if hosts.contains(host.as_str()) {
+                false
+            } else if hosts.len() >= self.limits.max_hosts {
+                return Err(HostHealthError::Full(self.limits.max_hosts));
+            } else {
+                // Taken now, so two new hosts racing for the last place
+                // cannot both have it.
+                hosts.insert(host.as_str().into())
+            }
+        };
+        let written = self.write(host, record);
+        if written.is_err() && new && !self.path(host.as_str()).exists() {
+            self.hosts().remove(host.as_str());
+        }
+        written
+    }
+
+    fn write(&self, host: &DeviceId, record: &[u8]) -> Result<(), HostHealthError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         fs::create_dir_all(&self.dir)?;
-        let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::from)?;
         let tmp = self.dir.join(format!(
             "{TMP_PREFIX}{}-{}-{host}",
             std::process::id(),
@@ -94,9 +223,9 @@ impl HostHealthStore {
         ));
         let written = (|| {
             let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
+            file.write_all(record)?;
             file.sync_all()?;
-            fs::rename(&tmp, self.dir.join(format!("{host}.json")))
+            fs::rename(&tmp, self.path(host.as_str()))
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
@@ -107,46 +236,150 @@ impl HostHealthStore {
         Ok(())
     }
 
-    /// Every stored report, sorted by host id. Unreadable files are skipped
-    /// (logged): one bad file must not hide the others.
-    pub fn list(&self) -> Result<Vec<Value>, HostHealthError> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+    /// Starts a listing of every stored report, sorted by host id; refused
+    /// while `max_concurrent_lists` listings are being sent.
+    pub fn list(self: &Arc<Self>) -> Result<Listing, HostHealthError> {
+        let max = self.limits.max_concurrent_lists;
+        self.lists
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| HostHealthError::Busy(max))?;
+        let hosts: Vec<Box<str>> = self.hosts().iter().cloned().collect();
+        Ok(Listing {
+            store: self.clone(),
+            hosts: hosts.into_iter(),
+            stage: Stage::Head,
+        })
+    }
+
+    /// Appends the stored record of `host` to `out`; `false` (and `out`
+    /// unchanged) when it is gone, too large or unreadable. Reads at most
+    /// [`MAX_RECORD_BYTES`] + 1 bytes.
+    fn read_into(&self, host: &str, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        let read = File::open(self.path(host))
+            .and_then(|f| f.take(MAX_RECORD_BYTES as u64 + 1).read_to_end(out));
+        let problem = match read {
+            // Written a moment ago and not renamed yet, or removed by hand.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(e.to_string()),
+            Ok(n) if n > MAX_RECORD_BYTES => Some(format!(
+                "over {MAX_RECORD_BYTES} bytes (an older edgebus pretty-printed it); \
+                 listed again once the host reports"
+            )),
+            // Validated without building a tree: memory stays one file.
+            Ok(_) => match serde_json::from_slice::<IgnoredAny>(&out[start..]) {
+                Ok(_) => return true,
+                Err(e) => Some(e.to_string()),
+            },
         };
-        let mut found: Vec<(String, Value)> = Vec::new();
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(host) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .filter(|h| validate_host(h).is_ok())
-            else {
-                continue;
+        if let Some(problem) = problem {
+            log::warn!("Skipped the host-health report of `{host}`: {problem}.");
+        }
+        out.truncate(start);
+        false
+    }
+}
+
+/// A host id from a file name `{host}.json`.
+fn host_of(file_name: &str) -> Option<&str> {
+    file_name
+        .strip_suffix(".json")
+        .filter(|h| validate_host(h).is_ok())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Head,
+    First,
+    Rest,
+    Done,
+}
+
+/// One `GET /v1/host-health` body, `{"hosts":[record,…]}`, produced piece
+/// by piece: the head, then one stored report per piece (read from disk
+/// only when that piece is asked for), then the tail. Holds the names of
+/// the hosts and at most one report. Ending it (dropping it) frees its
+/// place among the concurrent listings.
+#[derive(Debug)]
+pub struct Listing {
+    store: Arc<HostHealthStore>,
+    hosts: std::vec::IntoIter<Box<str>>,
+    stage: Stage,
+}
+
+impl Listing {
+    /// The next piece of the body, `None` after the last. Blocking.
+    pub fn next_piece(&mut self) -> Option<Vec<u8>> {
+        match self.stage {
+            Stage::Head => {
+                self.stage = Stage::First;
+                return Some(br#"{"hosts":["#.to_vec());
+            }
+            Stage::Done => return None,
+            Stage::First | Stage::Rest => {}
+        }
+        for host in self.hosts.by_ref() {
+            let mut piece = if self.stage == Stage::Rest {
+                vec![b',']
+            } else {
+                Vec::new()
             };
-            match fs::read(entry.path())
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(record) => found.push((host.to_owned(), record)),
-                Err(e) => log::warn!("Skipped unreadable host-health report `{host}`: {e}."),
+            if self.store.read_into(&host, &mut piece) {
+                self.stage = Stage::Rest;
+                return Some(piece);
             }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(found.into_iter().map(|(_, v)| v).collect())
+        self.stage = Stage::Done;
+        Some(b"]}".to_vec())
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        self.store.lists.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    const LIMITS: HostHealthLimits = HostHealthLimits {
+        max_hosts: 100,
+        max_concurrent_lists: 4,
+    };
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("edgebus-hh-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    fn open(dir: &Path, limits: HostHealthLimits) -> Arc<HostHealthStore> {
+        Arc::new(HostHealthStore::open(dir, limits).unwrap())
+    }
+
+    fn put(
+        store: &HostHealthStore,
+        host: &str,
+        body: &str,
+        at: u64,
+    ) -> Result<(), HostHealthError> {
+        let host = validate_host(host).unwrap();
+        store.put(&host, &record(&host, parse_report(body.as_bytes())?, at))
+    }
+
+    /// The whole body of a listing, parsed.
+    fn listed(store: &Arc<HostHealthStore>) -> Value {
+        let mut listing = store.list().unwrap();
+        let mut body = Vec::new();
+        while let Some(piece) = listing.next_piece() {
+            body.extend(piece);
+        }
+        serde_json::from_slice(&body).unwrap()
     }
 
     #[test]
@@ -168,7 +401,10 @@ mod tests {
 
     #[test]
     fn only_a_json_object_within_the_cap_is_a_report() {
-        assert!(parse_report(br#"{"disk":"ok","checks":[1,2]}"#).is_ok());
+        assert_eq!(
+            parse_report(b" {\"disk\":\"ok\",\"checks\":[1,2]}\n").unwrap(),
+            br#"{"disk":"ok","checks":[1,2]}"#
+        );
         for bad in [
             &b"[1,2]"[..],
             b"\"x\"",
@@ -190,28 +426,160 @@ mod tests {
     }
 
     #[test]
-    fn put_replaces_the_file_whole_and_list_reads_every_host_sorted() {
+    fn a_record_is_the_report_as_sent_in_a_one_line_envelope() {
+        let host = validate_host(&"h".repeat(64)).unwrap();
+        let report = format!(r#"{{"samples":[{}]}}"#, vec!["[1,2]"; 500].join(","));
+        let stored = record(&host, report.as_bytes(), u64::MAX / 1000);
+        assert!(stored.len() <= report.len() + RECORD_OVERHEAD);
+        assert!(!stored.contains(&b'\n'));
+        let v: Value = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(v["host_id"], host.as_str());
+        assert_eq!(v["report"]["samples"][499], serde_json::json!([1, 2]));
+    }
+
+    #[test]
+    fn put_replaces_the_file_whole_and_a_listing_has_every_host_sorted() {
         let dir = temp_dir("put");
-        let store = HostHealthStore::new(&dir);
-        assert!(store.list().unwrap().is_empty(), "no directory yet");
-        let h1 = validate_host("h1").unwrap();
-        let h0 = validate_host("h0").unwrap();
-        let report = |n: i64| parse_report(format!(r#"{{"n":{n}}}"#).as_bytes()).unwrap();
-        store.put(&h1, &record(&h1, report(1), 1_000)).unwrap();
-        store.put(&h1, &record(&h1, report(2), 2_000)).unwrap();
-        store.put(&h0, &record(&h0, report(3), 3_000)).unwrap();
-        fs::write(store.dir().join("junk.json"), "{not json").unwrap();
-        let all = store.list().unwrap();
+        let store = open(&dir, LIMITS);
+        assert_eq!(
+            listed(&store),
+            serde_json::json!({"hosts": []}),
+            "no directory yet"
+        );
+        put(&store, "h1", r#"{"n":1}"#, 1_000).unwrap();
+        put(&store, "h1", r#"{"n":2}"#, 2_000).unwrap();
+        put(&store, "h0", r#"{"n":3}"#, 3_000).unwrap();
+        let all = listed(&store);
+        let all = all["hosts"].as_array().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0]["host_id"], "h0");
         assert_eq!(all[1]["report"]["n"], 2);
         assert_eq!(all[1]["received_at"], "1970-01-01T00:00:02Z");
+        assert_eq!(all[1]["received_at_ms"], 2_000);
         let leftovers: Vec<_> = fs::read_dir(store.dir())
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|n| n.starts_with(TMP_PREFIX))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_host_over_the_cap_is_refused_and_a_known_one_still_updates() {
+        let dir = temp_dir("cap");
+        let store = open(
+            &dir,
+            HostHealthLimits {
+                max_hosts: 2,
+                ..LIMITS
+            },
+        );
+        put(&store, "h0", "{}", 1).unwrap();
+        put(&store, "h1", "{}", 1).unwrap();
+        assert!(matches!(
+            put(&store, "h2", "{}", 1),
+            Err(HostHealthError::Full(2))
+        ));
+        put(&store, "h1", r#"{"again":true}"#, 2).unwrap();
+        assert!(!store.path("h2").exists());
+        assert_eq!(store.len(), 2);
+        // The cap holds across a restart: the hosts are read back.
+        let reopened = open(
+            &dir,
+            HostHealthLimits {
+                max_hosts: 2,
+                ..LIMITS
+            },
+        );
+        assert!(matches!(
+            put(&reopened, "h3", "{}", 1),
+            Err(HostHealthError::Full(2))
+        ));
+        assert_eq!(listed(&reopened)["hosts"][1]["report"]["again"], true);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_listing_reads_one_report_per_piece_and_only_when_asked() {
+        let dir = temp_dir("lazy");
+        let store = open(&dir, LIMITS);
+        let pad = "x".repeat(MAX_REPORT_BYTES - 64);
+        for host in ["h0", "h1", "h2", "h3"] {
+            put(
+                &store,
+                host,
+                &format!(r#"{{"host":"{host}","pad":"{pad}"}}"#),
+                1,
+            )
+            .unwrap();
+        }
+        fs::write(store.path("h3"), b"{not json").unwrap();
+
+        let mut listing = store.list().unwrap();
+        let mut pieces = vec![listing.next_piece().unwrap()];
+        pieces.push(listing.next_piece().unwrap());
+        // h1 changes and h2 goes after the listing began: a listing that
+        // had read them already would show the old ones.
+        put(&store, "h1", r#"{"host":"h1","new":true}"#, 2).unwrap();
+        fs::remove_file(store.path("h2")).unwrap();
+        while let Some(piece) = listing.next_piece() {
+            pieces.push(piece);
+        }
+
+        assert!(pieces.iter().all(|p| p.len() <= MAX_RECORD_BYTES + 1));
+        let body: Vec<u8> = pieces.concat();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let hosts = v["hosts"].as_array().unwrap();
+        assert_eq!(hosts.len(), 2, "h2 gone, h3 unreadable: {}", hosts.len());
+        assert_eq!(hosts[0]["report"]["host"], "h0");
+        assert_eq!(hosts[1]["report"]["new"], true);
+        assert_eq!(pieces.len(), 4, "head, h0, h1, tail");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn listings_beyond_the_cap_wait_for_one_to_end() {
+        let dir = temp_dir("lists");
+        let store = open(
+            &dir,
+            HostHealthLimits {
+                max_concurrent_lists: 2,
+                ..LIMITS
+            },
+        );
+        let first = store.list().unwrap();
+        let _second = store.list().unwrap();
+        assert!(matches!(store.list(), Err(HostHealthError::Busy(2))));
+        drop(first);
+        assert!(store.list().is_ok());
+    }
+
+    #[test]
+    fn a_file_over_the_record_cap_is_skipped_unread() {
+        let dir = temp_dir("big");
+        let store = open(&dir, LIMITS);
+        put(&store, "h0", "{}", 1).unwrap();
+        put(&store, "h1", "{}", 1).unwrap();
+        let pretty = format!("{{\n  \"pad\": \"{}\"\n}}", "x".repeat(MAX_RECORD_BYTES));
+        fs::write(store.path("h0"), pretty).unwrap();
+        let all = listed(&store);
+        assert_eq!(all["hosts"].as_array().unwrap().len(), 1);
+        assert_eq!(all["hosts"][0]["host_id"], "h1");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn opening_reads_the_hosts_and_clears_temporary_files() {
+        let dir = temp_dir("open");
+        let hh = dir.join("host-health");
+        fs::create_dir_all(&hh).unwrap();
+        fs::write(hh.join("a.json"), "{}").unwrap();
+        fs::write(hh.join(".tmp-1-2-a"), "{").unwrap();
+        fs::write(hh.join("notes.txt"), "").unwrap();
+        let store = open(&dir, LIMITS);
+        assert_eq!(store.len(), 1);
+        assert!(!hh.join(".tmp-1-2-a").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -81,6 +81,7 @@ pub struct Settings {
     pub alerts: AlertSettings,
     pub slack: SlackSettings,
     pub storage: StorageSettings,
+    pub host_health: HostHealthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,6 +237,8 @@ pub struct AlertSettings {
     pub rules: Vec<AlertRuleSettings>,
     /// Security digests: at most one roll-up per attacker per window.
     pub digest_window_seconds: u64,
+    /// …and at most this many roll-ups per window overall.
+    pub max_digests_per_window: u32,
     /// A device with only rejected frames for this long is `rejecting`.
     pub rejecting_window_seconds: u64,
 }
@@ -259,7 +262,10 @@ pub struct SlackSettings {
     pub webhook_url: Secret,
     pub summary_interval_seconds: u64,
     pub timeout_seconds: u64,
+    /// Alerts waiting; digests and summaries have budgets of their own.
     pub outbox_capacity: usize,
+    /// Digests waiting; when full the oldest digest goes, never an alert.
+    pub digest_outbox_capacity: usize,
     /// Least time between two requests to the webhook (Slack: ~1/s).
     pub pace_milliseconds: u64,
     /// Back-off after a 5xx, timeout or connection error: first delay…
@@ -274,6 +280,15 @@ pub struct SlackSettings {
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub data_dir: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostHealthSettings {
+    /// Hosts with a stored report; a new host beyond it is refused.
+    pub max_hosts: usize,
+    /// `GET /v1/host-health` listings streaming at once.
+    pub max_concurrent_lists: usize,
 }
 
 /// Where settings come from. `Default` = embedded defaults + process env.
@@ -499,6 +514,11 @@ impl Settings {
         )?;
         at_least("slack.timeout_seconds", slack.timeout_seconds, 1)?;
         at_least("slack.outbox_capacity", slack.outbox_capacity as u64, 1)?;
+        at_least(
+            "slack.digest_outbox_capacity",
+            slack.digest_outbox_capacity as u64,
+            1,
+        )?;
         at_least("slack.pace_milliseconds", slack.pace_milliseconds, 1)?;
         at_least(
             "slack.retry_min_milliseconds",
@@ -520,6 +540,19 @@ impl Settings {
 
         if self.storage.data_dir.is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
+        }
+        let hh = &self.host_health;
+        if !(1..=1_000_000).contains(&hh.max_hosts) {
+            return Err(invalid(
+                "host_health.max_hosts",
+                "must be from 1 to 1000000",
+            ));
+        }
+        if !(1..=1024).contains(&hh.max_concurrent_lists) {
+            return Err(invalid(
+                "host_health.max_concurrent_lists",
+                "must be from 1 to 1024",
+            ));
         }
         Ok(())
     }
@@ -733,6 +766,9 @@ mod tests {
             ("[sessions]\nmax_tickets = 0", "sessions.max_tickets"),
             ("[sessions]\nmax_streams = 0", "sessions.max_streams"),
             ("[sessions]\nmax_tickets = 10\nmax_tickets_per_identity = 11", "sessions.max_tickets_per_identity"),
+            ("[slack]\ndigest_outbox_capacity = 0", "slack.digest_outbox_capacity"),
+            ("[host_health]\nmax_hosts = 0", "host_health.max_hosts"),
+            ("[host_health]\nmax_concurrent_lists = 0", "host_health.max_concurrent_lists"),
         ];
         for (toml, key) in table {
             let line = error_line(toml);

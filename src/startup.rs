@@ -24,6 +24,7 @@ use edgebus_actors::topic::TopicFilter;
 
 use crate::auth::Auth;
 use crate::broker;
+use crate::host_health::{HostHealthLimits, HostHealthStore};
 use crate::http::{self, AppState};
 use crate::settings::{MqttMode, Settings};
 
@@ -171,6 +172,14 @@ impl Application {
                  (`?token=` on streams, `Authorization: Bearer` elsewhere)."
             );
         }
+        let host_health = HostHealthStore::open(
+            &settings.storage.data_dir,
+            HostHealthLimits {
+                max_hosts: settings.host_health.max_hosts,
+                max_concurrent_lists: settings.host_health.max_concurrent_lists,
+            },
+        )
+        .context("`storage.data_dir`: cannot read the host-health reports")?;
         let state = web::Data::new(AppState {
             bus: bus.clone(),
             registry,
@@ -179,6 +188,7 @@ impl Application {
             settings: settings.clone(),
             auth,
             idempotency: Arc::new(http::idempotency::Idempotency::new(&settings.http, clock)),
+            host_health: Arc::new(host_health),
             // validate() has parsed every one of them already.
             families: settings
                 .mqtt
@@ -337,6 +347,7 @@ fn start_slack(
         tls,
         timeout: Settings::seconds(s.timeout_seconds),
         outbox_capacity: s.outbox_capacity,
+        digest_outbox_capacity: s.digest_outbox_capacity,
         pace: Duration::from_millis(s.pace_milliseconds),
         retry_min: Duration::from_millis(s.retry_min_milliseconds),
         retry_max: Duration::from_millis(s.retry_max_milliseconds),
@@ -376,6 +387,7 @@ fn start_alerts(
         silent_after: Settings::seconds(settings.registry.silent_after_seconds),
         rejecting_window: Settings::seconds(a.rejecting_window_seconds),
         digest_window: Settings::seconds(a.digest_window_seconds),
+        max_digests_per_window: a.max_digests_per_window,
         max_devices: settings.registry.max_devices,
     };
     let (t, b) = (telemetry.clone(), bus.clone());

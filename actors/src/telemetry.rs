@@ -87,7 +87,7 @@ impl AlertMetrics {
             slack_failed.with_label_values(&[reason]);
         }
         for kind in crate::slack::NoticeKind::ALL {
-            for reason in ["outbox_full", "overload", "shutdown"] {
+            for reason in crate::slack::outbox::DROP_REASONS {
                 slack_dropped.with_label_values(&[kind.as_str(), reason]);
             }
         }
@@ -312,7 +312,17 @@ impl Telemetry {
             .with_label_values(&[kind.as_str(), reason])
             .inc();
         let why = match reason {
-            "outbox_full" => "the outbox is full; raise `slack.outbox_capacity` or check Slack",
+            "outbox_full" => match kind {
+                crate::slack::NoticeKind::Alert => {
+                    "the outbox is full; raise `slack.outbox_capacity` or check Slack"
+                }
+                crate::slack::NoticeKind::Digest => {
+                    "the digest outbox is full; raise `slack.digest_outbox_capacity` or check Slack"
+                }
+                // Superseded by a newer summary: nothing an operator lost.
+                crate::slack::NoticeKind::Summary => return,
+            },
+            "rate_limited" => "over `alerts.max_digests_per_window` in this window",
             "overload" => "the Slack actor's mailbox is full",
             _ => return, // shutdown: reported once by the Slack actor
         };

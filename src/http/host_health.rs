@@ -3,6 +3,17 @@
 //! `{"hosts": [...]}` sorted by host). Stored on disk by
 //! [`crate::host_health`]; nothing that gates metrics gates these, so a sick
 //! host can always report.
+//!
+//! The listing is streamed: each report is read from disk when the client
+//! has taken the previous ones (the body is polled only as the socket
+//! drains), so a `GET` holds one report in memory however many hosts there
+//! are, and a client that stops reading stops the reads.
+//!
+//! A new host beyond `host_health.max_hosts` gets 409: the request conflicts
+//! with the store's state, and sending it again will not help until an
+//! operator acts (a 5xx would invite automatic retries, a 429 the promise
+//! that waiting is enough). A listing beyond `host_health.max_concurrent_lists`
+//! gets 429 with `Retry-After`: that one does pass with time.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -15,7 +26,7 @@ use super::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::host_health::{
-    parse_report, record, validate_host, HostHealthError, HostHealthStore, MAX_REPORT_BYTES,
+    parse_report, record, validate_host, HostHealthError, Listing, MAX_REPORT_BYTES,
 };
 
 impl From<HostHealthError> for ApiError {
@@ -25,13 +36,11 @@ impl From<HostHealthError> for ApiError {
                 ApiError::BadRequest(e.to_string())
             }
             HostHealthError::TooLarge(_) => ApiError::PayloadTooLarge(e.to_string()),
+            HostHealthError::Full(_) => ApiError::Conflict(e.to_string()),
+            HostHealthError::Busy(_) => ApiError::TooManyRequests(e.to_string(), 1),
             HostHealthError::Io(io) => ApiError::Internal(io.into()),
         }
     }
-}
-
-fn store(state: &AppState) -> HostHealthStore {
-    HostHealthStore::new(&state.settings.storage.data_dir)
 }
 
 fn blocking_failed(e: actix_web::error::BlockingError) -> ApiError {
@@ -47,9 +56,8 @@ pub async fn put(
     state.auth.require(authorization(&req), Role::Publisher)?;
     let host = validate_host(&host)?;
     let bytes = read_capped(&req, body, MAX_REPORT_BYTES).await?;
-    let report = parse_report(&bytes)?;
-    let record = record(&host, report, now_ms());
-    let store = store(&state);
+    let record = record(&host, parse_report(&bytes)?, now_ms());
+    let store = state.host_health.clone();
     let stored_host = host.clone();
     web::block(move || store.put(&stored_host, &record))
         .await
@@ -59,9 +67,18 @@ pub async fn put(
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.auth.require(authorization(&req), Role::Viewer)?;
-    let store = store(&state);
-    let hosts = web::block(move || store.list())
-        .await
-        .map_err(blocking_failed)??;
-    Ok(HttpResponse::Ok().json(json!({ "hosts": hosts })))
+    let listing = state.host_health.list()?;
+    let body = futures_util::stream::unfold(Some(listing), |listing| async move {
+        let mut listing: Listing = listing?;
+        match web::block(move || (listing.next_piece(), listing)).await {
+            Ok((Some(piece), listing)) => Some((Ok(web::Bytes::from(piece)), Some(listing))),
+            Ok((None, _)) => None,
+            // The pool is gone (shutdown): end the body short, so the
+            // client sees a broken response rather than a partial list.
+            Err(e) => Some((Err(actix_web::error::ErrorInternalServerError(e)), None)),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body))
 }

@@ -211,3 +211,114 @@ async fn writing_needs_a_publisher_and_reading_a_viewer() {
     assert_eq!(listed.body["hosts"][0]["host_id"], "lab-02");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[actix_web::test]
+async fn a_new_host_over_the_cap_is_refused_with_a_clear_error_and_known_hosts_still_update() {
+    let dir = data_dir();
+    let app = spawn_app_with(&format!(
+        "[storage]\ndata_dir = \"{}\"\n[host_health]\nmax_hosts = 3\n",
+        dir.display()
+    ))
+    .await;
+    for host in ["h0", "h1", "h2"] {
+        let (status, body) = put(&app, host, r#"{"n":1}"#).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {body}");
+    }
+
+    let (status, body) = put(&app, "h3", r#"{"n":1}"#).await;
+
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("host_health.max_hosts") && error.contains("known host"),
+        "{error}"
+    );
+    let (status, body) = put(&app, "h1", r#"{"n":2}"#).await;
+    assert_eq!(status, StatusCode::OK, "a known host updates: {body}");
+    let (_, all) = app.get_json("/v1/host-health").await;
+    let hosts = all["hosts"].as_array().expect("hosts");
+    let ids: Vec<&str> = hosts.iter().filter_map(|h| h["host_id"].as_str()).collect();
+    assert_eq!(ids, vec!["h0", "h1", "h2"]);
+    assert_eq!(hosts[1]["report"], json!({"n": 2}));
+    assert!(!dir.join("host-health/h3.json").exists());
+    app.handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn a_report_is_stored_as_compactly_as_it_was_sent() {
+    let dir = data_dir();
+    let app = app_with_data(&dir).await;
+    // Many small values: pretty-printing would put each on its own line.
+    let samples: Vec<Value> = (0..2_000).map(|i| json!([i, {"ok": i % 2 == 0}])).collect();
+    let body = json!({ "samples": samples }).to_string();
+
+    let (status, answer) = put(&app, "compact-01", body.clone()).await;
+
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let stored = std::fs::read(dir.join("host-health/compact-01.json")).expect("file");
+    assert!(
+        stored.len() <= body.len() + 256,
+        "{} bytes on disk for a {}-byte report",
+        stored.len(),
+        body.len()
+    );
+    let on_disk: Value = serde_json::from_slice(&stored).expect("JSON file");
+    assert_eq!(on_disk["report"].to_string(), body);
+    app.handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn a_listing_of_many_hosts_is_streamed_and_has_every_one() {
+    let dir = data_dir();
+    let app = spawn_app_with(&format!(
+        "[storage]\ndata_dir = \"{}\"\n[host_health]\nmax_hosts = 300\n",
+        dir.display()
+    ))
+    .await;
+    let hosts: Vec<String> = (0..240).map(|i| format!("fleet-{i:03}")).collect();
+    for batch in hosts.chunks(12) {
+        let puts = batch.iter().map(|host| {
+            let app = &app;
+            async move {
+                let body = json!({"host": host, "pad": "x".repeat(1_000)}).to_string();
+                let (status, answer) = put(app, host, body).await;
+                assert_eq!(status, StatusCode::OK, "{host}: {answer}");
+            }
+        });
+        futures_util::future::join_all(puts).await;
+    }
+
+    let mut resp = client()
+        .get(app.url("/v1/host-health"))
+        .send()
+        .await
+        .expect("GET");
+
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Streamed: the length is not known up front, since the handler has
+    // not read the reports yet when the head goes out.
+    assert!(
+        resp.headers().get("content-length").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let bytes = resp.body().limit(16 << 20).await.expect("body");
+    let all: Value = serde_json::from_slice(&bytes).expect("one JSON document");
+    let listed = all["hosts"].as_array().expect("hosts");
+    let ids: Vec<&str> = listed
+        .iter()
+        .filter_map(|h| h["host_id"].as_str())
+        .collect();
+    assert_eq!(ids, hosts, "every host, sorted");
+    assert!(listed.iter().all(|h| h["report"]["host"] == h["host_id"]));
+    app.handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

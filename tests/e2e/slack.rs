@@ -38,6 +38,25 @@ async fn wait_metric_value(app: &TestApp, series: &str, value: f64) {
     }
 }
 
+/// Waits until the values of `series` add up to `value`.
+async fn wait_sum(app: &TestApp, series: &[&str], value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut sum = 0.0;
+        for s in series {
+            sum += app.metric(s).await;
+        }
+        if sum == value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series:?} added up to {sum}, not {value}"
+        );
+        actix_web::rt::time::sleep(ms(25)).await;
+    }
+}
+
 #[actix_web::test]
 async fn an_outage_delays_alerts_but_every_one_arrives_once_in_order() {
     // Slack answers 500, hangs past the timeout, 503, then recovers.
@@ -78,8 +97,10 @@ async fn an_outage_delays_alerts_but_every_one_arrives_once_in_order() {
         "five failures, all on the first message, then six"
     );
     assert!(requests[..6].iter().all(|r| r.text == requests[0].text));
-    assert_eq!(metric(&app, "edgebus_slack_sent_total").await, 6.0);
-    assert_eq!(metric(&app, "edgebus_slack_retried_total").await, 5.0);
+    // The counters move once edgebus has read each answer, a moment after
+    // the stand-in recorded it: wait for them.
+    wait_metric_value(&app, "edgebus_slack_sent_total", 6.0).await;
+    wait_metric_value(&app, "edgebus_slack_retried_total", 5.0).await;
     wait_metric_value(&app, "edgebus_slack_outbox_depth", 0.0).await;
 }
 
@@ -276,9 +297,13 @@ async fn a_full_outbox_keeps_the_newest_and_counts_what_it_drops() {
 
 #[actix_web::test]
 async fn shutdown_flushes_the_outbox_within_its_deadline() {
+    // Slack holds its answer to the first message until shutdown is under
+    // way, so all four are still waiting when it starts, however slow the
+    // machine (a pace alone would be a race against it).
     let slack = SlackMock::start().await;
+    slack.script([Reply::Hold]);
     let app = spawn_app_with(&format!(
-        "{}[slack]\npace_milliseconds = 200\n",
+        "{}[slack]\npace_milliseconds = 200\ntimeout_seconds = 30\n",
         slack_toml(&slack)
     ))
     .await;
@@ -287,13 +312,15 @@ async fn shutdown_flushes_the_outbox_within_its_deadline() {
     raise(&mut publisher, &unique("flush"), 4).await;
     app.wait_metric("edgebus_alerts_raised_total{rule=\"cpu_high\"}", 4.0)
         .await;
+    slack.wait_requests(1).await;
     assert!(
         slack.delivered().len() < 4,
         "still queued when shutdown starts"
     );
 
     let started = Instant::now();
-    app.handle.shutdown().await;
+    // `join!` polls the shutdown first: Slack recovers once it has begun.
+    futures_util::join!(app.handle.shutdown(), async { slack.release() });
 
     assert_eq!(
         slack.delivered().len(),
@@ -301,4 +328,85 @@ async fn shutdown_flushes_the_outbox_within_its_deadline() {
         "flushed before shutdown returned"
     );
     assert!(started.elapsed() < Duration::from_secs(6));
+}
+
+#[actix_web::test]
+async fn a_flood_of_digests_never_pushes_a_real_alert_out_of_the_outbox() {
+    // Slack holds its answer to the first digest: from then on everything
+    // waits in the outbox, an alert among a flood of attacker digests.
+    let slack = SlackMock::start().await;
+    slack.script([Reply::Hold]);
+    let app = spawn_app_with(&format!(
+        "{}[slack]\noutbox_capacity = 2\ndigest_outbox_capacity = 3\ntimeout_seconds = 30\n\
+         [alerts]\ndigest_window_seconds = 1\nmax_digests_per_window = 1000\n",
+        slack_toml(&slack)
+    ))
+    .await;
+    let mut publisher = app.publisher().await;
+    let prefix = unique("flood");
+    let observe = |i: usize| format!("attackers/{prefix}-a{i}/observation/dns");
+
+    publisher.publish(&observe(0), "{}").await;
+    slack.wait_requests(1).await; // the first digest, held: Slack is down
+    let devices = raise(&mut publisher, &prefix, 1).await;
+    app.wait_metric("edgebus_alerts_raised_total{rule=\"cpu_high\"}", 1.0)
+        .await;
+    for i in 1..=20 {
+        publisher.publish(&observe(i), "{}").await;
+    }
+    // Every notice the Slack actor has taken is waiting (the held one
+    // included) or dropped: 1 + 1 + 20 once it has taken them all.
+    wait_sum(
+        &app,
+        &[
+            "edgebus_slack_outbox_depth",
+            "edgebus_slack_dropped_total{kind=\"alert\",reason=\"outbox_full\"}",
+            "edgebus_slack_dropped_total{kind=\"digest\",reason=\"outbox_full\"}",
+        ],
+        22.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &app,
+            "edgebus_slack_dropped_total{kind=\"alert\",reason=\"outbox_full\"}"
+        )
+        .await,
+        0.0,
+        "no alert made room for a digest"
+    );
+    // Twenty digests for three places: the seventeen oldest go, as digests.
+    assert_eq!(
+        metric(
+            &app,
+            "edgebus_slack_dropped_total{kind=\"digest\",reason=\"outbox_full\"}"
+        )
+        .await,
+        17.0
+    );
+    slack.release();
+
+    let delivered = slack.wait_delivered(5).await;
+    assert!(delivered[0].starts_with(":shield:"), "{delivered:#?}");
+    assert!(
+        delivered[1].contains(&format!("ALERT at {}:", devices[0])),
+        "the alert arrives first once Slack recovers: {delivered:#?}"
+    );
+    assert!(
+        delivered[2..].iter().all(|t| t.starts_with(":shield:")),
+        "{delivered:#?}"
+    );
+    wait_metric_value(&app, "edgebus_slack_sent_total", 5.0).await;
+    for reason in ["outbox_full", "overload"] {
+        assert_eq!(
+            metric(
+                &app,
+                &format!("edgebus_slack_dropped_total{{kind=\"alert\",reason=\"{reason}\"}}")
+            )
+            .await,
+            0.0,
+            "no alert dropped ({reason})"
+        );
+    }
+    app.handle.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! A real HTTP server standing in for a Slack webhook: answers from a script
 //! (200, 429 with Retry-After, 5xx, 400 `invalid_payload`, a redirect, or a
-//! hang past the client's timeout) and records every request it receives.
+//! hang past the client's timeout, or a hold the test releases) and records
+//! every request it receives.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ pub enum Reply {
     Redirect(String),
     /// Never answers; the connection stays open until the client gives up.
     Hang,
+    /// Answers 200 once the test calls [`SlackMock::release`]: Slack is
+    /// slow for exactly as long as the test says, whatever the machine's speed.
+    Hold,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +49,7 @@ pub struct SlackMock {
     pub url: String,
     state: Arc<Mutex<State>>,
     count: watch::Receiver<usize>,
+    released: Arc<watch::Sender<bool>>,
 }
 
 impl SlackMock {
@@ -57,13 +62,29 @@ impl SlackMock {
         let state = Arc::new(Mutex::new(State::default()));
         let (count_tx, count) = watch::channel(0);
         let count_tx = Arc::new(count_tx);
-        let shared = state.clone();
+        let released = Arc::new(watch::Sender::new(false));
+        let (shared, gate) = (state.clone(), released.clone());
         actix_web::rt::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                actix_web::rt::spawn(serve(stream, shared.clone(), count_tx.clone()));
+                actix_web::rt::spawn(serve(
+                    stream,
+                    shared.clone(),
+                    count_tx.clone(),
+                    gate.subscribe(),
+                ));
             }
         });
-        Self { url, state, count }
+        Self {
+            url,
+            state,
+            count,
+            released,
+        }
+    }
+
+    /// Answers every held request (and any later [`Reply::Hold`]) with 200.
+    pub fn release(&self) {
+        self.released.send_replace(true);
     }
 
     /// Answers for the next requests, in order; then 200.
@@ -136,7 +157,12 @@ impl SlackMock {
     }
 }
 
-async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, count: Arc<watch::Sender<usize>>) {
+async fn serve(
+    mut stream: TcpStream,
+    state: Arc<Mutex<State>>,
+    count: Arc<watch::Sender<usize>>,
+    mut released: watch::Receiver<bool>,
+) {
     let mut buf = Vec::new();
     loop {
         // Head.
@@ -169,7 +195,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, count: Arc<watch
             .ok()
             .and_then(|v| v["text"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        let reply = {
+        let (reply, index) = {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             let reply = s.script.pop_front().unwrap_or(Reply::Ok);
             let status = match &reply {
@@ -177,7 +203,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, count: Arc<watch
                 Reply::Status(code, _) => Some(*code),
                 Reply::RateLimited(_) => Some(429),
                 Reply::Redirect(_) => Some(302),
-                Reply::Hang => None,
+                Reply::Hang | Reply::Hold => None,
             };
             s.requests.push(Request {
                 at: Instant::now(),
@@ -186,7 +212,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, count: Arc<watch
                 status,
             });
             count.send_replace(s.requests.len());
-            reply
+            (reply, s.requests.len() - 1)
         };
         let response = match reply {
             Reply::Ok => response(200, "OK", "", "ok"),
@@ -198,6 +224,17 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, count: Arc<watch
                 "rate_limited",
             ),
             Reply::Redirect(to) => response(302, "Found", &format!("Location: {to}\r\n"), ""),
+            Reply::Hold => {
+                if released.wait_for(|r| *r).await.is_err() {
+                    return;
+                }
+                // Recorded as delivered only now, and counted as a change
+                // so that `wait_delivered` looks again.
+                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                s.requests[index].status = Some(200);
+                count.send_modify(|_| {});
+                response(200, "OK", "", "ok")
+            }
             Reply::Hang => {
                 // Hold the connection until the client gives up on it.
                 let mut sink = [0u8; 1024];

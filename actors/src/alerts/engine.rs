@@ -25,11 +25,16 @@ pub struct Output {
     pub alerts: Vec<Alert>,
     pub presence: Vec<PresenceChange>,
     pub digests: Vec<DigestReport>,
+    /// Digests over `max_digests_per_window`: raised, but not posted.
+    pub digests_held_back: u64,
 }
 
 impl Output {
     pub fn is_empty(&self) -> bool {
-        self.alerts.is_empty() && self.presence.is_empty() && self.digests.is_empty()
+        self.alerts.is_empty()
+            && self.presence.is_empty()
+            && self.digests.is_empty()
+            && self.digests_held_back == 0
     }
 }
 
@@ -58,7 +63,7 @@ impl Engine {
                 ms(config.rejecting_window),
                 config.max_devices,
             ),
-            digests: Digests::new(ms(config.digest_window)),
+            digests: Digests::new(ms(config.digest_window), config.max_digests_per_window),
             silent_after: config.silent_after,
             rules: config.rules,
             decisions: Vec::new(),
@@ -143,7 +148,7 @@ impl Engine {
     pub fn due(&mut self, now: u64) {
         self.presence.due(now, &mut self.out.presence);
         self.health.due(now, &mut self.notices);
-        self.digests.due(now, &mut self.out.digests);
+        self.out.digests_held_back += self.digests.due(now, &mut self.out.digests);
         self.collect_health();
     }
 
@@ -201,6 +206,7 @@ mod tests {
             silent_after: Duration::from_secs(1800),
             rejecting_window: Duration::from_secs(300),
             digest_window: Duration::from_secs(300),
+            max_digests_per_window: 20,
             max_devices: 10,
         })
     }

@@ -79,6 +79,8 @@ pub struct AlertsConfig {
     pub rejecting_window: Duration,
     /// `alerts.digest_window_seconds`.
     pub digest_window: Duration,
+    /// `alerts.max_digests_per_window`: digests posted per window overall.
+    pub max_digests_per_window: u32,
     /// `registry.max_devices`: bounds devices known only from rejections.
     pub max_devices: usize,
 }
@@ -153,6 +155,15 @@ impl Alerts {
                 kind: NoticeKind::Digest,
                 text: record::digest_text(report),
             });
+        }
+        // Held back before the hand-off, so a flood of attackers never
+        // fills the Slack actor's mailbox, which alerts share.
+        for _ in 0..out.digests_held_back {
+            self.telemetry.alert_raised(DIGEST_RULE);
+            if self.slack.is_some() {
+                self.telemetry
+                    .slack_dropped(NoticeKind::Digest, "rate_limited");
+            }
         }
     }
 

@@ -67,6 +67,10 @@ fn cpu_rule(cooldown: Duration) -> Rule {
 }
 
 async fn rig() -> Rig {
+    rig_with_digest_budget(20).await
+}
+
+async fn rig_with_digest_budget(max_digests_per_window: u32) -> Rig {
     let telemetry = Arc::new(Telemetry::new());
     let bus = Bus::new(
         BusConfig {
@@ -86,6 +90,7 @@ async fn rig() -> Rig {
         silent_after: 30 * MIN,
         rejecting_window: 5 * MIN,
         digest_window: 5 * MIN,
+        max_digests_per_window,
         max_devices: 100,
     };
     let alerts = Alerts::new(
@@ -420,4 +425,32 @@ async fn attacker_observations_roll_up_into_one_digest_per_window() {
     rig.check().await;
     assert!(rig.pending_notices().await.is_empty(), "one per window");
     assert_eq!(rig.telemetry.alerts.raised(DIGEST_RULE), 1);
+}
+
+#[actix::test]
+async fn a_flood_of_attackers_posts_at_most_the_window_s_budget_and_counts_the_rest() {
+    let mut rig = rig_with_digest_budget(3).await;
+    for i in 0..10 {
+        rig.publish(observation(&format!("flood{i}"), "dns")).await;
+    }
+    assert!(rig.quiet_until_sentinel().await.is_empty());
+    rig.clock.advance(5 * MIN);
+    rig.check().await;
+    let posted = rig.pending_notices().await;
+    assert_eq!(posted.len(), 3, "{posted:?}");
+    assert!(posted.iter().all(|n| n.kind == NoticeKind::Digest));
+    assert_eq!(
+        rig.telemetry
+            .alerts
+            .slack_dropped(NoticeKind::Digest, "rate_limited"),
+        7
+    );
+    assert_eq!(rig.telemetry.alerts.raised(DIGEST_RULE), 10, "all raised");
+
+    // The next window has its own budget.
+    rig.publish(observation("late", "dns")).await;
+    rig.quiet_until_sentinel().await;
+    rig.clock.advance(5 * MIN);
+    rig.check().await;
+    assert_eq!(rig.pending_notices().await.len(), 1);
 }

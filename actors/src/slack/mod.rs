@@ -1,7 +1,8 @@
 //! The Slack actor: delivers notices to one incoming webhook, in order, and
 //! loses none that fit in its outbox.
 //!
-//! State: the bounded [`Outbox`], the message being sent, the time before
+//! State: the bounded [`Outbox`] (alerts first, digests and summaries on a
+//! budget of their own, see [`outbox`]), the message being sent, the time before
 //! which nothing may be sent (pacing, back-off, `Retry-After`). Accepts
 //! [`Enqueue`] (from Alerts, `try_send`) and [`Drain`] (from startup at
 //! shutdown, `send`). Every `summary_interval` it asks the Registry for the
@@ -34,7 +35,7 @@ use crate::event::now_ms;
 use crate::registry::ListDevices;
 use crate::telemetry::Telemetry;
 
-pub use outbox::{Notice, NoticeKind, Outbox};
+pub use outbox::{Notice, NoticeKind, Outbox, OutboxLimits};
 use retry::{classify, Backoff, Verdict};
 
 /// Mailbox bound: [`Enqueue`] beyond it is counted as dropped by the sender.
@@ -51,7 +52,10 @@ pub struct SlackConfig {
     /// Trust for `https://` webhooks; `None` for plain `http://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub timeout: Duration,
+    /// Alerts that may wait (`slack.outbox_capacity`).
     pub outbox_capacity: usize,
+    /// Digests that may wait, apart from alerts (`slack.digest_outbox_capacity`).
+    pub digest_outbox_capacity: usize,
     /// Least time between two requests to the webhook.
     pub pace: Duration,
     pub retry_min: Duration,
@@ -66,6 +70,7 @@ impl fmt::Debug for SlackConfig {
             .field("tls", &self.tls.is_some())
             .field("timeout", &self.timeout)
             .field("outbox_capacity", &self.outbox_capacity)
+            .field("digest_outbox_capacity", &self.digest_outbox_capacity)
             .field("pace", &self.pace)
             .field("retry_min", &self.retry_min)
             .field("retry_max", &self.retry_max)
@@ -100,7 +105,10 @@ impl Slack {
         telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
-            outbox: Outbox::new(config.outbox_capacity),
+            outbox: Outbox::new(OutboxLimits {
+                alerts: config.outbox_capacity,
+                digests: config.digest_outbox_capacity,
+            }),
             backoff: Backoff::new(config.retry_min, config.retry_max, now_ms()),
             config,
             client: None,
