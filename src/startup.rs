@@ -283,7 +283,8 @@ impl AppHandle {
 
     /// Stop accepting, disconnect from MQTT, close every session with a
     /// close frame, let in-flight requests finish while Slack delivers what
-    /// it can within `slack.shutdown_flush_seconds`, stop the actor threads.
+    /// it can within `slack.shutdown_flush_seconds`, stop the actor threads,
+    /// and last close the embedded broker's listener and device connections.
     pub async fn shutdown(&self) {
         self.server.pause().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ingest.send(ingest::Stop)).await;
@@ -319,9 +320,9 @@ impl AppHandle {
     /// Stops everything at once, without [`AppHandle::shutdown`]'s order:
     /// no close frames, no Slack flush, in-flight requests are cut. What a
     /// test's teardown needs: it is synchronous (a `Drop` may call it), and
-    /// once it returns no actor takes another message, every listening socket
-    /// is closing and the threads are on their way out. Calling it again, or
-    /// after `shutdown`, does nothing more.
+    /// when it returns the HTTP server, every actor thread and the embedded
+    /// broker's listener have been told to stop; their threads end moments
+    /// later. Calling it again, or after `shutdown`, does nothing more.
     pub fn stop_now(&self) {
         // Sent at once; the server's own task does the rest, or its `Drop`
         // when the runtime that polls it ends first.
