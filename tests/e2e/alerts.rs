@@ -298,16 +298,24 @@ async fn a_silent_device_is_reported_hourly_until_it_speaks_again() {
 
 #[actix_web::test]
 async fn attacker_events_reach_slack_as_one_digest_per_window() {
+    // The window is on the test's clock: however slowly the four events
+    // travel, they fall in one window, which closes when the clock says.
     let slack = SlackMock::start().await;
-    let app = spawn_app_with(&format!(
-        "{}[alerts]\ndigest_window_seconds = 1\n",
-        slack_toml(&slack)
-    ))
+    let clock = Arc::new(ManualClock::new(now_ms()));
+    let app = spawn_app_with_clock(
+        &format!(
+            "{}[alerts]\ndigest_window_seconds = 1\n",
+            slack_toml(&slack)
+        ),
+        Some(clock.clone()),
+    )
     .await;
     let mut raw = app.ws("?topic=attackers/%23").await;
     raw.snapshot().await;
+    let mut presence = app.ws("?topic=devices/%2B/presence").await;
+    presence.snapshot().await;
     let mut publisher = app.publisher().await;
-    let attacker = unique("a");
+    let (attacker, sentinel) = (unique("a"), unique("sentinel"));
 
     for primitive in ["dns", "http", "dns"] {
         publisher
@@ -326,6 +334,14 @@ async fn attacker_events_reach_slack_as_one_digest_per_window() {
         let e = raw.next_event().await;
         assert!(e["topic"].as_str().unwrap_or_default().contains(&attacker));
     }
+    // Seen by the alerts actor (it announces the sentinel after them)
+    // before the window closes.
+    publisher
+        .publish(&topic(&sentinel), metrics_json(&sentinel, 1, 10.0))
+        .await;
+    assert_eq!(presence.next_event().await["event"], "device.online");
+    clock.advance(Duration::from_secs(1));
+    check(&app).await;
     let digest = slack
         .wait_text(|t| t.contains(&format!("attacker {attacker}")))
         .await;
