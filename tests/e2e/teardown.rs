@@ -3,8 +3,7 @@
 //! for one test), so the threads of tests running beside it do not blur the
 //! count.
 
-use std::collections::BTreeMap;
-use std::net::TcpStream;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -77,12 +76,42 @@ async fn settle<T>(mut read: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T 
     }
 }
 
-fn refuses(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().expect("address"),
-        Duration::from_millis(200),
-    )
-    .is_err()
+/// Ports this process listens on: its sockets (`/proc/self/fd`) in the
+/// LISTEN state (`/proc/self/net/tcp{,6}`). Another process may bind a
+/// port an app released; that one is not ours and not counted.
+fn listening_ports() -> BTreeSet<u16> {
+    let inodes: BTreeSet<String> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.ok()?.path()).ok()?;
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports = BTreeSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok());
+            if let (Some(port), true) = (port, *state == "0A" && inodes.contains(*inode)) {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
 }
 
 /// Spawns an app with a bit of everything running (Slack, a WebSocket and
@@ -137,14 +166,17 @@ async fn apps_in_a_row() {
         routers <= APPS + 1,
         "one parked router per embedded broker at most: {names:#?}"
     );
-    for (port, mqtt_port) in ports {
-        assert!(
-            settle(|| refuses(port), |r| *r).await,
-            "HTTP {port} still accepts"
-        );
-        assert!(
-            settle(|| refuses(mqtt_port), |r| *r).await,
-            "MQTT {mqtt_port} still accepts"
-        );
-    }
+    let ours: BTreeSet<u16> = ports
+        .iter()
+        .flat_map(|&(http, mqtt)| [http, mqtt])
+        .collect();
+    let still = settle(
+        || &listening_ports() & &ours,
+        |still: &BTreeSet<u16>| still.is_empty(),
+    )
+    .await;
+    assert!(
+        still.is_empty(),
+        "still listening on {still:?} (HTTP and MQTT ports of the apps: {ports:?})"
+    );
 }
