@@ -3,21 +3,33 @@
 //!
 //! rumqttd's `Broker::start()` blocks its thread forever, has no shutdown,
 //! cannot report an ephemeral port and only *logs* a port already in use. So
-//! the port is checked here first, the broker runs on its own thread, and
-//! start-up waits until the port accepts connections.
+//! edgebus assembles the broker from rumqttd's parts instead: the router
+//! (`Router::spawn`) and one MQTT listener (`Server::start`) run on a thread
+//! of ours, whose runtime ends at [`Listener::stop`] and with it the listening
+//! socket and every device connection. The port is held until that thread
+//! hands it to rumqttd, a bind failure is reported as an error, and start-up
+//! waits until the port accepts connections.
 //!
-//! Ingest does not connect to it over TCP: before the broker starts, it
+//! What cannot be stopped: the router's thread. It keeps a sender to its own
+//! channel, so it never sees the channel close, and has no stop event. Once
+//! the listener and ingest are gone nothing sends to it and it stays parked,
+//! holding the memory of its commit log until the process exits.
+//!
+//! Ingest does not connect to it over TCP: before the listener starts, it
 //! takes an in-process local link from the router ([`LocalLink`]), so our
 //! subscription's publishes are handed over as `Bytes` instead of being
 //! encoded by the broker's network thread and decoded again by rumqttc.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use edgebus_actors::ingest::LocalLink;
-use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::local::LinkBuilder;
+use rumqttd::protocol::v4::V4;
+use rumqttd::{ConnectionSettings, LinkType, RouterConfig, ServerSettings};
+use tokio::sync::oneshot;
 
 /// How long start-up waits for the embedded broker to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,9 +68,35 @@ pub fn answers(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
+/// The embedded broker's MQTT listener, running on a thread of its own.
+/// Cloneable handles share it through an `Arc`.
+#[derive(Debug)]
+pub struct Listener {
+    addr: SocketAddr,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Listener {
+    /// Closes the listening socket and every device connection (the thread's
+    /// runtime ends). Synchronous, so a `Drop` may call it; later calls do
+    /// nothing.
+    pub fn stop(&self) {
+        let stop = self
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(stop) = stop {
+            // An error means the thread has ended already.
+            let _ = stop.send(());
+            log::info!("Embedded MQTT broker on {} stopped listening.", self.addr);
+        }
+    }
+}
+
 /// Starts rumqttd on `addr` and returns, once it accepts connections, the
 /// local link that ingest reads from (its client id starts with
-/// `client_id`).
+/// `client_id`) and the handle that stops the listener.
 /// `max_payload_bytes` is edgebus's frame limit: the broker's own limit sits
 /// well above it, so over-size frames reach edgebus and are counted there
 /// instead of silently disconnecting the device.
@@ -66,34 +104,67 @@ pub fn start_embedded(
     addr: SocketAddr,
     max_payload_bytes: usize,
     client_id: &str,
-) -> Result<LocalLink, BrokerError> {
-    TcpListener::bind(addr).map_err(|e| BrokerError::PortTaken {
-        addr,
-        reason: e.to_string(),
-    })?;
-    let config = broker_config(addr, max_payload_bytes);
-    // `new` starts the router thread; the link must be taken before
-    // `start()`, which blocks its thread for good.
-    let mut broker = rumqttd::Broker::new(config);
-    let (tx, rx) = broker
-        .link(&link_client_id(client_id))
+) -> Result<(LocalLink, Listener), BrokerError> {
+    let port_taken = move |reason: String| BrokerError::PortTaken { addr, reason };
+    // Held until the listener thread hands the port to rumqttd, which can
+    // only bind it itself: the window in which another process could take
+    // it is a few instructions on that thread.
+    let held = TcpListener::bind(addr).map_err(|e| port_taken(e.to_string()))?;
+    let router_tx = rumqttd::Router::new(0, router_config()).spawn();
+    // Ingest's connection to the router, in process: no socket involved.
+    let (tx, rx, _ack) = LinkBuilder::new(&link_client_id(client_id), router_tx.clone())
+        .build()
         .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let mut server = rumqttd::Server::new(server_settings(addr, max_payload_bytes), router_tx, V4);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (failed_tx, failed) = std::sync::mpsc::channel::<BrokerError>();
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
-            if let Err(error) = broker.start() {
-                log::error!("The embedded MQTT broker stopped: {error}.");
-            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = failed_tx.send(BrokerError::Thread(e));
+                    return;
+                }
+            };
+            drop(held);
+            runtime.block_on(async {
+                tokio::select! {
+                    // It returns only when it cannot bind.
+                    result = server.start(LinkType::Remote) => {
+                        if let Err(e) = result {
+                            let _ = failed_tx.send(port_taken(e.to_string()));
+                        }
+                    }
+                    _ = stop_rx => {}
+                }
+            });
+            // Dropping the runtime closes the listener and the device
+            // connections it serves.
         })?;
     let deadline = Instant::now() + LISTEN_TIMEOUT;
-    while Instant::now() < deadline {
+    loop {
+        if let Ok(error) = failed.try_recv() {
+            return Err(error);
+        }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             log::info!("Embedded MQTT broker listening on {addr}.");
-            return Ok(LocalLink { tx, rx });
+            let listener = Listener {
+                addr,
+                stop: Mutex::new(Some(stop_tx)),
+            };
+            return Ok((LocalLink { tx, rx }, listener));
+        }
+        if Instant::now() >= deadline {
+            let _ = stop_tx.send(());
+            return Err(BrokerError::NotListening(addr));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(BrokerError::NotListening(addr))
 }
 
 /// The local link's client id: `client_id` plus a per-process random
@@ -105,7 +176,17 @@ fn link_client_id(client_id: &str) -> String {
     format!("{client_id}-link-{salt:016x}")
 }
 
-fn broker_config(addr: SocketAddr, max_payload_bytes: usize) -> Config {
+fn router_config() -> RouterConfig {
+    RouterConfig {
+        max_connections: 100_000,
+        max_outgoing_packet_count: 1_000,
+        max_segment_size: SEGMENT_BYTES,
+        max_segment_count: SEGMENT_COUNT,
+        ..Default::default()
+    }
+}
+
+fn server_settings(addr: SocketAddr, max_payload_bytes: usize) -> ServerSettings {
     let connections = ConnectionSettings {
         connection_timeout_ms: 5_000,
         max_payload_size: (max_payload_bytes * 4).max(1024 * 1024),
@@ -114,24 +195,12 @@ fn broker_config(addr: SocketAddr, max_payload_bytes: usize) -> Config {
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings {
+    ServerSettings {
         name: "edgebus-v4".into(),
         listen: addr,
         tls: None,
         next_connection_delay_ms: 0,
         connections,
-    };
-    Config {
-        id: 0,
-        router: RouterConfig {
-            max_connections: 100_000,
-            max_outgoing_packet_count: 1_000,
-            max_segment_size: SEGMENT_BYTES,
-            max_segment_count: SEGMENT_COUNT,
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([("1".to_owned(), server)])),
-        ..Default::default()
     }
 }
 

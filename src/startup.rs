@@ -1,6 +1,6 @@
 //! Wiring: resolves the broker (embedded or external), starts the actors on
 //! their own threads, binds the HTTP server, and shuts everything down in
-//! order on SIGTERM/SIGINT.
+//! order on SIGTERM/SIGINT (or at once, for tests: [`AppHandle::stop_now`]).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -57,6 +57,8 @@ pub struct AppHandle {
     slack_flush: Duration,
     telemetry: Arc<Telemetry>,
     arbiters: Vec<ArbiterHandle>,
+    /// The embedded broker's listener, when edgebus runs the broker.
+    broker: Option<Arc<broker::Listener>>,
 }
 
 impl Application {
@@ -73,7 +75,10 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let url = settings.broker_url();
-        let (mqtt, link) = resolve_broker(&settings)?;
+        let (mqtt, embedded) = resolve_broker(&settings)?;
+        let (link, broker) = embedded.map_or((None, None), |(link, listener)| {
+            (Some(link), Some(Arc::new(listener)))
+        });
         let tls = if url.tls {
             let files = TlsFiles {
                 ca_cert: settings.mqtt.ca_cert.clone(),
@@ -235,6 +240,7 @@ impl Application {
                 ingest_thread.handle(),
                 alerts_thread.handle(),
             ],
+            broker,
         };
         Ok(Self {
             port,
@@ -289,7 +295,8 @@ impl AppHandle {
 
     /// Stop accepting, disconnect from MQTT, close every session with a
     /// close frame, let in-flight requests finish while Slack delivers what
-    /// it can within `slack.shutdown_flush_seconds`, stop the actor threads.
+    /// it can within `slack.shutdown_flush_seconds`, stop the actor threads,
+    /// and last close the embedded broker's listener and device connections.
     pub async fn shutdown(&self) {
         self.server.pause().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ingest.send(ingest::Stop)).await;
@@ -316,6 +323,27 @@ impl AppHandle {
         tokio::join!(self.server.stop(true), flush);
         for arbiter in &self.arbiters {
             arbiter.stop();
+        }
+        if let Some(broker) = &self.broker {
+            broker.stop();
+        }
+    }
+
+    /// Stops everything at once, without [`AppHandle::shutdown`]'s order:
+    /// no close frames, no Slack flush, in-flight requests are cut. What a
+    /// test's teardown needs: it is synchronous (a `Drop` may call it), and
+    /// when it returns the HTTP server, every actor thread and the embedded
+    /// broker's listener have been told to stop; their threads end moments
+    /// later. Calling it again, or after `shutdown`, does nothing more.
+    pub fn stop_now(&self) {
+        // Sent at once; the server's own task does the rest, or its `Drop`
+        // when the runtime that polls it ends first.
+        drop(self.server.stop(false));
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+        if let Some(broker) = &self.broker {
+            broker.stop();
         }
     }
 }
@@ -398,8 +426,10 @@ fn start_alerts(
 }
 
 /// The broker to use and, when edgebus embeds it, the local link ingest
-/// reads it through.
-fn resolve_broker(settings: &Settings) -> anyhow::Result<(MqttEndpoint, Option<LocalLink>)> {
+/// reads it through and the broker's listener.
+fn resolve_broker(
+    settings: &Settings,
+) -> anyhow::Result<(MqttEndpoint, Option<(LocalLink, broker::Listener)>)> {
     let url = settings.broker_url();
     let embed = match settings.mqtt.mode {
         MqttMode::External => false,
@@ -413,7 +443,7 @@ fn resolve_broker(settings: &Settings) -> anyhow::Result<(MqttEndpoint, Option<L
             !found
         }
     };
-    let link = if embed {
+    let embedded = if embed {
         let addr = broker::resolve(&url.host, url.port)?;
         let m = &settings.mqtt;
         Some(broker::start_embedded(
@@ -429,7 +459,7 @@ fn resolve_broker(settings: &Settings) -> anyhow::Result<(MqttEndpoint, Option<L
         port: url.port,
         embedded: embed,
     };
-    Ok((endpoint, link))
+    Ok((endpoint, embedded))
 }
 
 /// Access log without query strings: tickets and tokens travel there and

@@ -5,7 +5,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{free_port, metrics_json, spawn_app_external, unique, Publisher, WAIT};
+use crate::helpers::{
+    free_port, metrics_json, spawn_app_external, unique, Publisher, PORT_ATTEMPTS, WAIT,
+};
 
 const SHARED_MOSQUITTO: u16 = 1883;
 
@@ -23,9 +25,12 @@ async fn ingest_works_against_the_shared_mosquitto() {
         eprintln!("No Mosquitto on 127.0.0.1:{SHARED_MOSQUITTO}; skipping.");
         return;
     }
-    let app = spawn_app_external(SHARED_MOSQUITTO, "").await;
+    // Subscribed to this test's own topic only: other clients of the shared
+    // broker publish what they like, and none of it reaches these counters.
     let device = unique("shared");
     let topic = format!("devices/{device}/metrics");
+    let app =
+        spawn_app_external(SHARED_MOSQUITTO, &format!("[mqtt]\ntopics = [\"{topic}\"]")).await;
     let mut ws = app
         .ws(&format!("?topic={}", topic.replace('/', "%2F")))
         .await;
@@ -45,8 +50,11 @@ async fn ingest_works_against_the_shared_mosquitto() {
     assert_eq!(ws.next_event().await["payload"]["timestamp"], 1);
     assert_eq!(ws.next_event().await["payload"]["timestamp"], 3);
     assert_eq!(
-        app.metric(r#"edgebus_frames_rejected_total{reason="out_of_range"}"#)
-            .await,
+        app.wait_metric_value(
+            r#"edgebus_frames_rejected_total{reason="out_of_range"}"#,
+            1.0
+        )
+        .await,
         1.0
     );
     app.handle.shutdown().await;
@@ -60,7 +68,27 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// On a port of its own. Mosquitto binds it itself, so a port taken
+    /// since [`free_port`] chose it makes it exit: it is started again on
+    /// another one.
+    pub fn on_free_port() -> (Self, u16) {
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            match Self::try_start(port) {
+                Some(broker) => return (broker, port),
+                None => eprintln!("Mosquitto could not listen on {port}; trying another port."),
+            }
+        }
+        panic!("Mosquitto could not listen on {PORT_ATTEMPTS} free ports");
+    }
+
+    /// On `port` (a restart on the port edgebus is configured for).
     pub fn start(port: u16) -> Self {
+        Self::try_start(port).unwrap_or_else(|| panic!("Mosquitto could not listen on {port}"))
+    }
+
+    /// `None` when it exited instead of listening.
+    fn try_start(port: u16) -> Option<Self> {
         let dir = std::env::temp_dir().join(unique("mosquitto"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let conf = dir.join("mosquitto.conf");
@@ -80,12 +108,19 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto is installed (.ci/run installs it)");
+        let mut broker = Self { child, _dir: dir };
         let deadline = Instant::now() + WAIT;
-        while !answers(port) {
+        loop {
+            // Listening and still running: the answer is its own.
+            if answers(port) && matches!(broker.child.try_wait(), Ok(None)) {
+                return Some(broker);
+            }
+            if let Ok(Some(_)) = broker.child.try_wait() {
+                return None;
+            }
             assert!(Instant::now() < deadline, "mosquitto listens on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, _dir: dir }
     }
 
     fn kill(&mut self) {
@@ -103,8 +138,7 @@ impl Drop for Mosquitto {
 #[actix_web::test]
 async fn ingest_reconnects_and_resubscribes_after_a_broker_restart() {
     // Arrange: edgebus on a private Mosquitto.
-    let port = free_port();
-    let mut broker = Mosquitto::start(port);
+    let (mut broker, port) = Mosquitto::on_free_port();
     let app = spawn_app_external(port, "").await;
     let device = unique("restart");
     let topic = format!("devices/{device}/metrics");
@@ -119,7 +153,10 @@ async fn ingest_reconnects_and_resubscribes_after_a_broker_restart() {
     // Act: the broker dies; edgebus turns not-ready; the broker comes back.
     broker.kill();
     app.wait_until_ready(false).await;
-    assert_eq!(app.metric("edgebus_mqtt_connected").await, 0.0);
+    assert_eq!(
+        app.wait_metric_value("edgebus_mqtt_connected", 0.0).await,
+        0.0
+    );
     let _broker = Mosquitto::start(port);
     app.wait_until_ready(true).await;
 
@@ -130,14 +167,16 @@ async fn ingest_reconnects_and_resubscribes_after_a_broker_restart() {
         .publish(&topic, metrics_json(&device, 2, 2.0))
         .await;
     assert_eq!(ws.next_event().await["payload"]["timestamp"], 2);
-    assert!(app.metric("edgebus_mqtt_reconnects_total").await >= 1.0);
-    assert_eq!(app.metric("edgebus_mqtt_connected").await, 1.0);
+    assert!(app.wait_metric("edgebus_mqtt_reconnects_total", 1.0).await >= 1.0);
+    assert_eq!(
+        app.wait_metric_value("edgebus_mqtt_connected", 1.0).await,
+        1.0
+    );
 }
 
 #[actix_web::test]
 async fn frames_sent_while_edgebus_restarts_are_delivered_by_its_persistent_session() {
-    let port = free_port();
-    let _broker = Mosquitto::start(port);
+    let (_broker, port) = Mosquitto::on_free_port();
     let client_id = unique("persistent");
     let extra = format!("[mqtt]\npersistent_session = true\nclient_id = \"{client_id}\"");
     let first = spawn_app_external(port, &extra).await;

@@ -1,5 +1,9 @@
 //! `spawn_app()` → [`TestApp`]: edgebus on free ports with its own embedded
 //! broker, plus a real MQTT publisher and real WebSocket clients.
+//!
+//! A [`TestApp`] is stopped when it is dropped: its HTTP server, its actor
+//! threads and its broker's listener, so no test's app keeps running (and
+//! ticking) through the rest of the run.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +20,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use edgebus::actors::alerts::Clock;
+use edgebus::broker::BrokerError;
 use edgebus::settings::Settings;
 use edgebus::startup::{AppHandle, Application};
 
 /// Upper bound for anything a test awaits; generous for a loaded 2-core CI.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Fresh ports tried for something that must bind a port itself, when the
+/// one before was taken between [`free_port`] and its bind.
+pub const PORT_ATTEMPTS: usize = 5;
+
+/// A port that was free a moment ago. Only for what cannot take a bound
+/// listener (rumqttd, Mosquitto, a child process): the port is released
+/// here, so whoever binds it later must retry with a fresh one on conflict.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -89,15 +101,36 @@ pub async fn spawn_app_with(extra: &str) -> TestApp {
 }
 
 /// Like [`spawn_app_with`], with the alert rules' clock injected.
+/// The embedded broker binds its port itself: on a conflict, another port.
 pub async fn spawn_app_with_clock(extra: &str, clock: Option<Arc<dyn Clock>>) -> TestApp {
-    let mqtt_port = free_port();
-    let toml = format!(
-        "[http]\nbind = \"127.0.0.1:0\"\nworkers = 1\n\
-         [mqtt]\nmode = \"embedded\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"{}\"\n\
-         backoff_min_seconds = 1\nbackoff_max_seconds = 2\n",
-        unique("edgebus")
-    );
-    spawn_with(&merge(&toml, extra), mqtt_port, clock).await
+    let client_id = unique("edgebus");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mqtt_port = free_port();
+        let toml = format!(
+            "[http]\nbind = \"127.0.0.1:0\"\nworkers = 1\n\
+             [mqtt]\nmode = \"embedded\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"{client_id}\"\n\
+             backoff_min_seconds = 1\nbackoff_max_seconds = 2\n"
+        );
+        match build(&merge(&toml, extra), clock.clone()).await {
+            Ok((app, metrics_auth)) => return start(app, mqtt_port, metrics_auth).await,
+            Err(e) if attempt < PORT_ATTEMPTS && broker_port_taken(&e) => {
+                eprintln!("MQTT port {mqtt_port} was taken ({e:#}); trying another.");
+            }
+            Err(e) => panic!("edgebus starts: {e:#}"),
+        }
+    }
+}
+
+/// The embedded broker could not have the port it was given.
+fn broker_port_taken(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<BrokerError>(),
+            Some(BrokerError::PortTaken { .. } | BrokerError::NotListening(_))
+        )
+    })
 }
 
 /// edgebus connecting to a broker it does not run (`mode = "external"`).
@@ -146,14 +179,27 @@ async fn spawn_with_settings(toml: &str, mqtt_port: u16) -> TestApp {
 }
 
 async fn spawn_with(toml: &str, mqtt_port: u16, clock: Option<Arc<dyn Clock>>) -> TestApp {
+    let (app, metrics_auth) = build(toml, clock).await.expect("edgebus starts");
+    start(app, mqtt_port, metrics_auth).await
+}
+
+/// The application, and the credential `/metrics` needs with these settings.
+async fn build(
+    toml: &str,
+    clock: Option<Arc<dyn Clock>>,
+) -> anyhow::Result<(Application, Option<String>)> {
     let _ = env_logger::builder().is_test(true).try_init();
     let settings = Settings::from_toml(toml).expect("test settings are valid");
     let metrics_auth = metrics_auth(&settings);
     let app = match clock {
         Some(clock) => Application::build_with_clock(settings, clock).await,
         None => Application::build(settings).await,
-    }
-    .expect("edgebus starts");
+    }?;
+    Ok((app, metrics_auth))
+}
+
+/// Serves `app` and waits until it is ready.
+async fn start(app: Application, mqtt_port: u16, metrics_auth: Option<String>) -> TestApp {
     let port = app.port();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
@@ -166,6 +212,14 @@ async fn spawn_with(toml: &str, mqtt_port: u16, clock: Option<Arc<dyn Clock>>) -
     };
     app.wait_until_ready(true).await;
     app
+}
+
+impl Drop for TestApp {
+    /// Whatever the test did or did not stop (also when it panicked): the
+    /// server, the actor threads and the broker's listener stop now.
+    fn drop(&mut self) {
+        self.handle.stop_now();
+    }
 }
 
 impl TestApp {
@@ -235,6 +289,38 @@ impl TestApp {
         }
     }
 
+    /// Waits until a metric is exactly `value` (counters and gauges updated
+    /// by another thread than the one whose output the test saw) and
+    /// returns it, so `assert_eq!(app.wait_metric_value(s, v).await, v)`
+    /// reads as the assertion it replaces.
+    pub async fn wait_metric_value(&self, series: &str, value: f64) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(series).await;
+            if v == value || Instant::now() >= deadline {
+                return v;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls a JSON `GET` until `ok` holds for its answer (or the wait is
+    /// over) and returns the last answer, for the test to assert on.
+    pub async fn wait_json(
+        &self,
+        path: &str,
+        ok: impl Fn(StatusCode, &Value) -> bool,
+    ) -> (StatusCode, Value) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = self.get_json(path).await;
+            if ok(status, &body) || Instant::now() >= deadline {
+                return (status, body);
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub async fn ws(&self, query: &str) -> WsClient {
         WsClient::connect(&format!("ws://127.0.0.1:{}/v1/ws{query}", self.port)).await
     }
@@ -259,7 +345,8 @@ impl Publisher {
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let (up_tx, mut up) = mpsc::unbounded_channel();
         actix_web::rt::spawn(async move {
-            loop {
+            // Ends with the `Publisher` (its receiver closes), not with the run.
+            while !ack_tx.is_closed() {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let _ = up_tx.send(());
@@ -359,6 +446,15 @@ impl WsClient {
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return WsEvent::Closed(None),
             }
+        }
+    }
+
+    /// Reads for `period`, answering pings as they arrive (as a browser
+    /// does); anything else arriving meanwhile fails the test.
+    pub async fn idle_for(&mut self, period: Duration) {
+        let until = tokio::time::Instant::now() + period;
+        if let Ok(event) = tokio::time::timeout_at(until, self.next()).await {
+            panic!("nothing expected while idle, got {event:?}");
         }
     }
 
@@ -555,7 +651,24 @@ impl Drop for Service {
 }
 
 impl Service {
+    /// The binary binds its ports itself: when one was taken meanwhile it
+    /// exits, and it is started again on fresh ones.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if let Some(service) = Self::try_start(env).await {
+                return service;
+            }
+            assert!(
+                attempt < PORT_ATTEMPTS,
+                "edgebus exited at start-up {attempt} times"
+            );
+        }
+    }
+
+    /// `None` when the process exited before it was ready.
+    async fn try_start(env: &[(&str, &str)]) -> Option<Self> {
         let (port, mqtt_port) = (free_port(), free_port());
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_edgebus"));
         command
@@ -573,7 +686,7 @@ impl Service {
             command.env(key, value);
         }
         let child = command.spawn().expect("the edgebus binary starts");
-        let service = Self {
+        let mut service = Self {
             port,
             child,
             http: awc::Client::builder().timeout(WAIT).finish(),
@@ -582,9 +695,15 @@ impl Service {
         loop {
             let url = format!("http://127.0.0.1:{port}/readyz");
             if let Ok(resp) = service.http.get(url).send().await {
-                if resp.status() == StatusCode::OK {
-                    return service;
+                // Still running: the ready answer is its own, not a
+                // stranger's on a port it failed to bind.
+                if resp.status() == StatusCode::OK && matches!(service.child.try_wait(), Ok(None)) {
+                    return Some(service);
                 }
+            }
+            if let Ok(Some(status)) = service.child.try_wait() {
+                eprintln!("edgebus exited at start-up ({status}); trying other ports.");
+                return None;
             }
             assert!(Instant::now() < deadline, "edgebus never became ready");
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;

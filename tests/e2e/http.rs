@@ -15,7 +15,10 @@ async fn health_readiness_and_metrics_answer() {
     let (status, body) = app.get_json("/readyz").await;
     assert_eq!(status, 200);
     assert_eq!(body["mqtt"], "subscribed");
-    assert_eq!(app.metric("edgebus_mqtt_connected").await, 1.0);
+    assert_eq!(
+        app.wait_metric_value("edgebus_mqtt_connected", 1.0).await,
+        1.0
+    );
     let (status, text) = app.get("/metrics").await;
     assert_eq!(status, 200);
     for series in [
@@ -46,7 +49,11 @@ async fn sessions_are_counted_while_open_and_released_on_disconnect() {
         ws.snapshot().await;
         clients.push(ws);
     }
-    assert_eq!(app.metric(r#"edgebus_sessions_open{kind="ws"}"#).await, 3.0);
+    assert_eq!(
+        app.wait_metric_value(r#"edgebus_sessions_open{kind="ws"}"#, 3.0)
+            .await,
+        3.0
+    );
     drop(clients);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while app.metric(r#"edgebus_sessions_open{kind="ws"}"#).await != 0.0 {

@@ -14,5 +14,6 @@ mod slack;
 mod slack_mock;
 mod sse;
 mod sse_client;
+mod teardown;
 mod web_units;
 mod ws;

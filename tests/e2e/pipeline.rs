@@ -83,34 +83,47 @@ async fn a_client_gets_the_snapshot_then_exactly_the_good_frames_in_order() {
         got.push(device_and_seq(&event));
     }
     assert_eq!(got, expected);
-    assert_eq!(app.metric("edgebus_frames_accepted_total").await, 4.0);
     assert_eq!(
-        app.metric(r#"edgebus_frames_rejected_total{reason="bad_json"}"#)
+        app.wait_metric_value("edgebus_frames_accepted_total", 4.0)
+            .await,
+        4.0
+    );
+    assert_eq!(
+        app.wait_metric_value(r#"edgebus_frames_rejected_total{reason="bad_json"}"#, 1.0)
             .await,
         1.0
     );
     assert_eq!(
-        app.metric(r#"edgebus_frames_rejected_total{reason="unknown_key"}"#)
+        app.wait_metric_value(
+            r#"edgebus_frames_rejected_total{reason="unknown_key"}"#,
+            1.0
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        app.wait_metric_value(
+            r#"edgebus_frames_rejected_total{reason="device_id_mismatch"}"#,
+            1.0
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        app.wait_metric_value(r#"edgebus_frames_rejected_total{reason="wrong_type"}"#, 1.0)
             .await,
         1.0
     );
     assert_eq!(
-        app.metric(r#"edgebus_frames_rejected_total{reason="device_id_mismatch"}"#)
-            .await,
+        app.wait_metric_value(
+            r#"edgebus_frames_rejected_total{reason="out_of_range"}"#,
+            1.0
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        app.metric(r#"edgebus_frames_rejected_total{reason="wrong_type"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        app.metric(r#"edgebus_frames_rejected_total{reason="out_of_range"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        app.metric(r#"edgebus_frames_rejected_total{reason="not_object"}"#)
+        app.wait_metric_value(r#"edgebus_frames_rejected_total{reason="not_object"}"#, 1.0)
             .await,
         1.0
     );
@@ -164,7 +177,7 @@ async fn an_oversized_frame_is_counted_and_the_connection_survives() {
     let event = ws.next_event().await;
     assert_eq!(device_and_seq(&event), (device, 2));
     assert_eq!(
-        app.metric(r#"edgebus_frames_rejected_total{reason="too_large"}"#)
+        app.wait_metric_value(r#"edgebus_frames_rejected_total{reason="too_large"}"#, 1.0)
             .await,
         1.0
     );
@@ -249,7 +262,11 @@ async fn beyond_the_device_cap_new_devices_are_dropped_and_known_ones_update() {
             (d1.clone(), 4)
         ]
     );
-    let (_, devices) = app.get_json("/v1/devices").await;
+    let (_, devices) = app
+        .wait_json("/v1/devices", |_, d| {
+            d.as_object().map_or(0, |o| o.len()) == 2 && d[&d1]["metrics"]["timestamp"] == 4
+        })
+        .await;
     let mut ids: Vec<&String> = devices.as_object().unwrap().keys().collect();
     ids.sort();
     let mut want = vec![&d1, &d2];
@@ -257,7 +274,7 @@ async fn beyond_the_device_cap_new_devices_are_dropped_and_known_ones_update() {
     assert_eq!(ids, want);
     assert_eq!(devices[&d1]["metrics"]["timestamp"], 4);
     assert_eq!(
-        app.metric(r#"edgebus_frames_rejected_total{reason="device_cap"}"#)
+        app.wait_metric_value(r#"edgebus_frames_rejected_total{reason="device_cap"}"#, 1.0)
             .await,
         1.0
     );
@@ -278,7 +295,9 @@ async fn the_device_endpoints_show_latest_state_and_404_for_unknown() {
         .await;
     ws.next_event().await;
 
-    let (status, body) = app.get_json(&format!("/v1/devices/{device}")).await;
+    let (status, body) = app
+        .wait_json(&format!("/v1/devices/{device}"), |status, _| status == 200)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["device_id"], device.as_str());
     assert_eq!(body["active"], true);

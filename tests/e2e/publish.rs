@@ -64,7 +64,9 @@ async fn published_metrics_meet_the_strict_frame_rules_and_update_the_registry()
         .call("POST", &topic, &[], Some(&metrics_json(&device, 1, 5.0)))
         .await;
     assert_eq!(good.status, 201, "{good:?}");
-    let (status, devices) = app.get_json("/v1/devices").await;
+    let (status, devices) = app
+        .wait_json("/v1/devices", |_, d| d.get(device.as_str()).is_some())
+        .await;
     assert_eq!(status, 200);
     assert_eq!(devices[device.as_str()]["metrics"]["cpu_percent"], 5.0);
 }

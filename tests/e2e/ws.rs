@@ -138,34 +138,44 @@ async fn a_client_that_never_answers_pings_is_closed_and_unregistered() {
     let mut silent = app.ws("").await;
     silent.auto_pong = false;
     silent.snapshot().await;
-    assert_eq!(app.metric(r#"edgebus_sessions_open{kind="ws"}"#).await, 1.0);
+    assert_eq!(
+        app.wait_metric_value(r#"edgebus_sessions_open{kind="ws"}"#, 1.0)
+            .await,
+        1.0
+    );
     match silent.next().await {
         WsEvent::Closed(code) => assert_eq!(code, Some(1001)),
         other => panic!("expected a close, got {other:?}"),
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while app.metric(r#"edgebus_sessions_open{kind="ws"}"#).await != 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "session gauge back to zero"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-    }
+    // Session gauge back to zero.
+    app.wait_metric_where(r#"edgebus_sessions_open{kind="ws"}"#, |v| v == 0.0)
+        .await;
 }
 
 #[actix_web::test]
 async fn a_client_that_answers_pings_stays_connected() {
-    let app = spawn_app_with("[sessions]\nws_heartbeat_seconds = 1\nws_timeout_seconds = 2").await;
+    // The client answers every ping as it arrives, so only a stall of the
+    // whole process delays a pong; the timeout leaves two seconds of room
+    // for one (a timeout of two heartbeats would leave one).
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let app = spawn_app_with(&format!(
+        "[sessions]\nws_heartbeat_seconds = 1\nws_timeout_seconds = {}",
+        TIMEOUT.as_secs()
+    ))
+    .await;
     let mut live = app.ws("?topic=notifications/%23").await;
     live.snapshot().await;
     let mut publisher = app.publisher().await;
-    // Outlive the timeout several times over, answering pings meanwhile.
-    for n in 0..4 {
-        actix_web::rt::time::sleep(Duration::from_millis(1000)).await;
+    let started = std::time::Instant::now();
+    // Outlive the timeout twice over, answering pings meanwhile.
+    let mut n = 0;
+    while started.elapsed() <= 2 * TIMEOUT {
+        live.idle_for(Duration::from_millis(1000)).await;
         publisher
             .publish("notifications/hb", format!(r#"{{"n":{n}}}"#))
             .await;
         assert_eq!(live.next_event().await["payload"]["n"], n);
+        n += 1;
     }
 }
 
@@ -240,7 +250,10 @@ async fn a_client_that_falls_behind_is_told_how_many_events_it_lost() {
         "what arrives is in order"
     );
     let counted = app
-        .metric(r#"edgebus_events_dropped_total{reason="slow_session"}"#)
+        .wait_metric_value(
+            r#"edgebus_events_dropped_total{reason="slow_session"}"#,
+            lagged as f64,
+        )
         .await;
     assert_eq!(counted as u64, lagged, "notice and counter agree");
 }

@@ -244,14 +244,18 @@ mod tests {
         (bus, registry, telemetry)
     }
 
+    /// Polls `check` until it holds. The bound only ends a test that would
+    /// never pass: the router and the actors run on threads of their own,
+    /// which a loaded machine may leave waiting for seconds.
     async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-        for _ in 0..200 {
-            if check() {
-                return;
-            }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("never happened: {what}");
     }
 
     #[actix::test]

@@ -10,9 +10,7 @@ use edgebus::simulate::{self, Behaviour, Fleet, FleetConfig, SimulateConfig};
 
 use super::driver::Browser;
 use crate::broker::Mosquitto;
-use crate::helpers::{
-    free_port, spawn_app, spawn_app_external, spawn_app_with, unique, TestApp, WAIT,
-};
+use crate::helpers::{spawn_app, spawn_app_external, spawn_app_with, unique, TestApp, WAIT};
 
 fn metrics(device: &str, seq: u64, cpu: f64, mem: f64, disk: f64) -> String {
     format!(
@@ -392,8 +390,7 @@ async fn a_restart_shows_disconnected_then_recovers_with_the_missed_data() {
     };
     // A broker outliving edgebus, keeping edgebus's session (clean session
     // off) so frames published while edgebus is down reach it on return.
-    let mqtt_port = free_port();
-    let _broker = Mosquitto::start(mqtt_port);
+    let (_broker, mqtt_port) = Mosquitto::on_free_port();
     let client_id = unique("edgebus-restart");
     let extra = format!("[mqtt]\nclient_id = \"{client_id}\"\npersistent_session = true\n");
     let app = spawn_app_external(mqtt_port, &extra).await;

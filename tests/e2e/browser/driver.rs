@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::helpers::{free_port, unique};
+use crate::helpers::{free_port, unique, PORT_ATTEMPTS};
 
 /// Browser tests run one at a time: each Chromium wants a core of its own on
 /// a 2-core machine, and a starved renderer makes every deadline flaky.
@@ -51,6 +51,40 @@ pub struct Browser {
     _turn: MutexGuard<'static, ()>,
 }
 
+/// chromedriver on a free port. It binds the port itself, so when the
+/// port was taken since [`free_port`] chose it (chromedriver exits), it is
+/// started again on another one.
+fn start_chromedriver(chromedriver: &Path) -> (Child, u16) {
+    for _ in 0..PORT_ATTEMPTS {
+        let port = free_port();
+        let mut driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", chromedriver.display()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // Listening and still running: the answer is its own.
+            if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && matches!(driver.try_wait(), Ok(None))
+            {
+                return (driver, port);
+            }
+            if let Ok(Some(_)) = driver.try_wait() {
+                eprintln!("chromedriver could not listen on {port}; trying another port.");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver never listened on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("chromedriver could not listen on {PORT_ATTEMPTS} free ports");
+}
+
 impl Browser {
     /// Starts chromedriver and a headless Chromium session, or returns `None`
     /// (with a loud message) when Chromium is not installed and
@@ -73,21 +107,7 @@ impl Browser {
             return None;
         }
         let turn = ONE_AT_A_TIME.lock().await;
-        let port = free_port();
-        let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", chromedriver.display()));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver never listened on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (driver, port) = start_chromedriver(&chromedriver);
         let profile = std::env::temp_dir().join(unique("edgebus-chromium"));
         std::fs::create_dir_all(&profile).expect("profile dir");
         let args = [
