@@ -73,6 +73,7 @@ async fn rig() -> Rig {
             queue_capacity: 1024,
             history: 0,
             metrics_snapshot_window: Duration::from_secs(30),
+            ..BusConfig::default()
         },
         telemetry.clone(),
     )
