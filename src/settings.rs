@@ -672,6 +672,9 @@ mod tests {
     fn every_rule_names_its_key() {
         let table = [
             ("[bus]\nqueue_capacity = 0", "bus.queue_capacity"),
+            ("[bus]\nhistory_bytes = 1000", "bus.history_bytes"),
+            ("[bus]\nlast_values_bytes = 0", "bus.last_values_bytes"),
+            ("[bus]\nsnapshot_max_events = 0", "bus.snapshot_max_events"),
             ("[http]\nbind = \"nowhere\"", "http.bind"),
             ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
             ("[mqtt]\nurl = \"mqtt://host:99999\"", "mqtt.url"),

@@ -286,18 +286,29 @@ impl Fields {
     fn heap_bytes(&self) -> usize {
         let mut n = 0;
         if !self.text.is_empty() {
-            n += self.text.len() + ALLOC_OVERHEAD;
+            n += block_bytes(self.text.len());
         }
         if !self.at.is_empty() {
-            n += std::mem::size_of_val(&*self.at) + ALLOC_OVERHEAD;
+            n += block_bytes(std::mem::size_of_val(&*self.at));
         }
         n
     }
 }
 
-/// What one heap block costs beyond the bytes asked for (glibc malloc: an
-/// 8-byte header, 16-byte rounding), rounded up.
-pub const ALLOC_OVERHEAD: usize = 16;
+/// What a heap block of `n` bytes really takes, from above: an 8-byte
+/// header (glibc) and the size class it lands in. jemalloc (the binary's
+/// allocator) and glibc both round to at most four classes per doubling,
+/// so up to 25 % more: a 16,385-byte buffer takes 20 KiB.
+pub fn block_bytes(n: usize) -> usize {
+    let n = n.saturating_add(8);
+    if n <= 16 {
+        return 16;
+    }
+    // n in (2^k, 2^(k+1)]: classes every 2^(k-2).
+    let below = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+    let step = (below / 4).max(16);
+    n.div_ceil(step).saturating_mul(step)
+}
 
 /// The shared-buffer header `bytes` allocates when a buffer is first
 /// sliced or cloned.
@@ -385,18 +396,18 @@ impl Event {
     /// edgewatch form a metrics event may build later.
     fn estimate_heap_bytes(&self) -> usize {
         let arc_block = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Self>();
-        let mut n = arc_block + ALLOC_OVERHEAD;
-        n += self.sse.len() + ALLOC_OVERHEAD + BYTES_SHARED + ALLOC_OVERHEAD;
-        n += self.ws_frame.len() + ALLOC_OVERHEAD + BYTES_SHARED + ALLOC_OVERHEAD;
+        let mut n = block_bytes(arc_block);
+        n += block_bytes(self.sse.len()) + block_bytes(BYTES_SHARED);
+        n += block_bytes(self.ws_frame.len()) + block_bytes(BYTES_SHARED);
         // The topic `Arc<str>` may be this event's alone.
-        n += 2 * std::mem::size_of::<usize>() + self.topic.len() + ALLOC_OVERHEAD;
+        n += block_bytes(2 * std::mem::size_of::<usize>() + self.topic.len());
         match &self.body {
             Payload::Fields(fields) => n += fields.heap_bytes(),
             Payload::Metrics(frame) => {
                 // The device id string, and the edgewatch text (shorter than
                 // the envelope, which holds the same frame and more).
-                n += frame.device_id.as_str().len() + ALLOC_OVERHEAD;
-                n += self.envelope.len() + ALLOC_OVERHEAD + BYTES_SHARED + ALLOC_OVERHEAD;
+                n += block_bytes(frame.device_id.as_str().len());
+                n += block_bytes(self.envelope.len()) + block_bytes(BYTES_SHARED);
             }
         }
         n
@@ -533,12 +544,12 @@ mod tests {
         let draft = Draft::new("devices/d1/presence", 0, Body::Object(Map::new()))
             .with_event_name("device.offline");
         let event = Event::from_draft(EventId { epoch: 1, seq: 1 }, draft);
-        assert_eq!(&*event.name, "device.offline");
+        assert_eq!(event.name, "device.offline");
         let v: Value = serde_json::from_str(&event.envelope).unwrap();
         assert_eq!(v["event"], "device.offline");
         let plain = Draft::new("alerts/d1/cpu_high", 0, Body::Object(Map::new()));
         assert_eq!(
-            &*Event::from_draft(EventId { epoch: 1, seq: 2 }, plain).name,
+            Event::from_draft(EventId { epoch: 1, seq: 2 }, plain).name,
             "alert"
         );
     }
@@ -565,11 +576,12 @@ mod tests {
         assert_eq!(fields.len(), 1, "only the scalar field");
         assert_eq!(fields.str("k"), Some("v"));
         // Two wire buffers (SSE frame holding the envelope, WebSocket frame)
-        // and a few hundred bytes more; the parsed tree was ~20x the payload.
+        // rounded to their size class, and a few hundred bytes more; the
+        // parsed tree was ~20x the payload.
         let wire = json.len();
         assert!(event.heap_bytes() > 2 * wire, "{}", event.heap_bytes());
         assert!(
-            event.heap_bytes() < 2 * wire + 1024,
+            event.heap_bytes() < 2 * block_bytes(wire + 200) + 1024,
             "{}",
             event.heap_bytes()
         );
@@ -577,6 +589,20 @@ mod tests {
             event.sse_frame().len(),
             event.envelope.len() + "id: 1-1\nevent: observation\ndata: \n\n".len()
         );
+    }
+
+    #[test]
+    fn blocks_round_up_to_their_size_class() {
+        assert_eq!(block_bytes(0), 16);
+        assert_eq!(block_bytes(8), 16);
+        assert_eq!(block_bytes(9), 32);
+        assert_eq!(block_bytes(100), 112);
+        assert_eq!(block_bytes(16_376), 16_384);
+        assert_eq!(block_bytes(16_385), 20_480);
+        for n in [1usize, 50, 1000, 40_000, 1 << 22] {
+            assert!(block_bytes(n) >= n + 8);
+            assert!(block_bytes(n) <= (n + 8) * 5 / 4 + 16, "{n}");
+        }
     }
 
     #[test]

@@ -343,6 +343,11 @@ pub fn classify(topic: &str) -> (&'static str, DeliveryClass) {
         [Some("alerts"), Some(_), Some(_), None] => "alert",
         [Some("notifications"), ..] => "notification",
         [Some("edgebus"), Some("rejects"), None, None] => "reject",
+        // Attribution profile changes, as the per-attacker stream names them.
+        [Some("attribution"), Some("profile"), Some("state_changed"), None] => "state_changed",
+        [Some("attribution"), Some("profile"), Some("multi_actor_suspected"), None] => {
+            "multi_actor_suspected"
+        }
         _ => DEFAULT_EVENT_NAME,
     };
     (name, DeliveryClass::Queue)
@@ -436,6 +441,14 @@ mod tests {
         assert_eq!(classify("notifications/ci").0, "notification");
         assert_eq!(classify("edgebus/rejects").0, "reject");
         assert_eq!(
+            classify("attribution/profile/state_changed").0,
+            "state_changed"
+        );
+        assert_eq!(
+            classify("attribution/profile/multi_actor_suspected").0,
+            "multi_actor_suspected"
+        );
+        assert_eq!(
             classify("plant/line4/status"),
             ("message", DeliveryClass::Queue)
         );
@@ -452,6 +465,8 @@ mod tests {
             "devices/d1/close",
             "devices/d1/presence",
             "alerts/d1",
+            "attribution/profile/error",
+            "attribution/x/state_changed",
             "edgebus/rejects/error",
             "error",
         ] {

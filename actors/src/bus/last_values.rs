@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::mem::size_of;
 use std::sync::Arc;
 
-use crate::event::{Event, ALLOC_OVERHEAD};
+use crate::event::{block_bytes, Event};
 use crate::topic::FilterLevel;
 
 pub struct LastValues {
@@ -31,16 +31,20 @@ struct Node {
 /// half empty, with the node's own pointers, rounded up.
 const AGE_ENTRY_BYTES: usize = 2 * (size_of::<u64>() + size_of::<Arc<str>>()) + 16;
 
-/// One trie level: the map slot (key + node) at a load factor down to
-/// ~45 % after growth, its control byte, and the key's own block.
-const LEVEL_BYTES: usize = 2 * (size_of::<Box<str>>() + size_of::<Node>()) + 8 + ALLOC_OVERHEAD;
+/// One trie level besides its name: the map slot (key + node) at a load
+/// factor down to ~45 % after growth, and its control byte.
+const LEVEL_BYTES: usize = 2 * (size_of::<Box<str>>() + size_of::<Node>()) + 8;
 
 /// What keeping `event` as a last value costs, estimated from above: the
 /// event itself, its age entry, and one trie level per topic level with its
-/// name, as if no level were shared with another topic.
+/// name's block, as if no level were shared with another topic.
 pub fn entry_bytes(event: &Event) -> usize {
-    let levels = event.topic.split('/').count();
-    event.heap_bytes() + AGE_ENTRY_BYTES + levels * LEVEL_BYTES + event.topic.len()
+    let levels: usize = event
+        .topic
+        .split('/')
+        .map(|name| LEVEL_BYTES + block_bytes(name.len()))
+        .sum();
+    event.heap_bytes() + AGE_ENTRY_BYTES + levels
 }
 
 /// How much one walk may do: nodes visited and events returned. A walk that
@@ -317,7 +321,7 @@ mod tests {
         let mut lv = LastValues::new(1, usize::MAX);
         lv.insert(&event("a/b/c", 1));
         lv.insert(&event("x", 2));
-        assert!(lv.root.children.get("a").is_none());
+        assert!(!lv.root.children.contains_key("a"));
         assert_eq!(all(&lv), vec!["x"]);
     }
 
