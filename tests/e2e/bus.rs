@@ -81,6 +81,17 @@ async fn hostile_payloads_cost_a_small_multiple_of_their_size_and_stay_under_the
         grown <= bound_kib + slack_kib,
         "720 stored 16 KB events: grew {grown} KiB, bound {bound_kib} KiB + {slack_kib} KiB"
     );
+    // The accounting the bounds apply to, as an operator sees it.
+    let history = service.metric("edgebus_bus_history_bytes").await;
+    let last_values = service.metric("edgebus_bus_last_values_bytes").await;
+    assert!(
+        history > 0.0 && history <= history_bytes as f64,
+        "{history}"
+    );
+    assert!(
+        last_values > 0.0 && last_values <= last_values_bytes as f64,
+        "{last_values}"
+    );
 }
 
 #[actix_web::test]
@@ -118,6 +129,7 @@ async fn a_wide_snapshot_stops_at_its_bound_and_says_so() {
     let snapshot = sse.snapshot().await;
     assert_eq!(snapshot["events"].as_array().map(Vec::len), Some(5));
     assert_eq!(snapshot["truncated"], true);
+    assert_eq!(app.metric("edgebus_snapshots_truncated_total").await, 2.0);
 }
 
 #[actix_web::test]

@@ -199,6 +199,12 @@ impl Bus {
         self.telemetry.events_published.inc();
         self.last.insert(&event);
         self.history.push(&event);
+        self.telemetry
+            .bus_history_bytes
+            .set(self.history.bytes() as i64);
+        self.telemetry
+            .bus_last_values_bytes
+            .set(self.last.bytes() as i64);
         self.route(&event);
         id
     }
@@ -266,6 +272,9 @@ impl Bus {
         // Overlapping filters find an event more than once.
         events.sort_by_key(|e| e.id);
         events.dedup_by_key(|e| e.id);
+        if budget.truncated() {
+            self.telemetry.snapshots_truncated.inc();
+        }
         Snapshot {
             events,
             last_id: self.last_id(),
