@@ -2,7 +2,10 @@
 //!
 //! A [`Draft`] is an accepted event before the bus has numbered it; the bus
 //! turns it into an [`Event`], whose wire forms are serialised once and shared
-//! (`Arc`, `ByteString`) by every session that receives it.
+//! (`Arc`, `ByteString`) by every session that receives it. An event keeps
+//! those bytes, a metrics frame or a few top-level fields ([`Payload`]), and
+//! an estimate of its heap size the bus bounds its memory by; not the
+//! parsed JSON tree, which costs up to ~20× the payload.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;

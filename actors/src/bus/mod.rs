@@ -12,6 +12,12 @@
 //! only the newest frame per device for that session and hands it over once
 //! the session has drained) and every other topic is dropped for that session
 //! only and counted into a `lagged` notice. Other sessions never notice.
+//!
+//! Memory and work: history and last values are bounded by count and by
+//! bytes (`bus.history_bytes`, `bus.last_values_bytes`, each event counted
+//! at its estimated heap size, oldest dropped first); last values sit in a
+//! topic trie, so a snapshot walks only the branches its filters name and
+//! stops at `bus.snapshot_max_events`, marked `truncated`.
 
 mod history;
 mod last_values;
