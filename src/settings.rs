@@ -185,11 +185,18 @@ pub struct RegistrySettings {
     pub silent_after_seconds: u64,
 }
 
+/// Bounds of `bus.history_bytes` and `bus.last_values_bytes`.
+const MIN_BUS_BYTES: usize = 1 << 20;
+const MAX_BUS_BYTES: usize = 1 << 40;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusSettings {
     pub queue_capacity: usize,
     pub history: usize,
+    pub history_bytes: usize,
+    pub last_values_bytes: usize,
+    pub snapshot_max_events: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -458,6 +465,26 @@ impl Settings {
         }
         if self.bus.history > 10_000_000 {
             return Err(invalid("bus.history", "must be at most 10000000"));
+        }
+        // At least a few of the largest events must fit, or replay and
+        // snapshots would silently keep nothing.
+        if !(MIN_BUS_BYTES..=MAX_BUS_BYTES).contains(&self.bus.history_bytes) {
+            return Err(invalid(
+                "bus.history_bytes",
+                "must be from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
+            ));
+        }
+        if !(MIN_BUS_BYTES..=MAX_BUS_BYTES).contains(&self.bus.last_values_bytes) {
+            return Err(invalid(
+                "bus.last_values_bytes",
+                "must be from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.bus.snapshot_max_events) {
+            return Err(invalid(
+                "bus.snapshot_max_events",
+                "must be from 1 to 1000000",
+            ));
         }
 
         let s = &self.sessions;
@@ -730,6 +757,9 @@ mod tests {
     fn every_rule_names_its_key() {
         let table = [
             ("[bus]\nqueue_capacity = 0", "bus.queue_capacity"),
+            ("[bus]\nhistory_bytes = 1000", "bus.history_bytes"),
+            ("[bus]\nlast_values_bytes = 0", "bus.last_values_bytes"),
+            ("[bus]\nsnapshot_max_events = 0", "bus.snapshot_max_events"),
             ("[http]\nbind = \"nowhere\"", "http.bind"),
             ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
             ("[mqtt]\nurl = \"mqtt://host:99999\"", "mqtt.url"),

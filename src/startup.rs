@@ -99,6 +99,9 @@ impl Application {
         let bus_config = BusConfig {
             queue_capacity: settings.bus.queue_capacity,
             history: settings.bus.history,
+            history_bytes: settings.bus.history_bytes,
+            last_values_bytes: settings.bus.last_values_bytes,
+            snapshot_max_events: settings.bus.snapshot_max_events,
             metrics_snapshot_window: Settings::seconds(settings.registry.prune_seconds),
         };
         let t = telemetry.clone();

@@ -2,8 +2,13 @@
 //!
 //! A [`Draft`] is an accepted event before the bus has numbered it; the bus
 //! turns it into an [`Event`], whose wire forms are serialised once and shared
-//! (`Arc`, `ByteString`) by every session that receives it.
+//! (`Arc`, `ByteString`) by every session that receives it. An event keeps
+//! those bytes, a metrics frame or a few top-level fields ([`Payload`]), and
+//! an estimate of its heap size the bus bounds its memory by; not the
+//! parsed JSON tree, which costs up to ~20× the payload.
 
+use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::fmt;
 use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -127,23 +132,213 @@ impl Draft {
     }
 }
 
-/// A numbered event with its wire forms.
+/// What an event keeps of its payload once numbered: a metrics frame (a
+/// small fixed struct the alerts read), or the top-level scalar fields that
+/// predicates and the alerts look at. The parsed `Value` tree is dropped:
+/// a 16 KB array of zeros parses into ~300 KiB of `Value`s, while the wire
+/// forms below already carry every byte a client needs.
+#[derive(Debug)]
+pub enum Payload {
+    Metrics(MetricsFrame),
+    Fields(Fields),
+}
+
+impl Payload {
+    pub fn as_metrics(&self) -> Option<&MetricsFrame> {
+        match self {
+            Payload::Metrics(m) => Some(m),
+            Payload::Fields(_) => None,
+        }
+    }
+
+    pub fn fields(&self) -> Option<&Fields> {
+        match self {
+            Payload::Fields(f) => Some(f),
+            Payload::Metrics(_) => None,
+        }
+    }
+}
+
+/// Longest field key kept, and the characters allowed in it: the rule of a
+/// subscription's `where` key, so no field that a predicate could name is
+/// ever left out, and nothing else is kept.
+pub const MAX_FIELD_KEY_BYTES: usize = 64;
+/// Longest string value kept, in characters: a predicate's value is at most
+/// this long, so a longer field could never match one.
+pub const MAX_FIELD_VALUE_CHARS: usize = 256;
+
+/// Whether `key` can name a kept field (and a predicate).
+pub fn is_field_key(key: &str) -> bool {
+    (1..=MAX_FIELD_KEY_BYTES).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// JSON type of a kept field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Str,
+    Num,
+    Bool,
+}
+
+/// Top-level scalar fields of an object payload, as text: one string of
+/// keys and values back to back and one small entry per field, sorted by
+/// key. Numbers are kept as serde_json writes them, so `score:42` matches
+/// `42` and not `42.5`, as it did against the parsed tree.
+#[derive(Debug, Default)]
+pub struct Fields {
+    text: Box<str>,
+    /// (end of key, end of value, kind) in `text`.
+    at: Box<[(u32, u32, FieldKind)]>,
+}
+
+impl Fields {
+    pub fn from_map(map: &Map<String, Value>) -> Self {
+        let mut kept: Vec<(&str, FieldKind, Cow<'_, str>)> = Vec::new();
+        for (key, value) in map {
+            if !is_field_key(key) {
+                continue;
+            }
+            let (kind, text) = match value {
+                Value::String(s)
+                    if !s.is_empty()
+                        && s.len() <= 4 * MAX_FIELD_VALUE_CHARS
+                        && s.chars().count() <= MAX_FIELD_VALUE_CHARS =>
+                {
+                    (FieldKind::Str, Cow::Borrowed(s.as_str()))
+                }
+                Value::Number(n) => (FieldKind::Num, Cow::Owned(n.to_string())),
+                Value::Bool(b) => (
+                    FieldKind::Bool,
+                    Cow::Borrowed(if *b { "true" } else { "false" }),
+                ),
+                _ => continue,
+            };
+            kept.push((key, kind, text));
+        }
+        kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let size: usize = kept.iter().map(|(k, _, v)| k.len() + v.len()).sum();
+        // Offsets are u32: a payload that large is refused long before.
+        if u32::try_from(size).is_err() {
+            return Self::default();
+        }
+        let mut text = String::with_capacity(size);
+        let mut at = Vec::with_capacity(kept.len());
+        for (key, kind, value) in &kept {
+            text.push_str(key);
+            let key_end = text.len() as u32;
+            text.push_str(value);
+            at.push((key_end, text.len() as u32, *kind));
+        }
+        Self {
+            text: text.into_boxed_str(),
+            at: at.into_boxed_slice(),
+        }
+    }
+
+    fn entry(&self, i: usize) -> (&str, &str, FieldKind) {
+        let start = if i == 0 { 0 } else { self.at[i - 1].1 as usize };
+        let (key_end, end, kind) = self.at[i];
+        (
+            &self.text[start..key_end as usize],
+            &self.text[key_end as usize..end as usize],
+            kind,
+        )
+    }
+
+    /// The field `key` as text, whatever its JSON type.
+    pub fn get(&self, key: &str) -> Option<(FieldKind, &str)> {
+        let (mut lo, mut hi) = (0, self.at.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.entry(mid).0.cmp(key) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => {
+                    let (_, value, kind) = self.entry(mid);
+                    return Some((kind, value));
+                }
+            }
+        }
+        None
+    }
+
+    /// A string field.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.get(key)
+            .and_then(|(kind, v)| (kind == FieldKind::Str).then_some(v))
+    }
+
+    /// A number field.
+    pub fn f64(&self, key: &str) -> Option<f64> {
+        self.get(key)
+            .and_then(|(kind, v)| (kind == FieldKind::Num).then(|| v.parse().ok())?)
+    }
+
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    /// Bytes on the heap, allocator overhead included.
+    fn heap_bytes(&self) -> usize {
+        let mut n = 0;
+        if !self.text.is_empty() {
+            n += block_bytes(self.text.len());
+        }
+        if !self.at.is_empty() {
+            n += block_bytes(std::mem::size_of_val(&*self.at));
+        }
+        n
+    }
+}
+
+/// What a heap block of `n` bytes really takes, from above: an 8-byte
+/// header (glibc) and the size class it lands in. jemalloc (the binary's
+/// allocator) and glibc both round to at most four classes per doubling,
+/// so up to 25 % more: a 16,385-byte buffer takes 20 KiB.
+pub fn block_bytes(n: usize) -> usize {
+    let n = n.saturating_add(8);
+    if n <= 16 {
+        return 16;
+    }
+    // n in (2^k, 2^(k+1)]: classes every 2^(k-2).
+    let below = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+    let step = (below / 4).max(16);
+    n.div_ceil(step).saturating_mul(step)
+}
+
+/// The shared-buffer header `bytes` allocates when a buffer is first
+/// sliced or cloned.
+const BYTES_SHARED: usize = 32;
+
+/// A numbered event, stored once in its wire forms.
 #[derive(Debug)]
 pub struct Event {
     pub id: EventId,
     pub topic: Arc<str>,
-    pub name: Arc<str>,
+    /// One of the fixed names of [`classify`] (or an explicit one set by
+    /// edgebus itself): never chosen by a publisher.
+    pub name: &'static str,
     pub class: DeliveryClass,
     pub ts_ms: u64,
-    pub body: Body,
-    /// `{"id","topic","event","ts","payload"}`: SSE `data:` and snapshots.
+    pub body: Payload,
+    /// `{"id","topic","event","ts","payload"}`: SSE `data:` and snapshots
+    /// (a slice of `sse`, not a copy).
     pub envelope: ByteString,
     /// `{"type":"event",…envelope}`: the WebSocket text frame.
     pub ws_frame: ByteString,
+    /// `id:`/`event:`/`data: envelope` for SSE, shared by every SSE session.
+    sse: Bytes,
     /// `{device_id: frame}` for `?format=edgewatch`, built on first use.
     edgewatch: OnceLock<Option<ByteString>>,
-    /// `id:`/`event:`/`data:` for SSE, built on first use and shared.
-    sse: OnceLock<Bytes>,
+    /// [`Event::heap_bytes`], computed once.
+    cost: usize,
 }
 
 impl Event {
@@ -156,22 +351,33 @@ impl Event {
             name: explicit,
         } = draft;
         let (name, class) = classify(&topic);
-        let name: Arc<str> = explicit.unwrap_or(name).into();
-        // `"id":…,"payload":{…}}`, the part both wire forms share, written
-        // once; then each form is one allocation of the exact size.
+        let name = explicit.unwrap_or(name);
+        let id_text = id.to_string();
+        // `"id":…,"payload":{…}}`, the part both wire forms share.
         let mut head = Vec::with_capacity(96 + topic.len() + name.len() + payload_json.len());
         head.extend_from_slice(b"\"id\":\"");
-        let _ = write!(head, "{id}");
+        head.extend_from_slice(id_text.as_bytes());
         head.extend_from_slice(b"\",\"topic\":");
         push_json_string(&mut head, &topic);
         head.extend_from_slice(b",\"event\":");
-        push_json_string(&mut head, &name);
+        push_json_string(&mut head, name);
         let _ = write!(head, ",\"ts\":{ts_ms},\"payload\":");
         head.extend_from_slice(payload_json.as_bytes());
+        drop(payload_json);
         head.push(b'}');
-        let envelope = joined(b"{", &head);
-        let ws_frame = joined(b"{\"type\":\"event\",", &head);
-        Self {
+        let ws_frame = joined(&[b"{\"type\":\"event\",", &head]);
+        // The SSE frame holds the envelope: `data:` is one line, since JSON
+        // text escapes every control character and the id and name are
+        // ours. (`session::sse::write_frame` writes the same bytes.)
+        let prefix = format!("id: {id_text}\nevent: {name}\ndata: ");
+        let sse = joined_bytes(&[prefix.as_bytes(), b"{", &head, b"\n\n"]);
+        let envelope =
+            ByteString::try_from(sse.slice(prefix.len()..sse.len() - 2)).unwrap_or_default();
+        let body = match body {
+            Body::Metrics(frame) => Payload::Metrics(frame),
+            Body::Object(map) => Payload::Fields(Fields::from_map(&map)),
+        };
+        let mut event = Self {
             id,
             topic,
             name,
@@ -180,15 +386,46 @@ impl Event {
             body,
             envelope,
             ws_frame,
+            sse,
             edgewatch: OnceLock::new(),
-            sse: OnceLock::new(),
+            cost: 0,
+        };
+        event.cost = event.estimate_heap_bytes();
+        event
+    }
+
+    /// An honest upper estimate of what this event keeps resident: the
+    /// `Arc` block, both wire buffers, the kept fields, the topic, and the
+    /// edgewatch form a metrics event may build later.
+    fn estimate_heap_bytes(&self) -> usize {
+        let arc_block = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Self>();
+        let mut n = block_bytes(arc_block);
+        n += block_bytes(self.sse.len()) + block_bytes(BYTES_SHARED);
+        n += block_bytes(self.ws_frame.len()) + block_bytes(BYTES_SHARED);
+        // The topic `Arc<str>` may be this event's alone.
+        n += block_bytes(2 * std::mem::size_of::<usize>() + self.topic.len());
+        match &self.body {
+            Payload::Fields(fields) => n += fields.heap_bytes(),
+            Payload::Metrics(frame) => {
+                // The device id string, and the edgewatch text (shorter than
+                // the envelope, which holds the same frame and more).
+                n += block_bytes(frame.device_id.as_str().len());
+                n += block_bytes(self.envelope.len()) + block_bytes(BYTES_SHARED);
+            }
         }
+        n
+    }
+
+    /// Bytes this event keeps on the heap, estimated from above (see
+    /// `estimate_heap_bytes`); the bus bounds its history and last values
+    /// by the sum of these.
+    pub fn heap_bytes(&self) -> usize {
+        self.cost
     }
 
     /// The SSE frame of this event, shared by every SSE session.
     pub fn sse_frame(&self) -> &Bytes {
-        self.sse
-            .get_or_init(|| crate::session::sse::event_frame(self))
+        &self.sse
     }
 
     /// The seed dashboard's `{device_id: frame}` text, for metrics events.
@@ -210,13 +447,19 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// `prefix` then `rest`, as one string of exactly that size. Both parts are
-/// UTF-8 built above, so the check cannot fail.
-fn joined(prefix: &[u8], rest: &[u8]) -> ByteString {
-    let mut bytes = Vec::with_capacity(prefix.len() + rest.len());
-    bytes.extend_from_slice(prefix);
-    bytes.extend_from_slice(rest);
-    ByteString::try_from(Bytes::from(bytes)).unwrap_or_default()
+/// `parts` back to back, in one buffer of exactly that size.
+fn joined_bytes(parts: &[&[u8]]) -> Bytes {
+    let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        bytes.extend_from_slice(part);
+    }
+    Bytes::from(bytes)
+}
+
+/// [`joined_bytes`] as text. Every part is UTF-8 built above, so the check
+/// cannot fail.
+fn joined(parts: &[&[u8]]) -> ByteString {
+    ByteString::try_from(joined_bytes(parts)).unwrap_or_default()
 }
 
 fn json_string(text: &str) -> String {
@@ -304,12 +547,12 @@ mod tests {
         let draft = Draft::new("devices/d1/presence", 0, Body::Object(Map::new()))
             .with_event_name("device.offline");
         let event = Event::from_draft(EventId { epoch: 1, seq: 1 }, draft);
-        assert_eq!(&*event.name, "device.offline");
+        assert_eq!(event.name, "device.offline");
         let v: Value = serde_json::from_str(&event.envelope).unwrap();
         assert_eq!(v["event"], "device.offline");
         let plain = Draft::new("alerts/d1/cpu_high", 0, Body::Object(Map::new()));
         assert_eq!(
-            &*Event::from_draft(EventId { epoch: 1, seq: 2 }, plain).name,
+            Event::from_draft(EventId { epoch: 1, seq: 2 }, plain).name,
             "alert"
         );
     }
@@ -320,5 +563,70 @@ mod tests {
         let event = Event::from_draft(EventId { epoch: 1, seq: 1 }, draft);
         let v: Value = serde_json::from_str(&event.envelope).unwrap();
         assert_eq!(v["topic"], "odd/\"quoted\"");
+    }
+
+    #[test]
+    fn a_hostile_array_keeps_its_wire_forms_and_no_parsed_tree() {
+        let json = format!(r#"{{"a":[{}],"k":"v"}}"#, vec!["0"; 7_990].join(","));
+        let Value::Object(map) = serde_json::from_str::<Value>(&json).unwrap() else {
+            unreachable!()
+        };
+        let event = Event::from_draft(
+            EventId { epoch: 1, seq: 1 },
+            Draft::new("attackers/a/observation/dns", 0, Body::Object(map)),
+        );
+        let fields = event.body.fields().unwrap();
+        assert_eq!(fields.len(), 1, "only the scalar field");
+        assert_eq!(fields.str("k"), Some("v"));
+        // Two wire buffers (SSE frame holding the envelope, WebSocket frame)
+        // rounded to their size class, and a few hundred bytes more; the
+        // parsed tree was ~20x the payload.
+        let wire = json.len();
+        assert!(event.heap_bytes() > 2 * wire, "{}", event.heap_bytes());
+        assert!(
+            event.heap_bytes() < 2 * block_bytes(wire + 200) + 1024,
+            "{}",
+            event.heap_bytes()
+        );
+        assert_eq!(
+            event.sse_frame().len(),
+            event.envelope.len() + "id: 1-1\nevent: observation\ndata: \n\n".len()
+        );
+    }
+
+    #[test]
+    fn blocks_round_up_to_their_size_class() {
+        assert_eq!(block_bytes(0), 16);
+        assert_eq!(block_bytes(8), 16);
+        assert_eq!(block_bytes(9), 32);
+        assert_eq!(block_bytes(100), 112);
+        assert_eq!(block_bytes(16_376), 16_384);
+        assert_eq!(block_bytes(16_385), 20_480);
+        for n in [1usize, 50, 1000, 40_000, 1 << 22] {
+            assert!(block_bytes(n) >= n + 8);
+            assert!(block_bytes(n) <= (n + 8) * 5 / 4 + 16, "{n}");
+        }
+    }
+
+    #[test]
+    fn kept_fields_answer_by_key_and_type() {
+        let Value::Object(map) = serde_json::json!({
+            "s": "text", "n": 42, "f": 2.5, "b": false, "z": null,
+            "long": "x".repeat(MAX_FIELD_VALUE_CHARS + 1), "bad key": "v",
+            "o": {"s": "inner"}, "e": ""
+        }) else {
+            unreachable!()
+        };
+        let f = Fields::from_map(&map);
+        assert_eq!(f.get("s"), Some((FieldKind::Str, "text")));
+        assert_eq!(f.get("n"), Some((FieldKind::Num, "42")));
+        assert_eq!(f.f64("f"), Some(2.5));
+        assert_eq!(f.f64("s"), None);
+        assert_eq!(f.str("n"), None);
+        assert_eq!(f.get("b"), Some((FieldKind::Bool, "false")));
+        for missing in ["z", "long", "bad key", "o", "e", "nope", ""] {
+            assert_eq!(f.get(missing), None, "{missing}");
+        }
+        assert_eq!(f.len(), 4);
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! - [`topic`]: topic names, filters (`+`, `#`), the filter index, families.
 //! - [`event`]: event ids (epoch + seq), drafts, numbered events and their
-//!   wire forms, serialised once.
+//!   wire forms, serialised once; no parsed payload tree is kept.
 //! - [`ingest`]: the Ingest actor (rumqttc), the strict frame rules
 //!   ([`ingest::frame`]), reconnect back-off, TLS.
 //! - [`registry`]: the Registry actor and its pure device table.

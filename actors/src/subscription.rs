@@ -5,9 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use crate::event::{Body, Event};
+use crate::event::{is_field_key, Event, Payload, MAX_FIELD_VALUE_CHARS};
 use crate::topic::TopicFilter;
 
 /// Most predicates one subscription may carry.
@@ -44,14 +42,11 @@ impl Predicate {
     }
 
     pub fn new(key: &str, value: &str) -> Result<Self, PredicateError> {
-        let key_ok = (1..=64).contains(&key.len())
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if !key_ok {
+        // The same rule decides which payload fields an event keeps.
+        if !is_field_key(key) {
             return Err(PredicateError::Key(key.chars().take(80).collect()));
         }
-        if value.is_empty() || value.chars().count() > 256 {
+        if value.is_empty() || value.chars().count() > MAX_FIELD_VALUE_CHARS {
             return Err(PredicateError::Value);
         }
         Ok(Self {
@@ -60,21 +55,16 @@ impl Predicate {
         })
     }
 
-    pub fn holds(&self, body: &Body) -> bool {
+    pub fn holds(&self, body: &Payload) -> bool {
         field_text(body, &self.key).is_some_and(|v| v == *self.value)
     }
 }
 
 /// A payload field as text, for equality predicates.
-fn field_text<'a>(body: &'a Body, key: &str) -> Option<Cow<'a, str>> {
+fn field_text<'a>(body: &'a Payload, key: &str) -> Option<Cow<'a, str>> {
     match body {
-        Body::Object(map) => match map.get(key)? {
-            Value::String(s) => Some(Cow::Borrowed(s)),
-            Value::Number(n) => Some(Cow::Owned(n.to_string())),
-            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-            _ => None,
-        },
-        Body::Metrics(frame) => match key {
+        Payload::Fields(fields) => fields.get(key).map(|(_, text)| Cow::Borrowed(text)),
+        Payload::Metrics(frame) => match key {
             "device_id" => Some(Cow::Borrowed(frame.device_id.as_str())),
             "timestamp" => Some(Cow::Owned(frame.timestamp.to_string())),
             _ => None,
@@ -118,7 +108,7 @@ impl Subscription {
         self.filter.matches(&event.topic) && self.predicates_hold(&event.body)
     }
 
-    pub fn predicates_hold(&self, body: &Body) -> bool {
+    pub fn predicates_hold(&self, body: &Payload) -> bool {
         self.predicates.iter().all(|p| p.holds(body))
     }
 }
@@ -136,8 +126,8 @@ impl std::fmt::Display for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Draft, EventId};
-    use serde_json::json;
+    use crate::event::{Body, Draft, EventId};
+    use serde_json::{json, Value};
 
     fn event(topic: &str, payload: Value) -> Event {
         let Value::Object(map) = payload else {

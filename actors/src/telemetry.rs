@@ -30,6 +30,11 @@ pub struct Telemetry {
     pub frames_duplicate: IntCounter,
     pub events_published: IntCounter,
     pub events_routed: IntCounter,
+    /// Accounted bytes of the bus's history and last values (each under
+    /// its `bus.*_bytes` bound), and snapshots cut at their bound.
+    pub bus_history_bytes: IntGauge,
+    pub bus_last_values_bytes: IntGauge,
+    pub snapshots_truncated: IntCounter,
     events_dropped: IntCounterVec,
     sessions_open: IntGaugeVec,
     pub mqtt_connected: IntGauge,
@@ -226,6 +231,18 @@ impl Telemetry {
             events_routed: counter(
                 "edgebus_events_routed_total",
                 "Event deliveries queued to sessions.",
+            ),
+            bus_history_bytes: gauge(
+                "edgebus_bus_history_bytes",
+                "Estimated heap bytes of the replay history (bounded by bus.history_bytes).",
+            ),
+            bus_last_values_bytes: gauge(
+                "edgebus_bus_last_values_bytes",
+                "Estimated heap bytes of the last value per topic (bounded by bus.last_values_bytes).",
+            ),
+            snapshots_truncated: counter(
+                "edgebus_snapshots_truncated_total",
+                "Snapshots cut at bus.snapshot_max_events and sent marked truncated.",
             ),
             mqtt_connected: gauge(
                 "edgebus_mqtt_connected",

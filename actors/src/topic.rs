@@ -71,6 +71,14 @@ enum Level {
     Hash,
 }
 
+/// One level of a filter, as seen from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterLevel<'a> {
+    Exact(&'a str),
+    Plus,
+    Hash,
+}
+
 /// A validated MQTT topic filter such as `devices/+/metrics` or `attackers/#`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TopicFilter {
@@ -113,6 +121,15 @@ impl TopicFilter {
 
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// The filter's levels, for walking a topic trie.
+    pub fn levels(&self) -> impl Iterator<Item = FilterLevel<'_>> {
+        self.levels.iter().map(|level| match level {
+            Level::Exact(name) => FilterLevel::Exact(name),
+            Level::Plus => FilterLevel::Plus,
+            Level::Hash => FilterLevel::Hash,
+        })
     }
 
     /// MQTT matching rules, including: `a/#` matches `a`, and a filter that
@@ -302,9 +319,17 @@ pub enum DeliveryClass {
     Queue,
 }
 
+/// Event name of a topic outside every family. It is the EventSource
+/// default: a browser hands it to `onmessage`, never to an error path.
+pub const DEFAULT_EVENT_NAME: &str = "message";
+
 /// The families of DESIGN.md: the event name a topic carries and how it is
 /// delivered to a session that falls behind.
-pub fn classify(topic: &str) -> (&str, DeliveryClass) {
+///
+/// Names come from this fixed set only. A name taken from the topic would
+/// let a publisher pick it: `attackers/a1/error` would send SSE
+/// `event: error`, which fires a browser's error path and its reconnect.
+pub fn classify(topic: &str) -> (&'static str, DeliveryClass) {
     // Called for every frame: look at the first four levels without allocating.
     let mut it = topic.split('/');
     let head = [it.next(), it.next(), it.next(), it.next()];
@@ -318,7 +343,12 @@ pub fn classify(topic: &str) -> (&str, DeliveryClass) {
         [Some("alerts"), Some(_), Some(_), None] => "alert",
         [Some("notifications"), ..] => "notification",
         [Some("edgebus"), Some("rejects"), None, None] => "reject",
-        _ => topic.rsplit('/').next().unwrap_or(topic),
+        // Attribution profile changes, as the per-attacker stream names them.
+        [Some("attribution"), Some("profile"), Some("state_changed"), None] => "state_changed",
+        [Some("attribution"), Some("profile"), Some("multi_actor_suspected"), None] => {
+            "multi_actor_suspected"
+        }
+        _ => DEFAULT_EVENT_NAME,
     };
     (name, DeliveryClass::Queue)
 }
@@ -411,9 +441,37 @@ mod tests {
         assert_eq!(classify("notifications/ci").0, "notification");
         assert_eq!(classify("edgebus/rejects").0, "reject");
         assert_eq!(
-            classify("plant/line4/status"),
-            ("status", DeliveryClass::Queue)
+            classify("attribution/profile/state_changed").0,
+            "state_changed"
         );
+        assert_eq!(
+            classify("attribution/profile/multi_actor_suspected").0,
+            "multi_actor_suspected"
+        );
+        assert_eq!(
+            classify("plant/line4/status"),
+            ("message", DeliveryClass::Queue)
+        );
+    }
+
+    #[test]
+    fn a_publisher_never_chooses_the_event_name() {
+        for topic in [
+            "attackers/a1/error",
+            "attackers/a1/open",
+            "attackers/a1/snapshot",
+            "attackers/a1/lagged",
+            "attackers/a1/observation",
+            "devices/d1/close",
+            "devices/d1/presence",
+            "alerts/d1",
+            "attribution/profile/error",
+            "attribution/x/state_changed",
+            "edgebus/rejects/error",
+            "error",
+        ] {
+            assert_eq!(classify(topic).0, DEFAULT_EVENT_NAME, "{topic}");
+        }
     }
 
     #[test]

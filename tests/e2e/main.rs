@@ -5,6 +5,7 @@ mod alerts;
 mod auth;
 mod broker;
 mod browser;
+mod bus;
 mod helpers;
 mod host_health;
 mod http;

@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-
-use crate::event::{Body, Event};
+use crate::event::{Event, Fields, Payload};
 use crate::ingest::frame::{DeviceId, MetricsFrame, Rejection};
 use crate::ingest::REJECTS_TOPIC;
 
@@ -79,15 +77,15 @@ impl Engine {
     /// One event from the bus.
     pub fn on_event(&mut self, event: &Event, now: u64) {
         match &event.body {
-            Body::Metrics(frame) => self.on_metrics(frame, now),
-            Body::Object(payload) => {
+            Payload::Metrics(frame) => self.on_metrics(frame, now),
+            Payload::Fields(payload) => {
                 let mut levels = event.topic.split('/');
                 match (levels.next(), levels.next(), levels.next(), levels.next()) {
                     (Some("attackers"), Some(attacker), Some("observation"), Some(primitive)) => {
                         self.digests.observed(attacker, primitive, now);
                     }
                     (Some("attackers"), Some(attacker), Some("scored"), None) => {
-                        if let Some(score) = payload.get("score").and_then(Value::as_f64) {
+                        if let Some(score) = payload.f64("score") {
                             self.digests.scored(attacker, score, now);
                         }
                     }
@@ -121,15 +119,14 @@ impl Engine {
     }
 
     /// An `edgebus/rejects` event.
-    pub fn on_reject(&mut self, payload: &Map<String, Value>, now: u64) {
+    pub fn on_reject(&mut self, payload: &Fields, now: u64) {
         let Some(device) = payload
-            .get("device_id")
-            .and_then(Value::as_str)
+            .str("device_id")
             .and_then(|d| DeviceId::parse(d).ok())
         else {
             return;
         };
-        let reason = payload.get("reason").and_then(Value::as_str).unwrap_or("");
+        let reason = payload.str("reason").unwrap_or("");
         // The device cap refuses good frames: not a buggy publisher.
         if reason == Rejection::DeviceCap.as_str() {
             return;
@@ -188,7 +185,8 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::alerts::rules::{compile_all, RuleSpec};
-    use crate::event::{Draft, EventId};
+    use crate::event::{Body, Draft, EventId};
+    use serde_json::Map;
 
     fn engine(rules: usize) -> Engine {
         let specs: Vec<RuleSpec> = (0..rules)

@@ -228,7 +228,7 @@ mod tests {
         );
         let event = Event::from_draft(EventId { epoch: 1, seq: 1 }, alert.draft(7));
         assert_eq!(&*event.topic, "alerts/d1/cpu_high");
-        assert_eq!(&*event.name, "alert");
+        assert_eq!(event.name, "alert");
         let v: Value = serde_json::from_str(&event.envelope).unwrap();
         let p = &v["payload"];
         assert_eq!(p["device_id"], "d1");
@@ -290,7 +290,7 @@ mod tests {
         };
         let event = Event::from_draft(EventId { epoch: 1, seq: 1 }, presence_draft(&change, 9));
         assert_eq!(&*event.topic, "devices/d1/presence");
-        assert_eq!(&*event.name, "device.offline");
+        assert_eq!(event.name, "device.offline");
         let v: Value = serde_json::from_str(&event.envelope).unwrap();
         assert_eq!(v["payload"]["last_seen"], 5);
     }

@@ -77,6 +77,7 @@ async fn rig_with_digest_budget(max_digests_per_window: u32) -> Rig {
             queue_capacity: 1024,
             history: 0,
             metrics_snapshot_window: Duration::from_secs(30),
+            ..BusConfig::default()
         },
         telemetry.clone(),
     )

@@ -12,22 +12,30 @@
 //! only the newest frame per device for that session and hands it over once
 //! the session has drained) and every other topic is dropped for that session
 //! only and counted into a `lagged` notice. Other sessions never notice.
+//!
+//! Memory and work: history and last values are bounded by count and by
+//! bytes (`bus.history_bytes`, `bus.last_values_bytes`, each event counted
+//! at its estimated heap size, oldest dropped first); last values sit in a
+//! topic trie, so a snapshot walks only the branches its filters name and
+//! stops at `bus.snapshot_max_events`, marked `truncated`.
 
+mod history;
 mod last_values;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::event::{now_ms, Body, Draft, Event, EventId};
+use crate::event::{now_ms, Draft, Event, EventId};
 use crate::session::{Delivery, Offer, SessionId, SessionQueue, Snapshot};
 use crate::subscription::Subscription;
 use crate::telemetry::{DropReason, Telemetry};
-use crate::topic::{DeliveryClass, FilterIndex, TopicFilter};
+use crate::topic::{DeliveryClass, FilterIndex, FilterLevel, TopicFilter};
 
-use last_values::LastValues;
+use history::History;
+use last_values::{Budget, LastValues};
 
 /// Mailbox bound of the bus: bursts from ingest are absorbed here; beyond it
 /// publishers count an `overload` drop instead of blocking.
@@ -47,8 +55,30 @@ pub struct BusConfig {
     pub queue_capacity: usize,
     /// Events kept for `Last-Event-ID` replay.
     pub history: usize,
+    /// Bytes the replay history may keep (each event's estimated heap size).
+    pub history_bytes: usize,
+    /// Bytes the last values may keep (events plus their index entries).
+    pub last_values_bytes: usize,
+    /// Most events one snapshot returns; the walk that collects them may
+    /// visit 4 × this many index nodes. A snapshot cut short is marked
+    /// `truncated`.
+    pub snapshot_max_events: usize,
     /// Metrics older than this are left out of snapshots (`registry.prune_seconds`).
     pub metrics_snapshot_window: Duration,
+}
+
+impl Default for BusConfig {
+    /// `config/default.toml`'s values.
+    fn default() -> Self {
+        Self {
+            queue_capacity: 256,
+            history: 10_000,
+            history_bytes: 64 << 20,
+            last_values_bytes: 32 << 20,
+            snapshot_max_events: 10_000,
+            metrics_snapshot_window: Duration::from_secs(30),
+        }
+    }
 }
 
 pub struct Bus {
@@ -58,7 +88,7 @@ pub struct Bus {
     index: FilterIndex<SessionId>,
     sessions: HashMap<SessionId, Subscriber>,
     last: LastValues,
-    history: VecDeque<Arc<Event>>,
+    history: History,
     telemetry: Arc<Telemetry>,
 }
 
@@ -150,13 +180,13 @@ impl Subscriber {
 impl Bus {
     pub fn new(config: BusConfig, telemetry: Arc<Telemetry>) -> Self {
         Self {
-            history: VecDeque::with_capacity(config.history.min(1 << 16)),
+            history: History::new(config.history, config.history_bytes),
+            last: LastValues::new(MAX_LAST_VALUES, config.last_values_bytes),
             config,
             epoch: now_ms(),
             seq: 0,
             index: FilterIndex::default(),
             sessions: HashMap::new(),
-            last: LastValues::new(MAX_LAST_VALUES),
             telemetry,
         }
     }
@@ -174,12 +204,13 @@ impl Bus {
         let event = Arc::new(Event::from_draft(id, draft));
         self.telemetry.events_published.inc();
         self.last.insert(&event);
-        if self.config.history > 0 {
-            if self.history.len() == self.config.history {
-                self.history.pop_front();
-            }
-            self.history.push_back(event.clone());
-        }
+        self.history.push(&event);
+        self.telemetry
+            .bus_history_bytes
+            .set(self.history.bytes() as i64);
+        self.telemetry
+            .bus_last_values_bytes
+            .set(self.last.bytes() as i64);
         self.route(&event);
         id
     }
@@ -224,22 +255,37 @@ impl Bus {
         }
     }
 
-    /// Latest value of every topic matching `subs`, oldest first.
+    /// Latest value of every topic matching `subs`, oldest first. The
+    /// walk visits only the index branches the filters name, and at most
+    /// `snapshot_max_events` events (4 × as many nodes) for all of them
+    /// together; past that the snapshot is marked truncated.
     fn snapshot(&self, subs: &[Subscription], reset: bool) -> Snapshot {
         let window_ms = self.config.metrics_snapshot_window.as_millis() as u64;
         let oldest_metrics = now_ms().saturating_sub(window_ms);
-        let mut events: Vec<Arc<Event>> = self
-            .last
-            .iter()
-            .filter(|e| e.class != DeliveryClass::Conflate || e.ts_ms >= oldest_metrics)
-            .filter(|e| subs.iter().any(|s| s.matches(e)))
-            .cloned()
-            .collect();
+        let mut budget = Budget::new(self.config.snapshot_max_events);
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        let mut levels: Vec<FilterLevel<'_>> = Vec::new();
+        for sub in subs {
+            levels.clear();
+            levels.extend(sub.filter.levels());
+            let mut keep = |e: &Event| {
+                (e.class != DeliveryClass::Conflate || e.ts_ms >= oldest_metrics)
+                    && sub.predicates_hold(&e.body)
+            };
+            self.last
+                .collect(&levels, &mut budget, &mut keep, &mut events);
+        }
+        // Overlapping filters find an event more than once.
         events.sort_by_key(|e| e.id);
+        events.dedup_by_key(|e| e.id);
+        if budget.truncated() {
+            self.telemetry.snapshots_truncated.inc();
+        }
         Snapshot {
             events,
             last_id: self.last_id(),
             reset,
+            truncated: budget.truncated(),
         }
     }
 
@@ -511,6 +557,10 @@ pub struct BusStats {
     pub filters: usize,
     pub topics: usize,
     pub history: usize,
+    /// Accounted bytes of the history (at most `history_bytes`).
+    pub history_bytes: usize,
+    /// Accounted bytes of the last values (at most `last_values_bytes`).
+    pub last_values_bytes: usize,
     pub last_id: EventId,
 }
 
@@ -523,6 +573,8 @@ impl Handler<Stats> for Bus {
             filters: self.index.len(),
             topics: self.last.len(),
             history: self.history.len(),
+            history_bytes: self.history.bytes(),
+            last_values_bytes: self.last.bytes(),
             last_id: self.last_id(),
         })
     }
@@ -545,20 +597,23 @@ impl Handler<FindAttacker> for Bus {
     type Result = MessageResult<FindAttacker>;
 
     fn handle(&mut self, msg: FindAttacker, _: &mut Context<Self>) -> Self::Result {
-        let prefix = format!("attackers/{}/", msg.0);
-        let mut seen = false;
-        let mut identity: Option<(EventId, &str)> = None;
-        for event in self.last.iter().filter(|e| e.topic.starts_with(&prefix)) {
-            seen = true;
-            if let Body::Object(map) = &event.body {
-                if let Some(serde_json::Value::String(id)) = map.get("identity_uuid") {
-                    if identity.is_none_or(|(at, _)| at < event.id) {
-                        identity = Some((event.id, id));
-                    }
-                }
-            }
-        }
-        MessageResult(seen.then(|| AttackerInfo {
+        // `attackers/{uuid}/+/#`, built from levels so an id is never read
+        // as a wildcard; bounded like a snapshot.
+        let levels = [
+            FilterLevel::Exact("attackers"),
+            FilterLevel::Exact(&msg.0),
+            FilterLevel::Plus,
+            FilterLevel::Hash,
+        ];
+        let mut events = Vec::new();
+        let mut budget = Budget::new(self.config.snapshot_max_events);
+        self.last
+            .collect(&levels, &mut budget, &mut |_| true, &mut events);
+        let identity = events
+            .iter()
+            .filter_map(|e| Some((e.id, e.body.fields()?.str("identity_uuid")?)))
+            .max_by_key(|(id, _)| *id);
+        MessageResult((!events.is_empty()).then(|| AttackerInfo {
             identity_uuid: identity.map(|(_, id)| id.to_owned()),
         }))
     }

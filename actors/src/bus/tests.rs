@@ -11,6 +11,7 @@ fn bus(queue_capacity: usize) -> (Addr<Bus>, Arc<Telemetry>) {
         queue_capacity,
         history: 100,
         metrics_snapshot_window: Duration::from_secs(30),
+        ..BusConfig::default()
     };
     (Bus::new(config, telemetry.clone()).start(), telemetry)
 }
@@ -275,6 +276,7 @@ async fn an_id_the_ring_no_longer_holds_gets_a_reset_snapshot() {
         queue_capacity: 16,
         history: 3,
         metrics_snapshot_window: Duration::from_secs(30),
+        ..BusConfig::default()
     };
     let bus = Bus::new(config, telemetry).start();
     let mut ids = Vec::new();
@@ -403,4 +405,119 @@ async fn attackers_are_found_with_their_newest_identity() {
     assert_eq!(info.and_then(|i| i.identity_uuid).as_deref(), Some("new"));
     let info = bus.send(FindAttacker("a2".into())).await.unwrap();
     assert_eq!(info, None);
+}
+
+/// `{"a":[0,0,…]}` of about 16 KB, parsed as ingest parses it.
+fn hostile(topic: &str) -> Publish {
+    let zeros = vec!["0"; 7_996].join(",");
+    let json = format!(r#"{{"a":[{zeros}]}}"#);
+    object(topic, serde_json::from_str(&json).unwrap())
+}
+
+#[actix::test]
+async fn hostile_events_stay_under_the_byte_bounds() {
+    let telemetry = Arc::new(Telemetry::new());
+    let config = BusConfig {
+        history: 10_000,
+        history_bytes: 1 << 20,
+        last_values_bytes: 512 << 10,
+        ..BusConfig::default()
+    };
+    let bus = Bus::new(config, telemetry).start();
+    for n in 0..200 {
+        bus.send(hostile(&format!("attackers/a{n}/observation/dns")))
+            .await
+            .unwrap();
+        let stats = bus.send(Stats).await.unwrap();
+        assert!(stats.history_bytes <= 1 << 20, "{stats:?}");
+        assert!(stats.last_values_bytes <= 512 << 10, "{stats:?}");
+    }
+    let stats = bus.send(Stats).await.unwrap();
+    // 16 KB of payload costs about 33 KB kept (two wire forms): ~31 fit in
+    // 1 MiB, ~15 in 512 KiB. The count caps alone would keep all 200.
+    assert!((20..=40).contains(&stats.history), "{stats:?}");
+    assert!((8..=20).contains(&stats.topics), "{stats:?}");
+    // What is kept is still served: a snapshot of the newest topic.
+    let (_, mut inbox) = join(&bus, 16, &["attackers/a199/#"]).await;
+    let items = drain(&mut inbox);
+    let Delivery::Snapshot(snapshot) = &items[0] else {
+        panic!("a snapshot: {items:?}");
+    };
+    assert_eq!(snapshot.events.len(), 1);
+    assert!(snapshot.events[0].envelope.len() > 16_000);
+}
+
+#[actix::test]
+async fn a_snapshot_past_its_bound_is_marked_truncated() {
+    let telemetry = Arc::new(Telemetry::new());
+    let config = BusConfig {
+        snapshot_max_events: 10,
+        ..BusConfig::default()
+    };
+    let bus = Bus::new(config, telemetry).start();
+    for n in 0..25 {
+        bus.send(note(&format!("n/{n}"), n)).await.unwrap();
+    }
+    let (_, mut inbox) = join(&bus, 16, &["#"]).await;
+    let Some(Delivery::Snapshot(snapshot)) = drain(&mut inbox).into_iter().next() else {
+        panic!("a snapshot");
+    };
+    assert_eq!(snapshot.events.len(), 10);
+    assert!(snapshot.truncated);
+    // Sorted oldest first, each topic once, even across overlapping filters.
+    let (_, mut inbox) = join(&bus, 16, &["n/3", "n/+", "n/3"]).await;
+    let Some(Delivery::Snapshot(snapshot)) = drain(&mut inbox).into_iter().next() else {
+        panic!("a snapshot");
+    };
+    let seqs: Vec<u64> = snapshot.events.iter().map(|e| e.id.seq).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seqs, sorted);
+    assert!(snapshot.truncated, "n/+ alone finds 25");
+    let (_, mut inbox) = join(&bus, 16, &["n/3", "n/4"]).await;
+    let Some(Delivery::Snapshot(snapshot)) = drain(&mut inbox).into_iter().next() else {
+        panic!("a snapshot");
+    };
+    assert_eq!(snapshot.events.len(), 2);
+    assert!(!snapshot.truncated);
+}
+
+#[actix::test]
+async fn predicates_and_attacker_lookups_read_the_kept_fields() {
+    let (bus, _) = bus(16);
+    bus.send(object(
+        "attackers/x1/scored",
+        json!({"identity_uuid": "i-1", "score": 42, "hot": true, "nested": {"identity_uuid": "no"}}),
+    ))
+    .await
+    .unwrap();
+    bus.send(object("attackers/x1/observation/dns", json!({"q": "a"})))
+        .await
+        .unwrap();
+    let info = bus.send(FindAttacker("x1".into())).await.unwrap();
+    assert_eq!(info.unwrap().identity_uuid.as_deref(), Some("i-1"));
+    assert!(bus.send(FindAttacker("x2".into())).await.unwrap().is_none());
+    assert!(bus.send(FindAttacker("+".into())).await.unwrap().is_none());
+
+    let sub = |p: &str| {
+        Subscription::with_predicates(
+            TopicFilter::parse("attackers/#").unwrap(),
+            vec![Predicate::parse(p).unwrap()],
+        )
+        .unwrap()
+    };
+    for (predicate, found) in [
+        ("identity_uuid:i-1", 1),
+        ("score:42", 1),
+        ("hot:true", 1),
+        ("identity_uuid:no", 0),
+        ("nested:x", 0),
+    ] {
+        let (_, mut inbox) = join_with(&bus, 16, vec![sub(predicate)], None).await;
+        let Some(Delivery::Snapshot(snapshot)) = drain(&mut inbox).into_iter().next() else {
+            panic!("a snapshot");
+        };
+        assert_eq!(snapshot.events.len(), found, "{predicate}");
+    }
 }

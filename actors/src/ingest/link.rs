@@ -228,6 +228,7 @@ mod tests {
                 queue_capacity: 16,
                 history: 16,
                 metrics_snapshot_window: Duration::from_secs(30),
+                ..BusConfig::default()
             },
             telemetry.clone(),
         )

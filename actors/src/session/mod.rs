@@ -67,6 +67,9 @@ pub struct Snapshot {
     /// The client asked to resume from an id the history no longer holds
     /// (or from another run): it must drop what it shows and start over.
     pub reset: bool,
+    /// The bus stopped at its per-snapshot bound (`bus.snapshot_max_events`):
+    /// some matching topics are missing. Sent as `"truncated":true`.
+    pub truncated: bool,
 }
 
 impl Snapshot {
@@ -75,6 +78,7 @@ impl Snapshot {
             events: Vec::new(),
             last_id: EventId { epoch: 0, seq: 0 },
             reset: false,
+            truncated: false,
         }
     }
 }

@@ -41,7 +41,6 @@ use tokio::time::{Instant, Sleep};
 use super::ws::conflate;
 use super::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Take};
 use crate::bus::{self, Bus};
-use crate::event::Event;
 use crate::telemetry::{DropReason, Telemetry};
 
 /// Items taken from the queue per body read, written as one chunk.
@@ -313,6 +312,9 @@ fn render(item: &Delivery, out: &mut BytesMut) {
             data.push_str(&snapshot.last_id.to_string());
             data.push_str(r#"","reset":"#);
             data.push_str(if snapshot.reset { "true" } else { "false" });
+            if snapshot.truncated {
+                data.push_str(r#","truncated":true"#);
+            }
             data.push('}');
             write_frame(out, Some(&snapshot.last_id.to_string()), "snapshot", &data);
         }
@@ -329,14 +331,6 @@ fn render(item: &Delivery, out: &mut BytesMut) {
         // SSE has no client ops to acknowledge.
         Delivery::Unsubscribed(_) => {}
     }
-}
-
-/// The shared SSE frame of an event (built once, on first use, by
-/// [`Event::sse_frame`]).
-pub(crate) fn event_frame(e: &Event) -> Bytes {
-    let mut out = BytesMut::with_capacity(e.envelope.len() + e.name.len() + 48);
-    write_frame(&mut out, Some(&e.id.to_string()), &e.name, &e.envelope);
-    out.freeze()
 }
 
 /// One SSE event. CR and LF cannot appear in a field value, so they are
@@ -367,7 +361,7 @@ pub fn write_frame(out: &mut BytesMut, id: Option<&str>, event: &str, data: &str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Body, Draft, EventId};
+    use crate::event::{Body, Draft, Event, EventId};
 
     /// A WHATWG-style parser: the events a browser would dispatch.
     fn parse(stream: &str) -> Vec<(Option<String>, String, String)> {

@@ -438,7 +438,8 @@ fn render(item: Delivery, format: WireFormat) -> Option<ByteString> {
 }
 
 /// `{"type":"snapshot","events":[envelope,…],"last_id":…}` from shared
-/// envelopes; `"reset":true` when the client's resume id was not honoured.
+/// envelopes; `"reset":true` when the client's resume id was not honoured,
+/// `"truncated":true` when the bus cut the snapshot at its bound.
 pub fn snapshot_frame(snapshot: &Snapshot) -> ByteString {
     let events = &snapshot.events;
     let mut out =
@@ -450,6 +451,9 @@ pub fn snapshot_frame(snapshot: &Snapshot) -> ByteString {
     out.push('"');
     if snapshot.reset {
         out.push_str(r#","reset":true"#);
+    }
+    if snapshot.truncated {
+        out.push_str(r#","truncated":true"#);
     }
     out.push('}');
     out.into()
@@ -559,6 +563,7 @@ mod tests {
             events: vec![e.clone(), e],
             last_id: crate::event::EventId { epoch: 1, seq: 1 },
             reset: false,
+            truncated: false,
         });
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["type"], "snapshot");
