@@ -32,7 +32,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use edgebus_actors::alerts::engine::{Engine, Output};
 use edgebus_actors::alerts::rules::{compile_all, RuleSpec};
 use edgebus_actors::alerts::AlertsConfig;
-use edgebus_actors::event::{Body, Draft, Event, EventId};
+use edgebus_actors::event::{Draft, Event, EventId, Payload};
 use edgebus_actors::ingest::accept;
 use edgebus_actors::ingest::frame::MetricsFrame;
 use edgebus_actors::registry::DeviceTable;
@@ -131,14 +131,13 @@ fn metrics_draft() -> Draft {
 }
 
 fn fanout(c: &mut Criterion) {
-    let draft = metrics_draft();
     let mut group = c.benchmark_group("fanout");
 
     group.throughput(Throughput::Elements(1));
     group.bench_function("event_from_draft", |b| {
         let mut seq = 0u64;
         b.iter_batched(
-            || draft.clone(),
+            metrics_draft,
             |d| {
                 seq += 1;
                 Event::from_draft(EventId { epoch: 1, seq }, d)
@@ -155,7 +154,7 @@ fn fanout(c: &mut Criterion) {
         group.bench_function(format!("event_to_{sessions}_queues_and_drain"), |b| {
             let mut seq = 0u64;
             b.iter_batched(
-                || draft.clone(),
+                metrics_draft,
                 |d| {
                     seq += 1;
                     let event = Arc::new(Event::from_draft(EventId { epoch: 1, seq }, d));
@@ -231,7 +230,7 @@ fn alerts(c: &mut Criterion) {
                 i += 1;
                 seq += 1;
                 let draft = accept(topic, payload, MAX_BYTES, now).expect("valid frame");
-                if let Body::Metrics(frame) = &draft.body {
+                if let Payload::Metrics(frame) = &draft.body {
                     table.observe(frame, now);
                 }
                 let event = Arc::new(Event::from_draft(EventId { epoch: 1, seq }, draft));

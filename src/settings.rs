@@ -197,6 +197,8 @@ pub struct BusSettings {
     pub history_bytes: usize,
     pub last_values_bytes: usize,
     pub snapshot_max_events: usize,
+    /// Bytes of accepted frames waiting in the registry's and bus's mailboxes.
+    pub inflight_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -480,6 +482,15 @@ impl Settings {
                 "must be from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
             ));
         }
+        // A frame of the largest allowed size must always fit.
+        if !(MIN_BUS_BYTES..=MAX_BUS_BYTES).contains(&self.bus.inflight_bytes)
+            || self.bus.inflight_bytes < 4 * self.mqtt.max_payload_bytes
+        {
+            return Err(invalid(
+                "bus.inflight_bytes",
+                "must be from 1048576 (1 MiB) to 1099511627776 (1 TiB), and at least 4 × mqtt.max_payload_bytes",
+            ));
+        }
         if !(1..=1_000_000).contains(&self.bus.snapshot_max_events) {
             return Err(invalid(
                 "bus.snapshot_max_events",
@@ -758,6 +769,8 @@ mod tests {
         let table = [
             ("[bus]\nqueue_capacity = 0", "bus.queue_capacity"),
             ("[bus]\nhistory_bytes = 1000", "bus.history_bytes"),
+            ("[bus]\ninflight_bytes = 1000", "bus.inflight_bytes"),
+            ("[bus]\ninflight_bytes = 2000000\n[mqtt]\nmax_payload_bytes = 1000000", "bus.inflight_bytes"),
             ("[bus]\nlast_values_bytes = 0", "bus.last_values_bytes"),
             ("[bus]\nsnapshot_max_events = 0", "bus.snapshot_max_events"),
             ("[http]\nbind = \"nowhere\"", "http.bind"),

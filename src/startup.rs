@@ -149,6 +149,7 @@ impl Application {
             keep_alive: Settings::seconds(m.keep_alive_seconds),
             // The embedded broker keeps nothing across our restart anyway.
             persistent_session: m.persistent_session && !mqtt.embedded,
+            inflight_bytes: settings.bus.inflight_bytes,
         };
         let (t, r, b) = (
             telemetry.clone(),

@@ -19,6 +19,7 @@ use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::inflight::{InflightBytes, InflightPermit};
 use crate::ingest::frame::MetricsFrame;
 use crate::topic::{classify, DeliveryClass};
 
@@ -98,17 +99,22 @@ impl Body {
 }
 
 /// An accepted event, not yet numbered. Built by ingest (or HTTP publish) so
-/// the payload's JSON is produced off the bus's thread.
-#[derive(Debug, Clone)]
+/// the payload's JSON, and the few fields an event keeps of it, are produced
+/// off the bus's thread: a draft never holds the parsed tree either, so what
+/// waits in the registry's and the bus's mailboxes costs about its wire size.
+#[derive(Debug)]
 pub struct Draft {
     pub topic: Arc<str>,
     pub ts_ms: u64,
-    pub body: Body,
-    /// `body` serialised, once.
+    pub body: Payload,
+    /// The payload serialised, once.
     payload_json: String,
     /// Event name when the topic alone cannot tell it (presence: one topic,
     /// `device.online` or `device.offline`); `None` = [`classify`]'s.
     name: Option<&'static str>,
+    /// Its share of the in-flight budget, given back when the bus has
+    /// numbered it (or when it is dropped on the way).
+    permit: Option<InflightPermit>,
 }
 
 impl Draft {
@@ -116,12 +122,17 @@ impl Draft {
         // Serialising a validated frame or a `Map` cannot fail (string keys,
         // finite numbers); fall back to an empty object rather than panic.
         let payload_json = serde_json::to_string(&body).unwrap_or_else(|_| "{}".to_owned());
+        let body = match body {
+            Body::Metrics(frame) => Payload::Metrics(frame),
+            Body::Object(map) => Payload::Fields(Fields::from_map(&map)),
+        };
         Self {
             topic: topic.into(),
             ts_ms,
             body,
             payload_json,
             name: None,
+            permit: None,
         }
     }
 
@@ -129,6 +140,33 @@ impl Draft {
     pub fn with_event_name(mut self, name: &'static str) -> Self {
         self.name = Some(name);
         self
+    }
+
+    /// The payload as it goes on the wire.
+    pub fn payload_json(&self) -> &str {
+        &self.payload_json
+    }
+
+    /// What this draft keeps resident, from above: the JSON text, the kept
+    /// fields and the topic, each rounded up to its allocation.
+    pub fn cost(&self) -> usize {
+        let fields = self.body.fields().map_or(0, Fields::heap_bytes);
+        std::mem::size_of::<Self>()
+            + block_bytes(self.payload_json.capacity())
+            + block_bytes(16 + self.topic.len())
+            + fields
+    }
+
+    /// Takes this draft's cost from `budget`, or hands the draft back when
+    /// the budget cannot hold it (the caller counts the drop).
+    pub fn reserve(mut self, budget: &Arc<InflightBytes>) -> Result<Self, Self> {
+        match budget.try_reserve(self.cost()) {
+            Some(permit) => {
+                self.permit = Some(permit);
+                Ok(self)
+            }
+            None => Err(self),
+        }
     }
 }
 
@@ -286,7 +324,7 @@ impl Fields {
     }
 
     /// Bytes on the heap, allocator overhead included.
-    fn heap_bytes(&self) -> usize {
+    pub fn heap_bytes(&self) -> usize {
         let mut n = 0;
         if !self.text.is_empty() {
             n += block_bytes(self.text.len());
@@ -349,7 +387,11 @@ impl Event {
             body,
             payload_json,
             name: explicit,
+            permit,
         } = draft;
+        // Numbered: the mailboxes no longer hold it; the bus's own bounds
+        // take over.
+        drop(permit);
         let (name, class) = classify(&topic);
         let name = explicit.unwrap_or(name);
         let id_text = id.to_string();
@@ -373,10 +415,6 @@ impl Event {
         let sse = joined_bytes(&[prefix.as_bytes(), b"{", &head, b"\n\n"]);
         let envelope =
             ByteString::try_from(sse.slice(prefix.len()..sse.len() - 2)).unwrap_or_default();
-        let body = match body {
-            Body::Metrics(frame) => Payload::Metrics(frame),
-            Body::Object(map) => Payload::Fields(Fields::from_map(&map)),
-        };
         let mut event = Self {
             id,
             topic,

@@ -17,6 +17,8 @@
 //! - [`topic`]: topic names, filters (`+`, `#`), the filter index, families.
 //! - [`event`]: event ids (epoch + seq), drafts, numbered events and their
 //!   wire forms, serialised once; no parsed payload tree is kept.
+//! - [`inflight`]: the byte budget of accepted events on their way to the
+//!   bus (what its mailboxes may hold).
 //! - [`ingest`]: the Ingest actor (rumqttc), the strict frame rules
 //!   ([`ingest::frame`]), reconnect back-off, TLS.
 //! - [`registry`]: the Registry actor and its pure device table.
@@ -36,6 +38,7 @@
 pub mod alerts;
 pub mod bus;
 pub mod event;
+pub mod inflight;
 pub mod ingest;
 pub mod registry;
 pub mod session;

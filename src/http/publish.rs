@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use edgebus_actors::bus::Publish;
-use edgebus_actors::event::{now_ms, Body, Draft};
+use edgebus_actors::event::{now_ms, Body, Draft, Payload};
 use edgebus_actors::ingest::frame::{DeviceId, Rejection};
 use edgebus_actors::ingest::{self};
 use edgebus_actors::registry::{Admission, Observe};
@@ -125,7 +125,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 /// Metrics through the registry (it keeps the device table and forwards to
 /// the bus), anything else straight to the bus, which answers with the id.
 async fn put_on_bus(state: &AppState, draft: Draft) -> Result<Published, ApiError> {
-    if matches!(draft.body, Body::Metrics(_)) {
+    if matches!(draft.body, Payload::Metrics(_)) {
         return match state.registry.send(Observe(draft)).await? {
             Admission::Refused => Err(ApiError::Forbidden(
                 "device cap (registry.max_devices) reached: new devices are refused".into(),

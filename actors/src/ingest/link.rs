@@ -217,6 +217,7 @@ mod tests {
             max_payload_bytes: 1024,
             keep_alive: Duration::from_secs(30),
             persistent_session: false,
+            inflight_bytes: 1 << 20,
         }
     }
 
@@ -329,6 +330,7 @@ mod tests {
         let (bus, registry, telemetry) = downstream();
         let mut sink = super::Sink {
             max_payload_bytes: 1024,
+            inflight: crate::inflight::InflightBytes::new(1 << 20),
             registry: registry.recipient(),
             bus: bus.recipient(),
             telemetry: telemetry.clone(),

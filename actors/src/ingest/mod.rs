@@ -34,7 +34,8 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use crate::bus::Publish;
-use crate::event::{now_ms, Body, Draft};
+use crate::event::{now_ms, Body, Draft, Payload};
+use crate::inflight::InflightBytes;
 use crate::registry::Observe;
 use crate::telemetry::{DropReason, Telemetry};
 use crate::topic::{metrics_device, validate_topic};
@@ -77,6 +78,8 @@ pub struct IngestConfig {
     pub keep_alive: Duration,
     /// Clean session off: the broker queues QoS 1 frames while we are away.
     pub persistent_session: bool,
+    /// Bytes of accepted frames that may wait for the registry and the bus.
+    pub inflight_bytes: usize,
 }
 
 impl IngestConfig {
@@ -117,6 +120,8 @@ pub struct Ingest {
     stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
     /// The embedded broker's in-process link, used instead of rumqttc.
     link: Option<LocalLink>,
+    /// Shared by every connection this actor makes.
+    inflight: Arc<InflightBytes>,
 }
 
 impl Ingest {
@@ -127,6 +132,7 @@ impl Ingest {
         telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
+            inflight: InflightBytes::new(config.inflight_bytes),
             config,
             registry,
             bus,
@@ -148,6 +154,7 @@ impl Ingest {
     fn sink(&self) -> Sink {
         Sink {
             max_payload_bytes: self.config.max_payload_bytes,
+            inflight: self.inflight.clone(),
             registry: self.registry.clone(),
             bus: self.bus.clone(),
             telemetry: self.telemetry.clone(),
@@ -377,6 +384,7 @@ impl Pump {
 /// the bus, or a counted rejection.
 struct Sink {
     max_payload_bytes: usize,
+    inflight: Arc<InflightBytes>,
     registry: Recipient<Observe>,
     bus: Recipient<Publish>,
     telemetry: Arc<Telemetry>,
@@ -400,7 +408,11 @@ impl Sink {
                 if let Some(fingerprint) = fingerprint {
                     self.recent.remember(fingerprint);
                 }
-                let sent = if matches!(draft.body, Body::Metrics(_)) {
+                let Ok(draft) = draft.reserve(&self.inflight) else {
+                    self.telemetry.events_dropped(DropReason::Overload, 1);
+                    return;
+                };
+                let sent = if matches!(draft.body, Payload::Metrics(_)) {
                     self.registry.try_send(Observe(draft)).is_ok()
                 } else {
                     self.telemetry.frames_accepted.inc();
@@ -426,7 +438,11 @@ impl Sink {
         self.telemetry.frame_rejected(topic, &rejected.rejection);
         let device = rejected.device.as_ref().map(DeviceId::as_str);
         let draft = reject_draft(topic, device, &rejected.rejection, payload, ts_ms);
-        if self.bus.try_send(Publish(draft)).is_err() {
+        let sent = match draft.reserve(&self.inflight) {
+            Ok(draft) => self.bus.try_send(Publish(draft)).is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
             self.telemetry.events_dropped(DropReason::Overload, 1);
         }
     }
@@ -568,7 +584,7 @@ mod tests {
     #[test]
     fn metrics_topics_get_the_strict_rules() {
         let draft = accept("devices/d1/metrics", GOOD, 1024, 7).unwrap();
-        assert!(matches!(draft.body, Body::Metrics(_)));
+        assert!(matches!(draft.body, Payload::Metrics(_)));
         let err = accept("devices/d2/metrics", GOOD, 1024, 7).unwrap_err();
         assert_eq!(err.rejection, Rejection::DeviceIdMismatch);
         assert_eq!(err.device.unwrap().as_str(), "d2");
@@ -607,15 +623,73 @@ mod tests {
             5,
         );
         assert_eq!(&*draft.topic, REJECTS_TOPIC);
-        let Body::Object(body) = &draft.body else {
-            panic!("object body")
+        let body = draft.body.fields().expect("object body");
+        assert_eq!(body.str("reason"), Some("too_large"));
+        assert_eq!(body.str("device_id"), Some("d1"));
+        assert_eq!(body.str("excerpt").unwrap().len(), REJECT_EXCERPT_BYTES);
+    }
+
+    /// Downstream that takes messages into its mailbox and never handles
+    /// them: a registry and a bus that stopped keeping up.
+    struct Stalled;
+
+    impl Actor for Stalled {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Observe> for Stalled {
+        type Result = MessageResult<Observe>;
+        fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
+            panic!("a stalled actor handles nothing")
+        }
+    }
+
+    impl Handler<Publish> for Stalled {
+        type Result = MessageResult<Publish>;
+        fn handle(&mut self, _: Publish, _: &mut Context<Self>) -> Self::Result {
+            panic!("a stalled actor handles nothing")
+        }
+    }
+
+    #[actix::test]
+    async fn frames_waiting_for_a_stalled_bus_stay_within_the_inflight_bytes() {
+        let mut ctx = Context::<Stalled>::new();
+        // Mailboxes far larger than the budget: only the bytes can stop it.
+        ctx.set_mailbox_capacity(1_000_000);
+        let stalled = ctx.address();
+        let telemetry = Arc::new(Telemetry::new());
+        let budget = InflightBytes::new(1 << 20);
+        let mut sink = Sink {
+            max_payload_bytes: 16 * 1024,
+            inflight: budget.clone(),
+            registry: stalled.clone().recipient(),
+            bus: stalled.recipient(),
+            telemetry: telemetry.clone(),
+            recent: RecentFrames::new(4),
         };
-        assert_eq!(body["reason"], "too_large");
-        assert_eq!(body["device_id"], "d1");
-        assert_eq!(
-            body["excerpt"].as_str().unwrap().len(),
-            REJECT_EXCERPT_BYTES
+        // 16 KB hostile payloads: 2 MB of zeros, then metrics frames.
+        let mut zeros = b"{\"a\":[".to_vec();
+        zeros.extend(b"0,".repeat(8000));
+        zeros.extend_from_slice(b"0]}");
+        for _ in 0..128 {
+            sink.on_publish("attackers/a1/observation/x", &zeros, QoS::AtMostOnce, false);
+        }
+        for _ in 0..64 {
+            sink.on_publish("devices/d1/metrics", GOOD, QoS::AtMostOnce, false);
+        }
+        assert!(
+            budget.used() <= budget.limit(),
+            "{} bytes held",
+            budget.used()
         );
+        let dropped = telemetry.events_dropped_count(DropReason::Overload);
+        assert!(
+            (64..192).contains(&dropped),
+            "about half the hostile frames do not fit ({dropped} dropped)"
+        );
+        // What the mailbox still holds is given back when it goes.
+        drop(ctx);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::bus::Publish;
-use crate::event::{now_ms, Body, Draft};
+use crate::event::{now_ms, Draft, Payload};
 use crate::ingest::frame::Rejection;
 use crate::ingest::reject_draft;
 use crate::telemetry::{DropReason, Telemetry};
@@ -81,7 +81,7 @@ impl Handler<Observe> for Registry {
 
     fn handle(&mut self, msg: Observe, _: &mut Context<Self>) -> Self::Result {
         let draft = msg.0;
-        let Body::Metrics(frame) = &draft.body else {
+        let Payload::Metrics(frame) = &draft.body else {
             // Only metrics describe devices; anything else goes straight on.
             self.forward(draft);
             return MessageResult(Admission::Updated);
