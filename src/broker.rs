@@ -264,7 +264,8 @@ fn broker_config(embedded: &Embedded) -> Config {
     Config {
         id: 0,
         router: RouterConfig {
-            max_connections: embedded.max_connections,
+            // Our local link is a connection too.
+            max_connections: embedded.max_connections + 1,
             max_outgoing_packet_count: 1_000,
             max_segment_size: client.max_segment_size,
             max_segment_count: client.max_segment_count,
@@ -353,7 +354,7 @@ mod tests {
 
         let router = broker_config(&e).router;
 
-        assert_eq!(router.max_connections, 50);
+        assert_eq!(router.max_connections, 51);
         assert_eq!(
             (router.max_segment_size, router.max_segment_count),
             (32_768, CLIENT_SEGMENTS)
