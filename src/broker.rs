@@ -164,9 +164,13 @@ impl Embedded {
         }
     }
 
-    /// The broker's packet limit: 4 × edgebus's frame limit, at least 1 MiB.
+    /// The broker's packet limit: 4 × edgebus's frame limit, so a frame
+    /// somewhat over it still reaches edgebus to be counted, and at least
+    /// 256 KiB. It also bounds what one connection, a retained message or
+    /// one entry of a filter's log can hold (rumqttd refuses a larger
+    /// packet by closing the connection).
     pub fn max_packet_bytes(&self) -> usize {
-        (self.max_payload_bytes * 4).max(1024 * 1024)
+        (self.max_payload_bytes * 4).max(256 * 1024)
     }
 }
 
@@ -377,7 +381,7 @@ mod tests {
 
     #[test]
     fn the_packet_limit_sits_above_the_frame_limit() {
-        assert_eq!(embedded("").max_packet_bytes(), 1 << 20);
+        assert_eq!(embedded("").max_packet_bytes(), 256 << 10);
         let big = embedded("[mqtt]\nmax_payload_bytes = 1048576");
         assert_eq!(big.max_packet_bytes(), 4 << 20);
     }

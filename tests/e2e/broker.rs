@@ -380,23 +380,20 @@ async fn a_filter_left_behind_keeps_no_more_than_the_client_retention() {
     .expect("SUBACK");
     drop((client, eventloop));
     let mut publisher = Publisher::connect_as(service.mqtt_port, login).await;
-    publisher
-        .publish("junk/warmup", vec![b'w'; 1_000_000])
-        .await;
+    publisher.publish("junk/warmup", vec![b'w'; 200_000]).await;
     let before = service.rss_kib();
 
     // Act: 48 MB into the abandoned filter, each publish acknowledged, so
     // each is in the broker's log.
-    for _ in 0..48 {
-        publisher.publish("junk/x", vec![b'j'; 1_000_000]).await;
+    for _ in 0..240 {
+        publisher.publish("junk/x", vec![b'j'; 200_000]).await;
     }
     let grown_mib = service.rss_kib().saturating_sub(before) / 1024;
 
     // Assert: the log kept two segments of 128 KiB, each overshot by one
-    // 1 MB message (≈ 2.7 MiB with rumqttd's preallocated slots; measured
-    // 8 MiB with connection buffers and allocator slack). It used to keep
-    // all 48 MB (up to 128 MiB): measured +68 MiB.
-    assert!(grown_mib < 24, "RSS grew {grown_mib} MiB");
+    // 200 KB message: ≈ 1.1 MiB with rumqttd's preallocated slots (measured
+    // +1 MiB). It used to keep all 48 MB (up to 128 MiB).
+    assert!(grown_mib < 16, "RSS grew {grown_mib} MiB");
 }
 
 #[actix_web::test]
@@ -412,24 +409,23 @@ async fn frames_edgebus_rejects_keep_no_more_than_the_ingest_retention() {
     let mut publisher = Publisher::connect_as(service.mqtt_port, login).await;
     let too_large = r#"edgebus_frames_rejected_total{reason="too_large"}"#;
     publisher
-        .publish("attackers/warmup", vec![b'w'; 1_000_000])
+        .publish("attackers/warmup", vec![b'w'; 200_000])
         .await;
     service.wait_metric(too_large, |v| v >= 1.0).await;
     let before = service.rss_kib();
 
     // Act: 48 MB of frames on edgebus's own `attackers/#`, each one too
     // large, so ingest rejects and counts them; wait until it has.
-    for _ in 0..48 {
+    for _ in 0..240 {
         publisher
-            .publish("attackers/a1/scan", vec![b'a'; 1_000_000])
+            .publish("attackers/a1/scan", vec![b'a'; 200_000])
             .await;
     }
-    service.wait_metric(too_large, |v| v >= 49.0).await;
+    service.wait_metric(too_large, |v| v >= 241.0).await;
     let grown_mib = service.rss_kib().saturating_sub(before) / 1024;
 
     // Assert: the filter's log kept its four segments of 256 KiB, each
-    // overshot by one message (≈ 6 MiB; measured 11 to 14 MiB with
-    // connection buffers and allocator slack). It used to keep all 48 MB
-    // (up to 128 MiB).
-    assert!(grown_mib < 24, "RSS grew {grown_mib} MiB");
+    // overshot by one message: ≈ 2.7 MiB with rumqttd's preallocated slots
+    // (measured +4 MiB). It used to keep all 48 MB (up to 128 MiB).
+    assert!(grown_mib < 16, "RSS grew {grown_mib} MiB");
 }
