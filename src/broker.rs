@@ -34,7 +34,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgebus_actors::ingest::LocalLink;
-use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+use edgebus_actors::telemetry::Telemetry;
+use rumqttd::{
+    Config, ConnectionSettings, MetricSettings, MetricType, RouterConfig, SegmentConfig,
+    ServerSettings,
+};
 use subtle::ConstantTimeEq;
 
 use crate::settings::{parse_sha256_hex, Settings};
@@ -48,6 +52,8 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 const INGEST_SEGMENTS: usize = 4;
 /// Segments per filter log of any other client's subscription.
 const CLIENT_SEGMENTS: usize = 2;
+/// How often rumqttd hands its alerts (read-cursor jumps) over.
+const ALERTS_PUSH_SECONDS: u64 = 1;
 /// rumqttd panics on a segment under 1 KiB (`segments/mod.rs`).
 const MIN_SEGMENT_BYTES: usize = 1024;
 
@@ -176,7 +182,10 @@ impl Embedded {
 
 /// Starts rumqttd and returns, once it accepts connections, the local link
 /// that ingest reads from.
-pub fn start_embedded(embedded: &Embedded) -> Result<LocalLink, BrokerError> {
+pub fn start_embedded(
+    embedded: &Embedded,
+    telemetry: Arc<Telemetry>,
+) -> Result<LocalLink, BrokerError> {
     let addr = embedded.addr;
     TcpListener::bind(addr).map_err(|e| BrokerError::PortTaken {
         addr,
@@ -186,9 +195,16 @@ pub fn start_embedded(embedded: &Embedded) -> Result<LocalLink, BrokerError> {
     // `new` starts the router thread; the link must be taken before
     // `start()`, which blocks its thread for good.
     let mut broker = rumqttd::Broker::new(config);
+    let link_id = link_client_id(&embedded.client_id);
     let (tx, rx) = broker
-        .link(&link_client_id(&embedded.client_id))
+        .link(&link_id)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let alerts = broker
+        .alerts()
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("rumqttd-alerts".into())
+        .spawn(move || count_overruns(&alerts, &link_id, &telemetry))?;
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
@@ -212,6 +228,24 @@ pub fn start_embedded(embedded: &Embedded) -> Result<LocalLink, BrokerError> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Err(BrokerError::NotListening(addr))
+}
+
+/// Counts the broker's read-cursor jumps on our link: frames it dropped
+/// from a filter's log before ingest read them. rumqttd pushes its alerts
+/// once per `ALERTS_PUSH_SECONDS` and keeps at most 100 between pushes.
+/// (Its `AlertKind` is not exported: the jump is recognised by name and the
+/// filter read from the alert's serialised form.)
+fn count_overruns(alerts: &rumqttd::alerts::AlertsLink, link_id: &str, telemetry: &Telemetry) {
+    while let Ok(batch) = alerts.router_rx.recv() {
+        for alert in batch {
+            if alert.client_id != link_id || alert.kind.name() != "cursor_jump" {
+                continue;
+            }
+            let kind = serde_json::to_value(&alert.kind).unwrap_or_default();
+            let filter = kind["CursorJump"]["filter"].as_str().unwrap_or("?");
+            telemetry.broker_overrun(filter);
+        }
+    }
 }
 
 /// The local link's client id: `client_id` plus a per-process random
@@ -265,8 +299,19 @@ fn broker_config(embedded: &Embedded) -> Config {
         .iter()
         .map(|topic| (shared_stripped(topic).to_owned(), ingest.clone()))
         .collect();
+    // Alerts report read-cursor jumps (`count_overruns`). Meters are unused,
+    // but rumqttd's timer unwraps both intervals (`link/timer.rs`), so they
+    // get one that hardly ever fires.
+    let every = |seconds: u64| -> MetricSettings {
+        serde_json::from_value(serde_json::json!({ "push_interval": seconds }))
+            .expect("rumqttd's MetricSettings is a single push_interval field")
+    };
     Config {
         id: 0,
+        metrics: Some(HashMap::from([
+            (MetricType::Alerts, every(ALERTS_PUSH_SECONDS)),
+            (MetricType::Meters, every(24 * 3600)),
+        ])),
         router: RouterConfig {
             // Our local link is a connection too.
             max_connections: embedded.max_connections + 1,

@@ -72,7 +72,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let url = settings.broker_url();
-        let (mqtt, link) = resolve_broker(&settings)?;
+        let telemetry = Arc::new(Telemetry::new());
+        let (mqtt, link) = resolve_broker(&settings, &telemetry)?;
         let tls = if url.tls {
             let files = TlsFiles {
                 ca_cert: settings.mqtt.ca_cert.clone(),
@@ -84,7 +85,6 @@ impl Application {
             None
         };
 
-        let telemetry = Arc::new(Telemetry::new());
         // The bus and registry share one thread; ingest (MQTT polling and
         // validation) gets its own, so parsing runs beside fan-out.
         let core = Arbiter::new();
@@ -385,7 +385,10 @@ fn start_alerts(
 
 /// The broker to use and, when edgebus embeds it, the local link ingest
 /// reads it through.
-fn resolve_broker(settings: &Settings) -> anyhow::Result<(MqttEndpoint, Option<LocalLink>)> {
+fn resolve_broker(
+    settings: &Settings,
+    telemetry: &Arc<Telemetry>,
+) -> anyhow::Result<(MqttEndpoint, Option<LocalLink>)> {
     let url = settings.broker_url();
     let embed = match settings.mqtt.mode {
         MqttMode::External => false,
@@ -401,9 +404,10 @@ fn resolve_broker(settings: &Settings) -> anyhow::Result<(MqttEndpoint, Option<L
     };
     let link = if embed {
         let addr = broker::resolve(&url.host, url.port)?;
-        Some(broker::start_embedded(&broker::Embedded::from_settings(
-            settings, addr,
-        ))?)
+        Some(broker::start_embedded(
+            &broker::Embedded::from_settings(settings, addr),
+            telemetry.clone(),
+        )?)
     } else {
         None
     };

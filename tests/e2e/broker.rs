@@ -429,3 +429,19 @@ async fn frames_edgebus_rejects_keep_no_more_than_the_ingest_retention() {
     // (measured +4 MiB). It used to keep all 48 MB (up to 128 MiB).
     assert!(grown_mib < 16, "RSS grew {grown_mib} MiB");
 }
+
+#[actix_web::test]
+async fn frames_the_broker_drops_before_ingest_reads_them_are_counted() {
+    // Arrange: a 64 KiB ingest retention, about four 15 KB frames.
+    let app = spawn_app_with("[mqtt]\nembedded_retention_bytes = 65536").await;
+    let publisher = app.publisher().await;
+    let topic = format!("devices/{}/metrics", unique("burst"));
+
+    // Act: a burst far beyond that retention, faster than one read.
+    publisher.flood(&topic, 600).await;
+
+    // Assert: the broker's read-cursor jump on our link is counted.
+    app.wait_metric("edgebus_mqtt_broker_overruns_total", 1.0)
+        .await;
+    app.handle.shutdown().await;
+}
