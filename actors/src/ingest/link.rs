@@ -2,9 +2,12 @@
 //! link: the router hands us each publish's topic and payload as `Bytes`,
 //! with no MQTT encoding, loopback socket or decoding in between.
 //!
-//! The link subscribes at QoS 0 (all rumqttd's local link offers): nothing
-//! sits between the router and us that could lose a frame, and a QoS 0
-//! delivery is never redelivered, so no duplicate check is needed. The link
+//! The link subscribes at QoS 0 (all rumqttd's local link offers): the
+//! router hands us each filter's commit log in order, and a QoS 0 delivery
+//! is never redelivered, so no duplicate check is needed. Only falling
+//! behind by more than that log's retention (`mqtt.embedded_retention_bytes`)
+//! loses frames; the broker reports it and edgebus counts it
+//! (`edgebus_mqtt_broker_overruns_total`). The link
 //! cannot be re-established (the broker has no restart): when it fails,
 //! ingest logs an error and stays not ready until shutdown.
 
