@@ -19,27 +19,57 @@
 //! takes an in-process local link from the router ([`LocalLink`]), so our
 //! subscription's publishes are handed over as `Bytes` instead of being
 //! encoded by the broker's network thread and decoded again by rumqttc.
+//!
+//! What rumqttd 0.20 can and cannot bound, read in its source:
+//! - CONNECT: `link/remote.rs` `handle_auth` calls our handler with the
+//!   username and password; a refusal closes the connection with no CONNACK
+//!   (rumqttd writes none), so a client sees the socket closed.
+//! - No per-client ACL: `router/routing.rs` `validate_subscription` only
+//!   refuses `$`-filters, so any accepted client may subscribe to `#`.
+//! - A filter's commit log is never freed: `router/logs.rs` `DataLog` only
+//!   ever inserts into `native`/`filter_indexes`, and keeps appending to it
+//!   after its last subscriber left. Each log is bounded by its segments.
+//! - Retained messages cannot be limited or turned off:
+//!   `append_to_commitlog` stores every `retain` publish in a map with no
+//!   cap. Only credentials bound who can fill it.
+//! - Its per-message size is `4 + topic + payload`; a stored message also
+//!   costs ~232 bytes of struct, and each segment preallocates 1024 slots.
+//!
+//! - Alerts (read-cursor jumps) are pushed only by rumqttd's own timer,
+//!   which runs only inside `Broker::start()`; so ingest counts what it
+//!   lost from the gaps in its link's read offsets instead.
+//!
+//! So what a client can make the broker keep is bounded by who may connect
+//! (credentials), how many at once, the packet size, and the per-filter
+//! segments set here: per filter about `segments × (segment + packet +
+//! 232 KiB)`.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use edgebus_actors::ingest::LocalLink;
 use rumqttd::local::LinkBuilder;
 use rumqttd::protocol::v4::V4;
-use rumqttd::{ConnectionSettings, LinkType, RouterConfig, ServerSettings};
+use rumqttd::{ConnectionSettings, LinkType, RouterConfig, SegmentConfig, ServerSettings};
+use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
+
+use crate::settings::{parse_sha256_hex, Settings};
 
 /// How long start-up waits for the embedded broker to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Retention of the broker's per-filter commit log. A subscriber that falls
-/// further behind than this silently loses messages (rumqttd never slows a
-/// publisher), so it is sized for bursts far beyond the benchmarked rate:
-/// 16 MiB × 8 ≈ 0.5 M metrics frames. Memory is used only while lagging.
-const SEGMENT_BYTES: usize = 16 * 1024 * 1024;
-const SEGMENT_COUNT: usize = 8;
+/// Segments per filter log of edgebus's own subscriptions. rumqttd drops a
+/// whole segment at a time, so with 4 a lagging ingest loses at most a
+/// quarter of `mqtt.embedded_retention_bytes` at once.
+const INGEST_SEGMENTS: usize = 4;
+/// Segments per filter log of any other client's subscription.
+const CLIENT_SEGMENTS: usize = 2;
+/// rumqttd panics on a segment under 1 KiB (`segments/mod.rs`).
+const MIN_SEGMENT_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -94,28 +124,118 @@ impl Listener {
     }
 }
 
-/// Starts rumqttd on `addr` and returns, once it accepts connections, the
-/// local link that ingest reads from (its client id starts with
-/// `client_id`) and the handle that stops the listener.
-/// `max_payload_bytes` is edgebus's frame limit: the broker's own limit sits
-/// well above it, so over-size frames reach edgebus and are counted there
-/// instead of silently disconnecting the device.
-pub fn start_embedded(
-    addr: SocketAddr,
-    max_payload_bytes: usize,
-    client_id: &str,
-) -> Result<(LocalLink, Listener), BrokerError> {
+/// The usernames and password digests the embedded broker accepts.
+#[derive(Clone, Default)]
+pub struct Credentials(HashMap<String, [u8; 32]>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Credentials {
+    /// `mqtt.username`/`password` (edgebus's own, and the default devices')
+    /// plus `mqtt.credentials`. Settings have validated the digests.
+    pub fn from_settings(settings: &Settings) -> Self {
+        let m = &settings.mqtt;
+        let mut map = HashMap::new();
+        if !m.username.is_empty() {
+            map.insert(m.username.clone(), sha256(m.password.expose().as_bytes()));
+        }
+        for credential in &m.credentials {
+            if let Some(digest) = parse_sha256_hex(credential.password_sha256.expose()) {
+                map.insert(credential.username.clone(), digest);
+            }
+        }
+        Self(map)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `password` is `username`'s. The digests are compared in
+    /// constant time, and an unknown name costs the same hash and compare,
+    /// so timing tells neither the password nor which names exist.
+    pub fn accepts(&self, username: &str, password: &str) -> bool {
+        let given = sha256(password.as_bytes());
+        match self.0.get(username) {
+            Some(stored) => stored.ct_eq(&given).into(),
+            None => {
+                let _ = [0u8; 32].ct_eq(&given);
+                false
+            }
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// How the embedded broker is started, from `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub addr: SocketAddr,
+    /// edgebus's frame limit: the broker's own limit sits well above it,
+    /// so over-size frames reach edgebus and are counted there instead of
+    /// silently disconnecting the device.
+    pub max_payload_bytes: usize,
+    /// The local link's client id starts with it.
+    pub client_id: String,
+    /// edgebus's subscriptions: their logs keep `retention_bytes`.
+    pub topics: Vec<String>,
+    pub credentials: Credentials,
+    pub retention_bytes: usize,
+    pub client_retention_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl Embedded {
+    pub fn from_settings(settings: &Settings, addr: SocketAddr) -> Self {
+        let m = &settings.mqtt;
+        Self {
+            addr,
+            max_payload_bytes: m.max_payload_bytes,
+            client_id: m.client_id.clone(),
+            topics: m.topics.clone(),
+            credentials: Credentials::from_settings(settings),
+            retention_bytes: m.embedded_retention_bytes,
+            client_retention_bytes: m.embedded_client_retention_bytes,
+            max_connections: m.embedded_max_connections,
+        }
+    }
+
+    /// The broker's packet limit: 4 × edgebus's frame limit, so a frame
+    /// somewhat over it still reaches edgebus to be counted, and at least
+    /// 256 KiB. It also bounds what one connection, a retained message or
+    /// one entry of a filter's log can hold (rumqttd refuses a larger
+    /// packet by closing the connection).
+    pub fn max_packet_bytes(&self) -> usize {
+        (self.max_payload_bytes * 4).max(256 * 1024)
+    }
+}
+
+/// Starts rumqttd and returns, once it accepts connections, the local link
+/// that ingest reads from (its client id starts with `client_id`) and the
+/// handle that stops the listener.
+pub fn start_embedded(embedded: &Embedded) -> Result<(LocalLink, Listener), BrokerError> {
+    let addr = embedded.addr;
     let port_taken = move |reason: String| BrokerError::PortTaken { addr, reason };
     // Held until the listener thread hands the port to rumqttd, which can
     // only bind it itself: the window in which another process could take
     // it is a few instructions on that thread.
     let held = TcpListener::bind(addr).map_err(|e| port_taken(e.to_string()))?;
-    let router_tx = rumqttd::Router::new(0, router_config()).spawn();
+    let router_tx = rumqttd::Router::new(0, router_config(embedded)).spawn();
     // Ingest's connection to the router, in process: no socket involved.
-    let (tx, rx, _ack) = LinkBuilder::new(&link_client_id(client_id), router_tx.clone())
+    let (tx, rx, _ack) = LinkBuilder::new(&link_client_id(&embedded.client_id), router_tx.clone())
         .build()
         .map_err(|e| BrokerError::Link(e.to_string()))?;
-    let mut server = rumqttd::Server::new(server_settings(addr, max_payload_bytes), router_tx, V4);
+    let mut server = rumqttd::Server::new(server_settings(embedded), router_tx, V4);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (failed_tx, failed) = std::sync::mpsc::channel::<BrokerError>();
     std::thread::Builder::new()
@@ -153,6 +273,13 @@ pub fn start_embedded(
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             log::info!("Embedded MQTT broker listening on {addr}.");
+            if embedded.credentials.is_empty() {
+                log::warn!(
+                    "OPEN MQTT BROKER: no mqtt.username or mqtt.credentials are configured, so \
+                     anyone who can reach {addr} may read every topic and publish frames. \
+                     Configure credentials before exposing the embedded broker."
+                );
+            }
             let listener = Listener {
                 addr,
                 stop: Mutex::new(Some(stop_tx)),
@@ -176,37 +303,160 @@ fn link_client_id(client_id: &str) -> String {
     format!("{client_id}-link-{salt:016x}")
 }
 
-fn router_config() -> RouterConfig {
+fn router_config(embedded: &Embedded) -> RouterConfig {
+    let client = segments(embedded.client_retention_bytes, CLIENT_SEGMENTS);
+    let ingest = segments(embedded.retention_bytes, INGEST_SEGMENTS);
+    // rumqttd sizes a new filter's log by the first `custom_segment` key
+    // the filter matches as a topic: our own filters (and any client filter
+    // inside them) get the ingest retention, every other filter the small one.
+    let custom = embedded
+        .topics
+        .iter()
+        .map(|topic| (shared_stripped(topic).to_owned(), ingest.clone()))
+        .collect();
     RouterConfig {
-        max_connections: 100_000,
+        // Our local link is a connection too.
+        max_connections: embedded.max_connections + 1,
         max_outgoing_packet_count: 1_000,
-        max_segment_size: SEGMENT_BYTES,
-        max_segment_count: SEGMENT_COUNT,
+        max_segment_size: client.max_segment_size,
+        max_segment_count: client.max_segment_count,
+        custom_segment: Some(custom),
         ..Default::default()
     }
 }
 
-fn server_settings(addr: SocketAddr, max_payload_bytes: usize) -> ServerSettings {
-    let connections = ConnectionSettings {
+fn server_settings(embedded: &Embedded) -> ServerSettings {
+    let mut connections = ConnectionSettings {
         connection_timeout_ms: 5_000,
-        max_payload_size: (max_payload_bytes * 4).max(1024 * 1024),
+        max_payload_size: embedded.max_packet_bytes(),
         max_inflight_count: 500,
         auth: None,
         external_auth: None,
-        dynamic_filters: true,
+        // In rumqttd 0.20 this only matters for a publish no filter
+        // matches, and `DataLog::matches` never reports "none": keep it off
+        // so a future version cannot create a log per published topic.
+        dynamic_filters: false,
     };
+    if !embedded.credentials.is_empty() {
+        let credentials = Arc::new(embedded.credentials.clone());
+        connections.set_auth_handler(move |_client_id, username: String, password: String| {
+            let accepted = credentials.accepts(&username, &password);
+            if !accepted {
+                log::warn!(
+                    target: "edgebus::rejects",
+                    "The embedded MQTT broker refused a login as {username:?}."
+                );
+            }
+            std::future::ready(accepted)
+        });
+    }
     ServerSettings {
         name: "edgebus-v4".into(),
-        listen: addr,
+        listen: embedded.addr,
         tls: None,
         next_connection_delay_ms: 0,
         connections,
     }
 }
 
+/// `total` bytes in `count` segments, none under rumqttd's minimum.
+fn segments(total: usize, count: usize) -> SegmentConfig {
+    SegmentConfig {
+        max_segment_size: (total / count).max(MIN_SEGMENT_BYTES),
+        max_segment_count: count,
+    }
+}
+
+/// rumqttd keeps a `$share/group/filter` subscription in `filter`'s log.
+fn shared_stripped(topic: &str) -> &str {
+    topic
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(topic, |(_, filter)| filter)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::link_client_id;
+    use super::*;
+
+    fn settings(toml: &str) -> Settings {
+        Settings::from_toml(toml).unwrap()
+    }
+
+    fn embedded(toml: &str) -> Embedded {
+        Embedded::from_settings(&settings(toml), "127.0.0.1:1883".parse().unwrap())
+    }
+
+    fn hex(bytes: [u8; 32]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn the_configured_login_and_hashed_device_credentials_are_accepted() {
+        let credentials = Credentials::from_settings(&settings(&format!(
+            "[mqtt]\nusername = \"edgebus\"\npassword = \"own-secret\"\n\
+             [[mqtt.credentials]]\nusername = \"d1\"\npassword_sha256 = \"{}\"",
+            hex(sha256(b"d1-secret"))
+        )));
+
+        assert!(credentials.accepts("edgebus", "own-secret"));
+        assert!(credentials.accepts("d1", "d1-secret"));
+        assert!(!credentials.accepts("d1", "own-secret"));
+        assert!(!credentials.accepts("edgebus", ""));
+        assert!(!credentials.accepts("nobody", "d1-secret"));
+        assert!(!format!("{credentials:?}").contains("secret"));
+    }
+
+    #[test]
+    fn without_a_username_or_credentials_the_broker_has_no_login() {
+        let e = embedded("");
+        assert!(e.credentials.is_empty());
+        assert!(server_settings(&e).connections.external_auth.is_none());
+    }
+
+    #[test]
+    fn with_credentials_every_connect_goes_through_the_login_check() {
+        let e = embedded("[mqtt]\nusername = \"u\"\npassword = \"p\"");
+        assert!(server_settings(&e).connections.external_auth.is_some());
+    }
+
+    #[test]
+    fn our_filters_get_the_ingest_retention_and_any_other_the_client_one() {
+        let e = embedded(
+            "[mqtt]\ntopics = [\"devices/+/metrics\", \"$share/g/attackers/#\"]\n\
+             embedded_retention_bytes = 8388608\nembedded_client_retention_bytes = 65536\n\
+             embedded_max_connections = 50",
+        );
+
+        let router = router_config(&e);
+
+        assert_eq!(router.max_connections, 51);
+        assert_eq!(
+            (router.max_segment_size, router.max_segment_count),
+            (32_768, CLIENT_SEGMENTS)
+        );
+        let custom = router.custom_segment.unwrap();
+        let mut keys: Vec<_> = custom.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["attackers/#", "devices/+/metrics"]);
+        let ingest = &custom["attackers/#"];
+        assert_eq!(
+            (ingest.max_segment_size, ingest.max_segment_count),
+            (2 << 20, INGEST_SEGMENTS)
+        );
+    }
+
+    #[test]
+    fn a_segment_is_never_under_rumqttds_minimum() {
+        assert_eq!(segments(2048, 4).max_segment_size, MIN_SEGMENT_BYTES);
+    }
+
+    #[test]
+    fn the_packet_limit_sits_above_the_frame_limit() {
+        assert_eq!(embedded("").max_packet_bytes(), 256 << 10);
+        let big = embedded("[mqtt]\nmax_payload_bytes = 1048576");
+        assert_eq!(big.max_packet_bytes(), 4 << 20);
+    }
 
     #[test]
     fn the_link_id_is_the_client_id_plus_a_suffix_no_device_would_pick() {

@@ -52,6 +52,10 @@ enum Command {
         /// Stop after this many seconds (default: run until interrupted).
         #[arg(long, value_name = "SECONDS")]
         duration: Option<f64>,
+        /// Log in to the broker as this user, with the password in the
+        /// environment variable EDGEBUS_SIMULATE_PASSWORD.
+        #[arg(long, value_name = "USER")]
+        username: Option<String>,
         #[command(flatten)]
         fleet: FleetArgs,
     },
@@ -77,7 +81,13 @@ struct FleetArgs {
 }
 
 impl FleetArgs {
-    fn config(&self, host: String, port: u16, duration: Option<Duration>) -> SimulateConfig {
+    fn config(
+        &self,
+        host: String,
+        port: u16,
+        duration: Option<Duration>,
+        login: Option<(String, String)>,
+    ) -> SimulateConfig {
         SimulateConfig {
             host,
             port,
@@ -90,6 +100,7 @@ impl FleetArgs {
             },
             rate: self.rate.unwrap_or(self.devices.max(1) as f64),
             duration,
+            login,
         }
     }
 }
@@ -135,6 +146,7 @@ fn try_main() -> anyhow::Result<()> {
         Some(Command::Simulate {
             url,
             duration,
+            username,
             fleet,
         }) => {
             let broker =
@@ -144,7 +156,11 @@ fn try_main() -> anyhow::Result<()> {
                 .map(Duration::try_from_secs_f64)
                 .transpose()
                 .map_err(|_| anyhow::anyhow!("`--duration` must be a number of seconds"))?;
-            let config = fleet.config(broker.host, broker.port, duration);
+            let login = username.map(|user| {
+                let password = std::env::var("EDGEBUS_SIMULATE_PASSWORD").unwrap_or_default();
+                (user, password)
+            });
+            let config = fleet.config(broker.host, broker.port, duration, login);
             let rate = config.rate;
             eprintln!(
                 "Simulating {} devices and {} attackers at {rate} frames/s on {url} (seed {}).",
@@ -170,7 +186,12 @@ async fn demo(settings: Settings, fleet: FleetArgs) -> anyhow::Result<()> {
         Some(("0.0.0.0" | "[::]", _)) | None => "127.0.0.1",
         Some((host, _)) => host,
     };
-    let config = fleet.config(mqtt.host.clone(), mqtt.port, None);
+    // The demo's devices log in as edgebus's own `mqtt.username`, which
+    // the embedded broker accepts.
+    let m = &settings.mqtt;
+    let login =
+        (!m.username.is_empty()).then(|| (m.username.clone(), m.password.expose().to_owned()));
+    let config = fleet.config(mqtt.host.clone(), mqtt.port, None, login);
     println!(
         "edgebus demo: {} simulated devices and {} attackers on mqtt://{}:{}{}.",
         fleet.devices,

@@ -126,6 +126,25 @@ pub struct MqttSettings {
     pub max_payload_bytes: usize,
     pub keep_alive_seconds: u64,
     pub persistent_session: bool,
+    /// Device credentials the embedded broker accepts besides
+    /// `username`/`password`.
+    pub credentials: Vec<MqttCredential>,
+    /// Embedded broker: bytes kept per filter in `topics` for ingest to
+    /// catch up on.
+    pub embedded_retention_bytes: usize,
+    /// Embedded broker: bytes kept per filter any other client subscribes.
+    pub embedded_client_retention_bytes: usize,
+    /// Embedded broker: most client connections at once.
+    pub embedded_max_connections: usize,
+}
+
+/// One device credential of the embedded broker: the password is stored as
+/// the hex SHA-256 of its bytes, so the config file does not hold it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttCredential {
+    pub username: String,
+    pub password_sha256: Secret,
 }
 
 /// `mqtt.url`, parsed.
@@ -456,6 +475,7 @@ impl Settings {
                 "must be set when mqtt.password is",
             ));
         }
+        self.validate_embedded_broker()?;
 
         let r = &self.registry;
         at_least("registry.prune_seconds", r.prune_seconds, 1)?;
@@ -682,6 +702,59 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_embedded_broker(&self) -> Result<(), SettingsError> {
+        let m = &self.mqtt;
+        if m.mode != MqttMode::External && !m.username.is_empty() && m.password.is_empty() {
+            return Err(invalid(
+                "mqtt.password",
+                "must be set when mqtt.username is: the embedded broker would accept that name \
+                 with no password",
+            ));
+        }
+        let mut names: Vec<&str> = vec![m.username.as_str()];
+        for credential in &m.credentials {
+            let name = credential.username.as_str();
+            if name.is_empty() || name.len() > 256 {
+                return Err(invalid(
+                    "mqtt.credentials",
+                    "each username must be 1 to 256 characters",
+                ));
+            }
+            if names.contains(&name) {
+                return Err(invalid(
+                    "mqtt.credentials",
+                    format!("username {name:?} is listed twice (or is mqtt.username)"),
+                ));
+            }
+            names.push(name);
+            if parse_sha256_hex(credential.password_sha256.expose()).is_none() {
+                return Err(invalid(
+                    "mqtt.credentials",
+                    format!("{name:?}: password_sha256 must be 64 hex digits"),
+                ));
+            }
+        }
+        if !(64 * 1024..=1 << 30).contains(&m.embedded_retention_bytes) {
+            return Err(invalid(
+                "mqtt.embedded_retention_bytes",
+                "must be from 65536 to 1073741824",
+            ));
+        }
+        if !(2048..=1 << 30).contains(&m.embedded_client_retention_bytes) {
+            return Err(invalid(
+                "mqtt.embedded_client_retention_bytes",
+                "must be from 2048 to 1073741824",
+            ));
+        }
+        if !(1..=100_000).contains(&m.embedded_max_connections) {
+            return Err(invalid(
+                "mqtt.embedded_max_connections",
+                "must be from 1 to 100000",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn broker_url(&self) -> BrokerUrl {
         // validate() has checked it; an unparsable URL cannot reach here.
         BrokerUrl::parse(&self.mqtt.url).unwrap_or(BrokerUrl {
@@ -694,6 +767,21 @@ impl Settings {
     pub fn seconds(value: u64) -> Duration {
         Duration::from_secs(value)
     }
+}
+
+/// `hex` as the 32 bytes of a SHA-256 digest, or `None` if it is not 64
+/// hex digits.
+pub fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let digit = |b: u8| (b as char).to_digit(16);
+        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -786,6 +874,21 @@ mod tests {
             ("[mqtt]\nurl = \"mqtts://h\"\nclient_cert = \"c.pem\"", "mqtt.client_cert"),
             ("[mqtt]\nca_cert = \"ca.pem\"", "mqtt.url"),
             ("[mqtt]\npassword = \"p\"", "mqtt.username"),
+            ("[mqtt]\nusername = \"u\"", "mqtt.password"),
+            (
+                "[[mqtt.credentials]]\nusername = \"d\"\npassword_sha256 = \"abc\"",
+                "mqtt.credentials",
+            ),
+            (
+                "[[mqtt.credentials]]\nusername = \"\"\npassword_sha256 = \"00\"",
+                "mqtt.credentials",
+            ),
+            ("[mqtt]\nembedded_retention_bytes = 1000", "mqtt.embedded_retention_bytes"),
+            (
+                "[mqtt]\nembedded_client_retention_bytes = 1000",
+                "mqtt.embedded_client_retention_bytes",
+            ),
+            ("[mqtt]\nembedded_max_connections = 0", "mqtt.embedded_max_connections"),
             ("[registry]\nmax_devices = 0", "registry.max_devices"),
             ("[sessions]\nws_timeout_seconds = 5\nws_heartbeat_seconds = 10", "sessions.ws_timeout_seconds"),
             ("[auth]\napi_keys = [{ name = \"a\", key = \"short\", roles = [\"viewer\"] }]", "auth.api_keys[0].key"),

@@ -361,6 +361,8 @@ pub struct SimulateConfig {
     pub rate: f64,
     /// Stop after this long; `None` = until the task is dropped.
     pub duration: Option<Duration>,
+    /// `(username, password)` when the broker requires a login.
+    pub login: Option<(String, String)>,
 }
 
 /// What [`run`] published.
@@ -393,6 +395,9 @@ pub async fn run(config: SimulateConfig) -> Result<SimulateReport, SimulateError
         config.port,
     );
     options.set_keep_alive(Duration::from_secs(30));
+    if let Some((username, password)) = &config.login {
+        options.set_credentials(username.clone(), password.clone());
+    }
     options.set_inflight(500);
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);

@@ -449,12 +449,9 @@ fn resolve_broker(
     };
     let embedded = if embed {
         let addr = broker::resolve(&url.host, url.port)?;
-        let m = &settings.mqtt;
-        Some(broker::start_embedded(
-            addr,
-            m.max_payload_bytes,
-            &m.client_id,
-        )?)
+        Some(broker::start_embedded(&broker::Embedded::from_settings(
+            settings, addr,
+        ))?)
     } else {
         None
     };

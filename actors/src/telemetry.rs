@@ -39,6 +39,7 @@ pub struct Telemetry {
     sessions_open: IntGaugeVec,
     pub mqtt_connected: IntGauge,
     pub mqtt_reconnects: IntCounter,
+    broker_overruns: IntCounter,
     pub devices_known: IntGauge,
     /// Alerts raised and Slack delivery.
     pub alerts: AlertMetrics,
@@ -252,6 +253,10 @@ impl Telemetry {
                 "edgebus_mqtt_reconnects_total",
                 "Times the MQTT connection was lost and retried.",
             ),
+            broker_overruns: counter(
+                "edgebus_mqtt_broker_overruns_total",
+                "Frames the embedded broker dropped before edgebus read them.",
+            ),
             devices_known: gauge("edgebus_devices_known", "Devices in the registry."),
             alerts: AlertMetrics::register(&registry),
             frames_rejected,
@@ -301,6 +306,23 @@ impl Telemetry {
         self.events_dropped
             .with_label_values(&[reason.as_str()])
             .get()
+    }
+
+    /// The embedded broker dropped `lost` frames of one of our filters
+    /// before ingest read them (its retention was outrun).
+    pub fn broker_overrun(&self, filter: &str, lost: u64) {
+        self.broker_overruns.inc_by(lost);
+        let filter = filter.escape_debug().to_string();
+        self.warn_limited("broker_overrun", || {
+            format!(
+                "The embedded MQTT broker dropped {lost} frames on `{filter}` that ingest had not \
+                 read yet: it fell behind by more than `mqtt.embedded_retention_bytes`."
+            )
+        });
+    }
+
+    pub fn broker_overruns(&self) -> u64 {
+        self.broker_overruns.get()
     }
 
     pub fn session_opened(&self, kind: &str) {

@@ -1,12 +1,17 @@
 //! Ingest against Mosquitto: the machine's shared broker (used, never
-//! stopped) and a private one this test kills and restarts.
+//! stopped) and a private one this test kills and restarts. And the
+//! embedded broker's logins and memory bounds.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
 use crate::helpers::{
-    free_port, metrics_json, spawn_app_external, unique, Publisher, PORT_ATTEMPTS, WAIT,
+    free_port, metrics_json, spawn_app_external, spawn_app_with, unique, Publisher, Service,
+    PORT_ATTEMPTS, WAIT,
 };
 
 const SHARED_MOSQUITTO: u16 = 1883;
@@ -219,4 +224,262 @@ async fn frames_sent_while_edgebus_restarts_are_delivered_by_its_persistent_sess
         "each once"
     );
     second.handle.shutdown().await;
+}
+
+/// edgebus's embedded broker with one device credential ("d1") and its
+/// own credential ("edgebus" / "edgebus-secret").
+fn with_credentials() -> String {
+    format!(
+        "[mqtt]\nusername = \"edgebus\"\npassword = \"edgebus-secret\"\n\
+         credentials = [{{ username = \"d1\", password_sha256 = \"{}\" }}]\n",
+        sha256_hex("device-secret")
+    )
+}
+
+fn sha256_hex(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether the broker on `port` answers a CONNECT with `login` by a
+/// CONNACK (`Ok`) or closes the connection (`Err`, with what the client
+/// saw).
+async fn try_login(port: u16, login: Option<(&str, &str)>) -> Result<(), String> {
+    let mut options = MqttOptions::new(unique("login"), "127.0.0.1", port);
+    if let Some((username, password)) = login {
+        options.set_credentials(username, password);
+    }
+    let (_client, mut eventloop) = AsyncClient::new(options, 10);
+    let outcome = tokio::time::timeout(WAIT, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return Ok(ack.code);
+                }
+                Ok(_) => {}
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("the broker answers the CONNECT");
+    match outcome {
+        Ok(rumqttc::ConnectReturnCode::Success) => Ok(()),
+        Ok(code) => Err(format!("{code:?}")),
+        Err(error) => Err(error),
+    }
+}
+
+/// One MQTT 3.1.1 packet: type byte, remaining length, body.
+fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn mqtt_string(text: &str) -> Vec<u8> {
+    let mut out = (text.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+#[actix_web::test]
+async fn with_credentials_an_anonymous_or_wrong_login_is_refused() {
+    let app = spawn_app_with(&with_credentials()).await;
+
+    let anonymous = try_login(app.mqtt_port, None).await;
+    let wrong = try_login(app.mqtt_port, Some(("d1", "not-the-secret"))).await;
+    let unknown = try_login(app.mqtt_port, Some(("nobody", "device-secret"))).await;
+    let device = try_login(app.mqtt_port, Some(("d1", "device-secret"))).await;
+    let edgebus = try_login(app.mqtt_port, Some(("edgebus", "edgebus-secret"))).await;
+
+    assert!(anonymous.is_err(), "anonymous: {anonymous:?}");
+    assert!(wrong.is_err(), "wrong password: {wrong:?}");
+    assert!(unknown.is_err(), "unknown user: {unknown:?}");
+    assert_eq!(device, Ok(()));
+    assert_eq!(edgebus, Ok(()));
+    app.handle.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_device_credential_publishes_a_frame_that_reaches_the_devices_list() {
+    let app = spawn_app_with(&with_credentials()).await;
+    let device = unique("cred");
+    let mut ws = app.ws("").await;
+    ws.snapshot().await;
+    let mut publisher = Publisher::connect_as(app.mqtt_port, Some(("d1", "device-secret"))).await;
+
+    publisher
+        .publish(
+            &format!("devices/{device}/metrics"),
+            metrics_json(&device, 1, 5.0),
+        )
+        .await;
+
+    assert_eq!(
+        ws.next_event().await["payload"]["device_id"],
+        device.as_str()
+    );
+    let (_, devices) = app.get_json("/v1/devices").await;
+    assert!(devices.to_string().contains(&device), "{devices}");
+    app.handle.shutdown().await;
+}
+
+#[actix_web::test]
+async fn with_credentials_an_anonymous_client_cannot_inject_a_frame() {
+    // Arrange: a WebSocket watching every device.
+    let app = spawn_app_with(&with_credentials()).await;
+    let (intruder, device) = (unique("intruder"), unique("real"));
+    let mut ws = app.ws("").await;
+    ws.snapshot().await;
+
+    // Act: an anonymous CONNECT with a PUBLISH right behind it, as the
+    // attack sent them, before any answer.
+    let mut raw = TcpStream::connect(("127.0.0.1", app.mqtt_port)).expect("tcp connect");
+    raw.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let mut connect = mqtt_string("MQTT");
+    connect.extend_from_slice(&[4, 0x02, 0, 60]);
+    connect.extend(mqtt_string(&unique("anon")));
+    let mut publish = mqtt_string(&format!("devices/{intruder}/metrics"));
+    publish.extend_from_slice(metrics_json(&intruder, 1, 5.0).as_bytes());
+    let mut bytes = packet(0x10, &connect);
+    bytes.extend(packet(0x30, &publish));
+    raw.write_all(&bytes).expect("send CONNECT + PUBLISH");
+    // The broker closes the connection without a CONNACK: the refusal is
+    // complete once we read end-of-stream, so nothing of it can still be
+    // on its way to ingest.
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    let mut publisher = Publisher::connect_as(app.mqtt_port, Some(("d1", "device-secret"))).await;
+    publisher
+        .publish(
+            &format!("devices/{device}/metrics"),
+            metrics_json(&device, 1, 5.0),
+        )
+        .await;
+
+    // Assert: no CONNACK, and the first frame anyone sees is the real one.
+    assert!(answer.is_empty(), "the broker answered {answer:?}");
+    assert_eq!(
+        ws.next_event().await["payload"]["device_id"],
+        device.as_str()
+    );
+    let (_, devices) = app.get_json("/v1/devices").await;
+    assert!(!devices.to_string().contains(&intruder), "{devices}");
+    app.handle.shutdown().await;
+}
+
+#[actix_web::test]
+async fn without_credentials_the_embedded_broker_stays_open() {
+    let app = spawn_app_with("").await;
+
+    assert_eq!(try_login(app.mqtt_port, None).await, Ok(()));
+    app.handle.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_filter_left_behind_keeps_no_more_than_the_client_retention() {
+    // Arrange: edgebus in its own process, so its RSS is the broker's; a
+    // device subscribes to a filter edgebus does not use, then leaves.
+    // rumqttd keeps that filter's log, and keeps appending to it, for good.
+    let service = Service::start(&[
+        ("EDGEBUS__MQTT__USERNAME", "edgebus"),
+        ("EDGEBUS__MQTT__PASSWORD", "edgebus-secret"),
+    ])
+    .await;
+    let login = Some(("edgebus", "edgebus-secret"));
+    let mut options = MqttOptions::new(unique("junk"), "127.0.0.1", service.mqtt_port);
+    options.set_credentials("edgebus", "edgebus-secret");
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .subscribe("junk/#", QoS::AtMostOnce)
+        .await
+        .expect("queue SUBSCRIBE");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK");
+    drop((client, eventloop));
+    let mut publisher = Publisher::connect_as(service.mqtt_port, login).await;
+    publisher.publish("junk/warmup", vec![b'w'; 200_000]).await;
+    let before = service.rss_kib();
+
+    // Act: 48 MB into the abandoned filter, each publish acknowledged, so
+    // each is in the broker's log.
+    for _ in 0..240 {
+        publisher.publish("junk/x", vec![b'j'; 200_000]).await;
+    }
+    let grown_mib = service.rss_kib().saturating_sub(before) / 1024;
+
+    // Assert: the log kept two segments of 128 KiB, each overshot by one
+    // 200 KB message: ≈ 1.1 MiB with rumqttd's preallocated slots (measured
+    // +1 MiB). It used to keep all 48 MB (up to 128 MiB).
+    assert!(grown_mib < 16, "RSS grew {grown_mib} MiB");
+}
+
+#[actix_web::test]
+async fn frames_edgebus_rejects_keep_no_more_than_the_ingest_retention() {
+    // Arrange: edgebus in its own process with a 1 MiB ingest retention.
+    let service = Service::start(&[
+        ("EDGEBUS__MQTT__USERNAME", "edgebus"),
+        ("EDGEBUS__MQTT__PASSWORD", "edgebus-secret"),
+        ("EDGEBUS__MQTT__EMBEDDED_RETENTION_BYTES", "1048576"),
+    ])
+    .await;
+    let login = Some(("edgebus", "edgebus-secret"));
+    let mut publisher = Publisher::connect_as(service.mqtt_port, login).await;
+    let too_large = r#"edgebus_frames_rejected_total{reason="too_large"}"#;
+    publisher
+        .publish("attackers/warmup", vec![b'w'; 200_000])
+        .await;
+    service.wait_metric(too_large, |v| v >= 1.0).await;
+    let before = service.rss_kib();
+
+    // Act: 48 MB of frames on edgebus's own `attackers/#`, each one too
+    // large, so ingest rejects and counts them; wait until it has.
+    for _ in 0..240 {
+        publisher
+            .publish("attackers/a1/scan", vec![b'a'; 200_000])
+            .await;
+    }
+    service.wait_metric(too_large, |v| v >= 241.0).await;
+    let grown_mib = service.rss_kib().saturating_sub(before) / 1024;
+
+    // Assert: the filter's log kept its four segments of 256 KiB, each
+    // overshot by one message: ≈ 2.7 MiB with rumqttd's preallocated slots
+    // (measured +4 MiB). It used to keep all 48 MB (up to 128 MiB).
+    assert!(grown_mib < 16, "RSS grew {grown_mib} MiB");
+}
+
+#[actix_web::test]
+async fn frames_the_broker_drops_before_ingest_reads_them_are_counted() {
+    // Arrange: a 64 KiB ingest retention, about four 15 KB frames.
+    let app = spawn_app_with("[mqtt]\nembedded_retention_bytes = 65536").await;
+    let publisher = app.publisher().await;
+    let topic = format!("devices/{}/metrics", unique("burst"));
+
+    // Act: a burst far beyond that retention, faster than one read.
+    publisher.flood(&topic, 600).await;
+
+    // Assert: the broker's read-cursor jump on our link is counted.
+    app.wait_metric("edgebus_mqtt_broker_overruns_total", 1.0)
+        .await;
+    app.handle.shutdown().await;
 }

@@ -338,7 +338,15 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(port: u16) -> Self {
+        Self::connect_as(port, None).await
+    }
+
+    /// Like [`Publisher::connect`], logging in as `(username, password)`.
+    pub async fn connect_as(port: u16, login: Option<(&str, &str)>) -> Self {
         let mut options = MqttOptions::new(unique("pub"), "127.0.0.1", port);
+        if let Some((username, password)) = login {
+            options.set_credentials(username, password);
+        }
         options.set_max_packet_size(8 << 20, 8 << 20);
         options.set_inflight(1000);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
@@ -639,6 +647,7 @@ impl TestApp {
 /// ports), for what must be measured apart from the test process.
 pub struct Service {
     pub port: u16,
+    pub mqtt_port: u16,
     child: std::process::Child,
     http: awc::Client,
 }
@@ -688,6 +697,7 @@ impl Service {
         let child = command.spawn().expect("the edgebus binary starts");
         let mut service = Self {
             port,
+            mqtt_port,
             child,
             http: awc::Client::builder().timeout(WAIT).finish(),
         };

@@ -2,9 +2,13 @@
 //! link: the router hands us each publish's topic and payload as `Bytes`,
 //! with no MQTT encoding, loopback socket or decoding in between.
 //!
-//! The link subscribes at QoS 0 (all rumqttd's local link offers): nothing
-//! sits between the router and us that could lose a frame, and a QoS 0
-//! delivery is never redelivered, so no duplicate check is needed. The link
+//! The link subscribes at QoS 0 (all rumqttd's local link offers): the
+//! router hands us each filter's commit log in order, and a QoS 0 delivery
+//! is never redelivered, so no duplicate check is needed. Only falling
+//! behind by more than that log's retention (`mqtt.embedded_retention_bytes`)
+//! loses frames; the router numbers every message of a filter's log, so the
+//! gap between two reads is what was lost, and edgebus counts it
+//! (`edgebus_mqtt_broker_overruns_total`). The link
 //! cannot be re-established (the broker has no restart): when it fails,
 //! ingest logs an error and stays not ready until shutdown.
 
@@ -16,6 +20,7 @@ use rumqttd::Notification;
 use tokio::sync::oneshot;
 
 use super::{ConnectionState, Ingest, Sink, StateChanged};
+use crate::topic::TopicFilter;
 
 /// Both halves of a local link, from `rumqttd::Broker::link` (taken before
 /// the broker's `start()`, which blocks its thread).
@@ -40,6 +45,7 @@ pub(super) struct LinkPump {
     /// SubAcks still expected: ready once every topic's has come.
     pending_acks: usize,
     refused: Vec<String>,
+    offsets: ReadOffsets,
     sink: Sink,
     me: Addr<Ingest>,
 }
@@ -50,6 +56,7 @@ impl LinkPump {
             tx: link.tx,
             rx: link.rx,
             pending_acks: topics.len(),
+            offsets: ReadOffsets::new(&topics),
             topics,
             refused: Vec::new(),
             sink,
@@ -101,6 +108,11 @@ impl LinkPump {
                     let publish = &forward.publish;
                     match std::str::from_utf8(&publish.topic) {
                         Ok(topic) => {
+                            if let Some((_, offset)) = forward.cursor {
+                                if let Some((filter, lost)) = self.offsets.read(topic, offset) {
+                                    self.sink.telemetry.broker_overrun(filter, lost);
+                                }
+                            }
                             self.sink
                                 .on_publish(topic, &publish.payload, QoS::AtMostOnce, false)
                         }
@@ -176,6 +188,45 @@ impl LinkPump {
     }
 }
 
+/// Where ingest's read of each of its filters' commit logs stands. The
+/// router numbers the messages of a filter's log one by one, so a read that
+/// skips numbers means the broker dropped them (its retention was outrun)
+/// before ingest read them. rumqttd reports such jumps only through alerts
+/// its own timer pushes, which a broker assembled from its parts lacks.
+struct ReadOffsets {
+    /// Each subscribed filter (a `$share/{group}/` prefix removed: its log
+    /// is the filter's) and the offset of the last message read from it.
+    filters: Vec<(String, Option<TopicFilter>, Option<u64>)>,
+}
+
+impl ReadOffsets {
+    fn new(topics: &[String]) -> Self {
+        let filters = topics
+            .iter()
+            .map(|topic| {
+                let filter = topic
+                    .strip_prefix("$share/")
+                    .and_then(|rest| rest.split_once('/'))
+                    .map_or(topic.as_str(), |(_, filter)| filter);
+                (topic.clone(), TopicFilter::parse(filter).ok(), None)
+            })
+            .collect();
+        Self { filters }
+    }
+
+    /// A message at `offset` of the log of the first filter `topic` matches
+    /// was read: that filter and the messages lost before it, if any.
+    fn read(&mut self, topic: &str, offset: u64) -> Option<(&str, u64)> {
+        let (name, _, last) = self
+            .filters
+            .iter_mut()
+            .find(|(_, filter, _)| filter.as_ref().is_some_and(|f| f.matches(topic)))?;
+        let lost = last.map_or(0, |last| offset.saturating_sub(last.saturating_add(1)));
+        *last = Some(offset);
+        (lost > 0).then_some((name.as_str(), lost))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -184,7 +235,7 @@ mod tests {
     use actix::{Actor, Addr};
     use rumqttd::{Broker, Config, RouterConfig};
 
-    use super::LocalLink;
+    use super::{LocalLink, ReadOffsets};
     use crate::bus::{Bus, BusConfig};
     use crate::ingest::{ConnectionState, Ingest, IngestConfig, Status, Stop};
     use crate::registry::{Registry, RegistryConfig};
@@ -338,5 +389,22 @@ mod tests {
         };
         sink.on_bad_topic(b"devices/\xff/metrics", b"{}");
         assert_eq!(telemetry.frames_rejected("bad_topic"), 1);
+    }
+
+    #[test]
+    fn a_gap_in_a_filters_read_offsets_is_the_frames_the_broker_dropped() {
+        let mut offsets = ReadOffsets::new(&[
+            "devices/+/metrics".to_owned(),
+            "$share/g/attackers/#".to_owned(),
+        ]);
+        assert_eq!(offsets.read("devices/d1/metrics", 0), None);
+        assert_eq!(offsets.read("devices/d2/metrics", 1), None);
+        assert_eq!(offsets.read("attackers/a/scored", 7), None, "its own log");
+        assert_eq!(
+            offsets.read("devices/d1/metrics", 5),
+            Some(("devices/+/metrics", 3))
+        );
+        assert_eq!(offsets.read("attackers/a/scored", 8), None);
+        assert_eq!(offsets.read("elsewhere/x", 99), None, "no filter of ours");
     }
 }

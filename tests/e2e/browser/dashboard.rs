@@ -649,6 +649,7 @@ async fn the_demo_fleet_fills_the_dashboard_at_hundreds_of_updates_per_second() 
         fleet,
         rate: 360.0,
         duration: Some(Duration::from_secs(120)),
+        login: None,
     }));
     open(&browser, &app, "").await;
 
