@@ -1,0 +1,226 @@
+//! A WebSocket session's op budget: how many ops, and how many topic
+//! filters in them, a client may send per second.
+//!
+//! Every `subscribe` costs the bus a snapshot of the new filters and every op
+//! a turn of the bus's mailbox, so one client flooding ops could take the
+//! bus from everyone. Two token buckets (ops, and filters named in ops) cap
+//! that work per session; an op over either is refused with an error frame,
+//! and a client that keeps going after [`MAX_REFUSED_IN_A_ROW`] refusals is
+//! closed. Pure: the caller passes the time.
+
+use std::time::{Duration, Instant};
+
+/// Refused ops in a row (no accepted op between them) after which the
+/// session is closed: a client that ignores the error frames is not a
+/// dashboard, and every refusal still costs a parse and a frame.
+pub const MAX_REFUSED_IN_A_ROW: u32 = 10;
+
+/// `sessions.ws_ops_per_second` and friends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpLimits {
+    pub ops_per_second: u32,
+    pub ops_burst: u32,
+    pub filters_per_second: u32,
+    pub filters_burst: u32,
+}
+
+impl Default for OpLimits {
+    /// The shipped defaults (`config/default.toml`).
+    fn default() -> Self {
+        Self {
+            ops_per_second: 10,
+            ops_burst: 40,
+            filters_per_second: 64,
+            filters_burst: 256,
+        }
+    }
+}
+
+/// Tokens refilled at `rate` per second up to `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket: a client starts with its whole burst.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            rate: f64::from(rate.max(1)),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            at: now,
+        }
+    }
+
+    /// Takes `cost` tokens, or says how long until they would be there.
+    pub fn try_take(&mut self, cost: u32, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        let cost = f64::from(cost);
+        if cost <= self.tokens {
+            self.tokens -= cost;
+            Ok(())
+        } else {
+            let wait = (cost.min(self.burst) - self.tokens) / self.rate;
+            Err(Duration::from_secs_f64(wait.max(0.001)))
+        }
+    }
+}
+
+/// What to do with a client op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Refuse it with an error frame; the client may retry after this long.
+    Refuse { retry_after: Duration },
+    /// The client kept going after refusals: close it (1008).
+    Close,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpBudget {
+    ops: TokenBucket,
+    filters: TokenBucket,
+    refused_in_a_row: u32,
+}
+
+impl OpBudget {
+    pub fn new(limits: OpLimits, now: Instant) -> Self {
+        Self {
+            ops: TokenBucket::new(limits.ops_per_second, limits.ops_burst, now),
+            filters: TokenBucket::new(limits.filters_per_second, limits.filters_burst, now),
+            refused_in_a_row: 0,
+        }
+    }
+
+    /// Charges one op (any text frame, before it is even parsed).
+    pub fn admit_op(&mut self, now: Instant) -> Verdict {
+        let result = self.ops.try_take(1, now);
+        self.decide(result)
+    }
+
+    /// Charges the filters an op names (its snapshot and index work).
+    pub fn admit_filters(&mut self, filters: usize, now: Instant) -> Verdict {
+        let cost = u32::try_from(filters).unwrap_or(u32::MAX);
+        let result = self.filters.try_take(cost, now);
+        self.decide(result)
+    }
+
+    /// An op was refused for another reason (too many waiting): it counts
+    /// toward the close like a rate refusal.
+    pub fn refuse(&mut self, retry_after: Duration) -> Verdict {
+        self.decide(Err(retry_after))
+    }
+
+    fn decide(&mut self, result: Result<(), Duration>) -> Verdict {
+        match result {
+            Ok(()) => {
+                self.refused_in_a_row = 0;
+                Verdict::Accept
+            }
+            Err(_) if self.refused_in_a_row + 1 >= MAX_REFUSED_IN_A_ROW => Verdict::Close,
+            Err(retry_after) => {
+                self.refused_in_a_row += 1;
+                Verdict::Refuse { retry_after }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: OpLimits = OpLimits {
+        ops_per_second: 2,
+        ops_burst: 4,
+        filters_per_second: 10,
+        filters_burst: 64,
+    };
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(2, 4, t0);
+        for _ in 0..4 {
+            assert_eq!(bucket.try_take(1, t0), Ok(()));
+        }
+        let wait = bucket.try_take(1, t0).unwrap_err();
+        assert!(wait >= Duration::from_millis(499) && wait <= Duration::from_millis(501));
+        assert_eq!(bucket.try_take(1, t0 + Duration::from_millis(500)), Ok(()));
+        assert!(bucket.try_take(1, t0 + Duration::from_millis(600)).is_err());
+        // Idle for a long time: back to the burst, not beyond.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..4 {
+            assert_eq!(bucket.try_take(1, later), Ok(()));
+        }
+        assert!(bucket.try_take(1, later).is_err());
+    }
+
+    #[test]
+    fn a_dashboard_pace_is_never_refused() {
+        let t0 = Instant::now();
+        let mut budget = OpBudget::new(OpLimits::default(), t0);
+        // A view switch (unsubscribe, subscribe to seven filters) every 200 ms
+        // for ten minutes.
+        for i in 0..3000u32 {
+            let now = t0 + Duration::from_millis(200) * i;
+            assert_eq!(budget.admit_op(now), Verdict::Accept);
+            assert_eq!(budget.admit_filters(7, now), Verdict::Accept);
+        }
+        // And a full 64-filter subscribe at once.
+        let now = t0 + Duration::from_secs(601);
+        assert_eq!(budget.admit_op(now), Verdict::Accept);
+        assert_eq!(budget.admit_filters(64, now), Verdict::Accept);
+    }
+
+    #[test]
+    fn a_flood_is_refused_then_closed_and_filters_count_apart_from_ops() {
+        let t0 = Instant::now();
+        let mut budget = OpBudget::new(LIMITS, t0);
+        assert_eq!(budget.admit_op(t0), Verdict::Accept);
+        assert_eq!(budget.admit_filters(64, t0), Verdict::Accept);
+        assert_eq!(budget.admit_op(t0), Verdict::Accept);
+        assert!(
+            matches!(budget.admit_filters(1, t0), Verdict::Refuse { .. }),
+            "the filter budget is spent although ops remain"
+        );
+        let mut in_a_row = 1;
+        loop {
+            match budget.admit_op(t0) {
+                Verdict::Accept => in_a_row = 0,
+                Verdict::Refuse { retry_after } => {
+                    assert!(retry_after > Duration::ZERO);
+                    in_a_row += 1;
+                }
+                Verdict::Close => break,
+            }
+        }
+        assert_eq!(
+            in_a_row,
+            MAX_REFUSED_IN_A_ROW - 1,
+            "closed on the tenth refusal in a row"
+        );
+    }
+
+    #[test]
+    fn an_accepted_op_forgives_earlier_refusals() {
+        let t0 = Instant::now();
+        let mut budget = OpBudget::new(LIMITS, t0);
+        for _ in 0..4 {
+            budget.admit_op(t0);
+        }
+        for _ in 0..MAX_REFUSED_IN_A_ROW - 1 {
+            assert!(matches!(budget.admit_op(t0), Verdict::Refuse { .. }));
+        }
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(budget.admit_op(later), Verdict::Accept);
+        assert!(matches!(budget.admit_op(later), Verdict::Accept));
+        assert!(matches!(budget.admit_op(later), Verdict::Refuse { .. }));
+    }
+}
