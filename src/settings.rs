@@ -201,6 +201,9 @@ pub struct SessionSettings {
     /// Topic filters named in those ops per second, and burst.
     pub ws_filters_per_second: u32,
     pub ws_filters_burst: u32,
+    /// Events the bus puts into those ops' snapshots per second, and burst.
+    pub ws_snapshot_events_per_second: u32,
+    pub ws_snapshot_events_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -437,6 +440,14 @@ impl Settings {
             ("sessions.ws_ops_per_second", s.ws_ops_per_second),
             ("sessions.ws_ops_burst", s.ws_ops_burst),
             ("sessions.ws_filters_per_second", s.ws_filters_per_second),
+            (
+                "sessions.ws_snapshot_events_per_second",
+                s.ws_snapshot_events_per_second,
+            ),
+            (
+                "sessions.ws_snapshot_events_burst",
+                s.ws_snapshot_events_burst,
+            ),
         ] {
             if !(1..=1_000_000).contains(&value) {
                 return Err(invalid(key, "must be from 1 to 1000000"));

@@ -78,6 +78,8 @@ pub async fn ws(
             ops_burst: s.ws_ops_burst,
             filters_per_second: s.ws_filters_per_second,
             filters_burst: s.ws_filters_burst,
+            snapshot_events_per_second: s.ws_snapshot_events_per_second,
+            snapshot_events_burst: s.ws_snapshot_events_burst,
         },
     };
     let start = SessionStart {

@@ -3,9 +3,12 @@
 //!
 //! Every `subscribe` costs the bus a snapshot of the new filters and every op
 //! a turn of the bus's mailbox, so one client flooding ops could take the
-//! bus from everyone. Two token buckets (ops, and filters named in ops) cap
-//! that work per session; an op over either is refused with an error frame,
-//! and a client that keeps going after [`MAX_REFUSED_IN_A_ROW`] refusals is
+//! bus from everyone. Three token buckets cap that work per session: ops,
+//! filters named in ops (both charged before the op goes to the bus), and
+//! events the bus put into the op's snapshot (charged after, so a big
+//! snapshot leaves the session in debt and its next ops wait until it is
+//! paid). An op over any of them is refused with an error frame, and a
+//! client that keeps going after [`MAX_REFUSED_IN_A_ROW`] refusals is
 //! closed. Pure: the caller passes the time.
 
 use std::time::{Duration, Instant};
@@ -22,6 +25,8 @@ pub struct OpLimits {
     pub ops_burst: u32,
     pub filters_per_second: u32,
     pub filters_burst: u32,
+    pub snapshot_events_per_second: u32,
+    pub snapshot_events_burst: u32,
 }
 
 impl Default for OpLimits {
@@ -32,6 +37,8 @@ impl Default for OpLimits {
             ops_burst: 40,
             filters_per_second: 64,
             filters_burst: 256,
+            snapshot_events_per_second: 20_000,
+            snapshot_events_burst: 100_000,
         }
     }
 }
@@ -56,11 +63,15 @@ impl TokenBucket {
         }
     }
 
-    /// Takes `cost` tokens, or says how long until they would be there.
-    pub fn try_take(&mut self, cost: u32, now: Instant) -> Result<(), Duration> {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.at = now;
+    }
+
+    /// Takes `cost` tokens, or says how long until they would be there.
+    pub fn try_take(&mut self, cost: u32, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
         let cost = f64::from(cost);
         if cost <= self.tokens {
             self.tokens -= cost;
@@ -68,6 +79,23 @@ impl TokenBucket {
         } else {
             let wait = (cost.min(self.burst) - self.tokens) / self.rate;
             Err(Duration::from_secs_f64(wait.max(0.001)))
+        }
+    }
+
+    /// Takes `cost` tokens for work already done: the bucket may go into
+    /// debt, down to one burst below empty.
+    pub fn charge(&mut self, cost: u64, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens - cost as f64).max(-self.burst);
+    }
+
+    /// `Err(wait)` while in debt: how long until it is paid.
+    pub fn solvent(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= 0.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((-self.tokens / self.rate).max(0.001)))
         }
     }
 }
@@ -86,6 +114,7 @@ pub enum Verdict {
 pub struct OpBudget {
     ops: TokenBucket,
     filters: TokenBucket,
+    snapshots: TokenBucket,
     refused_in_a_row: u32,
 }
 
@@ -94,6 +123,11 @@ impl OpBudget {
         Self {
             ops: TokenBucket::new(limits.ops_per_second, limits.ops_burst, now),
             filters: TokenBucket::new(limits.filters_per_second, limits.filters_burst, now),
+            snapshots: TokenBucket::new(
+                limits.snapshot_events_per_second,
+                limits.snapshot_events_burst,
+                now,
+            ),
             refused_in_a_row: 0,
         }
     }
@@ -104,11 +138,21 @@ impl OpBudget {
         self.decide(result)
     }
 
-    /// Charges the filters an op names (its snapshot and index work).
+    /// Charges the filters an op names (its index and snapshot work); an
+    /// op also waits while earlier snapshots are not paid for.
     pub fn admit_filters(&mut self, filters: usize, now: Instant) -> Verdict {
+        if let Err(wait) = self.snapshots.solvent(now) {
+            return self.decide(Err(wait));
+        }
         let cost = u32::try_from(filters).unwrap_or(u32::MAX);
         let result = self.filters.try_take(cost, now);
         self.decide(result)
+    }
+
+    /// The bus put this many events into the snapshots of the session's
+    /// last op (known only once it answered).
+    pub fn charge_snapshot(&mut self, events: u64, now: Instant) {
+        self.snapshots.charge(events, now);
     }
 
     /// An op was refused for another reason (too many waiting): it counts
@@ -141,6 +185,8 @@ mod tests {
         ops_burst: 4,
         filters_per_second: 10,
         filters_burst: 64,
+        snapshot_events_per_second: 1000,
+        snapshot_events_burst: 5000,
     };
 
     #[test]
@@ -206,6 +252,33 @@ mod tests {
             MAX_REFUSED_IN_A_ROW - 1,
             "closed on the tenth refusal in a row"
         );
+    }
+
+    #[test]
+    fn a_big_snapshot_leaves_the_session_in_debt_until_paid() {
+        let t0 = Instant::now();
+        let mut budget = OpBudget::new(LIMITS, t0);
+        assert_eq!(budget.admit_op(t0), Verdict::Accept);
+        assert_eq!(budget.admit_filters(1, t0), Verdict::Accept);
+        budget.charge_snapshot(7000, t0); // 2,000 beyond the burst
+        assert_eq!(budget.admit_op(t0), Verdict::Accept);
+        match budget.admit_filters(1, t0) {
+            Verdict::Refuse { retry_after } => {
+                assert_eq!(retry_after, Duration::from_secs(2), "the debt at the rate")
+            }
+            other => panic!("{other:?}"),
+        }
+        let paid = t0 + Duration::from_secs(2);
+        assert_eq!(budget.admit_op(paid), Verdict::Accept);
+        assert_eq!(budget.admit_filters(1, paid), Verdict::Accept);
+        // Debt is capped at one burst, so no snapshot locks a session out
+        // for longer than two bursts' worth.
+        budget.charge_snapshot(u64::MAX, paid);
+        let wait = match budget.admit_filters(1, paid) {
+            Verdict::Refuse { retry_after } => retry_after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(wait, Duration::from_secs(5));
     }
 
     #[test]

@@ -94,6 +94,9 @@ struct State {
     closed: bool,
     /// Takes that found items.
     takes: u64,
+    /// Events put into snapshots for this session so far: the snapshot work
+    /// its ops caused, charged to its op budget.
+    snapshot_events: u64,
 }
 
 struct Shared {
@@ -145,6 +148,7 @@ pub fn session_queue(capacity: usize) -> (SessionQueue, SessionInbox) {
             producers: 1,
             closed: false,
             takes: 0,
+            snapshot_events: 0,
         }),
         capacity: capacity.max(1),
     });
@@ -227,6 +231,11 @@ impl SessionQueue {
         self.shared.lock().closed
     }
 
+    /// Events put into snapshots for this session since it started.
+    pub fn snapshot_events(&self) -> u64 {
+        self.shared.lock().snapshot_events
+    }
+
     /// Items waiting for the writer, and how many takes it has made so far:
     /// a writer that takes nothing while items wait is stuck.
     pub fn progress(&self) -> (usize, u64) {
@@ -253,6 +262,9 @@ impl SessionQueue {
 
 /// Pushes under the lock, then wakes the writer outside it.
 fn push(mut state: MutexGuard<'_, State>, item: Delivery) -> Offer {
+    if let Delivery::Snapshot(snapshot) = &item {
+        state.snapshot_events += snapshot.events.len() as u64;
+    }
     state.items.push_back(item);
     let waker = state.waker.take();
     drop(state);
@@ -641,6 +653,20 @@ mod tests {
         assert_eq!((queued, takes), (1, 1), "the rest waits in the queue");
         queue.close();
         assert_eq!(Arc::strong_count(&first), 1, "closing frees the rest");
+    }
+
+    #[test]
+    fn the_queue_counts_the_events_put_into_snapshots() {
+        let (queue, _inbox) = session_queue(4);
+        let snapshot = |n: u64| {
+            let mut s = Snapshot::empty();
+            s.events = (0..n).map(event).collect();
+            Delivery::Snapshot(Box::new(s))
+        };
+        queue.offer_control(snapshot(3));
+        queue.offer_event(&event(9));
+        queue.offer_control(snapshot(5));
+        assert_eq!(queue.snapshot_events(), 8);
     }
 
     #[test]

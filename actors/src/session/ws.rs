@@ -7,9 +7,9 @@
 //! when it stops.
 //!
 //! Ops are the one thing a client makes the bus do, so they are bounded
-//! twice: each is charged to the session's [`OpBudget`] (ops and filters per
-//! second; over it, an error frame, and a close 1008 for a client that keeps
-//! going), and at most one op per session is with the bus at a time (`send`,
+//! twice: each is charged to the session's [`OpBudget`] (ops, filters and
+//! snapshot events per second; over it, an error frame, and a close 1008 for
+//! a client that keeps going), and at most one op per session is with the bus at a time (`send`,
 //! which waits at the mailbox bound; the next few wait here, more are
 //! refused). A flooding client costs the bus a bounded amount of work per
 //! second and never more than one mailbox slot.
@@ -86,6 +86,8 @@ pub struct WsSession {
     /// Accepted ops waiting for the one with the bus to be answered.
     waiting_ops: VecDeque<ClientOp>,
     op_in_flight: bool,
+    /// The queue's snapshot event count already charged to the budget.
+    snapshot_events_charged: u64,
     telemetry: Arc<Telemetry>,
     /// Held for the session's life (e.g. its identity's stream slot);
     /// dropped when the session ends.
@@ -120,6 +122,7 @@ impl WsSession {
             last_heard: Instant::now(),
             waiting_ops: VecDeque::new(),
             op_in_flight: false,
+            snapshot_events_charged: 0,
             telemetry,
             _guard: start.guard,
         }
@@ -222,6 +225,11 @@ impl WsSession {
         ctx.spawn(request.into_actor(self).map(|result, act, ctx| {
             act.op_in_flight = false;
             act.telemetry.ws_ops_in_flight.dec();
+            // The bus has answered: its snapshot is in the queue, counted.
+            let events = act.queue.snapshot_events();
+            act.budget
+                .charge_snapshot(events - act.snapshot_events_charged, Instant::now());
+            act.snapshot_events_charged = events;
             if result.is_err() {
                 // The bus is gone: the server is shutting down.
                 ctx.stop();
