@@ -448,7 +448,8 @@ async fn a_resuming_client_that_never_reads_its_replay_is_ended_by_the_watchdog(
     // ~9 MB of history after the resume id, and nothing published later:
     // only the replay can fill this client's stream.
     publisher.flood(&topic, 600).await;
-    app.wait_metric("edgebus_events_published_total", 601.0).await;
+    app.wait_metric("edgebus_events_published_total", 601.0)
+        .await;
 
     let stuck = SseClient::open_with_buffer(
         app.port,
@@ -478,7 +479,10 @@ async fn a_long_replay_arrives_whole_and_in_order_across_its_pieces() {
     const N: u64 = 500;
     for n in 0..N {
         publisher
-            .publish_nowait(&topic, format!(r#"{{"level":"info","message":"m","n":{n}}}"#))
+            .publish_nowait(
+                &topic,
+                format!(r#"{{"level":"info","message":"m","n":{n}}}"#),
+            )
             .await;
     }
     app.wait_metric("edgebus_events_published_total", (N + 1) as f64)
@@ -500,7 +504,11 @@ async fn a_long_replay_arrives_whole_and_in_order_across_its_pieces() {
     for n in 0..N {
         let e = sse.next_event().await;
         assert_eq!(e.event, "notification");
-        assert_eq!(e.json()["payload"]["n"], n, "every missed event once, in order");
+        assert_eq!(
+            e.json()["payload"]["n"],
+            n,
+            "every missed event once, in order"
+        );
     }
     assert_eq!(sse.next_event().await.id.as_deref(), Some(live.as_str()));
 }

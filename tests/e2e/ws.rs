@@ -334,7 +334,10 @@ async fn a_session_flooding_subscribe_ops_is_refused_and_closed_while_a_watcher_
     for _ in 0..10 {
         seq += 1;
         let took = round_trip(&mut publisher, &mut watcher, &device, seq).await;
-        assert!(took <= bound, "watcher took {took:?} (baseline {baseline:?})");
+        assert!(
+            took <= bound,
+            "watcher took {took:?} (baseline {baseline:?})"
+        );
     }
     let (rate_limited, code, closed_at) = flood.await.expect("flooder task");
     assert!(rate_limited >= 1, "the flooder was told it is rate limited");
@@ -342,7 +345,9 @@ async fn a_session_flooding_subscribe_ops_is_refused_and_closed_while_a_watcher_
 
     // The bus did a bounded amount of work for it: the filter burst (four
     // 64-filter ops) plus the refill while it flooded, one op at a time.
-    let accepted = app.metric(r#"edgebus_ws_ops_total{result="accepted"}"#).await;
+    let accepted = app
+        .metric(r#"edgebus_ws_ops_total{result="accepted"}"#)
+        .await;
     let elapsed = (closed_at - flood_started).as_secs_f64();
     assert!(
         accepted <= 4.0 + elapsed.ceil() + 1.0,

@@ -95,7 +95,9 @@ impl TokenBucket {
         if self.tokens >= 0.0 {
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((-self.tokens / self.rate).max(0.001)))
+            Err(Duration::from_secs_f64(
+                (-self.tokens / self.rate).max(0.001),
+            ))
         }
     }
 }
@@ -105,7 +107,9 @@ impl TokenBucket {
 pub enum Verdict {
     Accept,
     /// Refuse it with an error frame; the client may retry after this long.
-    Refuse { retry_after: Duration },
+    Refuse {
+        retry_after: Duration,
+    },
     /// The client kept going after refusals: close it (1008).
     Close,
 }

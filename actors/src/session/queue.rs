@@ -619,7 +619,11 @@ mod tests {
             all.extend(seqs(&batch));
             batch.clear();
         }
-        assert_eq!(all, (1..=total + 1).collect::<Vec<_>>(), "each once, in order");
+        assert_eq!(
+            all,
+            (1..=total + 1).collect::<Vec<_>>(),
+            "each once, in order"
+        );
     }
 
     #[test]
@@ -631,7 +635,11 @@ mod tests {
             Arc::new(Event::from_draft(EventId { epoch: 1, seq }, draft))
         };
         let events: Vec<Arc<Event>> = (1..=10).map(big).collect();
-        assert_eq!(replay_piece_len(&events), 2, "two thirds fit, a third does not");
+        assert_eq!(
+            replay_piece_len(&events),
+            2,
+            "two thirds fit, a third does not"
+        );
         let huge = |seq| {
             let mut map = serde_json::Map::new();
             map.insert("f".into(), "x".repeat(REPLAY_PIECE_BYTES * 2).into());
