@@ -240,6 +240,15 @@ pub struct SessionSettings {
     /// Unredeemed tickets held at once over all identities.
     pub max_tickets: usize,
     pub sse_retry_ms: u64,
+    /// WebSocket client ops (subscribe/unsubscribe) per second, and burst.
+    pub ws_ops_per_second: u32,
+    pub ws_ops_burst: u32,
+    /// Topic filters named in those ops per second, and burst.
+    pub ws_filters_per_second: u32,
+    pub ws_filters_burst: u32,
+    /// Events the bus puts into those ops' snapshots per second, and burst.
+    pub ws_snapshot_events_per_second: u32,
+    pub ws_snapshot_events_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -550,6 +559,30 @@ impl Settings {
             return Err(invalid(
                 "sessions.sse_retry_ms",
                 "must be from 100 to 600000",
+            ));
+        }
+        for (key, value) in [
+            ("sessions.ws_ops_per_second", s.ws_ops_per_second),
+            ("sessions.ws_ops_burst", s.ws_ops_burst),
+            ("sessions.ws_filters_per_second", s.ws_filters_per_second),
+            (
+                "sessions.ws_snapshot_events_per_second",
+                s.ws_snapshot_events_per_second,
+            ),
+            (
+                "sessions.ws_snapshot_events_burst",
+                s.ws_snapshot_events_burst,
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return Err(invalid(key, "must be from 1 to 1000000"));
+            }
+        }
+        let most = edgebus_actors::bus::MAX_FILTERS_PER_SESSION as u32;
+        if !(most..=1_000_000).contains(&s.ws_filters_burst) {
+            return Err(invalid(
+                "sessions.ws_filters_burst",
+                "must be from 64 (one op's most filters) to 1000000",
             ));
         }
 
@@ -891,6 +924,8 @@ mod tests {
             ("[mqtt]\nembedded_max_connections = 0", "mqtt.embedded_max_connections"),
             ("[registry]\nmax_devices = 0", "registry.max_devices"),
             ("[sessions]\nws_timeout_seconds = 5\nws_heartbeat_seconds = 10", "sessions.ws_timeout_seconds"),
+            ("[sessions]\nws_ops_per_second = 0", "sessions.ws_ops_per_second"),
+            ("[sessions]\nws_filters_burst = 63", "sessions.ws_filters_burst"),
             ("[auth]\napi_keys = [{ name = \"a\", key = \"short\", roles = [\"viewer\"] }]", "auth.api_keys[0].key"),
             ("[auth]\napi_keys = [{ name = \"a\", key = \"0123456789abcdef\", roles = [\"root\"] }]", "auth.api_keys[0].roles"),
             ("[alerts]\nrules = [{ name = \"x\", field = \"temperature\", above = 1.0 }]", "alerts.rules[0].field"),

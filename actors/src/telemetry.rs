@@ -36,6 +36,10 @@ pub struct Telemetry {
     pub bus_last_values_bytes: IntGauge,
     pub snapshots_truncated: IntCounter,
     events_dropped: IntCounterVec,
+    ws_ops: IntCounterVec,
+    /// WebSocket ops sent to the bus and not yet answered (at most one per
+    /// session).
+    pub ws_ops_in_flight: IntGauge,
     sessions_open: IntGaugeVec,
     pub mqtt_connected: IntGauge,
     pub mqtt_reconnects: IntCounter,
@@ -197,7 +201,18 @@ impl Telemetry {
             &["kind"],
         )
         .expect("static metric definition is valid");
-        for c in [&frames_rejected, &events_dropped] {
+        let ws_ops = IntCounterVec::new(
+            Opts::new(
+                "edgebus_ws_ops_total",
+                "WebSocket client ops, by result (accepted, rate_limited, closed).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        for result in WS_OP_RESULTS {
+            ws_ops.with_label_values(&[result]);
+        }
+        for c in [&frames_rejected, &events_dropped, &ws_ops] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("metric names are unique");
@@ -258,6 +273,11 @@ impl Telemetry {
                 "Frames the embedded broker dropped before edgebus read them.",
             ),
             devices_known: gauge("edgebus_devices_known", "Devices in the registry."),
+            ws_ops_in_flight: gauge(
+                "edgebus_ws_ops_in_flight",
+                "WebSocket ops waiting for the bus (at most one per session).",
+            ),
+            ws_ops,
             alerts: AlertMetrics::register(&registry),
             frames_rejected,
             events_dropped,
@@ -325,6 +345,16 @@ impl Telemetry {
         self.broker_overruns.get()
     }
 
+    /// A WebSocket client op was accepted, refused over its budget
+    /// (`rate_limited`) or refused with the session closed (`closed`).
+    pub fn ws_op(&self, result: &'static str) {
+        self.ws_ops.with_label_values(&[result]).inc();
+    }
+
+    pub fn ws_ops_count(&self, result: &'static str) -> u64 {
+        self.ws_ops.with_label_values(&[result]).get()
+    }
+
     pub fn session_opened(&self, kind: &str) {
         self.sessions_open.with_label_values(&[kind]).inc();
     }
@@ -381,6 +411,9 @@ impl Telemetry {
         }
     }
 }
+
+/// Labels of `edgebus_ws_ops_total`.
+pub const WS_OP_RESULTS: [&str; 3] = ["accepted", "rate_limited", "closed"];
 
 impl Default for Telemetry {
     fn default() -> Self {

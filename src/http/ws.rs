@@ -5,7 +5,7 @@ use actix::Actor;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason};
 
-use edgebus_actors::session::{SessionStart, WireFormat, WsSession, WsSessionConfig};
+use edgebus_actors::session::{OpLimits, SessionStart, WireFormat, WsSession, WsSessionConfig};
 use edgebus_actors::subscription::Subscription;
 use edgebus_actors::topic::TopicFilter;
 
@@ -73,6 +73,14 @@ pub async fn ws(
         write_deadline: Settings::seconds(s.write_timeout_seconds),
         queue_capacity: state.settings.bus.queue_capacity,
         format,
+        limits: OpLimits {
+            ops_per_second: s.ws_ops_per_second,
+            ops_burst: s.ws_ops_burst,
+            filters_per_second: s.ws_filters_per_second,
+            filters_burst: s.ws_filters_burst,
+            snapshot_events_per_second: s.ws_snapshot_events_per_second,
+            snapshot_events_burst: s.ws_snapshot_events_burst,
+        },
     };
     let start = SessionStart {
         subscriptions,

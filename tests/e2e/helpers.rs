@@ -500,6 +500,16 @@ impl WsClient {
     pub async fn send(&mut self, message: Message) {
         self.framed.send(message).await.expect("send frame");
     }
+
+    /// Sends a text frame; `false` when the connection refused it or the
+    /// send waited two seconds (a server that stopped reading).
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        let send = self.framed.send(Message::Text(text.to_owned().into()));
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), send).await,
+            Ok(Ok(()))
+        )
+    }
 }
 
 /// A raw WebSocket client with a tiny receive buffer that reads only when

@@ -458,6 +458,83 @@ async fn a_client_that_stops_reading_is_ended_after_the_write_timeout_and_frees_
 }
 
 #[actix_web::test]
+async fn a_resuming_client_that_never_reads_its_replay_is_ended_by_the_watchdog() {
+    // The watchdog runs every 2 s: the session lives at least that long,
+    // long enough to be seen open first.
+    let app = spawn_app_with("[sessions]\nwrite_timeout_seconds = 2").await;
+    let source = unique("pinned");
+    let topic = format!("notifications/{source}");
+    let resume = notify(&app, &source, "before").await;
+    let publisher = app.publisher().await;
+    // ~9 MB of history after the resume id, and nothing published later:
+    // only the replay can fill this client's stream.
+    publisher.flood(&topic, 600).await;
+    app.wait_metric("edgebus_events_published_total", 601.0)
+        .await;
+
+    let stuck = SseClient::open_with_buffer(
+        app.port,
+        &format!("/v1/events?topic={topic}"),
+        &[("Last-Event-ID", &resume)],
+        Some(2048),
+    )
+    .await
+    .expect("200");
+    app.wait_metric_where(r#"edgebus_sessions_open{kind="sse"}"#, |v| v == 1.0)
+        .await;
+    // It never reads. The replay leaves the queue a piece at a time, the
+    // rest waits there untaken, and the watchdog ends the session (which
+    // frees it), as for live events.
+    app.wait_metric_where(r#"edgebus_sessions_open{kind="sse"}"#, |v| v == 0.0)
+        .await;
+    drop(stuck);
+}
+
+#[actix_web::test]
+async fn a_long_replay_arrives_whole_and_in_order_across_its_pieces() {
+    let app = spawn_app().await;
+    let source = unique("long");
+    let topic = format!("notifications/{source}");
+    let resume = notify(&app, &source, "before").await;
+    let publisher = app.publisher().await;
+    const N: u64 = 500;
+    for n in 0..N {
+        publisher
+            .publish_nowait(
+                &topic,
+                format!(r#"{{"level":"info","message":"m","n":{n}}}"#),
+            )
+            .await;
+    }
+    app.wait_metric("edgebus_events_published_total", (N + 1) as f64)
+        .await;
+    let mut sse = app
+        .sse(
+            &format!("/v1/events?topic={topic}&last_event_id={resume}"),
+            &[],
+        )
+        .await
+        .expect("200");
+    let live = {
+        let body = json!({"level": "info", "message": "live", "source": source}).to_string();
+        let answer = app
+            .call("POST", "/v1/notifications", &[], Some(&body))
+            .await;
+        answer.body["id"].as_str().expect("id").to_owned()
+    };
+    for n in 0..N {
+        let e = sse.next_event().await;
+        assert_eq!(e.event, "notification");
+        assert_eq!(
+            e.json()["payload"]["n"],
+            n,
+            "every missed event once, in order"
+        );
+    }
+    assert_eq!(sse.next_event().await.id.as_deref(), Some(live.as_str()));
+}
+
+#[actix_web::test]
 async fn a_thousand_connect_disconnect_cycles_leave_no_session_behind() {
     // The real binary in its own process, so its memory is its own.
     let service = crate::helpers::Service::start(&[]).await;

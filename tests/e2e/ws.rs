@@ -1,12 +1,14 @@
 //! The WebSocket protocol: ops, filters, formats, auth, heartbeat, slow
 //! clients, close codes, shutdown.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use awc::ws::Message;
 use serde_json::Value;
 
-use crate::helpers::{metrics_json, spawn_app, spawn_app_with, unique, RawWsClient, WsEvent};
+use crate::helpers::{
+    metrics_json, spawn_app, spawn_app_with, unique, Publisher, RawWsClient, WsClient, WsEvent,
+};
 
 #[actix_web::test]
 async fn ops_add_and_remove_topics_and_other_topics_never_arrive() {
@@ -265,4 +267,111 @@ async fn shutdown_closes_sessions_with_going_away() {
     ws.snapshot().await;
     app.handle.shutdown().await;
     assert!(matches!(ws.next().await, WsEvent::Closed(Some(1001))));
+}
+
+/// Publishes one metrics frame and waits until the watcher has it.
+async fn round_trip(
+    publisher: &mut Publisher,
+    watcher: &mut WsClient,
+    device: &str,
+    seq: u64,
+) -> Duration {
+    let started = Instant::now();
+    publisher
+        .publish(
+            &format!("devices/{device}/metrics"),
+            metrics_json(device, seq, 10.0),
+        )
+        .await;
+    let frame = watcher.next_event().await;
+    assert_eq!(frame["payload"]["timestamp"], seq, "in order, none lost");
+    started.elapsed()
+}
+
+#[actix_web::test]
+async fn a_session_flooding_subscribe_ops_is_refused_and_closed_while_a_watcher_keeps_its_pace() {
+    // Defaults: 10 ops/s (burst 40), 64 filters/s (burst 256).
+    let app = spawn_app().await;
+    let mut publisher = app.publisher().await;
+    // Stored topics, so every subscribe's snapshot has work to do.
+    const STORED: u64 = 2000;
+    let stored = unique("stored");
+    for n in 0..STORED {
+        publisher
+            .publish_nowait(
+                &format!("notifications/{stored}-{n}"),
+                r#"{"level":"info","message":"m"}"#,
+            )
+            .await;
+    }
+    app.wait_metric("edgebus_events_published_total", STORED as f64)
+        .await;
+    let device = unique("watched");
+    let mut watcher = app.ws(&format!("?topic=devices/{device}/metrics")).await;
+    watcher.snapshot().await;
+    let mut seq = 0;
+    let mut baseline = Duration::ZERO;
+    for _ in 0..5 {
+        seq += 1;
+        baseline = baseline.max(round_trip(&mut publisher, &mut watcher, &device, seq).await);
+    }
+
+    // A viewer sends subscribe ops of 64 filters as fast as it can.
+    let mut flooder = app.ws("?topic=quiet/x").await;
+    flooder.snapshot().await;
+    let topics: Vec<String> = (0..64).map(|i| format!(r#""flood/{i}/#""#)).collect();
+    let op = format!(r#"{{"op":"subscribe","topics":[{}]}}"#, topics.join(","));
+    let flood_started = Instant::now();
+    let flood = actix_web::rt::spawn(async move {
+        let mut sent = 0;
+        while sent < 200 && flooder.try_send_text(&op).await {
+            sent += 1;
+        }
+        let mut rate_limited = 0;
+        loop {
+            match flooder.next().await {
+                WsEvent::Json(frame) if frame["error"] == "rate_limited" => {
+                    assert!(frame["retry_after_ms"].as_u64().is_some(), "{frame}");
+                    rate_limited += 1;
+                }
+                WsEvent::Json(_) => {}
+                WsEvent::Closed(code) => return (rate_limited, code, Instant::now()),
+            }
+        }
+    });
+
+    // The watcher keeps its pace meanwhile. The bound is generous for a
+    // shared 2-core machine; before the op budget, a flood like this kept
+    // the bus busy for seconds (tens of seconds at 20,000 topics).
+    let bound = baseline * 10 + Duration::from_secs(1);
+    for _ in 0..10 {
+        seq += 1;
+        let took = round_trip(&mut publisher, &mut watcher, &device, seq).await;
+        assert!(
+            took <= bound,
+            "watcher took {took:?} (baseline {baseline:?})"
+        );
+    }
+    let (rate_limited, code, closed_at) = flood.await.expect("flooder task");
+    assert!(rate_limited >= 1, "the flooder was told it is rate limited");
+    assert_eq!(code, Some(1008), "and closed as a policy violation");
+
+    // The bus did a bounded amount of work for it: the filter burst (four
+    // 64-filter ops) plus the refill while it flooded, one op at a time.
+    let accepted = app
+        .metric(r#"edgebus_ws_ops_total{result="accepted"}"#)
+        .await;
+    let elapsed = (closed_at - flood_started).as_secs_f64();
+    assert!(
+        accepted <= 4.0 + elapsed.ceil() + 1.0,
+        "{accepted} ops reached the bus in {elapsed:.1} s"
+    );
+    assert_eq!(
+        app.metric(r#"edgebus_ws_ops_total{result="closed"}"#).await,
+        1.0
+    );
+    app.wait_metric_where("edgebus_ws_ops_in_flight", |v| v == 0.0)
+        .await;
+    seq += 1;
+    round_trip(&mut publisher, &mut watcher, &device, seq).await;
 }

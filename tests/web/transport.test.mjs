@@ -50,7 +50,7 @@ class FakeWebSocket {
 globalThis.EventSource = FakeEventSource;
 globalThis.WebSocket = FakeWebSocket;
 
-const { Auth, Backoff, SseStream, WsStream, AuthRequired, FLEET_TOPICS, attackerEventsPath } = await import(
+const { Auth, Backoff, SseStream, WsStream, AuthRequired, FLEET_TOPICS, attackerEventsPath, refusalKind } = await import(
   '../../web/js/transport.js'
 );
 
@@ -217,4 +217,61 @@ test('SSE reopens itself with a fresh ticket and the last event id', async () =>
   assert.equal(got.snapshots[2].events[0].id, 'z-2');
   sse.destroy();
   assert.ok(FakeEventSource.all[1].closed);
+});
+
+test('a refused stream is final on 400/403/404, retried with a fresh ticket on 401, backed off on 429/5xx', () => {
+  assert.deepEqual(
+    [400, 403, 404, 401, 429, 500, 503, 0].map(refusalKind),
+    ['final', 'final', 'final', 'ticket', 'backoff', 'backoff', 'backoff', 'backoff'],
+  );
+});
+
+test('an SSE stream refused before it opened asks why, and stops for good on 400/404 or retries', async () => {
+  for (const [status, final] of [
+    [400, true],
+    [404, true],
+    [401, false],
+    [429, false],
+    [503, false],
+  ]) {
+    const probes = [];
+    let n = 0;
+    globalThis.fetch = async (url, init) => {
+      if (url === '/v1/auth/ticket') return { status: 200, ok: true, json: async () => ({ ticket: `r${++n}` }) };
+      probes.push({ url, init });
+      return { status, ok: false, json: async () => ({ error: 'attacker id must match ^[A-Za-z0-9._-]{1,64}$' }) };
+    };
+    const states = [];
+    const errors = [];
+    const sse = new SseStream({
+      auth: new Auth(memoryStorage()),
+      path: attackerEventsPath('not an id!'),
+      events: ['observation'],
+      onState: (s) => states.push(s),
+      onError: (m) => errors.push(m),
+    });
+    sse.backoff = new Backoff(1, 1);
+    FakeEventSource.all.length = 0;
+    sse.start();
+    await until(() => FakeEventSource.all.length === 1, 'an EventSource');
+    // EventSource reports a non-200 answer as a bare error, before any open.
+    FakeEventSource.all[0].onerror({});
+    assert.ok(FakeEventSource.all[0].closed, 'never left to EventSource to retry');
+    if (final) {
+      await until(() => sse.state === 'failed', `failed for good on ${status}`);
+      assert.equal(probes.length, 1, 'one probe');
+      assert.equal(probes[0].url, '/v1/attackers/not%20an%20id!/events?ticket=r2');
+      assert.match(states.at(-1).detail, new RegExp(`HTTP ${status}.*attacker id must match`));
+      assert.equal(errors.length, 1, 'the page shows the error');
+      // Nothing is scheduled: the view stays failed.
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(FakeEventSource.all.length, 1, 'no retry');
+      assert.equal(sse.state, 'failed');
+    } else {
+      await until(() => FakeEventSource.all.length === 2, `a retry after ${status}`);
+      assert.equal(states.find((s) => s.state === 'reconnecting').detail, `HTTP ${status}`);
+      assert.equal(errors.length, 0);
+    }
+    sse.destroy();
+  }
 });

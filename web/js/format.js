@@ -62,6 +62,8 @@ export function connLabel(s) {
     }
     case 'signin':
       return `Sign-in needed: ${s.detail}`;
+    case 'failed':
+      return s.detail || 'Refused';
     case 'stopped':
       return 'Stopped';
     default:

@@ -14,6 +14,10 @@
 //   id:/event:/data: envelope frames, `event: lagged` data {"dropped":N}.
 // The API key never goes into a URL; tickets do, because browsers cannot set
 // headers on WebSocket or EventSource requests.
+// - A stream request refused with 400 or 404 (a malformed or unknown id) or
+//   403 will be refused again: the page says so and stops. 401 (spent or
+//   expired ticket) retries with a fresh ticket; 429, 5xx and network errors
+//   back off and retry.
 
 export const TICKET_PATH = '/v1/auth/ticket';
 export const WS_PATH = '/v1/ws';
@@ -35,6 +39,14 @@ export const attackerEventsPath = (uuid) => `/v1/attackers/${encodeURIComponent(
 export const ATTACKER_EVENTS = ['observation', 'fingerprint.rotated', 'attacker.scored'];
 
 export class AuthRequired extends Error {}
+
+// What a stream request's refusal means: 'final' (asking again gets the same
+// answer), 'ticket' (a fresh ticket may help) or 'backoff' (try later).
+export function refusalKind(status) {
+  if (status === 400 || status === 403 || status === 404) return 'final';
+  if (status === 401) return 'ticket';
+  return 'backoff';
+}
 
 const KEY_SLOT = 'edgebus.api_key';
 
@@ -215,6 +227,16 @@ class Reconnecting {
     this.report('live', 'Live');
   }
 
+  // The server will keep refusing this stream: say why and stop retrying
+  // (a new key, through Auth.onChange, still tries again).
+  fail(why) {
+    this.close();
+    this.generation += 1;
+    clearTimeout(this.timer);
+    this.report('failed', why);
+    this.h.onError?.(why);
+  }
+
   heard() {
     this.lastMessageAt = Date.now();
   }
@@ -330,11 +352,17 @@ export class SseStream extends Reconnecting {
     const es = new EventSource(this.url(ticket));
     this.es = es;
     const current = () => generation === this.generation && !this.stopped;
+    // EventSource hides the status of a refused request: an error before the
+    // stream ever opened is looked into (probe) instead of retried blindly.
+    let opened = false;
     es.onopen = () => {
-      if (current()) this.heard();
+      if (!current()) return;
+      opened = true;
+      this.heard();
     };
     es.addEventListener('snapshot', (ev) => {
       if (!current()) return;
+      opened = true;
       this.heard();
       const data = parseJson(ev.data);
       let events = [];
@@ -355,6 +383,7 @@ export class SseStream extends Reconnecting {
     for (const name of this.events) {
       es.addEventListener(name, (ev) => {
         if (!current()) return;
+        opened = true;
         this.heard();
         const env = parseJson(ev.data);
         if (!isEnvelope(env)) return;
@@ -376,8 +405,49 @@ export class SseStream extends Reconnecting {
         const data = parseJson(ev.data);
         this.h.onError?.(String(data?.message ?? data?.error ?? 'stream error'));
       }
+      if (!opened) {
+        this.close();
+        this.probe(generation);
+        return;
+      }
       this.retry('Disconnected');
     };
+  }
+
+  // Asks the same stream with a fresh ticket, to learn the status the
+  // EventSource was refused with, then fails for good or retries.
+  async probe(generation) {
+    let status = 0;
+    let message = '';
+    try {
+      const ticket = await this.auth.ticket();
+      if (generation !== this.generation || this.stopped) return;
+      const abort = typeof AbortController === 'function' ? new AbortController() : null;
+      const resp = await fetch(this.url(ticket), {
+        headers: { Accept: 'text/event-stream' },
+        cache: 'no-store',
+        credentials: 'same-origin',
+        signal: abort?.signal,
+      });
+      status = resp.status;
+      if (status !== 200) {
+        const body = await resp.json().catch(() => null);
+        if (typeof body?.error === 'string') message = body.error;
+      }
+      abort?.abort(); // A 200 is a live stream: we only wanted its status.
+    } catch (err) {
+      if (generation !== this.generation || this.stopped) return;
+      if (err instanceof AuthRequired) {
+        this.report('signin', err.message);
+        return;
+      }
+    }
+    if (generation !== this.generation || this.stopped) return;
+    if (refusalKind(status) === 'final') {
+      this.fail(`Refused (HTTP ${status})${message ? `: ${message}` : ''}`);
+      return;
+    }
+    this.retry(status && status !== 200 ? `HTTP ${status}` : 'Disconnected');
   }
 
   close() {

@@ -6,6 +6,7 @@
 //! slots for control items (snapshot, lagged notice, close) that must never
 //! be lost to a full queue.
 
+pub mod budget;
 pub mod queue;
 pub mod sse;
 pub mod ws;
@@ -17,7 +18,11 @@ use crate::event::{Event, EventId};
 use crate::subscription::Subscription;
 use crate::topic::TopicFilter;
 
-pub use queue::{session_queue, Offer, SessionInbox, SessionQueue, Take, CONTROL_RESERVE};
+pub use budget::OpLimits;
+pub use queue::{
+    session_queue, Offer, SessionInbox, SessionQueue, Take, CONTROL_RESERVE, REPLAY_PIECE_BYTES,
+    REPLAY_PIECE_EVENTS,
+};
 pub use sse::{SseBody, SseSession, SseSessionConfig};
 pub use ws::{WireFormat, WsSession, WsSessionConfig};
 
@@ -45,7 +50,8 @@ pub enum Delivery {
     /// (Boxed: a queue slot is the size of its largest item.)
     Snapshot(Box<Snapshot>),
     /// A resuming client's missed events, from the history, in order; live
-    /// events follow with no gap and no repeat.
+    /// events follow with no gap and no repeat. The queue hands it to the
+    /// writer in pieces (`queue::REPLAY_PIECE_EVENTS` / `_BYTES`).
     Replay(Box<Vec<Arc<Event>>>),
     /// This many queued-class events were dropped because the queue was full.
     Lagged(u64),
@@ -53,6 +59,9 @@ pub enum Delivery {
     Unsubscribed(Box<Vec<TopicFilter>>),
     /// A client op was refused; the session stays open.
     Error(Box<String>),
+    /// A client op was refused because the session is over its op budget;
+    /// it may try again after this many milliseconds.
+    RateLimited(u64),
     /// The server is going away: close the stream cleanly.
     Close,
 }

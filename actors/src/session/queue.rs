@@ -33,6 +33,29 @@ pub const CONTROL_RESERVE: usize = 4;
 const SHRINK_ABOVE: usize = 64;
 const KEEP_SLOTS: usize = 16;
 
+/// A replay (a resuming client's missed events) is handed to the writer at
+/// most this many events, and about this many bytes of envelopes, at a time:
+/// what one writer pass renders, and what a client that stops reading can
+/// hold outside the queue, whatever the history holds.
+pub const REPLAY_PIECE_EVENTS: usize = 64;
+pub const REPLAY_PIECE_BYTES: usize = 64 * 1024;
+
+/// Events of the replay's head that form the next piece: at least one, at
+/// most [`REPLAY_PIECE_EVENTS`], and no more once [`REPLAY_PIECE_BYTES`] is
+/// reached.
+fn replay_piece_len(events: &[Arc<Event>]) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for e in events.iter().take(REPLAY_PIECE_EVENTS) {
+        if n > 0 && bytes + e.envelope.len() > REPLAY_PIECE_BYTES {
+            break;
+        }
+        bytes += e.envelope.len();
+        n += 1;
+    }
+    n
+}
+
 /// Result of offering an item to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
@@ -71,6 +94,9 @@ struct State {
     closed: bool,
     /// Takes that found items.
     takes: u64,
+    /// Events put into snapshots for this session so far: the snapshot work
+    /// its ops caused, charged to its op budget.
+    snapshot_events: u64,
 }
 
 struct Shared {
@@ -122,6 +148,7 @@ pub fn session_queue(capacity: usize) -> (SessionQueue, SessionInbox) {
             producers: 1,
             closed: false,
             takes: 0,
+            snapshot_events: 0,
         }),
         capacity: capacity.max(1),
     });
@@ -204,6 +231,11 @@ impl SessionQueue {
         self.shared.lock().closed
     }
 
+    /// Events put into snapshots for this session since it started.
+    pub fn snapshot_events(&self) -> u64 {
+        self.shared.lock().snapshot_events
+    }
+
     /// Items waiting for the writer, and how many takes it has made so far:
     /// a writer that takes nothing while items wait is stuck.
     pub fn progress(&self) -> (usize, u64) {
@@ -230,6 +262,9 @@ impl SessionQueue {
 
 /// Pushes under the lock, then wakes the writer outside it.
 fn push(mut state: MutexGuard<'_, State>, item: Delivery) -> Offer {
+    if let Delivery::Snapshot(snapshot) = &item {
+        state.snapshot_events += snapshot.events.len() as u64;
+    }
     state.items.push_back(item);
     let waker = state.waker.take();
     drop(state);
@@ -327,8 +362,27 @@ impl SessionInbox {
 fn take_locked(state: &mut State, batch: &mut Vec<Delivery>, limit: usize) -> Option<Take> {
     if !state.items.is_empty() {
         let start = batch.len();
-        let n = limit.min(state.items.len());
-        batch.extend(state.items.drain(..n));
+        if let Some(Delivery::Replay(events)) = state.items.front_mut() {
+            // A replay leaves the queue one piece per take, so the rest
+            // stays queued where the watchdog sees it and `close` frees it.
+            let n = replay_piece_len(events);
+            if n < events.len() {
+                let piece: Vec<Arc<Event>> = events.drain(..n).collect();
+                batch.push(Delivery::Replay(Box::new(piece)));
+            } else if let Some(last) = state.items.pop_front() {
+                batch.push(last);
+            }
+        } else {
+            // Up to the limit, stopping before a replay (it goes in pieces).
+            let n = limit.min(state.items.len());
+            let n = state
+                .items
+                .iter()
+                .take(n)
+                .position(|d| matches!(d, Delivery::Replay(_)))
+                .unwrap_or(n);
+            batch.extend(state.items.drain(..n));
+        }
         taken(state, &batch[start..]);
         return Some(Take::Items {
             lagging: state.lagging,
@@ -536,6 +590,91 @@ mod tests {
         }
         while inbox.try_recv().is_some() {}
         assert!(inbox.shared.lock().items.capacity() <= KEEP_SLOTS);
+    }
+
+    fn seqs(batch: &[Delivery]) -> Vec<u64> {
+        batch
+            .iter()
+            .flat_map(|d| match d {
+                Delivery::Replay(events) => events.iter().map(|e| e.id.seq).collect(),
+                Delivery::Event(e) => vec![e.id.seq],
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_replay_leaves_the_queue_in_bounded_pieces_in_order_then_live_events() {
+        let (queue, mut inbox) = session_queue(8);
+        let total = REPLAY_PIECE_EVENTS as u64 * 3 + 5;
+        let replay: Vec<Arc<Event>> = (1..=total).map(event).collect();
+        queue.offer_control(Delivery::Replay(Box::new(replay)));
+        queue.offer_event(&event(total + 1));
+        let mut all = Vec::new();
+        let mut batch = Vec::new();
+        while let Some(Take::Items { .. }) = inbox.try_take(&mut batch, 64) {
+            if let [Delivery::Replay(piece)] = batch.as_slice() {
+                assert!(!piece.is_empty() && piece.len() <= REPLAY_PIECE_EVENTS);
+            }
+            all.extend(seqs(&batch));
+            batch.clear();
+        }
+        assert_eq!(
+            all,
+            (1..=total + 1).collect::<Vec<_>>(),
+            "each once, in order"
+        );
+    }
+
+    #[test]
+    fn a_replay_piece_stops_at_the_byte_bound_but_always_moves() {
+        let big = |seq| {
+            let mut map = serde_json::Map::new();
+            map.insert("f".into(), "x".repeat(REPLAY_PIECE_BYTES / 3).into());
+            let draft = Draft::new("t", 0, Body::Object(map));
+            Arc::new(Event::from_draft(EventId { epoch: 1, seq }, draft))
+        };
+        let events: Vec<Arc<Event>> = (1..=10).map(big).collect();
+        assert_eq!(
+            replay_piece_len(&events),
+            2,
+            "two thirds fit, a third does not"
+        );
+        let huge = |seq| {
+            let mut map = serde_json::Map::new();
+            map.insert("f".into(), "x".repeat(REPLAY_PIECE_BYTES * 2).into());
+            let draft = Draft::new("t", 0, Body::Object(map));
+            Arc::new(Event::from_draft(EventId { epoch: 1, seq }, draft))
+        };
+        assert_eq!(replay_piece_len(&[huge(1), huge(2)]), 1);
+    }
+
+    #[test]
+    fn an_untaken_replay_stays_queued_for_the_watchdog_and_close_frees_it() {
+        let (queue, mut inbox) = session_queue(8);
+        let replay: Vec<Arc<Event>> = (1..=1000).map(event).collect();
+        let first = replay[999].clone();
+        queue.offer_control(Delivery::Replay(Box::new(replay)));
+        let mut batch = Vec::new();
+        inbox.try_take(&mut batch, 64);
+        let (queued, takes) = queue.progress();
+        assert_eq!((queued, takes), (1, 1), "the rest waits in the queue");
+        queue.close();
+        assert_eq!(Arc::strong_count(&first), 1, "closing frees the rest");
+    }
+
+    #[test]
+    fn the_queue_counts_the_events_put_into_snapshots() {
+        let (queue, _inbox) = session_queue(4);
+        let snapshot = |n: u64| {
+            let mut s = Snapshot::empty();
+            s.events = (0..n).map(event).collect();
+            Delivery::Snapshot(Box::new(s))
+        };
+        queue.offer_control(snapshot(3));
+        queue.offer_event(&event(9));
+        queue.offer_control(snapshot(5));
+        assert_eq!(queue.snapshot_events(), 8);
     }
 
     #[test]

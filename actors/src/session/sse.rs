@@ -20,7 +20,10 @@
 //! take: the actor's watchdog, run every `write_deadline`, ends the session
 //! when items waited through a whole round untaken, so between one and two
 //! deadlines after the client stopped (its slot is freed; actix-web keeps
-//! the TCP connection until the client closes it).
+//! the TCP connection until the client closes it). A resuming client's
+//! replay is no exception: the queue hands it over one bounded piece per
+//! take and keeps the rest queued, so a client that never reads holds at
+//! most one piece outside the queue and is ended like any other.
 //!
 //! Framing (pure functions below): `id:`, `event:`, `data:` lines, a blank
 //! line after each event. Event names and ids are stripped of CR/LF and data
@@ -328,8 +331,8 @@ fn render(item: &Delivery, out: &mut BytesMut) {
         Delivery::Close => {
             write_frame(out, None, "close", r#"{"reason":"server shutting down"}"#);
         }
-        // SSE has no client ops to acknowledge.
-        Delivery::Unsubscribed(_) => {}
+        // SSE has no client ops to acknowledge or refuse.
+        Delivery::Unsubscribed(_) | Delivery::RateLimited(_) => {}
     }
 }
 

@@ -1,17 +1,25 @@
 //! The WebSocket session actor, one per client (actix-ws inside an actix actor).
 //!
-//! State: its filters, heartbeat clock and the client's `Session` handle.
-//! Accepts the client's frames as a stream (ops, ping/pong, close). Sends
-//! [`bus::Join`] at start, [`bus::Subscribe`] / [`bus::Unsubscribe`] for ops,
-//! [`bus::Resume`] when it drained after falling behind, [`bus::Leave`] when
-//! it stops.
+//! State: its filters, heartbeat clock, op budget and the client's `Session`
+//! handle. Accepts the client's frames as a stream (ops, ping/pong, close).
+//! Sends [`bus::Join`] at start, [`bus::Subscribe`] / [`bus::Unsubscribe`] for
+//! ops, [`bus::Resume`] when it drained after falling behind, [`bus::Leave`]
+//! when it stops.
+//!
+//! Ops are the one thing a client makes the bus do, so they are bounded
+//! twice: each is charged to the session's [`OpBudget`] (ops, filters and
+//! snapshot events per second; over it, an error frame, and a close 1008 for
+//! a client that keeps going), and at most one op per session is with the bus at a time (`send`,
+//! which waits at the mailbox bound; the next few wait here, more are
+//! refused). A flooding client costs the bus a bounded amount of work per
+//! second and never more than one mailbox slot.
 //!
 //! Outgoing frames have exactly one writer: a future that drains the session
 //! queue in order and awaits the socket. Nothing on the bus's side ever
 //! awaits a client. A client that stops reading is closed once a write has
 //! waited `write_deadline`; one that stops answering pings, after `timeout`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +28,7 @@ use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReaso
 use bytestring::ByteString;
 use serde::Deserialize;
 
+use super::budget::{OpBudget, OpLimits, Verdict};
 use super::{
     session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Snapshot, Take,
     WriterEnd,
@@ -36,6 +45,10 @@ pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
 
 /// Items taken from the queue per writer pass (and conflated together).
 const WRITE_BATCH: usize = 64;
+
+/// Accepted ops that may wait while one is with the bus; beyond this an op
+/// is refused as over the budget. A dashboard sends one or two at a time.
+pub const MAX_WAITING_OPS: usize = 4;
 
 /// The wire format a client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +67,8 @@ pub struct WsSessionConfig {
     pub write_deadline: Duration,
     pub queue_capacity: usize,
     pub format: WireFormat,
+    /// Ops and filters per second this client may send.
+    pub limits: OpLimits,
 }
 
 pub struct WsSession {
@@ -67,6 +82,12 @@ pub struct WsSession {
     resume: Option<String>,
     config: WsSessionConfig,
     last_heard: Instant,
+    budget: OpBudget,
+    /// Accepted ops waiting for the one with the bus to be answered.
+    waiting_ops: VecDeque<ClientOp>,
+    op_in_flight: bool,
+    /// The queue's snapshot event count already charged to the budget.
+    snapshot_events_charged: u64,
     telemetry: Arc<Telemetry>,
     /// Held for the session's life (e.g. its identity's stream slot);
     /// dropped when the session ends.
@@ -96,8 +117,12 @@ impl WsSession {
             inbox: Some(inbox),
             subscriptions: start.subscriptions,
             resume: start.resume,
+            budget: OpBudget::new(config.limits, Instant::now()),
             config,
             last_heard: Instant::now(),
+            waiting_ops: VecDeque::new(),
+            op_in_flight: false,
+            snapshot_events_charged: 0,
             telemetry,
             _guard: start.guard,
         }
@@ -117,23 +142,101 @@ impl WsSession {
         ctx.stop();
     }
 
-    fn on_text(&mut self, text: &str) {
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         if self.config.format == WireFormat::Edgewatch {
             return; // The seed dashboard never sent anything meaningful.
         }
-        match parse_op(text) {
-            Ok(ClientOp::Subscribe(subscriptions)) => self.bus.do_send(bus::Subscribe {
-                session: self.id,
-                subscriptions,
-            }),
-            Ok(ClientOp::Unsubscribe(filters)) => self.bus.do_send(bus::Unsubscribe {
-                session: self.id,
-                filters,
-            }),
+        let now = Instant::now();
+        let verdict = self.budget.admit_op(now);
+        if !self.admitted(verdict, ctx) {
+            return;
+        }
+        let op = match parse_op(text) {
+            Ok(op) => op,
             Err(error) => {
                 self.queue.offer_control(Delivery::Error(Box::new(error)));
+                return;
+            }
+        };
+        let verdict = self.budget.admit_filters(op.filters(), now);
+        if !self.admitted(verdict, ctx) {
+            return;
+        }
+        if self.waiting_ops.len() >= MAX_WAITING_OPS {
+            let verdict = self.budget.refuse(Duration::from_millis(100));
+            self.admitted(verdict, ctx);
+            return;
+        }
+        self.telemetry.ws_op("accepted");
+        self.waiting_ops.push_back(op);
+        self.next_op(ctx);
+    }
+
+    /// Applies the budget's verdict: `true` when the op may go on.
+    fn admitted(&mut self, verdict: Verdict, ctx: &mut Context<Self>) -> bool {
+        match verdict {
+            Verdict::Accept => true,
+            Verdict::Refuse { retry_after } => {
+                self.telemetry.ws_op("rate_limited");
+                let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+                self.queue.offer_control(Delivery::RateLimited(ms));
+                false
+            }
+            Verdict::Close => {
+                self.telemetry.ws_op("closed");
+                self.telemetry.warn_limited("ws_rate_limited", || {
+                    format!(
+                        "Closed WebSocket session {}: it kept sending ops over its budget (`sessions.ws_ops_per_second`, `sessions.ws_filters_per_second`).",
+                        self.id.0
+                    )
+                });
+                self.close(ctx, CloseCode::Policy, "rate limit exceeded");
+                false
             }
         }
+    }
+
+    /// Sends the next waiting op to the bus unless one is there already.
+    /// `send` (not `do_send`) waits at the bus's mailbox bound.
+    fn next_op(&mut self, ctx: &mut Context<Self>) {
+        if self.op_in_flight {
+            return;
+        }
+        let Some(op) = self.waiting_ops.pop_front() else {
+            return;
+        };
+        self.op_in_flight = true;
+        self.telemetry.ws_ops_in_flight.inc();
+        let (bus, session) = (self.bus.clone(), self.id);
+        let request = async move {
+            match op {
+                ClientOp::Subscribe(subscriptions) => {
+                    bus.send(bus::Subscribe {
+                        session,
+                        subscriptions,
+                    })
+                    .await
+                }
+                ClientOp::Unsubscribe(filters) => {
+                    bus.send(bus::Unsubscribe { session, filters }).await
+                }
+            }
+        };
+        ctx.spawn(request.into_actor(self).map(|result, act, ctx| {
+            act.op_in_flight = false;
+            act.telemetry.ws_ops_in_flight.dec();
+            // The bus has answered: its snapshot is in the queue, counted.
+            let events = act.queue.snapshot_events();
+            act.budget
+                .charge_snapshot(events - act.snapshot_events_charged, Instant::now());
+            act.snapshot_events_charged = events;
+            if result.is_err() {
+                // The bus is gone: the server is shutting down.
+                ctx.stop();
+                return;
+            }
+            act.next_op(ctx);
+        }));
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -184,6 +287,11 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if self.op_in_flight {
+            // Its future was dropped with the actor.
+            self.op_in_flight = false;
+            self.telemetry.ws_ops_in_flight.dec();
+        }
         self.bus.do_send(bus::Leave { session: self.id });
         self.telemetry.session_closed("ws");
     }
@@ -197,7 +305,7 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for WsSes
     ) {
         self.last_heard = Instant::now();
         match msg {
-            Ok(AggregatedMessage::Text(text)) => self.on_text(&text),
+            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
             Ok(AggregatedMessage::Binary(_)) => self.close(
                 ctx,
                 CloseCode::Unsupported,
@@ -248,6 +356,16 @@ enum ClientOp {
     Unsubscribe(Vec<TopicFilter>),
 }
 
+impl ClientOp {
+    /// Filters named: what the op costs against the filter budget.
+    fn filters(&self) -> usize {
+        match self {
+            ClientOp::Subscribe(subs) => subs.len(),
+            ClientOp::Unsubscribe(filters) => filters.len(),
+        }
+    }
+}
+
 fn parse_op(text: &str) -> Result<ClientOp, String> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -261,6 +379,12 @@ fn parse_op(text: &str) -> Result<ClientOp, String> {
     let op: Op = serde_json::from_str(text).map_err(|e| {
         format!("bad op: {e}; expected {{\"op\":\"subscribe\"|\"unsubscribe\",\"topics\":[…]}}")
     })?;
+    if op.topics.len() > bus::MAX_FILTERS_PER_SESSION {
+        return Err(format!(
+            "at most {} topic filters per op",
+            bus::MAX_FILTERS_PER_SESSION
+        ));
+    }
     let filters = op
         .topics
         .iter()
@@ -429,6 +553,12 @@ fn render(item: Delivery, format: WireFormat) -> Option<ByteString> {
             let json = serde_json::json!({"type": "error", "error": error});
             Some(json.to_string().into())
         }
+        (WireFormat::Envelope, Delivery::RateLimited(ms)) => Some(
+            format!(
+                r#"{{"type":"error","error":"rate_limited","message":"too many ops: slow down","retry_after_ms":{ms}}}"#
+            )
+            .into(),
+        ),
         (WireFormat::Edgewatch, Delivery::Snapshot(snapshot)) => {
             edgewatch_snapshot(&snapshot.events)
         }
