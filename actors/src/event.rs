@@ -157,16 +157,11 @@ impl Draft {
             + fields
     }
 
-    /// Takes this draft's cost from `budget`, or hands the draft back when
-    /// the budget cannot hold it (the caller counts the drop).
-    pub fn reserve(mut self, budget: &Arc<InflightBytes>) -> Result<Self, Self> {
-        match budget.try_reserve(self.cost()) {
-            Some(permit) => {
-                self.permit = Some(permit);
-                Ok(self)
-            }
-            None => Err(self),
-        }
+    /// Takes this draft's cost from `budget`; `None` (the draft dropped)
+    /// when the budget cannot hold it, which the caller counts.
+    pub fn reserve(mut self, budget: &Arc<InflightBytes>) -> Option<Self> {
+        self.permit = Some(budget.try_reserve(self.cost())?);
+        Some(self)
     }
 }
 

@@ -408,7 +408,7 @@ impl Sink {
                 if let Some(fingerprint) = fingerprint {
                     self.recent.remember(fingerprint);
                 }
-                let Ok(draft) = draft.reserve(&self.inflight) else {
+                let Some(draft) = draft.reserve(&self.inflight) else {
                     self.telemetry.events_dropped(DropReason::Overload, 1);
                     return;
                 };
@@ -438,10 +438,9 @@ impl Sink {
         self.telemetry.frame_rejected(topic, &rejected.rejection);
         let device = rejected.device.as_ref().map(DeviceId::as_str);
         let draft = reject_draft(topic, device, &rejected.rejection, payload, ts_ms);
-        let sent = match draft.reserve(&self.inflight) {
-            Ok(draft) => self.bus.try_send(Publish(draft)).is_ok(),
-            Err(_) => false,
-        };
+        let sent = draft
+            .reserve(&self.inflight)
+            .is_some_and(|draft| self.bus.try_send(Publish(draft)).is_ok());
         if !sent {
             self.telemetry.events_dropped(DropReason::Overload, 1);
         }
