@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
+use actix_ws::Item;
 use awc::ws::{Codec, Frame, Message};
 use awc::BoxedSocket;
 use futures_util::{SinkExt, StreamExt};
@@ -409,6 +410,8 @@ pub struct WsClient {
     framed: actix_codec::Framed<BoxedSocket, Codec>,
     /// Answer server pings (a live client); off to play a dead one.
     pub auto_pong: bool,
+    /// A fragmented message being joined.
+    fragments: Option<Vec<u8>>,
 }
 
 /// What a WebSocket client saw next.
@@ -430,6 +433,7 @@ impl WsClient {
         Self {
             framed,
             auto_pong: true,
+            fragments: None,
         }
     }
 
@@ -443,6 +447,26 @@ impl WsClient {
                 Some(Ok(Frame::Text(bytes))) => {
                     return WsEvent::Json(serde_json::from_slice(&bytes).expect("JSON text frame"))
                 }
+                // A fragmented message, joined as a browser joins it.
+                Some(Ok(Frame::Continuation(item))) => match item {
+                    Item::FirstText(bytes) => self.fragments = Some(bytes.to_vec()),
+                    Item::Continue(bytes) => self
+                        .fragments
+                        .as_mut()
+                        .expect("a continuation after a first fragment")
+                        .extend_from_slice(&bytes),
+                    Item::Last(bytes) => {
+                        let mut text = self
+                            .fragments
+                            .take()
+                            .expect("a last fragment after a first");
+                        text.extend_from_slice(&bytes);
+                        return WsEvent::Json(
+                            serde_json::from_slice(&text).expect("JSON text message"),
+                        );
+                    }
+                    Item::FirstBinary(_) => panic!("edgebus sends no binary message"),
+                },
                 Some(Ok(Frame::Ping(p))) => {
                     if self.auto_pong {
                         let _ = self.framed.send(Message::Pong(p)).await;

@@ -375,3 +375,39 @@ async fn a_session_flooding_subscribe_ops_is_refused_and_closed_while_a_watcher_
     seq += 1;
     round_trip(&mut publisher, &mut watcher, &device, seq).await;
 }
+
+#[actix_web::test]
+async fn a_snapshot_larger_than_one_fragment_arrives_as_one_whole_message() {
+    // Arrange: 100 notifications of ~2 KB each: a ~200 KB snapshot, which
+    // goes out in fragments rendered as the socket takes them.
+    let app = spawn_app().await;
+    let family = unique("big");
+    let mut publisher = app.publisher().await;
+    let message = "m".repeat(2000);
+    for i in 0..100 {
+        publisher
+            .publish(
+                &format!("notifications/{family}-{i}"),
+                format!(r#"{{"level":"info","message":"{message}"}}"#),
+            )
+            .await;
+    }
+    app.wait_metric("edgebus_events_published_total", 100.0).await;
+
+    // Act
+    let mut ws = app.ws("?topic=notifications/%23").await;
+
+    // Assert: one snapshot message with every event, then live events.
+    let snapshot = ws.snapshot().await;
+    assert_eq!(snapshot.len(), 100);
+    assert!(snapshot
+        .iter()
+        .all(|e| e["payload"]["message"].as_str() == Some(message.as_str())));
+    publisher
+        .publish(
+            &format!("notifications/{family}-live"),
+            r#"{"level":"info","message":"live"}"#,
+        )
+        .await;
+    assert_eq!(ws.next_event().await["payload"]["message"], "live");
+}

@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, MessageStream};
+use actix_ws::{
+    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Item, MessageStream,
+};
 use bytestring::ByteString;
 use serde::Deserialize;
 
@@ -468,6 +470,9 @@ impl Writer {
                                 }
                                 written
                             }
+                            Delivery::Snapshot(snapshot) if self.format == WireFormat::Envelope => {
+                                self.write_snapshot(&snapshot).await
+                            }
                             other => match render(other, self.format) {
                                 Some(text) => self.write(text).await,
                                 None => Ok(()),
@@ -485,7 +490,38 @@ impl Writer {
 
 impl Writer {
     async fn write(&mut self, text: ByteString) -> Result<(), WriterEnd> {
-        match tokio::time::timeout(self.deadline, self.ws.text(text)).await {
+        let sent = tokio::time::timeout(self.deadline, self.ws.text(text)).await;
+        self.written(sent).await
+    }
+
+    /// One message in fragments when it is larger than one piece.
+    async fn write_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), WriterEnd> {
+        let mut pieces = SnapshotPieces::new(snapshot, SNAPSHOT_PIECE_BYTES).peekable();
+        let Some(first) = pieces.next() else {
+            return Ok(());
+        };
+        if pieces.peek().is_none() {
+            return self.write(first.into()).await;
+        }
+        let mut item = Item::FirstText(first.into());
+        loop {
+            let sent = tokio::time::timeout(self.deadline, self.ws.continuation(item)).await;
+            self.written(sent).await?;
+            item = match (pieces.next(), pieces.peek().is_some()) {
+                (Some(piece), true) => Item::Continue(piece.into()),
+                (Some(piece), false) => Item::Last(piece.into()),
+                (None, _) => return Ok(()),
+            };
+        }
+    }
+
+    /// What a send's outcome means for the session: a send that waited
+    /// past the deadline closes the client.
+    async fn written(
+        &mut self,
+        sent: Result<Result<(), actix_ws::Closed>, tokio::time::error::Elapsed>,
+    ) -> Result<(), WriterEnd> {
+        match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriterEnd::ClientGone),
             Err(_) => {
@@ -571,22 +607,78 @@ fn render(item: Delivery, format: WireFormat) -> Option<ByteString> {
 /// envelopes; `"reset":true` when the client's resume id was not honoured,
 /// `"truncated":true` when the bus cut the snapshot at its bound.
 pub fn snapshot_frame(snapshot: &Snapshot) -> ByteString {
-    let events = &snapshot.events;
-    let mut out =
-        String::with_capacity(64 + events.iter().map(|e| e.envelope.len() + 1).sum::<usize>());
-    out.push_str(r#"{"type":"snapshot","events":["#);
-    push_envelopes(&mut out, events);
-    out.push_str(r#"],"last_id":""#);
-    out.push_str(&snapshot.last_id.to_string());
-    out.push('"');
-    if snapshot.reset {
-        out.push_str(r#","reset":true"#);
+    SnapshotPieces::new(snapshot, usize::MAX)
+        .collect::<String>()
+        .into()
+}
+
+/// Rendered snapshot text per WebSocket fragment. A snapshot goes out as
+/// one message in fragments, each rendered only once the socket took the
+/// one before: a client that stops reading holds at most the session's
+/// outgoing channel (32 items) of fragments, not 32 whole snapshots of up
+/// to `bus.snapshot_max_events` events.
+pub const SNAPSHOT_PIECE_BYTES: usize = 64 * 1024;
+
+/// The snapshot frame's text in pieces of about `piece_bytes` (cut only
+/// between envelopes, so a piece exceeds it by at most one envelope and
+/// the frame's tail), rendered one at a time.
+pub struct SnapshotPieces<'a> {
+    snapshot: &'a Snapshot,
+    piece_bytes: usize,
+    next: usize,
+    started: bool,
+    finished: bool,
+}
+
+impl<'a> SnapshotPieces<'a> {
+    pub fn new(snapshot: &'a Snapshot, piece_bytes: usize) -> Self {
+        Self {
+            snapshot,
+            piece_bytes,
+            next: 0,
+            started: false,
+            finished: false,
+        }
     }
-    if snapshot.truncated {
-        out.push_str(r#","truncated":true"#);
+}
+
+impl Iterator for SnapshotPieces<'_> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.finished {
+            return None;
+        }
+        let events = &self.snapshot.events;
+        let mut out = String::new();
+        if !self.started {
+            self.started = true;
+            let all: usize = events.iter().map(|e| e.envelope.len() + 1).sum();
+            out.reserve(64 + all.min(self.piece_bytes));
+            out.push_str(r#"{"type":"snapshot","events":["#);
+        }
+        while self.next < events.len() && out.len() < self.piece_bytes {
+            if self.next > 0 {
+                out.push(',');
+            }
+            out.push_str(&events[self.next].envelope);
+            self.next += 1;
+        }
+        if self.next == events.len() {
+            self.finished = true;
+            out.push_str(r#"],"last_id":""#);
+            out.push_str(&self.snapshot.last_id.to_string());
+            out.push('"');
+            if self.snapshot.reset {
+                out.push_str(r#","reset":true"#);
+            }
+            if self.snapshot.truncated {
+                out.push_str(r#","truncated":true"#);
+            }
+            out.push('}');
+        }
+        Some(out)
     }
-    out.push('}');
-    out.into()
 }
 
 /// `envelope,envelope,…` (the shared bytes, copied once per snapshot).
@@ -682,6 +774,35 @@ mod tests {
             .unwrap_err()
             .contains("unknown op"));
         assert!(parse_op("not json").unwrap_err().starts_with("bad op"));
+    }
+
+    #[test]
+    fn a_snapshot_in_pieces_is_the_whole_frame_cut_between_envelopes() {
+        let events: Vec<_> = (0..100)
+            .map(|i| match metrics(i, &format!("d{i}")) {
+                Delivery::Event(e) => e,
+                _ => unreachable!(),
+            })
+            .collect();
+        let envelope = events[0].envelope.len();
+        let snapshot = Snapshot {
+            events,
+            last_id: crate::event::EventId { epoch: 1, seq: 100 },
+            reset: true,
+            truncated: true,
+        };
+        let whole = snapshot_frame(&snapshot);
+        for piece_bytes in [1, envelope, 10 * envelope, usize::MAX] {
+            let pieces: Vec<String> = SnapshotPieces::new(&snapshot, piece_bytes).collect();
+            assert_eq!(pieces.concat(), *whole, "pieces of {piece_bytes}");
+            let longest = pieces.iter().map(String::len).max().unwrap_or(0);
+            assert!(
+                longest <= piece_bytes.saturating_add(2 * envelope + 64),
+                "a piece of {longest} bytes for {piece_bytes}"
+            );
+        }
+        let small = SnapshotPieces::new(&snapshot, 10 * envelope).count();
+        assert!((9..=12).contains(&small), "{small} pieces of ~10 envelopes");
     }
 
     #[test]
