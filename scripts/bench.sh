@@ -24,7 +24,9 @@
 #                  the time until the last stream has each one. Not in the
 #                  default SCENARIOS. Each process holds one fd per stream, so
 #                  `ulimit -n` must allow SSE_STREAMS plus some headroom.
-# The load client runs on the same machine and competes with edgebus for CPU.
+# The load client runs on the same machine and competes with edgebus for CPU,
+# and opens every stream from one address: the per-address stream caps and
+# the stream-open rate are lifted for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -155,6 +157,10 @@ start_edgebus() {
     EDGEBUS__MQTT__URL="mqtt://127.0.0.1:$mqtt_port" \
     EDGEBUS__MQTT__MODE="$mode" \
     EDGEBUS__STORAGE__DATA_DIR="$data_dir" \
+    EDGEBUS__SESSIONS__MAX_STREAMS_PER_ADDRESS=1000000 \
+    EDGEBUS__SESSIONS__MAX_STREAMS=1000000 \
+    EDGEBUS__SESSIONS__STREAM_OPENS_PER_SECOND=1000000 \
+    EDGEBUS__SESSIONS__STREAM_OPENS_BURST=1000000 \
     "$@" \
     "$TARGET_DIR/release/edgebus" >"$log" 2>&1 &
   EDGEBUS_PID=$!

@@ -180,6 +180,10 @@ pub enum AuthError {
     Forbidden(Role),
     #[error("too many concurrent streams for {0:?} ({1} = {2})")]
     TooManyStreams(String, &'static str, usize),
+    #[error(
+        "{0:?} opens streams too fast (sessions.stream_opens_per_second = {1}); retry in {2} s"
+    )]
+    OpeningTooFast(String, u32, u64),
     #[error("too many outstanding tickets for {0:?} (sessions.max_tickets_per_identity = {1}); open a stream with one or let them expire")]
     TooManyTickets(String, usize),
     #[error("too many outstanding tickets (sessions.max_tickets = {0}); retry shortly")]
@@ -484,6 +488,77 @@ impl Drop for StreamPermit {
 }
 
 /// Everything a handler needs to authenticate a request.
+/// How fast one owner may open streams. Every open costs the bus a
+/// snapshot or a replay, and a client that opens and closes streams in a
+/// loop never holds a slot long enough for the stream caps to stop it: a
+/// token bucket per owner does.
+pub struct OpenRate {
+    per_second: u32,
+    burst: u32,
+    clock: Arc<dyn Clock>,
+    /// Tokens (in thousandths) and when they were counted, per owner.
+    buckets: Mutex<HashMap<Arc<str>, (u64, u64)>>,
+    /// Owners remembered at once: addresses are unbounded. Owners whose
+    /// bucket has refilled carry nothing and are forgotten first.
+    max_owners: usize,
+}
+
+impl OpenRate {
+    pub fn new(per_second: u32, burst: u32, max_owners: usize, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            per_second,
+            burst,
+            clock,
+            buckets: Mutex::new(HashMap::new()),
+            max_owners: max_owners.max(1),
+        }
+    }
+
+    fn full(&self) -> u64 {
+        u64::from(self.burst) * 1000
+    }
+
+    /// Tokens (thousandths) after refilling from `at_ms` to `now_ms`.
+    fn refilled(&self, tokens: u64, at_ms: u64, now_ms: u64) -> u64 {
+        let gained = now_ms
+            .saturating_sub(at_ms)
+            .saturating_mul(u64::from(self.per_second));
+        tokens.saturating_add(gained).min(self.full())
+    }
+
+    /// Takes one open for `owner`, or says how long to wait.
+    pub fn take(&self, owner: &Arc<str>) -> Result<(), AuthError> {
+        let now = self.clock.now_ms();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= self.max_owners && !buckets.contains_key(owner) {
+            let full = self.full();
+            buckets.retain(|_, (tokens, at)| self.refilled(*tokens, *at, now) < full);
+        }
+        let full = self.full();
+        if buckets.len() >= self.max_owners && !buckets.contains_key(owner) {
+            return Err(AuthError::OpeningTooFast(
+                owner.to_string(),
+                self.per_second,
+                1,
+            ));
+        }
+        let (tokens, at) = buckets.entry(owner.clone()).or_insert((full, now));
+        let available = self.refilled(*tokens, *at, now);
+        *at = now;
+        if available < 1000 {
+            *tokens = available;
+            let wait_ms = (1000 - available).div_ceil(u64::from(self.per_second).max(1));
+            return Err(AuthError::OpeningTooFast(
+                owner.to_string(),
+                self.per_second,
+                wait_ms.div_ceil(1000).max(1),
+            ));
+        }
+        *tokens = available - 1000;
+        Ok(())
+    }
+}
+
 pub struct Auth {
     pub keys: KeyRing,
     pub tickets: Tickets,
@@ -493,6 +568,8 @@ pub struct Auth {
     pub addresses: Arc<StreamLimits>,
     /// Every stream, under `sessions.max_streams`: addresses are unbounded.
     pub total: Arc<StreamLimits>,
+    /// Stream opens per owner, under `sessions.stream_opens_per_second`.
+    pub opens: OpenRate,
     ws_token: String,
     metrics_token: String,
     mode: Mode,
@@ -532,7 +609,7 @@ impl Auth {
                 s.ticket_ttl_seconds.saturating_mul(1000),
                 s.max_tickets_per_identity,
                 s.max_tickets,
-                clock,
+                clock.clone(),
             ),
             streams: StreamLimits::new(
                 s.max_streams_per_identity,
@@ -543,6 +620,13 @@ impl Auth {
                 "sessions.max_streams_per_address",
             ),
             total: StreamLimits::new(s.max_streams, "sessions.max_streams"),
+            // Owners that opened lately: a few per stream allowed at once.
+            opens: OpenRate::new(
+                s.stream_opens_per_second,
+                s.stream_opens_burst,
+                s.max_streams.saturating_mul(4).max(1024),
+                clock,
+            ),
             ws_token,
             metrics_token: settings.http.metrics_token.expose().to_owned(),
             mode,
@@ -639,7 +723,9 @@ impl Auth {
         } else {
             &self.addresses
         };
-        let mut permit = limits.acquire(identity.owner(peer))?;
+        let owner = identity.owner(peer);
+        self.opens.take(&owner)?;
+        let mut permit = limits.acquire(owner)?;
         permit.total = Some(Box::new(self.total.acquire(ALL_STREAMS.into())?));
         Ok(permit)
     }
@@ -775,6 +861,31 @@ api_keys = [
         let open = from_toml("");
         assert!(open.is_open());
         assert_eq!(open.require(None, Role::Admin).unwrap().proof, Proof::Open);
+    }
+
+    #[test]
+    fn an_owner_opening_streams_in_a_loop_is_slowed_to_its_rate_and_others_are_not() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let opens = OpenRate::new(2, 3, 2, clock.clone());
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        for _ in 0..3 {
+            assert!(opens.take(&a).is_ok(), "the burst");
+        }
+        assert!(matches!(
+            opens.take(&a),
+            Err(AuthError::OpeningTooFast(_, 2, 1))
+        ));
+        assert!(opens.take(&b).is_ok(), "another owner is not slowed");
+        clock.advance(Duration::from_millis(499));
+        assert!(opens.take(&a).is_err(), "not yet half a second");
+        clock.advance(Duration::from_millis(1));
+        assert!(opens.take(&a).is_ok(), "one more every 1/rate");
+        // Remembered owners are bounded: a third must wait while both
+        // others are still refilling, and gets in once one has refilled.
+        assert!(opens.take(&b).is_ok() && opens.take(&b).is_ok());
+        assert!(opens.take(&c).is_err());
+        clock.advance(Duration::from_secs(2));
+        assert!(opens.take(&c).is_ok());
     }
 
     #[test]

@@ -73,6 +73,7 @@ impl From<AuthError> for ApiError {
         match e {
             AuthError::Forbidden(_) => ApiError::Forbidden(text),
             AuthError::TooManyStreams(..) => ApiError::TooManyRequests(text, 1),
+            AuthError::OpeningTooFast(_, _, wait) => ApiError::TooManyRequests(text, wait),
             AuthError::TooManyTickets(..) | AuthError::TicketsFull(_) => {
                 ApiError::TooManyRequests(text, 1)
             }

@@ -241,6 +241,10 @@ pub struct SessionSettings {
     pub max_tickets: usize,
     pub sse_retry_ms: u64,
     /// WebSocket client ops (subscribe/unsubscribe) per second, and burst.
+    /// Streams one owner may open per second, and in a burst: each open
+    /// costs the bus a snapshot or a replay.
+    pub stream_opens_per_second: u32,
+    pub stream_opens_burst: u32,
     pub ws_ops_per_second: u32,
     pub ws_ops_burst: u32,
     /// Topic filters named in those ops per second, and burst.
@@ -562,6 +566,11 @@ impl Settings {
             ));
         }
         for (key, value) in [
+            (
+                "sessions.stream_opens_per_second",
+                s.stream_opens_per_second,
+            ),
+            ("sessions.stream_opens_burst", s.stream_opens_burst),
             ("sessions.ws_ops_per_second", s.ws_ops_per_second),
             ("sessions.ws_ops_burst", s.ws_ops_burst),
             ("sessions.ws_filters_per_second", s.ws_filters_per_second),
@@ -925,6 +934,7 @@ mod tests {
             ("[registry]\nmax_devices = 0", "registry.max_devices"),
             ("[sessions]\nws_timeout_seconds = 5\nws_heartbeat_seconds = 10", "sessions.ws_timeout_seconds"),
             ("[sessions]\nws_ops_per_second = 0", "sessions.ws_ops_per_second"),
+            ("[sessions]\nstream_opens_burst = 0", "sessions.stream_opens_burst"),
             ("[sessions]\nws_filters_burst = 63", "sessions.ws_filters_burst"),
             ("[auth]\napi_keys = [{ name = \"a\", key = \"short\", roles = [\"viewer\"] }]", "auth.api_keys[0].key"),
             ("[auth]\napi_keys = [{ name = \"a\", key = \"0123456789abcdef\", roles = [\"root\"] }]", "auth.api_keys[0].roles"),

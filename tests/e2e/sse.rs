@@ -6,7 +6,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::auth::{bearer, locked_app, VIEWER};
-use crate::helpers::{metrics_json, spawn_app, spawn_app_with, unique, TestApp, WAIT};
+use std::sync::Arc;
+
+use edgebus_actors::alerts::ManualClock;
+use edgebus_actors::event::now_ms;
+
+use crate::helpers::{
+    metrics_json, spawn_app, spawn_app_with, spawn_app_with_clock, unique, TestApp, WAIT,
+};
 use crate::sse_client::{SseClient, SseItem};
 
 /// `sessions.keepalive_seconds` as shipped.
@@ -537,7 +544,12 @@ async fn a_long_replay_arrives_whole_and_in_order_across_its_pieces() {
 #[actix_web::test]
 async fn a_thousand_connect_disconnect_cycles_leave_no_session_behind() {
     // The real binary in its own process, so its memory is its own.
-    let service = crate::helpers::Service::start(&[]).await;
+    // Opening 1,200 streams in a row is what this test does on purpose.
+    let service = crate::helpers::Service::start(&[
+        ("EDGEBUS__SESSIONS__STREAM_OPENS_PER_SECOND", "1000000"),
+        ("EDGEBUS__SESSIONS__STREAM_OPENS_BURST", "1000000"),
+    ])
+    .await;
     let cycle = |n: usize| {
         let service = &service;
         async move {
@@ -601,4 +613,43 @@ async fn the_websocket_resumes_from_an_id_too() {
         (frame["type"].as_str(), frame["reset"].as_bool()),
         (Some("snapshot"), Some(true))
     );
+}
+
+#[actix_web::test]
+async fn a_client_opening_and_closing_streams_in_a_loop_is_refused_past_its_rate() {
+    // Arrange: the service's clock stands still, so the burst is all there is.
+    let clock = Arc::new(ManualClock::new(now_ms()));
+    let app = spawn_app_with_clock(
+        "[sessions]\nstream_opens_per_second = 1\nstream_opens_burst = 5",
+        Some(clock.clone()),
+    )
+    .await;
+    let open = || SseClient::open(app.port, "/v1/events?topic=devices/%2B/metrics", &[]);
+
+    // Act: open and drop streams as fast as they answer (each costs the bus
+    // a snapshot), as a client trying to keep the bus busy would.
+    let mut opened = 0;
+    let refused = loop {
+        match open().await {
+            Ok(sse) => {
+                drop(sse);
+                opened += 1;
+                assert!(opened <= 5, "the sixth open must be refused");
+            }
+            Err(refused) => break refused,
+        }
+    };
+
+    // Assert: refused with 429 and when to come back; a second later, in.
+    assert_eq!(opened, 5);
+    assert_eq!(refused.status, 429);
+    assert!(refused
+        .headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("retry-after") && v == "1"));
+    assert!(refused.body["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("stream_opens_per_second")));
+    clock.advance(Duration::from_secs(1));
+    assert!(open().await.is_ok());
 }

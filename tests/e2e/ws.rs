@@ -392,7 +392,8 @@ async fn a_snapshot_larger_than_one_fragment_arrives_as_one_whole_message() {
             )
             .await;
     }
-    app.wait_metric("edgebus_events_published_total", 100.0).await;
+    app.wait_metric("edgebus_events_published_total", 100.0)
+        .await;
 
     // Act
     let mut ws = app.ws("?topic=notifications/%23").await;

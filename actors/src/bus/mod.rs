@@ -402,6 +402,12 @@ impl Handler<Join> for Bus {
             subscriptions,
             resume,
         } = msg;
+        // A client that hung up before its turn came costs no snapshot or
+        // replay: opening and closing streams in a loop cannot queue work
+        // here faster than the bus throws it away.
+        if queue.is_closed() {
+            return;
+        }
         self.sessions.insert(
             session,
             Subscriber {
