@@ -51,6 +51,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use edgebus_actors::ingest::LocalLink;
+use edgebus_actors::telemetry::Telemetry;
 use rumqttd::local::LinkBuilder;
 use rumqttd::protocol::v4::V4;
 use rumqttd::{ConnectionSettings, LinkType, RouterConfig, SegmentConfig, ServerSettings};
@@ -178,7 +179,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// How the embedded broker is started, from `[mqtt]`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Embedded {
     pub addr: SocketAddr,
     /// edgebus's frame limit: the broker's own limit sits well above it,
@@ -193,10 +194,12 @@ pub struct Embedded {
     pub retention_bytes: usize,
     pub client_retention_bytes: usize,
     pub max_connections: usize,
+    /// Refused logins are logged through its rate limiter.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl Embedded {
-    pub fn from_settings(settings: &Settings, addr: SocketAddr) -> Self {
+    pub fn from_settings(settings: &Settings, addr: SocketAddr, telemetry: Arc<Telemetry>) -> Self {
         let m = &settings.mqtt;
         Self {
             addr,
@@ -207,6 +210,7 @@ impl Embedded {
             retention_bytes: m.embedded_retention_bytes,
             client_retention_bytes: m.embedded_client_retention_bytes,
             max_connections: m.embedded_max_connections,
+            telemetry,
         }
     }
 
@@ -339,13 +343,19 @@ fn server_settings(embedded: &Embedded) -> ServerSettings {
     };
     if !embedded.credentials.is_empty() {
         let credentials = Arc::new(embedded.credentials.clone());
+        let telemetry = embedded.telemetry.clone();
         connections.set_auth_handler(move |_client_id, username: String, password: String| {
             let accepted = credentials.accepts(&username, &password);
             if !accepted {
-                log::warn!(
-                    target: "edgebus::rejects",
-                    "The embedded MQTT broker refused a login as {username:?}."
-                );
+                // The name is the client's: cut and escaped, and the line
+                // rate-limited, so refused logins cannot flood the log.
+                telemetry.warn_limited("broker_login_refused", || {
+                    let name: String = username.chars().take(64).collect();
+                    format!(
+                        "The embedded MQTT broker refused a login as \"{}\".",
+                        name.escape_debug()
+                    )
+                });
             }
             std::future::ready(accepted)
         });
@@ -384,7 +394,11 @@ mod tests {
     }
 
     fn embedded(toml: &str) -> Embedded {
-        Embedded::from_settings(&settings(toml), "127.0.0.1:1883".parse().unwrap())
+        Embedded::from_settings(
+            &settings(toml),
+            "127.0.0.1:1883".parse().unwrap(),
+            Arc::new(Telemetry::new()),
+        )
     }
 
     fn hex(bytes: [u8; 32]) -> String {

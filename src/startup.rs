@@ -75,7 +75,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let url = settings.broker_url();
-        let (mqtt, embedded) = resolve_broker(&settings)?;
+        let telemetry = Arc::new(Telemetry::new());
+        let (mqtt, embedded) = resolve_broker(&settings, &telemetry)?;
         let (link, broker) = embedded.map_or((None, None), |(link, listener)| {
             (Some(link), Some(Arc::new(listener)))
         });
@@ -90,7 +91,6 @@ impl Application {
             None
         };
 
-        let telemetry = Arc::new(Telemetry::new());
         // The bus and registry share one thread; ingest (MQTT polling and
         // validation) gets its own, so parsing runs beside fan-out.
         let core = Arbiter::new();
@@ -433,6 +433,7 @@ fn start_alerts(
 /// reads it through and the broker's listener.
 fn resolve_broker(
     settings: &Settings,
+    telemetry: &Arc<Telemetry>,
 ) -> anyhow::Result<(MqttEndpoint, Option<(LocalLink, broker::Listener)>)> {
     let url = settings.broker_url();
     let embed = match settings.mqtt.mode {
@@ -450,7 +451,9 @@ fn resolve_broker(
     let embedded = if embed {
         let addr = broker::resolve(&url.host, url.port)?;
         Some(broker::start_embedded(&broker::Embedded::from_settings(
-            settings, addr,
+            settings,
+            addr,
+            telemetry.clone(),
         ))?)
     } else {
         None
