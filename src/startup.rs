@@ -72,6 +72,9 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        for warning in &settings.warnings {
+            log::warn!("{warning}");
+        }
         let (mqtt, embedded) = resolve_broker(&settings)?;
         let (link, broker) = embedded.map_or((None, None), |(link, listener)| {
             (Some(link), Some(Arc::new(listener)))

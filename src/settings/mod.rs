@@ -146,6 +146,8 @@ pub struct Settings {
     pub slack: SlackSettings,
     pub storage: StorageSettings,
     pub host_health: HostHealthSettings,
+    /// Deprecated keys in use, one sentence each: logged as WARN at start.
+    pub warnings: Vec<String>,
 }
 
 /// The settings as written, before validation.
@@ -177,8 +179,9 @@ pub struct SettingsSources {
 
 impl Settings {
     pub fn load(sources: SettingsSources) -> Result<Self, SettingsError> {
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        // What the operator wrote, apart from the defaults: a renamed key set
+        // under both names is a conflict only if both came from them.
+        let mut builder = Config::builder();
         if let Some(path) = &sources.file {
             builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
         }
@@ -193,8 +196,16 @@ impl Settings {
             .with_list_parse_key("mqtt.topics")
             .with_list_parse_key("http.allowed_origins")
             .source(sources.env.clone());
-        let raw: RawSettings = builder.add_source(env).build()?.try_deserialize()?;
-        raw.validate()
+        let written = builder.add_source(env).build()?;
+        let sets = |key: &str| written.get::<config::Value>(key).is_ok();
+        let user_set_active_window = sets("registry.active_window_seconds");
+
+        let raw: RawSettings = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(written)
+            .build()?
+            .try_deserialize()?;
+        raw.validate(user_set_active_window)
     }
 
     /// Defaults plus `toml`, ignoring the process environment.
@@ -209,10 +220,13 @@ impl Settings {
 
 impl RawSettings {
     /// Section by section, in the order of `config/default.toml`.
-    fn validate(self) -> Result<Settings, SettingsError> {
+    fn validate(self, user_set_active_window: bool) -> Result<Settings, SettingsError> {
+        let mut warnings = Vec::new();
         let http = self.http.validate()?;
         let mqtt = self.mqtt.validate()?;
-        let registry = self.registry.validate()?;
+        let registry = self
+            .registry
+            .validate(user_set_active_window, &mut warnings)?;
         self.bus.validate(mqtt.max_payload_bytes)?;
         self.sessions.validate()?;
         let auth = self.auth.validate()?;
@@ -231,6 +245,7 @@ impl RawSettings {
             slack: self.slack,
             storage: self.storage,
             host_health: self.host_health,
+            warnings,
         })
     }
 }
@@ -252,6 +267,8 @@ pub fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -387,6 +404,53 @@ mod tests {
         for (toml, key) in table {
             let line = error_line(toml);
             assert!(line.contains(&format!("`{key}`")), "{toml:?} gave {line:?}");
+            assert!(!line.contains('\n'), "one line: {line:?}");
+        }
+    }
+
+    #[test]
+    fn the_active_window_is_read_in_seconds() {
+        let s = Settings::from_toml("[registry]\nactive_window_seconds = 12").unwrap();
+        assert_eq!(s.registry.active_window, Duration::from_secs(12));
+        assert!(s.warnings.is_empty());
+        assert!(error_line("[registry]\nactive_window_seconds = 0")
+            .contains("`registry.active_window_seconds`"));
+    }
+
+    #[test]
+    fn the_old_name_of_the_active_window_still_applies_with_a_warning() {
+        let from_file = Settings::from_toml("[registry]\nprune_seconds = 7").unwrap();
+        let from_env = Settings::load(SettingsSources {
+            env: Some(env(&[("EDGEBUS__REGISTRY__PRUNE_SECONDS", "7")])),
+            ..Default::default()
+        })
+        .unwrap();
+        for s in [from_file, from_env] {
+            assert_eq!(s.registry.active_window, Duration::from_secs(7));
+            assert_eq!(s.warnings.len(), 1);
+            let warning = &s.warnings[0];
+            assert!(warning.contains("`registry.prune_seconds`"), "{warning}");
+            assert!(
+                warning.contains("`registry.active_window_seconds`"),
+                "{warning}"
+            );
+        }
+        assert!(error_line("[registry]\nprune_seconds = 0").contains("`registry.prune_seconds`"));
+    }
+
+    #[test]
+    fn both_names_of_the_active_window_are_refused_together() {
+        let from_file = error_line("[registry]\nprune_seconds = 7\nactive_window_seconds = 8");
+        let from_file_and_env = Settings::load(SettingsSources {
+            toml: Some("[registry]\nprune_seconds = 7".into()),
+            env: Some(env(&[("EDGEBUS__REGISTRY__ACTIVE_WINDOW_SECONDS", "8")])),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        for line in [from_file, from_file_and_env] {
+            assert!(line.contains("registry.prune_seconds"), "{line}");
+            assert!(line.contains("registry.active_window_seconds"), "{line}");
             assert!(!line.contains('\n'), "one line: {line:?}");
         }
     }
