@@ -175,17 +175,13 @@ impl Application {
             idempotency: Arc::new(http::idempotency::Idempotency::new(&settings.http, clock)),
             host_health: Arc::new(host_health),
         });
-        let workers = match settings.http.workers {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(access_log())
                 .app_data(state.clone())
                 .configure(http::configure)
         })
-        .workers(workers)
+        .workers(settings.http.worker_count())
         // A client's EOF ends its connection at once, so a closed SSE stream
         // frees its session and its identity's slot now, not at the next
         // keepalive write. (Clients that half-close after a request and then

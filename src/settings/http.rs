@@ -75,6 +75,14 @@ impl RawHttp {
 }
 
 impl HttpSettings {
+    /// `http.workers`, with 0 resolved to the machine's cores (2 if unknown).
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// `http.bind`'s host as a URL writes it (`[::1]` for IPv6).
     pub fn bind_host(&self) -> String {
         match self.bind {
