@@ -42,37 +42,13 @@ const URL_SECRET_PARAMS: [&str; 7] = [
     "bearer",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Viewer,
-    Publisher,
-    Admin,
-}
+pub use crate::settings::Role;
 
-impl Role {
-    fn bit(self) -> u8 {
-        match self {
-            Role::Viewer => 1,
-            Role::Publisher => 2,
-            Role::Admin => 4,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Publisher => "publisher",
-            Role::Admin => "admin",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Self> {
-        match name {
-            "viewer" => Some(Role::Viewer),
-            "publisher" => Some(Role::Publisher),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
+fn role_bit(role: Role) -> u8 {
+    match role {
+        Role::Viewer => 1,
+        Role::Publisher => 2,
+        Role::Admin => 4,
     }
 }
 
@@ -110,7 +86,7 @@ impl Identity {
     pub fn anonymous() -> Self {
         Self {
             name: "anonymous".into(),
-            roles: Role::Viewer.bit() | Role::Publisher.bit() | Role::Admin.bit(),
+            roles: role_bit(Role::Viewer) | role_bit(Role::Publisher) | role_bit(Role::Admin),
             proof: Proof::Open,
         }
     }
@@ -120,20 +96,20 @@ impl Identity {
     fn legacy() -> Self {
         Self {
             name: "legacy-token".into(),
-            roles: Role::Viewer.bit() | Role::Publisher.bit(),
+            roles: role_bit(Role::Viewer) | role_bit(Role::Publisher),
             proof: Proof::LegacyToken,
         }
     }
 
     /// Admin may do everything; other roles are exactly what they say.
     pub fn has(&self, role: Role) -> bool {
-        self.roles & (role.bit() | Role::Admin.bit()) != 0
+        self.roles & (role_bit(role) | role_bit(Role::Admin)) != 0
     }
 
     pub fn roles(&self) -> Vec<&'static str> {
         [Role::Viewer, Role::Publisher, Role::Admin]
             .into_iter()
-            .filter(|r| self.roles & r.bit() != 0)
+            .filter(|r| self.roles & role_bit(*r) != 0)
             .map(Role::as_str)
             .collect()
     }
@@ -209,17 +185,6 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-fn from_hex(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -231,28 +196,14 @@ fn same_secret(presented: &str, expected: &str) -> bool {
 }
 
 impl KeyRing {
-    /// Settings were validated at start: a malformed hash cannot reach here,
-    /// and is skipped rather than trusted if it somehow does.
     pub fn new(settings: &AuthSettings) -> Self {
         let keys = settings
             .api_keys
             .iter()
-            .filter_map(|k| {
-                let secret = k.key.expose();
-                let digest = match secret.strip_prefix("sha256:") {
-                    Some(hex) => from_hex(&hex.to_ascii_lowercase())?,
-                    None => sha256(secret.as_bytes()),
-                };
-                let roles = k
-                    .roles
-                    .iter()
-                    .filter_map(|r| Role::parse(r))
-                    .fold(0, |acc, r| acc | r.bit());
-                Some(Key {
-                    name: k.name.as_str().into(),
-                    digest,
-                    roles,
-                })
+            .map(|k| Key {
+                name: k.name.as_str().into(),
+                digest: k.key_sha256.0,
+                roles: k.roles.iter().fold(0, |acc, r| acc | role_bit(*r)),
             })
             .collect();
         Self { keys }
@@ -606,7 +557,7 @@ impl Auth {
         Self {
             keys,
             tickets: Tickets::new(
-                s.ticket_ttl_seconds.saturating_mul(1000),
+                u64::try_from(s.ticket_ttl.as_millis()).unwrap_or(u64::MAX),
                 s.max_tickets_per_identity,
                 s.max_tickets,
                 clock.clone(),
@@ -854,7 +805,7 @@ api_keys = [
     fn admin_has_every_role_and_open_mode_lets_anyone_in() {
         let admin = Identity {
             name: "root".into(),
-            roles: Role::Admin.bit(),
+            roles: role_bit(Role::Admin),
             proof: Proof::ApiKey,
         };
         assert!(admin.has(Role::Viewer) && admin.has(Role::Publisher));
@@ -927,7 +878,7 @@ api_keys = [
         );
         let root = Identity {
             name: "root".into(),
-            roles: Role::Admin.bit(),
+            roles: role_bit(Role::Admin),
             proof: Proof::ApiKey,
         };
         assert!(a.issue_ticket(&root, None).is_ok());

@@ -58,7 +58,7 @@ use rumqttd::{ConnectionSettings, LinkType, RouterConfig, SegmentConfig, ServerS
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
-use crate::settings::{parse_sha256_hex, Settings};
+use crate::settings::Settings;
 
 /// How long start-up waits for the embedded broker to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,7 +137,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// `mqtt.username`/`password` (edgebus's own, and the default devices')
-    /// plus `mqtt.credentials`. Settings have validated the digests.
+    /// plus `mqtt.credentials`.
     pub fn from_settings(settings: &Settings) -> Self {
         let m = &settings.mqtt;
         let mut map = HashMap::new();
@@ -145,9 +145,7 @@ impl Credentials {
             map.insert(m.username.clone(), sha256(m.password.expose().as_bytes()));
         }
         for credential in &m.credentials {
-            if let Some(digest) = parse_sha256_hex(credential.password_sha256.expose()) {
-                map.insert(credential.username.clone(), digest);
-            }
+            map.insert(credential.username.clone(), credential.password_sha256.0);
         }
         Self(map)
     }
@@ -205,7 +203,7 @@ impl Embedded {
             addr,
             max_payload_bytes: m.max_payload_bytes,
             client_id: m.client_id.clone(),
-            topics: m.topics.clone(),
+            topics: m.topic_strings(),
             credentials: Credentials::from_settings(settings),
             retention_bytes: m.embedded_retention_bytes,
             client_retention_bytes: m.embedded_client_retention_bytes,

@@ -12,5 +12,6 @@ pub mod settings;
 pub mod simulate;
 pub mod startup;
 pub mod telemetry;
+pub mod wiring;
 
 pub use edgebus_actors as actors;

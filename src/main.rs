@@ -182,9 +182,10 @@ fn try_main() -> anyhow::Result<()> {
 async fn demo(settings: Settings, fleet: FleetArgs) -> anyhow::Result<()> {
     let app = Application::build(settings.clone()).await?;
     let mqtt = app.mqtt().clone();
-    let host = match settings.http.bind.rsplit_once(':') {
-        Some(("0.0.0.0" | "[::]", _)) | None => "127.0.0.1",
-        Some((host, _)) => host,
+    let host = if settings.http.bind.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        settings.http.bind_host()
     };
     // The demo's devices log in as edgebus's own `mqtt.username`, which
     // the embedded broker accepts.

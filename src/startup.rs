@@ -14,19 +14,17 @@ use anyhow::Context as _;
 
 use edgebus_actors::alerts::{self, Alerts, AlertsConfig, Clock, SystemClock};
 use edgebus_actors::bus::{self, Bus, BusConfig};
-use edgebus_actors::ingest::tls::{client_config, TlsFiles};
-use edgebus_actors::ingest::{self, Ingest, IngestConfig, LocalLink};
+use edgebus_actors::ingest::{self, Ingest, LocalLink};
 use edgebus_actors::registry::{Registry, RegistryConfig};
-use edgebus_actors::slack::{self, Slack, SlackConfig};
+use edgebus_actors::slack::{self, Slack};
 use edgebus_actors::telemetry::Telemetry;
-
-use edgebus_actors::topic::TopicFilter;
 
 use crate::auth::Auth;
 use crate::broker;
 use crate::host_health::{HostHealthLimits, HostHealthStore};
 use crate::http::{self, AppState};
 use crate::settings::{MqttMode, Settings};
+use crate::wiring;
 
 /// How long in-flight HTTP requests get at shutdown.
 const HTTP_SHUTDOWN: Duration = Duration::from_secs(5);
@@ -74,83 +72,64 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let url = settings.broker_url();
+        for warning in &settings.warnings {
+            log::warn!("{warning}");
+        }
         let telemetry = Arc::new(Telemetry::new());
         let (mqtt, embedded) = resolve_broker(&settings, &telemetry)?;
         let (link, broker) = embedded.map_or((None, None), |(link, listener)| {
             (Some(link), Some(Arc::new(listener)))
         });
-        let tls = if url.tls {
-            let files = TlsFiles {
-                ca_cert: settings.mqtt.ca_cert.clone(),
-                client_cert: settings.mqtt.client_cert.clone(),
-                client_key: settings.mqtt.client_key.clone(),
-            };
-            Some(client_config(&files)?)
-        } else {
-            None
-        };
+        let ingest_config = wiring::ingest_config(&settings, &mqtt)?;
 
         // The bus and registry share one thread; ingest (MQTT polling and
-        // validation) gets its own, so parsing runs beside fan-out.
+        // validation) gets its own, so parsing runs beside fan-out. Alert
+        // evaluation and Slack delivery get a third: nothing on the ingest
+        // path waits for them.
         let core = Arbiter::new();
         let ingest_thread = Arbiter::new();
-
-        let bus_config = BusConfig {
-            queue_capacity: settings.bus.queue_capacity,
-            history: settings.bus.history,
-            history_bytes: settings.bus.history_bytes,
-            last_values_bytes: settings.bus.last_values_bytes,
-            snapshot_max_events: settings.bus.snapshot_max_events,
-            metrics_snapshot_window: Settings::seconds(settings.registry.prune_seconds),
-        };
-        let t = telemetry.clone();
-        let bus = Bus::start_in_arbiter(&core.handle(), move |_| Bus::new(bus_config, t));
-
-        let registry_config = RegistryConfig {
-            max_devices: settings.registry.max_devices,
-            active_window: Settings::seconds(settings.registry.prune_seconds),
-        };
-        let (t, b) = (telemetry.clone(), bus.clone().recipient());
-        let registry = Registry::start_in_arbiter(&core.handle(), move |_| {
-            Registry::new(registry_config, b, t)
-        });
-
-        // Alert evaluation and Slack delivery get their own thread: nothing
-        // on the ingest path waits for them.
         let alerts_thread = Arbiter::new();
-        let slack = start_slack(&settings, &alerts_thread.handle(), &registry, &telemetry)?;
-        let alerts = start_alerts(
-            &settings,
-            &alerts_thread.handle(),
-            &bus,
-            slack.as_ref(),
-            &telemetry,
+
+        let (config, t) = (BusConfig::from(&*settings), telemetry.clone());
+        let bus = Bus::start_in_arbiter(&core.handle(), move |_| Bus::new(config, t));
+
+        let config = RegistryConfig::from(&settings.registry);
+        let (t, b) = (telemetry.clone(), bus.clone().recipient());
+        let registry =
+            Registry::start_in_arbiter(&core.handle(), move |_| Registry::new(config, b, t));
+
+        let slack = match wiring::slack_config(&settings.slack)? {
+            Some(config) => {
+                let (t, r) = (telemetry.clone(), registry.clone().recipient());
+                Some(Slack::start_in_arbiter(
+                    &alerts_thread.handle(),
+                    move |_| Slack::new(config, Some(r), t),
+                ))
+            }
+            None => {
+                log::info!(
+                    "Slack is off (`slack.webhook_url` is empty); alerts go to the bus only."
+                );
+                None
+            }
+        };
+
+        let (config, t, b, c) = (
+            AlertsConfig::from(&*settings),
+            telemetry.clone(),
+            bus.clone(),
             clock.clone(),
-        )?;
+        );
+        let s = slack.as_ref().map(|s| s.clone().recipient());
+        let alerts = Alerts::start_in_arbiter(&alerts_thread.handle(), move |_| {
+            Alerts::new(config, b, s, t, c)
+        });
         // Subscribed to the bus before ingest starts: no frame goes unseen.
         alerts
             .send(alerts::Stats)
             .await
             .context("the alerts actor did not start")?;
 
-        let m = &settings.mqtt;
-        let ingest_config = IngestConfig {
-            host: mqtt.host.clone(),
-            port: mqtt.port,
-            tls,
-            client_id: m.client_id.clone(),
-            credentials: (!m.username.is_empty())
-                .then(|| (m.username.clone(), m.password.expose().to_owned())),
-            topics: m.topics.clone(),
-            backoff_min: Settings::seconds(m.backoff_min_seconds),
-            backoff_max: Settings::seconds(m.backoff_max_seconds),
-            max_payload_bytes: m.max_payload_bytes,
-            keep_alive: Settings::seconds(m.keep_alive_seconds),
-            // The embedded broker keeps nothing across our restart anyway.
-            persistent_session: m.persistent_session && !mqtt.embedded,
-            inflight_bytes: settings.bus.inflight_bytes,
-        };
         let (t, r, b) = (
             telemetry.clone(),
             registry.clone().recipient(),
@@ -164,15 +143,15 @@ impl Application {
             }
         });
 
-        let listener = TcpListener::bind(&settings.http.bind)
-            .with_context(|| format!("`http.bind`: cannot listen on {}", settings.http.bind))?;
+        let bind = settings.http.bind;
+        let listener = TcpListener::bind(bind)
+            .with_context(|| format!("`http.bind`: cannot listen on {bind}"))?;
         let port = listener.local_addr()?.port();
         let auth = Arc::new(Auth::new(&settings, clock.clone()));
         if auth.is_open() {
             log::warn!(
-                "OPEN DEV MODE: no auth.api_keys are configured, so anyone who can reach {} may \
-                 read every stream and publish. Configure API keys before exposing edgebus.",
-                settings.http.bind
+                "OPEN DEV MODE: no auth.api_keys are configured, so anyone who can reach {bind} may \
+                 read every stream and publish. Configure API keys before exposing edgebus."
             );
         }
         if auth.mode() == crate::auth::Mode::Legacy {
@@ -183,10 +162,7 @@ impl Application {
         }
         let host_health = HostHealthStore::open(
             &settings.storage.data_dir,
-            HostHealthLimits {
-                max_hosts: settings.host_health.max_hosts,
-                max_concurrent_lists: settings.host_health.max_concurrent_lists,
-            },
+            HostHealthLimits::from(&settings.host_health),
         )
         .context("`storage.data_dir`: cannot read the host-health reports")?;
         let state = web::Data::new(AppState {
@@ -198,25 +174,14 @@ impl Application {
             auth,
             idempotency: Arc::new(http::idempotency::Idempotency::new(&settings.http, clock)),
             host_health: Arc::new(host_health),
-            // validate() has parsed every one of them already.
-            families: settings
-                .mqtt
-                .topics
-                .iter()
-                .filter_map(|t| TopicFilter::parse(t).ok())
-                .collect(),
         });
-        let workers = match settings.http.workers {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(access_log())
                 .app_data(state.clone())
                 .configure(http::configure)
         })
-        .workers(workers)
+        .workers(settings.http.worker_count())
         // A client's EOF ends its connection at once, so a closed SSE stream
         // frees its session and its identity's slot now, not at the next
         // keepalive write. (Clients that half-close after a request and then
@@ -228,7 +193,7 @@ impl Application {
         .run();
         log::info!(
             "HTTP listening on http://{}:{port}.",
-            listener_host(&settings.http.bind)
+            settings.http.bind_host()
         );
 
         let handle = AppHandle {
@@ -237,7 +202,7 @@ impl Application {
             ingest,
             alerts,
             slack,
-            slack_flush: Settings::seconds(settings.slack.shutdown_flush_seconds),
+            slack_flush: settings.slack.shutdown_flush,
             telemetry,
             arbiters: vec![
                 core.handle(),
@@ -352,90 +317,13 @@ impl AppHandle {
     }
 }
 
-/// The Slack actor, when `slack.webhook_url` is set.
-fn start_slack(
-    settings: &Settings,
-    thread: &ArbiterHandle,
-    registry: &Addr<Registry>,
-    telemetry: &Arc<Telemetry>,
-) -> anyhow::Result<Option<Addr<Slack>>> {
-    let s = &settings.slack;
-    if s.webhook_url.is_empty() {
-        log::info!("Slack is off (`slack.webhook_url` is empty); alerts go to the bus only.");
-        return Ok(None);
-    }
-    let url = s.webhook_url.expose().to_owned();
-    let tls = if url.starts_with("https://") {
-        Some(
-            client_config(&TlsFiles::default())
-                .context("`slack.webhook_url`: cannot set up TLS for the webhook")?,
-        )
-    } else {
-        log::warn!("`slack.webhook_url` is plain http://: alerts travel unencrypted.");
-        None
-    };
-    let config = SlackConfig {
-        webhook_url: url,
-        tls,
-        timeout: Settings::seconds(s.timeout_seconds),
-        outbox_capacity: s.outbox_capacity,
-        digest_outbox_capacity: s.digest_outbox_capacity,
-        pace: Duration::from_millis(s.pace_milliseconds),
-        retry_min: Duration::from_millis(s.retry_min_milliseconds),
-        retry_max: Duration::from_millis(s.retry_max_milliseconds),
-        summary_interval: Settings::seconds(s.summary_interval_seconds),
-    };
-    let (t, r) = (telemetry.clone(), registry.clone().recipient());
-    Ok(Some(Slack::start_in_arbiter(thread, move |_| {
-        Slack::new(config, Some(r), t)
-    })))
-}
-
-fn start_alerts(
-    settings: &Settings,
-    thread: &ArbiterHandle,
-    bus: &Addr<Bus>,
-    slack: Option<&Addr<Slack>>,
-    telemetry: &Arc<Telemetry>,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Addr<Alerts>> {
-    let a = &settings.alerts;
-    let specs: Vec<alerts::RuleSpec> = a
-        .rules
-        .iter()
-        .map(|r| alerts::RuleSpec {
-            name: r.name.clone(),
-            field: r.field.clone(),
-            above: r.above,
-            below: r.below,
-            cooldown: r.cooldown_seconds.map(Settings::seconds),
-        })
-        .collect();
-    let rules = alerts::rules::compile_all(&specs, Settings::seconds(a.cooldown_seconds))
-        .context("`alerts.rules`")?;
-    let config = AlertsConfig {
-        rules,
-        offline_after: Settings::seconds(settings.registry.prune_seconds),
-        silent_after: Settings::seconds(settings.registry.silent_after_seconds),
-        rejecting_window: Settings::seconds(a.rejecting_window_seconds),
-        digest_window: Settings::seconds(a.digest_window_seconds),
-        max_digests_per_window: a.max_digests_per_window,
-        max_devices: settings.registry.max_devices,
-    };
-    let (t, b) = (telemetry.clone(), bus.clone());
-    let slack = slack.map(|s| s.clone().recipient());
-    Ok(Alerts::start_in_arbiter(thread, move |_| {
-        Alerts::new(config, b, slack, t, clock)
-    }))
-}
-
 /// The broker to use and, when edgebus embeds it, the local link ingest
 /// reads it through and the broker's listener.
 fn resolve_broker(
     settings: &Settings,
     telemetry: &Arc<Telemetry>,
 ) -> anyhow::Result<(MqttEndpoint, Option<(LocalLink, broker::Listener)>)> {
-    let url = settings.broker_url();
+    let url = &settings.mqtt.url;
     let embed = match settings.mqtt.mode {
         MqttMode::External => false,
         MqttMode::Embedded => true,
@@ -459,7 +347,7 @@ fn resolve_broker(
         None
     };
     let endpoint = MqttEndpoint {
-        host: url.host,
+        host: url.host.clone(),
         port: url.port,
         embedded: embed,
     };
@@ -471,10 +359,6 @@ fn resolve_broker(
 fn access_log() -> Logger {
     Logger::new("%{request}xi %s %b %Dms %a")
         .custom_request_replace("request", |req| format!("{} {}", req.method(), req.path()))
-}
-
-fn listener_host(bind: &str) -> &str {
-    bind.rsplit_once(':').map_or(bind, |(host, _)| host)
 }
 
 async fn shutdown_signal() -> &'static str {

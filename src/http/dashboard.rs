@@ -116,8 +116,9 @@ pub async fn asset(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 pub async fn config(state: web::Data<AppState>) -> HttpResponse {
     let s = &state.settings;
     let body = json!({
-        "prune_seconds": s.registry.prune_seconds,
-        "silent_after_seconds": s.registry.silent_after_seconds,
+        // `prune_seconds` is the page's name for `registry.active_window_seconds`.
+        "prune_seconds": s.registry.active_window.as_secs(),
+        "silent_after_seconds": s.registry.silent_after.as_secs(),
         // The legacy token alone also locks streams: the page then asks for
         // it as it would for a key, and trades it for tickets.
         "auth_required": !state.auth.is_open(),

@@ -37,8 +37,6 @@ pub struct AppState {
     pub idempotency: Arc<idempotency::Idempotency>,
     /// Host-health reports on disk, and the bounds on them.
     pub host_health: Arc<crate::host_health::HostHealthStore>,
-    /// `mqtt.topics`, parsed once: the families HTTP publish may use.
-    pub families: Vec<edgebus_actors::topic::TopicFilter>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -28,7 +28,7 @@ use crate::error::ApiError;
 pub const MAX_MESSAGE_CHARS: usize = 2000;
 
 fn in_families(state: &AppState, topic: &str) -> bool {
-    state.families.iter().any(|f| f.matches(topic))
+    state.settings.mqtt.topics.iter().any(|f| f.matches(topic))
 }
 
 pub async fn publish(

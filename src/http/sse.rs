@@ -21,7 +21,6 @@ use super::streams::{self, StreamQuery};
 use super::AppState;
 use crate::auth::{AuthError, Identity, StreamAuth};
 use crate::error::ApiError;
-use crate::settings::Settings;
 
 /// `GET /v1/events?topic=F&topic=G[&where=key:value]`.
 pub async fn events(
@@ -140,13 +139,7 @@ fn open_authenticated(
     subscriptions: Vec<Subscription>,
 ) -> Result<HttpResponse, ApiError> {
     let permit = streams::permit(req, state, &identity)?;
-    let s = &state.settings.sessions;
-    let config = SseSessionConfig {
-        keepalive: Settings::seconds(s.keepalive_seconds),
-        write_deadline: Settings::seconds(s.write_timeout_seconds),
-        queue_capacity: state.settings.bus.queue_capacity,
-        retry: std::time::Duration::from_millis(s.sse_retry_ms),
-    };
+    let config = SseSessionConfig::from(&*state.settings);
     let start = SessionStart {
         subscriptions,
         resume: query.resume(req),

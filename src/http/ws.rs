@@ -5,7 +5,7 @@ use actix::Actor;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason};
 
-use edgebus_actors::session::{OpLimits, SessionStart, WireFormat, WsSession, WsSessionConfig};
+use edgebus_actors::session::{SessionStart, WireFormat, WsSession};
 use edgebus_actors::subscription::Subscription;
 use edgebus_actors::topic::TopicFilter;
 
@@ -13,7 +13,6 @@ use super::streams::{self, StreamQuery};
 use super::AppState;
 use crate::auth::StreamAuth;
 use crate::error::ApiError;
-use crate::settings::Settings;
 
 /// Topics a session gets when it names none: the device dashboard's feed.
 pub const DEFAULT_TOPIC: &str = "devices/+/metrics";
@@ -66,22 +65,7 @@ pub async fn ws(
         });
         return Ok(response);
     };
-    let s = &state.settings.sessions;
-    let config = WsSessionConfig {
-        heartbeat: Settings::seconds(s.ws_heartbeat_seconds),
-        timeout: Settings::seconds(s.ws_timeout_seconds),
-        write_deadline: Settings::seconds(s.write_timeout_seconds),
-        queue_capacity: state.settings.bus.queue_capacity,
-        format,
-        limits: OpLimits {
-            ops_per_second: s.ws_ops_per_second,
-            ops_burst: s.ws_ops_burst,
-            filters_per_second: s.ws_filters_per_second,
-            filters_burst: s.ws_filters_burst,
-            snapshot_events_per_second: s.ws_snapshot_events_per_second,
-            snapshot_events_burst: s.ws_snapshot_events_burst,
-        },
-    };
+    let config = crate::wiring::ws_session_config(&state.settings, format);
     let start = SessionStart {
         subscriptions,
         resume: query.resume(&req),

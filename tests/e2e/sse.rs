@@ -19,7 +19,7 @@ use crate::sse_client::{SseClient, SseItem};
 /// `sessions.keepalive_seconds` as shipped.
 fn default_keepalive() -> Duration {
     let settings = edgebus::settings::Settings::from_toml("").expect("the defaults are valid");
-    Duration::from_secs(settings.sessions.keepalive_seconds)
+    settings.sessions.keepalive
 }
 
 /// Publishes a notification over HTTP and returns its event id.

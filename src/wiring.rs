@@ -1,0 +1,155 @@
+//! From settings to each component's config: one translation per config,
+//! so startup only starts things and wires them together.
+
+use anyhow::Context as _;
+
+use edgebus_actors::alerts::AlertsConfig;
+use edgebus_actors::bus::BusConfig;
+use edgebus_actors::ingest::tls::{client_config, TlsFiles};
+use edgebus_actors::ingest::IngestConfig;
+use edgebus_actors::registry::RegistryConfig;
+use edgebus_actors::session::{OpLimits, SseSessionConfig, WireFormat, WsSessionConfig};
+use edgebus_actors::slack::SlackConfig;
+
+use crate::host_health::HostHealthLimits;
+use crate::settings::{HostHealthSettings, RegistrySettings, Settings, SlackSettings};
+use crate::startup::MqttEndpoint;
+
+impl From<&Settings> for BusConfig {
+    fn from(settings: &Settings) -> Self {
+        let b = &settings.bus;
+        Self {
+            queue_capacity: b.queue_capacity,
+            history: b.history,
+            history_bytes: b.history_bytes,
+            last_values_bytes: b.last_values_bytes,
+            snapshot_max_events: b.snapshot_max_events,
+            metrics_snapshot_window: settings.registry.active_window,
+        }
+    }
+}
+
+impl From<&RegistrySettings> for RegistryConfig {
+    fn from(r: &RegistrySettings) -> Self {
+        Self {
+            max_devices: r.max_devices,
+            active_window: r.active_window,
+        }
+    }
+}
+
+impl From<&Settings> for AlertsConfig {
+    fn from(settings: &Settings) -> Self {
+        let (a, r) = (&settings.alerts, &settings.registry);
+        Self {
+            rules: a.rules.clone(),
+            offline_after: r.active_window,
+            silent_after: r.silent_after,
+            rejecting_window: a.rejecting_window,
+            digest_window: a.digest_window,
+            max_digests_per_window: a.max_digests_per_window,
+            max_devices: r.max_devices,
+        }
+    }
+}
+
+impl From<&HostHealthSettings> for HostHealthLimits {
+    fn from(h: &HostHealthSettings) -> Self {
+        Self {
+            max_hosts: h.max_hosts,
+            max_concurrent_lists: h.max_concurrent_lists,
+        }
+    }
+}
+
+/// The Slack actor's config, or `None` when `slack.webhook_url` is empty.
+/// Fails only if TLS for an `https://` webhook cannot be set up.
+pub fn slack_config(s: &SlackSettings) -> anyhow::Result<Option<SlackConfig>> {
+    let Some((url, https)) = s.webhook() else {
+        return Ok(None);
+    };
+    let tls = if https {
+        Some(
+            client_config(&TlsFiles::default())
+                .context("`slack.webhook_url`: cannot set up TLS for the webhook")?,
+        )
+    } else {
+        log::warn!("`slack.webhook_url` is plain http://: alerts travel unencrypted.");
+        None
+    };
+    Ok(Some(SlackConfig {
+        webhook_url: url.to_owned(),
+        tls,
+        timeout: s.timeout,
+        outbox_capacity: s.outbox_capacity,
+        digest_outbox_capacity: s.digest_outbox_capacity,
+        pace: s.pace,
+        retry_min: s.retry_min,
+        retry_max: s.retry_max,
+        summary_interval: s.summary_interval,
+    }))
+}
+
+/// Ingest's config for the broker resolved at start. Fails only if the
+/// `mqtts://` TLS files cannot be read.
+pub fn ingest_config(settings: &Settings, broker: &MqttEndpoint) -> anyhow::Result<IngestConfig> {
+    let m = &settings.mqtt;
+    let tls = if m.url.tls {
+        let files = TlsFiles {
+            ca_cert: m.ca_cert.clone(),
+            client_cert: m.client_cert.clone(),
+            client_key: m.client_key.clone(),
+        };
+        Some(client_config(&files)?)
+    } else {
+        None
+    };
+    Ok(IngestConfig {
+        host: broker.host.clone(),
+        port: broker.port,
+        tls,
+        client_id: m.client_id.clone(),
+        credentials: (!m.username.is_empty())
+            .then(|| (m.username.clone(), m.password.expose().to_owned())),
+        topics: m.topic_strings(),
+        backoff_min: m.backoff_min,
+        backoff_max: m.backoff_max,
+        max_payload_bytes: m.max_payload_bytes,
+        keep_alive: m.keep_alive,
+        // The embedded broker keeps nothing across our restart anyway.
+        persistent_session: m.persistent_session && !broker.embedded,
+        inflight_bytes: settings.bus.inflight_bytes,
+    })
+}
+
+/// A WebSocket session's config, in the wire format the client asked for.
+pub fn ws_session_config(settings: &Settings, format: WireFormat) -> WsSessionConfig {
+    let s = &settings.sessions;
+    WsSessionConfig {
+        heartbeat: s.ws_heartbeat,
+        timeout: s.ws_timeout,
+        write_deadline: s.write_timeout,
+        queue_capacity: settings.bus.queue_capacity,
+        format,
+        limits: OpLimits {
+            ops_per_second: s.ws_ops_per_second,
+            ops_burst: s.ws_ops_burst,
+            filters_per_second: s.ws_filters_per_second,
+            filters_burst: s.ws_filters_burst,
+            snapshot_events_per_second: s.ws_snapshot_events_per_second,
+            snapshot_events_burst: s.ws_snapshot_events_burst,
+        },
+    }
+}
+
+impl From<&Settings> for SseSessionConfig {
+    fn from(settings: &Settings) -> Self {
+        let s = &settings.sessions;
+        Self {
+            keepalive: s.keepalive,
+            write_deadline: s.write_timeout,
+            queue_capacity: settings.bus.queue_capacity,
+            retry: s.sse_retry,
+        }
+    }
+}
