@@ -67,7 +67,11 @@ pub async fn publish(
     };
     let claim = state
         .idempotency
-        .claim(&identity.name, &key, fingerprint(&topic, &body))
+        .claim(
+            &identity.owner(req.peer_addr().map(|a| a.ip())),
+            &key,
+            fingerprint(&topic, &body),
+        )
         .map_err(|e: IdempotencyError| ApiError::TooManyRequests(e.to_string(), 60))?;
     match claim {
         Claim::AlreadyPresent(id) => {
@@ -81,10 +85,22 @@ pub async fn publish(
              retry it to get its answer"
                 .into(),
         )),
-        // A failed publish drops `pending`, which frees the key.
+        // A failed publish drops `pending`, which frees the key. Publishing
+        // and recording run as one task of their own: a client that hangs
+        // up meanwhile cancels neither, so its retry finds the key instead
+        // of publishing again.
         Claim::New(pending) => {
-            let result = put_on_bus(&state, draft).await?;
-            pending.record(result.id.clone());
+            let state = state.clone();
+            let task = actix_web::rt::spawn(async move {
+                let result = put_on_bus(&state, draft).await;
+                if let Ok(published) = &result {
+                    pending.record(published.id.clone());
+                }
+                result
+            });
+            let result = task.await.map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("the publish task failed: {e}"))
+            })??;
             Ok(HttpResponse::Created().json(result.body(&topic, "created")))
         }
     }
