@@ -19,7 +19,7 @@ use edgebus_actors::topic::TopicFilter;
 
 use super::streams::{self, StreamQuery};
 use super::AppState;
-use crate::auth::{AuthError, Identity, StreamAuth};
+use crate::auth::{AuthError, Identity, StreamAuth, StreamPermit};
 use crate::error::ApiError;
 
 /// `GET /v1/events?topic=F&topic=G[&where=key:value]`.
@@ -46,6 +46,9 @@ pub async fn device_events(
 ) -> Result<HttpResponse, ApiError> {
     let query = StreamQuery::parse(req.query_string())?;
     let identity = identity(&req, &state, &query)?;
+    // The caps and the open rate come before any lookup: a caller over them
+    // costs the registry nothing.
+    let permit = streams::permit(&req, &state, &identity)?;
     let device = DeviceId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if state
         .registry
@@ -65,7 +68,7 @@ pub async fn device_events(
     .iter()
     .map(|f| topic(f))
     .collect::<Result<Vec<_>, _>>()?;
-    open_authenticated(&req, &state, &query, identity, subscriptions)
+    start(&req, &state, &query, permit, subscriptions)
 }
 
 /// `GET /v1/attackers/{uuid}/events`: everything under
@@ -79,6 +82,9 @@ pub async fn attacker_events(
 ) -> Result<HttpResponse, ApiError> {
     let query = StreamQuery::parse(req.query_string())?;
     let identity = identity(&req, &state, &query)?;
+    // The caps and the open rate come before the lookup: a caller over them
+    // costs the bus nothing.
+    let permit = streams::permit(&req, &state, &identity)?;
     // Attacker ids follow the device id rule: one safe topic level.
     let uuid = DeviceId::parse(&uuid).map_err(|_| {
         ApiError::BadRequest("attacker id must match ^[A-Za-z0-9._-]{1,64}$".into())
@@ -98,7 +104,7 @@ pub async fn attacker_events(
                 .map_err(|e| ApiError::Internal(e.into()))?,
         );
     }
-    open_authenticated(&req, &state, &query, identity, subscriptions)
+    start(&req, &state, &query, permit, subscriptions)
 }
 
 fn topic(filter: &str) -> Result<Subscription, ApiError> {
@@ -126,19 +132,19 @@ fn open(
     subscriptions: Vec<Subscription>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = identity(req, state, query)?;
-    open_authenticated(req, state, query, identity, subscriptions)
+    let permit = streams::permit(req, state, &identity)?;
+    start(req, state, query, permit, subscriptions)
 }
 
-/// Starts the session once the caller is known (a ticket is consumed when
-/// it is checked, so this never checks again).
-fn open_authenticated(
+/// Starts the session once the caller is known and holds its slot (a ticket
+/// is consumed when it is checked, so this never checks again).
+fn start(
     req: &HttpRequest,
     state: &AppState,
     query: &StreamQuery,
-    identity: Identity,
+    permit: StreamPermit,
     subscriptions: Vec<Subscription>,
 ) -> Result<HttpResponse, ApiError> {
-    let permit = streams::permit(req, state, &identity)?;
     let config = SseSessionConfig::from(&*state.settings);
     let start = SessionStart {
         subscriptions,
