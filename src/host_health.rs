@@ -26,11 +26,11 @@
 //!
 //! Blocking file I/O: call from a blocking thread (`web::block`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::de::IgnoredAny;
@@ -72,6 +72,10 @@ pub enum HostHealthError {
          retry shortly"
     )]
     Busy(usize),
+    #[error(
+        "a host-health listing for this caller is already being sent; read it to the end first"
+    )]
+    AlreadyListing,
     #[error("storage: {0}")]
     Io(#[from] io::Error),
 }
@@ -123,8 +127,10 @@ pub struct HostHealthStore {
     limits: HostHealthLimits,
     /// Hosts with a stored report, sorted.
     hosts: Mutex<BTreeSet<Box<str>>>,
-    /// Listings being sent.
-    lists: AtomicUsize,
+    /// Listings being sent, by owner (an API key, or the address of a
+    /// caller sharing an identity): one each, so a caller that opens
+    /// listings and stops reading holds one slot, not all of them.
+    lists: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 impl HostHealthStore {
@@ -165,7 +171,7 @@ impl HostHealthStore {
             dir,
             limits,
             hosts: Mutex::new(hosts),
-            lists: AtomicUsize::new(0),
+            lists: Mutex::new(HashMap::new()),
         })
     }
 
@@ -236,18 +242,25 @@ impl HostHealthStore {
         Ok(())
     }
 
-    /// Starts a listing of every stored report, sorted by host id; refused
-    /// while `max_concurrent_lists` listings are being sent.
-    pub fn list(self: &Arc<Self>) -> Result<Listing, HostHealthError> {
-        let max = self.limits.max_concurrent_lists;
-        self.lists
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .map_err(|_| HostHealthError::Busy(max))?;
+    /// Starts a listing of every stored report, sorted by host id, for
+    /// `owner`; refused while that owner has one being sent, or while
+    /// `max_concurrent_lists` listings are.
+    pub fn list(self: &Arc<Self>, owner: Arc<str>) -> Result<Listing, HostHealthError> {
+        {
+            let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+            if lists.contains_key(&owner) {
+                return Err(HostHealthError::AlreadyListing);
+            }
+            let max = self.limits.max_concurrent_lists;
+            if lists.len() >= max {
+                return Err(HostHealthError::Busy(max));
+            }
+            lists.insert(owner.clone(), 1);
+        }
         let hosts: Vec<Box<str>> = self.hosts().iter().cloned().collect();
         Ok(Listing {
             store: self.clone(),
+            owner,
             hosts: hosts.into_iter(),
             stage: Stage::Head,
         })
@@ -305,6 +318,7 @@ enum Stage {
 #[derive(Debug)]
 pub struct Listing {
     store: Arc<HostHealthStore>,
+    owner: Arc<str>,
     hosts: std::vec::IntoIter<Box<str>>,
     stage: Stage,
 }
@@ -338,7 +352,8 @@ impl Listing {
 
 impl Drop for Listing {
     fn drop(&mut self) {
-        self.store.lists.fetch_sub(1, Ordering::AcqRel);
+        let mut lists = self.store.lists.lock().unwrap_or_else(|p| p.into_inner());
+        lists.remove(&self.owner);
     }
 }
 
@@ -374,7 +389,7 @@ mod tests {
 
     /// The whole body of a listing, parsed.
     fn listed(store: &Arc<HostHealthStore>) -> Value {
-        let mut listing = store.list().unwrap();
+        let mut listing = store.list("test".into()).unwrap();
         let mut body = Vec::new();
         while let Some(piece) = listing.next_piece() {
             body.extend(piece);
@@ -516,7 +531,7 @@ mod tests {
         }
         fs::write(store.path("h3"), b"{not json").unwrap();
 
-        let mut listing = store.list().unwrap();
+        let mut listing = store.list("test".into()).unwrap();
         let mut pieces = vec![listing.next_piece().unwrap()];
         pieces.push(listing.next_piece().unwrap());
         // h1 changes and h2 goes after the listing began: a listing that
@@ -548,11 +563,29 @@ mod tests {
                 ..LIMITS
             },
         );
-        let first = store.list().unwrap();
-        let _second = store.list().unwrap();
-        assert!(matches!(store.list(), Err(HostHealthError::Busy(2))));
+        let first = store.list("a".into()).unwrap();
+        let _second = store.list("b".into()).unwrap();
+        assert!(matches!(
+            store.list("c".into()),
+            Err(HostHealthError::Busy(2))
+        ));
         drop(first);
-        assert!(store.list().is_ok());
+        assert!(store.list("c".into()).is_ok());
+    }
+
+    #[test]
+    fn a_caller_holds_one_listing_at_a_time_and_never_blocks_another() {
+        let dir = temp_dir("owner");
+        let store = open(&dir, LIMITS);
+        let stalled = store.list("viewer".into()).unwrap();
+        assert!(matches!(
+            store.list("viewer".into()),
+            Err(HostHealthError::AlreadyListing)
+        ));
+        assert!(store.list("other".into()).is_ok(), "another caller lists");
+        drop(stalled);
+        assert!(store.list("viewer".into()).is_ok());
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -37,7 +37,9 @@ impl From<HostHealthError> for ApiError {
             }
             HostHealthError::TooLarge(_) => ApiError::PayloadTooLarge(e.to_string()),
             HostHealthError::Full(_) => ApiError::Conflict(e.to_string()),
-            HostHealthError::Busy(_) => ApiError::TooManyRequests(e.to_string(), 1),
+            HostHealthError::Busy(_) | HostHealthError::AlreadyListing => {
+                ApiError::TooManyRequests(e.to_string(), 1)
+            }
             HostHealthError::Io(io) => ApiError::Internal(io.into()),
         }
     }
@@ -66,8 +68,10 @@ pub async fn put(
 }
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.auth.require(authorization(&req), Role::Viewer)?;
-    let listing = state.host_health.list()?;
+    let identity = state.auth.require(authorization(&req), Role::Viewer)?;
+    let listing = state
+        .host_health
+        .list(identity.owner(req.peer_addr().map(|a| a.ip())))?;
     let body = futures_util::stream::unfold(Some(listing), |listing| async move {
         let mut listing: Listing = listing?;
         match web::block(move || (listing.next_piece(), listing)).await {
