@@ -19,8 +19,8 @@ use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::frame::MetricsFrame;
 use crate::inflight::{InflightBytes, InflightPermit};
-use crate::ingest::frame::MetricsFrame;
 use crate::topic::{classify, DeliveryClass};
 
 /// Milliseconds since the Unix epoch, UTC.

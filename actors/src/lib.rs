@@ -19,8 +19,10 @@
 //!   wire forms, serialised once; no parsed payload tree is kept.
 //! - [`inflight`]: the byte budget of accepted events on their way to the
 //!   bus (what its mailboxes may hold).
-//! - [`ingest`]: the Ingest actor (rumqttc), the strict frame rules
-//!   ([`ingest::frame`]), reconnect back-off, TLS.
+//! - [`frame`]: the domain types: metrics frames, device ids, rejections,
+//!   and the strict frame rules.
+//! - [`reject`]: the `edgebus/rejects` event for a refused frame.
+//! - [`ingest`]: the Ingest actor (rumqttc), reconnect back-off, TLS.
 //! - [`registry`]: the Registry actor and its pure device table.
 //! - [`bus`]: the Bus actor: numbering, last values, history, fan-out with the
 //!   slow-consumer policy (conflate metrics, drop-and-tell for the rest).
@@ -38,9 +40,11 @@
 pub mod alerts;
 pub mod bus;
 pub mod event;
+pub mod frame;
 pub mod inflight;
 pub mod ingest;
 pub mod registry;
+pub mod reject;
 pub mod session;
 pub mod slack;
 pub mod subscription;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::ingest::frame::Rejection;
+use crate::frame::Rejection;
 
 /// Log targets an operator filters on (`RUST_LOG=edgebus::rejects=off`),
 /// whichever module noticed.

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use edgebus_actors::bus::Publish;
 use edgebus_actors::event::{now_ms, Body, Draft, Payload};
-use edgebus_actors::ingest::frame::{DeviceId, Rejection};
+use edgebus_actors::frame::{DeviceId, Rejection};
 use edgebus_actors::ingest::{self};
 use edgebus_actors::registry::{Admission, Observe};
 

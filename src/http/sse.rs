@@ -11,7 +11,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use edgebus_actors::bus::FindAttacker;
-use edgebus_actors::ingest::frame::DeviceId;
+use edgebus_actors::frame::DeviceId;
 use edgebus_actors::registry::GetDevice;
 use edgebus_actors::session::{SessionStart, SseSession, SseSessionConfig};
 use edgebus_actors::subscription::{Predicate, Subscription};

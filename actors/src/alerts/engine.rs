@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use crate::event::{Event, Fields, Payload};
-use crate::ingest::frame::{DeviceId, MetricsFrame, Rejection};
-use crate::ingest::REJECTS_TOPIC;
+use crate::frame::{DeviceId, MetricsFrame, Rejection};
+use crate::reject::REJECTS_TOPIC;
 
 use super::cooldown::{Cooldown, Decision};
 use super::digest::{DigestReport, Digests};

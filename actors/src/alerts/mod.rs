@@ -33,7 +33,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::bus::{self, Bus, Publish};
-use crate::ingest::REJECTS_TOPIC;
+use crate::reject::REJECTS_TOPIC;
 use crate::session::{
     session_queue, Delivery, SessionId, SessionInbox, SessionQueue, Take, CONTROL_RESERVE,
 };

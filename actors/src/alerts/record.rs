@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::event::{Body, Draft};
-use crate::ingest::frame::{DeviceId, MetricsFrame};
+use crate::frame::{DeviceId, MetricsFrame};
 
 use super::clock::{human_duration, rfc3339};
 use super::digest::DigestReport;

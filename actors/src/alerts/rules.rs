@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ingest::frame::MetricsFrame;
+use crate::frame::MetricsFrame;
 
 /// Rule names that fleet-health detectors and digests use for themselves.
 pub const RESERVED_NAMES: [&str; 3] = ["silent", "rejecting", "security_digest"];

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::bus::{BusConfig, Join};
 use crate::event::{Body, Draft};
-use crate::ingest::frame::{MetricsFrame, Rejection};
-use crate::ingest::reject_draft;
+use crate::frame::{MetricsFrame, Rejection};
+use crate::reject::reject_draft;
 use crate::session::session_queue;
 use crate::subscription::Subscription;
 

@@ -1,6 +1,6 @@
 use super::*;
 use crate::event::Body;
-use crate::ingest::frame::MetricsFrame;
+use crate::frame::MetricsFrame;
 use crate::session::{session_queue, SessionInbox};
 use crate::subscription::{Predicate, Subscription};
 use serde_json::json;

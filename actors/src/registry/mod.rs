@@ -14,8 +14,8 @@ use actix::prelude::*;
 
 use crate::bus::Publish;
 use crate::event::{now_ms, Draft, Payload};
-use crate::ingest::frame::Rejection;
-use crate::ingest::reject_draft;
+use crate::frame::Rejection;
+use crate::reject::reject_draft;
 use crate::telemetry::{DropReason, Telemetry};
 
 pub use table::{Admission, DeviceTable, DeviceView};

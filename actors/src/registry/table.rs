@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::ingest::frame::{DeviceId, MetricsFrame};
+use crate::frame::{DeviceId, MetricsFrame};
 
 /// What became of an observed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

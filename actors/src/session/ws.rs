@@ -618,7 +618,7 @@ fn edgewatch_snapshot(events: &[Arc<Event>]) -> Option<ByteString> {
 mod tests {
     use super::*;
     use crate::event::{Body, Draft, EventId};
-    use crate::ingest::frame::MetricsFrame;
+    use crate::frame::MetricsFrame;
 
     fn metrics(seq: u64, device: &str) -> Delivery {
         let json = format!(

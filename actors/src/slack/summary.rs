@@ -70,7 +70,7 @@ fn percent(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::frame::MetricsFrame;
+    use crate::frame::MetricsFrame;
 
     fn view(id: &str, cpu: f64, gpu: Option<f64>) -> DeviceView {
         let gpu = gpu
