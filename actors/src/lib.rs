@@ -25,9 +25,11 @@
 //! - [`ingest`]: the Ingest actor (rumqttc), reconnect back-off, TLS.
 //! - [`registry`]: the Registry actor and its pure device table.
 //! - [`bus`]: the Bus actor: numbering, last values, history, fan-out with the
-//!   slow-consumer policy (conflate metrics, drop-and-tell for the rest).
+//!   slow-consumer policy (conflate metrics, drop-and-tell for the rest), and
+//!   its delivery protocol: [`bus::Delivery`], [`bus::Snapshot`],
+//!   [`bus::SessionId`] and the bounded per-subscriber queue ([`bus::queue`]).
 //! - [`subscription`]: topic filter + payload equality predicates.
-//! - [`session`]: per-client queues, the WebSocket and SSE session actors.
+//! - [`session`]: the WebSocket and SSE session actors (bus subscribers).
 //! - [`alerts`]: the Alerts actor (a bus subscriber): threshold rules with
 //!   cooldown, silent / rejecting detectors, presence, security digests.
 //! - [`slack`]: the Slack delivery actor (awc): bounded outbox, pacing,

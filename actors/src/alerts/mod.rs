@@ -32,11 +32,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::bus::{self, Bus, Publish};
-use crate::reject::REJECTS_TOPIC;
-use crate::session::{
-    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, Take, CONTROL_RESERVE,
+use crate::bus::{
+    self, session_queue, Bus, Delivery, Publish, SessionId, SessionInbox, SessionQueue, Take,
+    CONTROL_RESERVE,
 };
+use crate::reject::REJECTS_TOPIC;
 use crate::slack::{Enqueue, Notice, NoticeKind};
 use crate::subscription::Subscription;
 use crate::telemetry::{DropReason, Telemetry};

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::bus::session_queue;
 use crate::bus::{BusConfig, Join};
 use crate::event::{Body, Draft};
 use crate::frame::{MetricsFrame, Rejection};
 use crate::reject::reject_draft;
-use crate::session::session_queue;
 use crate::subscription::Subscription;
 
 /// 2026-05-02T13:00:00Z, the start of an hour bucket.

@@ -42,8 +42,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::{Instant, Sleep};
 
 use super::ws::conflate;
-use super::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Take};
-use crate::bus::{self, Bus};
+use super::SessionStart;
+use crate::bus::{self, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Take};
 use crate::telemetry::{DropReason, Telemetry};
 
 /// Items taken from the queue per body read, written as one chunk.

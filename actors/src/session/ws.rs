@@ -29,11 +29,10 @@ use bytestring::ByteString;
 use serde::Deserialize;
 
 use super::budget::{OpBudget, OpLimits, Verdict};
-use super::{
-    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Snapshot, Take,
-    WriterEnd,
+use super::{SessionStart, WriterEnd};
+use crate::bus::{
+    self, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Snapshot, Take,
 };
-use crate::bus::{self, Bus};
 use crate::event::Event;
 use crate::subscription::{Predicate, Subscription};
 use crate::telemetry::{DropReason, Telemetry};

@@ -21,7 +21,7 @@ use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use super::Delivery;
+use super::delivery::Delivery;
 use crate::event::Event;
 
 /// Slots kept free for control items beyond the event capacity.
@@ -413,8 +413,8 @@ fn taken(state: &mut State, items: &[Delivery]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Snapshot;
     use crate::event::{Body, Draft, EventId};
-    use crate::session::Snapshot;
 
     fn event(seq: u64) -> Arc<Event> {
         let draft = Draft::new("t", 0, Body::Object(Default::default()));
