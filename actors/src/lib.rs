@@ -16,7 +16,9 @@
 //!
 //! - [`topic`]: topic names, filters (`+`, `#`), the filter index, families.
 //! - [`event`]: event ids (epoch + seq), drafts, numbered events and their
-//!   wire forms, serialised once; no parsed payload tree is kept.
+//!   per-event wire forms, serialised once; no parsed payload tree is kept.
+//!   [`event::wire`] has every other form (WS control frames and snapshots,
+//!   SSE framing and snapshots, edgewatch), each written in one place.
 //! - [`inflight`]: the byte budget of accepted events on their way to the
 //!   bus (what its mailboxes may hold).
 //! - [`frame`]: the domain types: metrics frames, device ids, rejections,

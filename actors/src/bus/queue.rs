@@ -16,13 +16,14 @@
 //! practice and costs less than a channel's four atomic read-modify-writes
 //! (benches/pipeline.rs, `fanout/*`).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use super::delivery::Delivery;
 use crate::event::Event;
+use crate::topic::DeliveryClass;
 
 /// Slots kept free for control items beyond the event capacity.
 pub const CONTROL_RESERVE: usize = 4;
@@ -410,11 +411,36 @@ fn taken(state: &mut State, items: &[Delivery]) {
     }
 }
 
+/// Keeps only the newest metrics event per topic within one batch; returns
+/// how many older frames were left out.
+pub fn conflate(batch: &mut Vec<Delivery>, seen: &mut HashSet<Arc<str>>) -> u64 {
+    let metrics = batch
+        .iter()
+        .filter(|d| matches!(d, Delivery::Event(e) if e.class == DeliveryClass::Conflate))
+        .count();
+    if metrics < 2 {
+        return 0;
+    }
+    seen.clear();
+    let mut keep: Vec<bool> = vec![true; batch.len()];
+    for (i, item) in batch.iter().enumerate().rev() {
+        if let Delivery::Event(e) = item {
+            if e.class == DeliveryClass::Conflate && !seen.insert(e.topic.clone()) {
+                keep[i] = false;
+            }
+        }
+    }
+    let mut flags = keep.iter();
+    batch.retain(|_| *flags.next().unwrap_or(&true));
+    keep.iter().filter(|k| !**k).count() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bus::Snapshot;
     use crate::event::{Body, Draft, EventId};
+    use crate::frame::MetricsFrame;
 
     fn event(seq: u64) -> Arc<Event> {
         let draft = Draft::new("t", 0, Body::Object(Default::default()));
@@ -681,5 +707,40 @@ mod tests {
     fn a_queue_slot_is_two_words() {
         // Every idle session's ring is made of these: keep payloads boxed.
         assert!(std::mem::size_of::<Delivery>() <= 16);
+    }
+
+    fn metrics(seq: u64, device: &str) -> Delivery {
+        let json = format!(
+            r#"{{"device_id":"{device}","timestamp":{seq},"cpu_percent":1,"mem_percent":1,"disk_percent":1}}"#
+        );
+        let frame = MetricsFrame::parse(device, json.as_bytes(), 4096).unwrap();
+        let draft = Draft::new(format!("devices/{device}/metrics"), 0, Body::Metrics(frame));
+        Delivery::Event(Arc::new(Event::from_draft(
+            EventId { epoch: 1, seq },
+            draft,
+        )))
+    }
+
+    fn note(seq: u64) -> Delivery {
+        let draft = Draft::new("n/x", 0, Body::Object(Default::default()));
+        Delivery::Event(Arc::new(Event::from_draft(
+            EventId { epoch: 1, seq },
+            draft,
+        )))
+    }
+
+    #[test]
+    fn conflation_keeps_the_newest_frame_per_device_and_every_other_event() {
+        let mut batch = vec![
+            metrics(1, "a"),
+            note(2),
+            metrics(3, "b"),
+            metrics(4, "a"),
+            note(5),
+            metrics(6, "a"),
+        ];
+        let dropped = conflate(&mut batch, &mut HashSet::new());
+        assert_eq!(dropped, 2);
+        assert_eq!(seqs(&batch), vec![2, 3, 5, 6]);
     }
 }

@@ -31,12 +31,12 @@ use serde::Deserialize;
 use super::budget::{OpBudget, OpLimits, Verdict};
 use super::{SessionStart, WriterEnd};
 use crate::bus::{
-    self, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Snapshot, Take,
+    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Take,
 };
-use crate::event::Event;
+use crate::event::{wire, Event};
 use crate::subscription::{Predicate, Subscription};
 use crate::telemetry::{DropReason, Telemetry};
-use crate::topic::{DeliveryClass, TopicFilter};
+use crate::topic::TopicFilter;
 
 /// Largest client frame (ops are tiny; the WebSocket cheat sheet's 64 KiB is
 /// generous for them).
@@ -503,30 +503,6 @@ impl Writer {
     }
 }
 
-/// Keeps only the newest metrics event per topic within one batch; returns
-/// how many older frames were left out.
-pub(crate) fn conflate(batch: &mut Vec<Delivery>, seen: &mut HashSet<Arc<str>>) -> u64 {
-    let metrics = batch
-        .iter()
-        .filter(|d| matches!(d, Delivery::Event(e) if e.class == DeliveryClass::Conflate))
-        .count();
-    if metrics < 2 {
-        return 0;
-    }
-    seen.clear();
-    let mut keep: Vec<bool> = vec![true; batch.len()];
-    for (i, item) in batch.iter().enumerate().rev() {
-        if let Delivery::Event(e) = item {
-            if e.class == DeliveryClass::Conflate && !seen.insert(e.topic.clone()) {
-                keep[i] = false;
-            }
-        }
-    }
-    let mut flags = keep.iter();
-    batch.retain(|_| *flags.next().unwrap_or(&true));
-    keep.iter().filter(|k| !**k).count() as u64
-}
-
 fn event_text(e: &Event, format: WireFormat) -> Option<ByteString> {
     match format {
         WireFormat::Envelope => Some(e.ws_frame.clone()),
@@ -539,83 +515,31 @@ fn event_text(e: &Event, format: WireFormat) -> Option<ByteString> {
 fn render(item: Delivery, format: WireFormat) -> Option<ByteString> {
     match (format, item) {
         (_, Delivery::Event(e)) => event_text(&e, format),
-        (WireFormat::Envelope, Delivery::Snapshot(snapshot)) => Some(snapshot_frame(&snapshot)),
-        (WireFormat::Envelope, Delivery::Lagged(n)) => {
-            Some(format!(r#"{{"type":"lagged","dropped":{n}}}"#).into())
-        }
+        (WireFormat::Envelope, Delivery::Snapshot(snapshot)) => Some(wire::ws_snapshot(
+            &snapshot.events,
+            snapshot.last_id,
+            snapshot.reset,
+            snapshot.truncated,
+        )),
+        (WireFormat::Envelope, Delivery::Lagged(n)) => Some(wire::ws_lagged(n)),
         (WireFormat::Envelope, Delivery::Unsubscribed(filters)) => {
             let topics: Vec<&str> = filters.iter().map(TopicFilter::as_str).collect();
-            let json = serde_json::json!({"type": "unsubscribed", "topics": topics});
-            Some(json.to_string().into())
+            Some(wire::ws_unsubscribed(&topics))
         }
-        (WireFormat::Envelope, Delivery::Error(error)) => {
-            let json = serde_json::json!({"type": "error", "error": error});
-            Some(json.to_string().into())
-        }
-        (WireFormat::Envelope, Delivery::RateLimited(ms)) => Some(
-            format!(
-                r#"{{"type":"error","error":"rate_limited","message":"too many ops: slow down","retry_after_ms":{ms}}}"#
-            )
-            .into(),
-        ),
+        (WireFormat::Envelope, Delivery::Error(error)) => Some(wire::ws_error(&error)),
+        (WireFormat::Envelope, Delivery::RateLimited(ms)) => Some(wire::ws_rate_limited(ms)),
         (WireFormat::Edgewatch, Delivery::Snapshot(snapshot)) => {
-            edgewatch_snapshot(&snapshot.events)
+            wire::edgewatch_snapshot(&snapshot.events)
         }
         (_, Delivery::Replay(_) | Delivery::Close) => None,
         (WireFormat::Edgewatch, _) => None,
     }
 }
 
-/// `{"type":"snapshot","events":[envelope,…],"last_id":…}` from shared
-/// envelopes; `"reset":true` when the client's resume id was not honoured,
-/// `"truncated":true` when the bus cut the snapshot at its bound.
-pub fn snapshot_frame(snapshot: &Snapshot) -> ByteString {
-    let events = &snapshot.events;
-    let mut out =
-        String::with_capacity(64 + events.iter().map(|e| e.envelope.len() + 1).sum::<usize>());
-    out.push_str(r#"{"type":"snapshot","events":["#);
-    push_envelopes(&mut out, events);
-    out.push_str(r#"],"last_id":""#);
-    out.push_str(&snapshot.last_id.to_string());
-    out.push('"');
-    if snapshot.reset {
-        out.push_str(r#","reset":true"#);
-    }
-    if snapshot.truncated {
-        out.push_str(r#","truncated":true"#);
-    }
-    out.push('}');
-    out.into()
-}
-
-/// `envelope,envelope,…` (the shared bytes, copied once per snapshot).
-pub fn push_envelopes(out: &mut String, events: &[Arc<Event>]) {
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&e.envelope);
-    }
-}
-
-/// The seed's snapshot: one object of every active device's frame, or
-/// nothing when there is none (the seed sent nothing then either).
-fn edgewatch_snapshot(events: &[Arc<Event>]) -> Option<ByteString> {
-    let mut map = serde_json::Map::new();
-    for e in events {
-        if let Some(frame) = e.body.as_metrics() {
-            map.insert(
-                frame.device_id.to_string(),
-                serde_json::to_value(frame).ok()?,
-            );
-        }
-    }
-    (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string().into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Snapshot;
     use crate::event::{Body, Draft, EventId};
     use crate::frame::MetricsFrame;
 
@@ -639,31 +563,6 @@ mod tests {
         )))
     }
 
-    fn seqs(batch: &[Delivery]) -> Vec<u64> {
-        batch
-            .iter()
-            .filter_map(|d| match d {
-                Delivery::Event(e) => Some(e.id.seq),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn conflation_keeps_the_newest_frame_per_device_and_every_other_event() {
-        let mut batch = vec![
-            metrics(1, "a"),
-            note(2),
-            metrics(3, "b"),
-            metrics(4, "a"),
-            note(5),
-            metrics(6, "a"),
-        ];
-        let dropped = conflate(&mut batch, &mut HashSet::new());
-        assert_eq!(dropped, 2);
-        assert_eq!(seqs(&batch), vec![2, 3, 5, 6]);
-    }
-
     #[test]
     fn ops_parse_or_explain_why_not() {
         assert!(matches!(
@@ -681,23 +580,6 @@ mod tests {
             .unwrap_err()
             .contains("unknown op"));
         assert!(parse_op("not json").unwrap_err().starts_with("bad op"));
-    }
-
-    #[test]
-    fn snapshot_frame_embeds_the_shared_envelopes() {
-        let Delivery::Event(e) = metrics(1, "a") else {
-            unreachable!()
-        };
-        let text = snapshot_frame(&Snapshot {
-            events: vec![e.clone(), e],
-            last_id: crate::event::EventId { epoch: 1, seq: 1 },
-            reset: false,
-            truncated: false,
-        });
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["type"], "snapshot");
-        assert_eq!(v["events"].as_array().unwrap().len(), 2);
-        assert_eq!(v["events"][0]["topic"], "devices/a/metrics");
     }
 
     #[test]
