@@ -14,7 +14,10 @@
 //!
 //! # Layout
 //!
-//! - [`topic`]: topic names, filters (`+`, `#`), the filter index, families.
+//! - [`topic`]: topic names, filters (`+`, `#`), the filter index.
+//! - [`families`]: every topic family: how it is spelled, its event name and
+//!   delivery class, the reserved ones, and where a publish goes first
+//!   (metrics to the registry, everything else to the bus).
 //! - [`event`]: event ids (epoch + seq), drafts, numbered events and their
 //!   per-event wire forms, serialised once; no parsed payload tree is kept.
 //!   [`event::wire`] has every other form (WS control frames and snapshots,
@@ -44,6 +47,7 @@
 pub mod alerts;
 pub mod bus;
 pub mod event;
+pub mod families;
 pub mod frame;
 pub mod inflight;
 pub mod ingest;

@@ -4,10 +4,8 @@
 use serde_json::{Map, Value};
 
 use crate::event::{Body, Draft};
+pub use crate::families::REJECTS_TOPIC;
 use crate::frame::Rejection;
-
-/// The topic every rejection is published on.
-pub const REJECTS_TOPIC: &str = "edgebus/rejects";
 
 /// Bytes of a rejected payload quoted in its reject event.
 const REJECT_EXCERPT_BYTES: usize = 64;

@@ -11,6 +11,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use edgebus_actors::bus::FindAttacker;
+use edgebus_actors::families;
 use edgebus_actors::frame::DeviceId;
 use edgebus_actors::registry::GetDevice;
 use edgebus_actors::session::{SessionStart, SseSession, SseSessionConfig};
@@ -59,13 +60,10 @@ pub async fn device_events(
             device.as_str()
         )));
     }
-    let subscriptions = [
-        format!("devices/{}/#", device.as_str()),
-        format!("alerts/{}/#", device.as_str()),
-    ]
-    .iter()
-    .map(|f| topic(f))
-    .collect::<Result<Vec<_>, _>>()?;
+    let subscriptions = families::device_filters(device.as_str())
+        .iter()
+        .map(|f| topic(f))
+        .collect::<Result<Vec<_>, _>>()?;
     open_authenticated(&req, &state, &query, identity, subscriptions)
 }
 
@@ -88,12 +86,12 @@ pub async fn attacker_events(
     let Some(info) = state.bus.send(FindAttacker(uuid.to_owned())).await? else {
         return Err(ApiError::NotFound(format!("unknown attacker {uuid:?}")));
     };
-    let mut subscriptions = vec![topic(&format!("attackers/{uuid}/#"))?];
+    let mut subscriptions = vec![topic(&families::attacker_filter(uuid))?];
     if let Some(identity) = info.identity_uuid {
         let predicate =
             Predicate::new("identity_uuid", &identity).map_err(|e| ApiError::Internal(e.into()))?;
-        let filter =
-            TopicFilter::parse("attribution/#").map_err(|e| ApiError::Internal(e.into()))?;
+        let filter = TopicFilter::parse(families::ATTRIBUTION_FILTER)
+            .map_err(|e| ApiError::Internal(e.into()))?;
         subscriptions.push(
             Subscription::with_predicates(filter, vec![predicate])
                 .map_err(|e| ApiError::Internal(e.into()))?,

@@ -5,6 +5,7 @@ use actix::Actor;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason};
 
+use edgebus_actors::families;
 use edgebus_actors::session::{OpLimits, SessionStart, WireFormat, WsSession, WsSessionConfig};
 use edgebus_actors::subscription::Subscription;
 use edgebus_actors::topic::TopicFilter;
@@ -16,7 +17,7 @@ use crate::error::ApiError;
 use crate::settings::Settings;
 
 /// Topics a session gets when it names none: the device dashboard's feed.
-pub const DEFAULT_TOPIC: &str = "devices/+/metrics";
+pub const DEFAULT_TOPIC: &str = families::METRICS_FILTER;
 
 pub async fn ws(
     req: HttpRequest,

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use crate::event::{Event, Fields, Payload};
+use crate::families::{attacker_topic, AttackerTopic, REJECTS_TOPIC};
 use crate::frame::{DeviceId, MetricsFrame, Rejection};
-use crate::reject::REJECTS_TOPIC;
 
 use super::cooldown::{Cooldown, Decision};
 use super::digest::{DigestReport, Digests};
@@ -78,21 +78,19 @@ impl Engine {
     pub fn on_event(&mut self, event: &Event, now: u64) {
         match &event.body {
             Payload::Metrics(frame) => self.on_metrics(frame, now),
-            Payload::Fields(payload) => {
-                let mut levels = event.topic.split('/');
-                match (levels.next(), levels.next(), levels.next(), levels.next()) {
-                    (Some("attackers"), Some(attacker), Some("observation"), Some(primitive)) => {
-                        self.digests.observed(attacker, primitive, now);
+            Payload::Fields(payload) => match attacker_topic(&event.topic) {
+                Some(AttackerTopic::Observation {
+                    attacker,
+                    primitive,
+                }) => self.digests.observed(attacker, primitive, now),
+                Some(AttackerTopic::Scored { attacker }) => {
+                    if let Some(score) = payload.f64("score") {
+                        self.digests.scored(attacker, score, now);
                     }
-                    (Some("attackers"), Some(attacker), Some("scored"), None) => {
-                        if let Some(score) = payload.f64("score") {
-                            self.digests.scored(attacker, score, now);
-                        }
-                    }
-                    _ if &*event.topic == REJECTS_TOPIC => self.on_reject(payload, now),
-                    _ => {}
                 }
-            }
+                None if &*event.topic == REJECTS_TOPIC => self.on_reject(payload, now),
+                None => {}
+            },
         }
     }
 

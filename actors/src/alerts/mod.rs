@@ -36,7 +36,7 @@ use crate::bus::{
     self, session_queue, Bus, Delivery, Publish, SessionId, SessionInbox, SessionQueue, Take,
     CONTROL_RESERVE,
 };
-use crate::reject::REJECTS_TOPIC;
+use crate::families;
 use crate::slack::{Enqueue, Notice, NoticeKind};
 use crate::subscription::Subscription;
 use crate::telemetry::{DropReason, Telemetry};
@@ -59,10 +59,10 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
 /// What the Alerts actor listens to on the bus.
 pub const SUBSCRIPTIONS: [&str; 4] = [
-    "devices/+/metrics",
-    REJECTS_TOPIC,
-    "attackers/+/observation/+",
-    "attackers/+/scored",
+    families::METRICS_FILTER,
+    families::REJECTS_TOPIC,
+    families::ATTACKER_OBSERVATIONS_FILTER,
+    families::ATTACKER_SCORES_FILTER,
 ];
 
 /// Label for digests in `edgebus_alerts_raised_total`.

@@ -31,9 +31,10 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::event::{now_ms, Draft, Event, EventId};
+use crate::families::DeliveryClass;
 use crate::subscription::Subscription;
 use crate::telemetry::{DropReason, Telemetry};
-use crate::topic::{DeliveryClass, FilterIndex, FilterLevel, TopicFilter};
+use crate::topic::{FilterIndex, FilterLevel, TopicFilter};
 
 pub use delivery::{Delivery, SessionId, Snapshot};
 use history::History;

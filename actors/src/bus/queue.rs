@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 
 use super::delivery::Delivery;
 use crate::event::Event;
-use crate::topic::DeliveryClass;
+use crate::families::DeliveryClass;
 
 /// Slots kept free for control items beyond the event capacity.
 pub const CONTROL_RESERVE: usize = 4;

@@ -22,8 +22,8 @@ use serde_json::{Map, Value};
 use crate::frame::MetricsFrame;
 pub mod wire;
 
+use crate::families::{classify, DeliveryClass};
 use crate::inflight::{InflightBytes, InflightPermit};
-use crate::topic::{classify, DeliveryClass};
 
 /// Milliseconds since the Unix epoch, UTC.
 pub fn now_ms() -> u64 {

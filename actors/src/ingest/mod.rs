@@ -32,11 +32,12 @@ use rumqttc::{
 use tokio::sync::oneshot;
 
 use crate::bus::Publish;
-use crate::event::{now_ms, Body, Draft, Payload};
+use crate::event::{now_ms, Body, Draft};
+use crate::families::{is_alerts_topic, metrics_device, route, Route, RESERVED_PREFIX};
 use crate::inflight::InflightBytes;
 use crate::registry::Observe;
 use crate::telemetry::{DropReason, Telemetry};
-use crate::topic::{metrics_device, validate_topic};
+use crate::topic::validate_topic;
 
 use crate::frame::{parse_object, DeviceId, MetricsFrame, Rejection};
 use crate::reject::reject_draft;
@@ -44,7 +45,6 @@ pub use backoff::Backoff;
 pub use link::LocalLink;
 
 /// Topic of the reject stream, and the prefix no publisher may use.
-const RESERVED_PREFIX: &str = "edgebus/";
 
 /// rumqttc's incoming packet limit. It must sit far above
 /// `mqtt.max_payload_bytes`: a packet over it drops the whole connection (and
@@ -407,7 +407,7 @@ impl Sink {
                     self.telemetry.events_dropped(DropReason::Overload, 1);
                     return;
                 };
-                let sent = if matches!(draft.body, Payload::Metrics(_)) {
+                let sent = if route(&draft.topic) == Route::Registry {
                     self.registry.try_send(Observe(draft)).is_ok()
                 } else {
                     self.telemetry.frames_accepted.inc();
@@ -491,19 +491,6 @@ pub fn accept(
     Ok(Draft::new(topic, ts_ms, Body::Object(object)))
 }
 
-/// `alerts/…` and `devices/{id}/presence`: edgebus's own events, which no
-/// publisher may forge.
-fn is_alerts_topic(topic: &str) -> bool {
-    if topic == "alerts" || topic.starts_with("alerts/") {
-        return true;
-    }
-    let mut levels = topic.split('/');
-    matches!(
-        (levels.next(), levels.next(), levels.next(), levels.next()),
-        (Some("devices"), Some(_), Some("presence"), None)
-    )
-}
-
 /// Fingerprints of recent QoS 1 publishes, to recognise a redelivery.
 struct RecentFrames {
     set: HashSet<u64>,
@@ -547,6 +534,7 @@ impl RecentFrames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Payload;
 
     const GOOD: &[u8] =
         br#"{"device_id":"d1","timestamp":1,"cpu_percent":1,"mem_percent":2,"disk_percent":3}"#;
