@@ -39,7 +39,10 @@
 //!   cooldown, silent / rejecting detectors, presence, security digests.
 //! - [`slack`]: the Slack delivery actor (awc): bounded outbox, pacing,
 //!   retries, mrkdwn escaping, periodic summaries.
-//! - [`telemetry`]: Prometheus metrics and rate-limited log lines, together.
+//! - [`notice`]: the Slack message the Alerts actor hands the Slack actor,
+//!   and the labels of Slack's counters.
+//! - [`telemetry`]: Prometheus metrics and rate-limited log lines, together
+//!   (alerts and Slack delivery counted apart: `AlertMetrics`, `SlackMetrics`).
 //!
 //! Every send that could meet a full mailbox uses `try_send` and counts what
 //! did not fit; nothing on the event path ever awaits a client.
@@ -51,6 +54,7 @@ pub mod families;
 pub mod frame;
 pub mod inflight;
 pub mod ingest;
+pub mod notice;
 pub mod registry;
 pub mod reject;
 pub mod session;

@@ -37,7 +37,8 @@ use crate::bus::{
     CONTROL_RESERVE,
 };
 use crate::families;
-use crate::slack::{Enqueue, Notice, NoticeKind};
+use crate::notice::{Notice, NoticeKind};
+use crate::slack::Enqueue;
 use crate::subscription::Subscription;
 use crate::telemetry::{DropReason, Telemetry};
 use crate::topic::TopicFilter;

@@ -442,8 +442,8 @@ async fn a_flood_of_attackers_posts_at_most_the_window_s_budget_and_counts_the_r
     assert!(posted.iter().all(|n| n.kind == NoticeKind::Digest));
     assert_eq!(
         rig.telemetry
-            .alerts
-            .slack_dropped(NoticeKind::Digest, "rate_limited"),
+            .slack
+            .dropped(NoticeKind::Digest, "rate_limited"),
         7
     );
     assert_eq!(rig.telemetry.alerts.raised(DIGEST_RULE), 10, "all raised");
