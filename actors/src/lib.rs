@@ -28,6 +28,9 @@
 //!   and the strict frame rules.
 //! - [`reject`]: the `edgebus/rejects` event for a refused frame.
 //! - [`ingest`]: the Ingest actor (rumqttc), reconnect back-off, TLS.
+//! - [`devices`]: what the registry tells others about a device
+//!   ([`devices::DeviceView`]) and the message that asks for the active ones
+//!   ([`devices::ListDevices`]), so the Slack summary needs no Registry.
 //! - [`registry`]: the Registry actor and its pure device table.
 //! - [`bus`]: the Bus actor: numbering, last values, history, fan-out with the
 //!   slow-consumer policy (conflate metrics, drop-and-tell for the rest), and
@@ -49,6 +52,7 @@
 
 pub mod alerts;
 pub mod bus;
+pub mod devices;
 pub mod event;
 pub mod families;
 pub mod frame;

@@ -5,7 +5,7 @@
 //! budget of their own, see [`outbox`]), the message being sent, the time before
 //! which nothing may be sent (pacing, back-off, `Retry-After`). Accepts
 //! [`Enqueue`] (from Alerts, `try_send`) and [`Drain`] (from startup at
-//! shutdown, `send`). Every `summary_interval` it asks the Registry for the
+//! shutdown, `send`). Every `summary_interval` it asks the registry for the
 //! active devices ([`ListDevices`], `send`) and queues a summary table.
 //!
 //! One request at a time, so order holds; each request starts at least
@@ -31,8 +31,8 @@ use awc::error::SendRequestError;
 use awc::http::header;
 use tokio::sync::oneshot;
 
+use crate::devices::ListDevices;
 use crate::event::now_ms;
-use crate::registry::ListDevices;
 use crate::telemetry::Telemetry;
 
 pub use crate::notice::{Notice, NoticeKind};

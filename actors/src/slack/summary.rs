@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::registry::DeviceView;
+use crate::devices::DeviceView;
 
 /// Summary text budget, below Slack's 40,000-character truncation with room
 /// for escaping.
