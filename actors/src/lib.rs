@@ -47,6 +47,19 @@
 //! - [`telemetry`]: Prometheus metrics and rate-limited log lines, together
 //!   (alerts and Slack delivery counted apart: `AlertMetrics`, `SlackMetrics`).
 //!
+//! Dependencies run one way, from the actors down to plain data and pure
+//! rules; `layers.rs` (a test) fails when a lower module names a higher one:
+//!
+//! ```text
+//!  ingest, alerts                      actors that feed others
+//!  registry, session, slack            actors that talk to the bus or nobody
+//!  bus                                 the bus and its delivery protocol
+//!  reject, subscription                rules over events
+//!  event, telemetry, devices           the envelope and wire forms, metrics
+//!  topic, families, frame, inflight,   plain data and pure rules
+//!  notice
+//! ```
+//!
 //! Every send that could meet a full mailbox uses `try_send` and counts what
 //! did not fit; nothing on the event path ever awaits a client.
 
@@ -58,6 +71,8 @@ pub mod families;
 pub mod frame;
 pub mod inflight;
 pub mod ingest;
+#[cfg(test)]
+mod layers;
 pub mod notice;
 pub mod registry;
 pub mod reject;
