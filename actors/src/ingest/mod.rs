@@ -44,8 +44,6 @@ use crate::reject::reject_draft;
 pub use backoff::Backoff;
 pub use link::LocalLink;
 
-/// Topic of the reject stream, and the prefix no publisher may use.
-
 /// rumqttc's incoming packet limit. It must sit far above
 /// `mqtt.max_payload_bytes`: a packet over it drops the whole connection (and
 /// with a persistent session the broker redelivers it forever), while a frame
