@@ -1,8 +1,8 @@
-//! Topic names, topic filters (`+`, `#`) and the topic families of DESIGN.md.
+//! Topic names and topic filters (`+`, `#`); the families of DESIGN.md are
+//! [`crate::families`]'s.
 //!
 //! Pure functions only: the bus indexes filters with [`FilterIndex`], ingest and
-//! HTTP publish validate names with [`validate_topic`], and every wire format
-//! derives its event name and delivery class from [`classify`].
+//! HTTP publish validate names with [`validate_topic`].
 
 use std::collections::HashMap;
 use std::fmt;

@@ -2,8 +2,8 @@
 //! validated [`Draft`] or a counted, reported rejection.
 //!
 //! State: the connection state (for `/readyz`). Accepts [`Status`] and
-//! [`Stop`]. Sends metrics to the Registry ([`registry::Observe`]) and every
-//! other accepted event, and every rejection, to the Bus ([`bus::Publish`]),
+//! [`Stop`]. Sends metrics to the Registry ([`crate::registry::Observe`]) and every
+//! other accepted event, and every rejection, to the Bus ([`crate::bus::Publish`]),
 //! always with `try_send`: ingest never waits on anything downstream, a full
 //! mailbox is an `overload` drop.
 //!
