@@ -102,18 +102,24 @@ fn excerpt_key(key: &str) -> String {
     key.chars().take(KEY_EXCERPT).collect()
 }
 
-/// A device id: `^[A-Za-z0-9._-]{1,64}$`. Safe in topics, logs, Slack and HTML.
+/// `^[A-Za-z0-9._-]{1,64}$`: an id that fills one topic level and is safe in
+/// logs, Slack and HTML. Device ids, attacker ids and notification sources
+/// all follow it (only device ids are [`DeviceId`]s).
+pub fn is_safe_id(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A device id: [`is_safe_id`]. Safe in topics, logs, Slack and HTML.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct DeviceId(String);
 
 impl DeviceId {
     pub fn parse(text: &str) -> Result<Self, Rejection> {
-        let ok = (1..=64).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
+        if is_safe_id(text) {
             Ok(Self(text.to_owned()))
         } else {
             Err(Rejection::BadDeviceId)

@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use edgebus_actors::bus::FindAttacker;
 use edgebus_actors::families;
-use edgebus_actors::frame::DeviceId;
+use edgebus_actors::frame::{is_safe_id, DeviceId};
 use edgebus_actors::registry::GetDevice;
 use edgebus_actors::session::{SessionStart, SseSession, SseSessionConfig};
 use edgebus_actors::subscription::{Predicate, Subscription};
@@ -79,9 +79,11 @@ pub async fn attacker_events(
     let query = StreamQuery::parse(req.query_string())?;
     let identity = identity(&req, &state, &query)?;
     // Attacker ids follow the device id rule: one safe topic level.
-    let uuid = DeviceId::parse(&uuid).map_err(|_| {
-        ApiError::BadRequest("attacker id must match ^[A-Za-z0-9._-]{1,64}$".into())
-    })?;
+    if !is_safe_id(&uuid) {
+        return Err(ApiError::BadRequest(
+            "attacker id must match ^[A-Za-z0-9._-]{1,64}$".into(),
+        ));
+    }
     let uuid = uuid.as_str();
     let Some(info) = state.bus.send(FindAttacker(uuid.to_owned())).await? else {
         return Err(ApiError::NotFound(format!("unknown attacker {uuid:?}")));
