@@ -33,7 +33,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::bus::{
-    self, session_queue, Bus, Delivery, Publish, SessionId, SessionInbox, SessionQueue, Take,
+    self, session_queue, Bus, Delivery, Publish, SessionId, SessionInbox, SessionQueue, Taken,
     CONTROL_RESERVE,
 };
 use crate::families;
@@ -201,8 +201,11 @@ impl Alerts {
         };
         let mut handled = false;
         let mut batch = std::mem::take(&mut self.batch);
-        match inbox.try_take(&mut batch, ALERTS_QUEUE + CONTROL_RESERVE) {
-            Some(Take::Items { .. }) => {
+        // Drained after falling behind: the queue asks the bus for what it held.
+        let (bus, session) = (&self.bus, self.session);
+        let resume = || bus.do_send(bus::Resume { session });
+        match inbox.try_take_resuming(&mut batch, ALERTS_QUEUE + CONTROL_RESERVE, resume) {
+            Some(Taken::Items { .. }) => {
                 let now = self.clock.now_ms();
                 for item in batch.drain(..) {
                     // The snapshot holds last values from before we joined:
@@ -213,14 +216,7 @@ impl Alerts {
                     }
                 }
             }
-            // Drained after falling behind: collect what the bus held.
-            Some(Take::Behind) => {
-                inbox.caught_up();
-                self.bus.do_send(bus::Resume {
-                    session: self.session,
-                });
-            }
-            Some(Take::Closed) | None => {}
+            Some(Taken::Closed) | None => {}
         }
         self.batch = batch;
         self.inbox = Some(inbox);

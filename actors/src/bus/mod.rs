@@ -40,7 +40,7 @@ pub use delivery::{Delivery, SessionId, Snapshot};
 use history::History;
 use last_values::{Budget, LastValues};
 pub use queue::{
-    conflate, session_queue, Offer, SessionInbox, SessionQueue, Take, CONTROL_RESERVE,
+    conflate, session_queue, Offer, SessionInbox, SessionQueue, Take, Taken, CONTROL_RESERVE,
     REPLAY_PIECE_BYTES, REPLAY_PIECE_EVENTS,
 };
 

@@ -287,7 +287,79 @@ impl Drop for SessionInbox {
     }
 }
 
+/// What a writer's take found, with the slow-consumer handshake done by
+/// the queue (see [`SessionInbox::poll_take_resuming`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Items were moved into the batch; `lagging` as in [`Take::Items`].
+    Items { lagging: bool },
+    /// Nothing queued and every producer is gone: the session is over.
+    Closed,
+}
+
 impl SessionInbox {
+    /// [`SessionInbox::poll_take`] with the slow-consumer handshake, the one
+    /// place it is written: when the queue drained after the bus said the
+    /// subscriber fell behind ([`Take::Behind`]), the subscriber has caught
+    /// up, and `resume` asks the bus for what it held (`bus::Resume`, sent
+    /// however the subscriber reaches the bus).
+    pub fn poll_take_resuming(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Delivery>,
+        limit: usize,
+        resume: impl Fn(),
+    ) -> Poll<Taken> {
+        loop {
+            match self.poll_take(cx, batch, limit) {
+                Poll::Ready(take) => match self.resumed(take, &resume) {
+                    Some(taken) => return Poll::Ready(taken),
+                    None => continue,
+                },
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// [`SessionInbox::poll_take_resuming`] as a future.
+    pub async fn take_resuming(
+        &mut self,
+        batch: &mut Vec<Delivery>,
+        limit: usize,
+        resume: impl Fn(),
+    ) -> Taken {
+        poll_fn(|cx| self.poll_take_resuming(cx, batch, limit, &resume)).await
+    }
+
+    /// [`SessionInbox::poll_take_resuming`] without waiting: `None` when
+    /// there is nothing to take yet.
+    pub fn try_take_resuming(
+        &mut self,
+        batch: &mut Vec<Delivery>,
+        limit: usize,
+        resume: impl Fn(),
+    ) -> Option<Taken> {
+        loop {
+            let take = self.try_take(batch, limit)?;
+            if let Some(taken) = self.resumed(take, &resume) {
+                return Some(taken);
+            }
+        }
+    }
+
+    /// The handshake: `Behind` means caught up, then ask the bus to resume.
+    fn resumed(&self, take: Take, resume: &impl Fn()) -> Option<Taken> {
+        match take {
+            Take::Items { lagging } => Some(Taken::Items { lagging }),
+            Take::Closed => Some(Taken::Closed),
+            Take::Behind => {
+                self.caught_up();
+                resume();
+                None
+            }
+        }
+    }
+
     /// Moves up to `limit` queued items into `batch`, in order; or reports
     /// that the session is behind or closed; or registers the writer's waker.
     pub fn poll_take(
@@ -549,6 +621,31 @@ mod tests {
         assert!(inbox.is_lagging(), "until the writer caught up");
         inbox.caught_up();
         assert!(!inbox.is_lagging());
+    }
+
+    #[test]
+    fn a_drained_subscriber_catches_up_and_asks_to_resume_exactly_once() {
+        let (queue, mut inbox) = session_queue(1);
+        queue.offer_event(&event(1));
+        queue.wake();
+        let asked = std::cell::Cell::new(0);
+        let resume = || asked.set(asked.get() + 1);
+        let mut batch = Vec::new();
+        assert_eq!(
+            inbox.try_take_resuming(&mut batch, 8, resume),
+            Some(Taken::Items { lagging: true })
+        );
+        assert_eq!(asked.get(), 0, "not before the queue is drained");
+        assert_eq!(inbox.try_take_resuming(&mut batch, 8, resume), None);
+        assert_eq!(asked.get(), 1);
+        assert!(!inbox.is_lagging(), "caught up when it asked");
+        assert_eq!(inbox.try_take_resuming(&mut batch, 8, resume), None);
+        assert_eq!(asked.get(), 1, "once per fall behind");
+        drop(queue);
+        assert_eq!(
+            inbox.try_take_resuming(&mut batch, 8, resume),
+            Some(Taken::Closed)
+        );
     }
 
     #[test]

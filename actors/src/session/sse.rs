@@ -42,7 +42,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::SessionStart;
 use crate::bus::{
-    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Take,
+    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Taken,
 };
 use crate::event::wire;
 use crate::telemetry::{DropReason, Telemetry};
@@ -263,18 +263,19 @@ impl futures_util::Stream for SseBody {
             return this.wrote(preface);
         }
         while !this.done {
-            match this.inbox.poll_take(cx, &mut this.batch, WRITE_BATCH) {
-                Poll::Ready(Take::Items { lagging }) => {
+            let session = &this.session;
+            let resume = || session.do_send(Drained);
+            match this
+                .inbox
+                .poll_take_resuming(cx, &mut this.batch, WRITE_BATCH, resume)
+            {
+                Poll::Ready(Taken::Items { lagging }) => {
                     let chunk = this.render_batch(lagging);
                     if !chunk.is_empty() {
                         return this.wrote(chunk);
                     }
                 }
-                Poll::Ready(Take::Behind) => {
-                    this.inbox.caught_up();
-                    this.session.do_send(Drained);
-                }
-                Poll::Ready(Take::Closed) => this.done = true,
+                Poll::Ready(Taken::Closed) => this.done = true,
                 Poll::Pending => {
                     return match this.idle.as_mut().poll(cx) {
                         Poll::Ready(()) => this.wrote(Bytes::from_static(KEEPALIVE)),

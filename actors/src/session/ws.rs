@@ -31,7 +31,7 @@ use serde::Deserialize;
 use super::budget::{OpBudget, OpLimits, Verdict};
 use super::{SessionStart, WriterEnd};
 use crate::bus::{
-    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Take,
+    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Taken,
 };
 use crate::event::{wire, Event};
 use crate::subscription::{Predicate, Subscription};
@@ -424,16 +424,11 @@ impl Writer {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut seen = HashSet::new();
         loop {
-            match inbox.take(&mut batch, WRITE_BATCH).await {
-                Take::Closed => return WriterEnd::QueueClosed,
-                Take::Behind => {
-                    // Queue drained: collect what the bus held back.
-                    inbox.caught_up();
-                    self.bus.do_send(bus::Resume {
-                        session: self.session,
-                    });
-                }
-                Take::Items { lagging } => {
+            let (bus, session) = (&self.bus, self.session);
+            let resume = || bus.do_send(bus::Resume { session });
+            match inbox.take_resuming(&mut batch, WRITE_BATCH, resume).await {
+                Taken::Closed => return WriterEnd::QueueClosed,
+                Taken::Items { lagging } => {
                     let conflated = if lagging {
                         conflate(&mut batch, &mut seen)
                     } else {
