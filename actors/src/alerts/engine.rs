@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::event::{Event, Fields, Payload};
 use crate::families::{attacker_topic, AttackerTopic, REJECTS_TOPIC};
-use crate::frame::{DeviceId, MetricsFrame, Rejection};
+use crate::frame::{MetricsFrame, Rejection};
+use crate::reject::Reject;
 
 use super::cooldown::{Cooldown, Decision};
 use super::digest::{DigestReport, Digests};
@@ -118,22 +119,13 @@ impl Engine {
 
     /// An `edgebus/rejects` event.
     pub fn on_reject(&mut self, payload: &Fields, now: u64) {
-        let Some(device) = payload
-            .str("device_id")
-            .and_then(|d| DeviceId::parse(d).ok())
-        else {
+        let Some(Reject { device, reason }) = Reject::read(payload) else {
             return;
         };
-        let reason = payload.str("reason").unwrap_or("");
         // The device cap refuses good frames: not a buggy publisher.
         if reason == Rejection::DeviceCap.as_str() {
             return;
         }
-        let reason = Rejection::ALL_REASONS
-            .iter()
-            .copied()
-            .find(|r| *r == reason)
-            .unwrap_or("unknown");
         self.health
             .rejected(&device, reason, now, &mut self.notices);
         self.collect_health();
