@@ -32,11 +32,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use edgebus_actors::alerts::engine::{Engine, Output};
 use edgebus_actors::alerts::rules::{compile_all, RuleSpec};
 use edgebus_actors::alerts::AlertsConfig;
+use edgebus_actors::bus::{session_queue, Delivery, Offer};
 use edgebus_actors::event::{Draft, Event, EventId, Payload};
+use edgebus_actors::frame::MetricsFrame;
 use edgebus_actors::ingest::accept;
-use edgebus_actors::ingest::frame::MetricsFrame;
 use edgebus_actors::registry::DeviceTable;
-use edgebus_actors::session::{session_queue, Delivery, Offer};
 use edgebus_actors::topic::{FilterIndex, TopicFilter};
 
 /// `mqtt.max_payload_bytes` default.

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::de::IgnoredAny;
 
 use edgebus_actors::alerts::clock::rfc3339;
-use edgebus_actors::ingest::frame::{parse_object, DeviceId, Rejection};
+use edgebus_actors::frame::{parse_object, DeviceId, Rejection};
 
 /// Largest report body accepted. A doctor report is a few KiB; this leaves
 /// ample room.

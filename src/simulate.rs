@@ -488,8 +488,8 @@ fn unix_seconds() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgebus_actors::families::classify;
     use edgebus_actors::ingest::accept;
-    use edgebus_actors::topic::classify;
 
     fn run_for(fleet: &mut Fleet, frames: usize, elapsed: Duration) -> Vec<Message> {
         (0..frames)

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::ingest::frame::Rejection;
+use crate::frame::Rejection;
+use crate::notice::{NoticeKind, DROP_REASONS, PERMANENT_REASONS};
 
 /// Log targets an operator filters on (`RUST_LOG=edgebus::rejects=off`),
 /// whichever module noticed.
@@ -45,23 +46,55 @@ pub struct Telemetry {
     pub mqtt_reconnects: IntCounter,
     broker_overruns: IntCounter,
     pub devices_known: IntGauge,
-    /// Alerts raised and Slack delivery.
+    /// Alerts raised.
     pub alerts: AlertMetrics,
+    /// Slack delivery.
+    pub slack: SlackMetrics,
     warn_limiter: WarnLimiter,
 }
 
-/// Alerts raised by rule, and Slack delivery: sent, retried, failed by
-/// reason, dropped by kind and reason, outbox depth.
+/// Alerts raised by rule.
 pub struct AlertMetrics {
     raised: IntCounterVec,
-    pub slack_sent: IntCounter,
-    pub slack_retried: IntCounter,
-    slack_failed: IntCounterVec,
-    slack_dropped: IntCounterVec,
-    pub slack_outbox_depth: IntGauge,
 }
 
 impl AlertMetrics {
+    fn register(registry: &Registry) -> Self {
+        let raised = IntCounterVec::new(
+            Opts::new(
+                "edgebus_alerts_raised_total",
+                "Alerts raised (not resolutions), by rule or detector.",
+            ),
+            &["rule"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(raised.clone()))
+            .expect("metric names are unique");
+        Self { raised }
+    }
+
+    /// Shows `rule` at zero before its first alert.
+    pub fn preregister(&self, rule: &str) {
+        self.raised.with_label_values(&[rule]);
+    }
+
+    pub fn raised(&self, rule: &str) -> u64 {
+        self.raised.with_label_values(&[rule]).get()
+    }
+}
+
+/// Slack delivery: sent, retried, failed by reason, dropped by kind and
+/// reason, outbox depth.
+pub struct SlackMetrics {
+    pub sent: IntCounter,
+    pub retried: IntCounter,
+    failed: IntCounterVec,
+    dropped: IntCounterVec,
+    pub outbox_depth: IntGauge,
+}
+
+impl SlackMetrics {
     fn register(registry: &Registry) -> Self {
         let vec = |name: &str, help: &str, labels: &[&str]| -> IntCounterVec {
             let v = IntCounterVec::new(Opts::new(name, help), labels)
@@ -78,65 +111,50 @@ impl AlertMetrics {
                 .expect("metric names are unique");
             c
         };
-        let raised = vec(
-            "edgebus_alerts_raised_total",
-            "Alerts raised (not resolutions), by rule or detector.",
-            &["rule"],
-        );
-        let slack_failed = vec(
+        let failed = vec(
             "edgebus_slack_failed_total",
             "Slack messages refused for good (4xx other than 429, redirects), by reason.",
             &["reason"],
         );
-        let slack_dropped = vec(
+        let dropped = vec(
             "edgebus_slack_dropped_total",
             "Slack messages dropped before delivery, by kind and reason.",
             &["kind", "reason"],
         );
-        for reason in crate::slack::retry::PERMANENT_REASONS {
-            slack_failed.with_label_values(&[reason]);
+        for reason in PERMANENT_REASONS {
+            failed.with_label_values(&[reason]);
         }
-        for kind in crate::slack::NoticeKind::ALL {
-            for reason in crate::slack::outbox::DROP_REASONS {
-                slack_dropped.with_label_values(&[kind.as_str(), reason]);
+        for kind in NoticeKind::ALL {
+            for reason in DROP_REASONS {
+                dropped.with_label_values(&[kind.as_str(), reason]);
             }
         }
-        let slack_outbox_depth = IntGauge::new(
+        let outbox_depth = IntGauge::new(
             "edgebus_slack_outbox_depth",
             "Slack messages waiting, including the one being sent.",
         )
         .expect("static metric definition is valid");
         registry
-            .register(Box::new(slack_outbox_depth.clone()))
+            .register(Box::new(outbox_depth.clone()))
             .expect("metric names are unique");
         Self {
-            raised,
-            slack_sent: counter("edgebus_slack_sent_total", "Slack messages delivered."),
-            slack_retried: counter(
+            sent: counter("edgebus_slack_sent_total", "Slack messages delivered."),
+            retried: counter(
                 "edgebus_slack_retried_total",
                 "Slack requests that failed transiently (5xx, 429, timeout, connection) and were retried.",
             ),
-            slack_failed,
-            slack_dropped,
-            slack_outbox_depth,
+            failed,
+            dropped,
+            outbox_depth,
         }
     }
 
-    /// Shows `rule` at zero before its first alert.
-    pub fn preregister(&self, rule: &str) {
-        self.raised.with_label_values(&[rule]);
+    pub fn failed(&self, reason: &str) -> u64 {
+        self.failed.with_label_values(&[reason]).get()
     }
 
-    pub fn raised(&self, rule: &str) -> u64 {
-        self.raised.with_label_values(&[rule]).get()
-    }
-
-    pub fn slack_failed(&self, reason: &str) -> u64 {
-        self.slack_failed.with_label_values(&[reason]).get()
-    }
-
-    pub fn slack_dropped(&self, kind: crate::slack::NoticeKind, reason: &str) -> u64 {
-        self.slack_dropped
+    pub fn dropped(&self, kind: NoticeKind, reason: &str) -> u64 {
+        self.dropped
             .with_label_values(&[kind.as_str(), reason])
             .get()
     }
@@ -279,6 +297,7 @@ impl Telemetry {
             ),
             ws_ops,
             alerts: AlertMetrics::register(&registry),
+            slack: SlackMetrics::register(&registry),
             frames_rejected,
             events_dropped,
             sessions_open,
@@ -370,26 +389,26 @@ impl Telemetry {
 
     /// A Slack message was refused for good.
     pub fn slack_failed(&self, reason: &'static str) {
-        self.alerts.slack_failed.with_label_values(&[reason]).inc();
+        self.slack.failed.with_label_values(&[reason]).inc();
     }
 
     /// A Slack message was dropped before delivery: counted, and logged
     /// (rate-limited) since an operator loses a message.
-    pub fn slack_dropped(&self, kind: crate::slack::NoticeKind, reason: &'static str) {
-        self.alerts
-            .slack_dropped
+    pub fn slack_dropped(&self, kind: NoticeKind, reason: &'static str) {
+        self.slack
+            .dropped
             .with_label_values(&[kind.as_str(), reason])
             .inc();
         let why = match reason {
             "outbox_full" => match kind {
-                crate::slack::NoticeKind::Alert => {
+                NoticeKind::Alert => {
                     "the outbox is full; raise `slack.outbox_capacity` or check Slack"
                 }
-                crate::slack::NoticeKind::Digest => {
+                NoticeKind::Digest => {
                     "the digest outbox is full; raise `slack.digest_outbox_capacity` or check Slack"
                 }
                 // Superseded by a newer summary: nothing an operator lost.
-                crate::slack::NoticeKind::Summary => return,
+                NoticeKind::Summary => return,
             },
             "rate_limited" => "over `alerts.max_digests_per_window` in this window",
             "overload" => "the Slack actor's mailbox is full",

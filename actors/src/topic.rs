@@ -1,8 +1,8 @@
-//! Topic names, topic filters (`+`, `#`) and the topic families of DESIGN.md.
+//! Topic names and topic filters (`+`, `#`); the families of DESIGN.md are
+//! [`crate::families`]'s.
 //!
 //! Pure functions only: the bus indexes filters with [`FilterIndex`], ingest and
-//! HTTP publish validate names with [`validate_topic`], and every wire format
-//! derives its event name and delivery class from [`classify`].
+//! HTTP publish validate names with [`validate_topic`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -310,56 +310,6 @@ impl<K: PartialEq + Clone> FilterIndex<K> {
     }
 }
 
-/// How a slow session is treated for a topic: see `bus` for the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryClass {
-    /// Only the newest value per topic matters (device metrics): conflate.
-    Conflate,
-    /// Every event matters: queue, and on overflow drop and report `lagged`.
-    Queue,
-}
-
-/// Event name of a topic outside every family. It is the EventSource
-/// default: a browser hands it to `onmessage`, never to an error path.
-pub const DEFAULT_EVENT_NAME: &str = "message";
-
-/// The families of DESIGN.md: the event name a topic carries and how it is
-/// delivered to a session that falls behind.
-///
-/// Names come from this fixed set only. A name taken from the topic would
-/// let a publisher pick it: `attackers/a1/error` would send SSE
-/// `event: error`, which fires a browser's error path and its reconnect.
-pub fn classify(topic: &str) -> (&'static str, DeliveryClass) {
-    // Called for every frame: look at the first four levels without allocating.
-    let mut it = topic.split('/');
-    let head = [it.next(), it.next(), it.next(), it.next()];
-    let name = match head {
-        [Some("devices"), Some(_), Some("metrics"), None] => {
-            return ("metrics", DeliveryClass::Conflate)
-        }
-        [Some("attackers"), Some(_), Some("observation"), Some(_)] => "observation",
-        [Some("attackers"), Some(_), Some("fingerprint_rotated"), None] => "fingerprint.rotated",
-        [Some("attackers"), Some(_), Some("scored"), None] => "attacker.scored",
-        [Some("alerts"), Some(_), Some(_), None] => "alert",
-        [Some("notifications"), ..] => "notification",
-        [Some("edgebus"), Some("rejects"), None, None] => "reject",
-        // Attribution profile changes, as the per-attacker stream names them.
-        [Some("attribution"), Some("profile"), Some("state_changed"), None] => "state_changed",
-        [Some("attribution"), Some("profile"), Some("multi_actor_suspected"), None] => {
-            "multi_actor_suspected"
-        }
-        _ => DEFAULT_EVENT_NAME,
-    };
-    (name, DeliveryClass::Queue)
-}
-
-/// The `{device_id}` of a `devices/{device_id}/metrics` topic.
-pub fn metrics_device(topic: &str) -> Option<&str> {
-    let rest = topic.strip_prefix("devices/")?;
-    let (device, tail) = rest.split_once('/')?;
-    (tail == "metrics").then_some(device)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,62 +373,6 @@ mod tests {
             validate_topic("attackers/x\r\ndata: y"),
             Err(TopicError::ControlCharacter)
         );
-    }
-
-    #[test]
-    fn families_give_design_event_names() {
-        assert_eq!(
-            classify("devices/d1/metrics"),
-            ("metrics", DeliveryClass::Conflate)
-        );
-        assert_eq!(classify("attackers/u/observation/dns").0, "observation");
-        assert_eq!(
-            classify("attackers/u/fingerprint_rotated").0,
-            "fingerprint.rotated"
-        );
-        assert_eq!(classify("attackers/u/scored").0, "attacker.scored");
-        assert_eq!(classify("alerts/d1/cpu_high").0, "alert");
-        assert_eq!(classify("notifications/ci").0, "notification");
-        assert_eq!(classify("edgebus/rejects").0, "reject");
-        assert_eq!(
-            classify("attribution/profile/state_changed").0,
-            "state_changed"
-        );
-        assert_eq!(
-            classify("attribution/profile/multi_actor_suspected").0,
-            "multi_actor_suspected"
-        );
-        assert_eq!(
-            classify("plant/line4/status"),
-            ("message", DeliveryClass::Queue)
-        );
-    }
-
-    #[test]
-    fn a_publisher_never_chooses_the_event_name() {
-        for topic in [
-            "attackers/a1/error",
-            "attackers/a1/open",
-            "attackers/a1/snapshot",
-            "attackers/a1/lagged",
-            "attackers/a1/observation",
-            "devices/d1/close",
-            "devices/d1/presence",
-            "alerts/d1",
-            "attribution/profile/error",
-            "attribution/x/state_changed",
-            "edgebus/rejects/error",
-            "error",
-        ] {
-            assert_eq!(classify(topic).0, DEFAULT_EVENT_NAME, "{topic}");
-        }
-    }
-
-    #[test]
-    fn metrics_device_reads_the_device_level() {
-        assert_eq!(metrics_device("devices/d1/metrics"), Some("d1"));
-        assert_eq!(metrics_device("devices/d1/presence"), None);
-        assert_eq!(metrics_device("other/d1/metrics"), None);
     }
 
     #[test]

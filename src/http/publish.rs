@@ -12,8 +12,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use edgebus_actors::bus::Publish;
-use edgebus_actors::event::{now_ms, Body, Draft, Payload};
-use edgebus_actors::ingest::frame::{DeviceId, Rejection};
+use edgebus_actors::event::{now_ms, Body, Draft};
+use edgebus_actors::families::{self, Route};
+use edgebus_actors::frame::{is_safe_id, Rejection};
 use edgebus_actors::ingest::{self};
 use edgebus_actors::registry::{Admission, Observe};
 
@@ -141,7 +142,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 /// Metrics through the registry (it keeps the device table and forwards to
 /// the bus), anything else straight to the bus, which answers with the id.
 async fn put_on_bus(state: &AppState, draft: Draft) -> Result<Published, ApiError> {
-    if matches!(draft.body, Payload::Metrics(_)) {
+    if families::route(&draft.topic) == Route::Registry {
         return match state.registry.send(Observe(draft)).await? {
             Admission::Refused => Err(ApiError::Forbidden(
                 "device cap (registry.max_devices) reached: new devices are refused".into(),
@@ -193,13 +194,16 @@ pub async fn notify(
         )));
     }
     let source = note.source.unwrap_or_else(|| "api".to_owned());
-    let source = DeviceId::parse(&source)
-        .map_err(|_| ApiError::BadRequest("source must match ^[A-Za-z0-9._-]{1,64}$".into()))?;
-    let topic = format!("notifications/{}", source.as_str());
+    if !is_safe_id(&source) {
+        return Err(ApiError::BadRequest(
+            "source must match ^[A-Za-z0-9._-]{1,64}$".into(),
+        ));
+    }
+    let topic = families::notification_topic(&source);
     let mut map = Map::new();
     map.insert("level".into(), note.level.into());
     map.insert("message".into(), note.message.into());
-    map.insert("source".into(), source.as_str().into());
+    map.insert("source".into(), source.into());
     let id = state
         .bus
         .send(Publish(Draft::new(

@@ -11,7 +11,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use edgebus_actors::bus::FindAttacker;
-use edgebus_actors::ingest::frame::DeviceId;
+use edgebus_actors::families;
+use edgebus_actors::frame::{is_safe_id, DeviceId};
 use edgebus_actors::registry::GetDevice;
 use edgebus_actors::session::{SessionStart, SseSession, SseSessionConfig};
 use edgebus_actors::subscription::{Predicate, Subscription};
@@ -61,13 +62,10 @@ pub async fn device_events(
             device.as_str()
         )));
     }
-    let subscriptions = [
-        format!("devices/{}/#", device.as_str()),
-        format!("alerts/{}/#", device.as_str()),
-    ]
-    .iter()
-    .map(|f| topic(f))
-    .collect::<Result<Vec<_>, _>>()?;
+    let subscriptions = families::device_filters(device.as_str())
+        .iter()
+        .map(|f| topic(f))
+        .collect::<Result<Vec<_>, _>>()?;
     start(&req, &state, &query, permit, subscriptions)
 }
 
@@ -86,19 +84,21 @@ pub async fn attacker_events(
     // costs the bus nothing.
     let permit = streams::permit(&req, &state, &identity)?;
     // Attacker ids follow the device id rule: one safe topic level.
-    let uuid = DeviceId::parse(&uuid).map_err(|_| {
-        ApiError::BadRequest("attacker id must match ^[A-Za-z0-9._-]{1,64}$".into())
-    })?;
+    if !is_safe_id(&uuid) {
+        return Err(ApiError::BadRequest(
+            "attacker id must match ^[A-Za-z0-9._-]{1,64}$".into(),
+        ));
+    }
     let uuid = uuid.as_str();
     let Some(info) = state.bus.send(FindAttacker(uuid.to_owned())).await? else {
         return Err(ApiError::NotFound(format!("unknown attacker {uuid:?}")));
     };
-    let mut subscriptions = vec![topic(&format!("attackers/{uuid}/#"))?];
+    let mut subscriptions = vec![topic(&families::attacker_filter(uuid))?];
     if let Some(identity) = info.identity_uuid {
         let predicate =
             Predicate::new("identity_uuid", &identity).map_err(|e| ApiError::Internal(e.into()))?;
-        let filter =
-            TopicFilter::parse("attribution/#").map_err(|e| ApiError::Internal(e.into()))?;
+        let filter = TopicFilter::parse(families::ATTRIBUTION_FILTER)
+            .map_err(|e| ApiError::Internal(e.into()))?;
         subscriptions.push(
             Subscription::with_predicates(filter, vec![predicate])
                 .map_err(|e| ApiError::Internal(e.into()))?,

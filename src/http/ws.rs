@@ -5,6 +5,7 @@ use actix::Actor;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason};
 
+use edgebus_actors::families;
 use edgebus_actors::session::{SessionStart, WireFormat, WsSession};
 use edgebus_actors::subscription::Subscription;
 use edgebus_actors::topic::TopicFilter;
@@ -15,7 +16,7 @@ use crate::auth::StreamAuth;
 use crate::error::ApiError;
 
 /// Topics a session gets when it names none: the device dashboard's feed.
-pub const DEFAULT_TOPIC: &str = "devices/+/metrics";
+pub const DEFAULT_TOPIC: &str = families::METRICS_FILTER;
 
 pub async fn ws(
     req: HttpRequest,

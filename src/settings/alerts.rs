@@ -5,18 +5,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use edgebus_actors::alerts::rules::{self, Rule, RuleSpec};
+use edgebus_actors::frame::Field;
 
 use super::{de, invalid, SettingsError};
-
-/// The metric fields a rule may watch.
-const METRIC_FIELDS: [&str; 6] = [
-    "cpu_percent",
-    "mem_percent",
-    "disk_percent",
-    "gpu_percent",
-    "agent_cpu_percent",
-    "agent_mem_mb",
-];
 
 /// `[alerts]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,10 +84,11 @@ impl RawAlerts {
                     format!("{:?} is reserved for edgebus's own detectors", rule.name),
                 ));
             }
-            if !METRIC_FIELDS.contains(&rule.field.as_str()) {
+            if Field::parse(&rule.field).is_none() {
+                let names: Vec<&str> = Field::ALL.iter().map(|f| f.as_str()).collect();
                 return Err(invalid(
                     at("field"),
-                    format!("must be one of {}", METRIC_FIELDS.join(", ")),
+                    format!("must be one of {}", names.join(", ")),
                 ));
             }
             if rule.above.is_none() && rule.below.is_none() {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::ingest::frame::{DeviceId, MetricsFrame};
+use crate::frame::{DeviceId, MetricsFrame};
 
 use super::rules::Rule;
 

@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use crate::event::{Event, Fields, Payload};
-use crate::ingest::frame::{DeviceId, MetricsFrame, Rejection};
-use crate::ingest::REJECTS_TOPIC;
+use crate::families::{attacker_topic, AttackerTopic, REJECTS_TOPIC};
+use crate::frame::{MetricsFrame, Rejection};
+use crate::reject::Reject;
 
 use super::cooldown::{Cooldown, Decision};
 use super::digest::{DigestReport, Digests};
@@ -78,21 +79,19 @@ impl Engine {
     pub fn on_event(&mut self, event: &Event, now: u64) {
         match &event.body {
             Payload::Metrics(frame) => self.on_metrics(frame, now),
-            Payload::Fields(payload) => {
-                let mut levels = event.topic.split('/');
-                match (levels.next(), levels.next(), levels.next(), levels.next()) {
-                    (Some("attackers"), Some(attacker), Some("observation"), Some(primitive)) => {
-                        self.digests.observed(attacker, primitive, now);
+            Payload::Fields(payload) => match attacker_topic(&event.topic) {
+                Some(AttackerTopic::Observation {
+                    attacker,
+                    primitive,
+                }) => self.digests.observed(attacker, primitive, now),
+                Some(AttackerTopic::Scored { attacker }) => {
+                    if let Some(score) = payload.f64("score") {
+                        self.digests.scored(attacker, score, now);
                     }
-                    (Some("attackers"), Some(attacker), Some("scored"), None) => {
-                        if let Some(score) = payload.f64("score") {
-                            self.digests.scored(attacker, score, now);
-                        }
-                    }
-                    _ if &*event.topic == REJECTS_TOPIC => self.on_reject(payload, now),
-                    _ => {}
                 }
-            }
+                None if &*event.topic == REJECTS_TOPIC => self.on_reject(payload, now),
+                None => {}
+            },
         }
     }
 
@@ -120,22 +119,13 @@ impl Engine {
 
     /// An `edgebus/rejects` event.
     pub fn on_reject(&mut self, payload: &Fields, now: u64) {
-        let Some(device) = payload
-            .str("device_id")
-            .and_then(|d| DeviceId::parse(d).ok())
-        else {
+        let Some(Reject { device, reason }) = Reject::read(payload) else {
             return;
         };
-        let reason = payload.str("reason").unwrap_or("");
         // The device cap refuses good frames: not a buggy publisher.
         if reason == Rejection::DeviceCap.as_str() {
             return;
         }
-        let reason = Rejection::ALL_REASONS
-            .iter()
-            .copied()
-            .find(|r| *r == reason)
-            .unwrap_or("unknown");
         self.health
             .rejected(&device, reason, now, &mut self.notices);
         self.collect_health();

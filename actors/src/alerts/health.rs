@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use crate::ingest::frame::DeviceId;
+use crate::frame::DeviceId;
 
 use super::deadlines::Deadlines;
 

@@ -32,12 +32,13 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::bus::{self, Bus, Publish};
-use crate::ingest::REJECTS_TOPIC;
-use crate::session::{
-    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, Take, CONTROL_RESERVE,
+use crate::bus::{
+    self, session_queue, Bus, Delivery, Publish, SessionId, SessionInbox, SessionQueue, Taken,
+    CONTROL_RESERVE,
 };
-use crate::slack::{Enqueue, Notice, NoticeKind};
+use crate::families;
+use crate::notice::{Notice, NoticeKind};
+use crate::slack::Enqueue;
 use crate::subscription::Subscription;
 use crate::telemetry::{DropReason, Telemetry};
 use crate::topic::TopicFilter;
@@ -59,10 +60,10 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
 /// What the Alerts actor listens to on the bus.
 pub const SUBSCRIPTIONS: [&str; 4] = [
-    "devices/+/metrics",
-    REJECTS_TOPIC,
-    "attackers/+/observation/+",
-    "attackers/+/scored",
+    families::METRICS_FILTER,
+    families::REJECTS_TOPIC,
+    families::ATTACKER_OBSERVATIONS_FILTER,
+    families::ATTACKER_SCORES_FILTER,
 ];
 
 /// Label for digests in `edgebus_alerts_raised_total`.
@@ -200,8 +201,11 @@ impl Alerts {
         };
         let mut handled = false;
         let mut batch = std::mem::take(&mut self.batch);
-        match inbox.try_take(&mut batch, ALERTS_QUEUE + CONTROL_RESERVE) {
-            Some(Take::Items { .. }) => {
+        // Drained after falling behind: the queue asks the bus for what it held.
+        let (bus, session) = (&self.bus, self.session);
+        let resume = || bus.do_send(bus::Resume { session });
+        match inbox.try_take_resuming(&mut batch, ALERTS_QUEUE + CONTROL_RESERVE, resume) {
+            Some(Taken::Items { .. }) => {
                 let now = self.clock.now_ms();
                 for item in batch.drain(..) {
                     // The snapshot holds last values from before we joined:
@@ -212,14 +216,7 @@ impl Alerts {
                     }
                 }
             }
-            // Drained after falling behind: collect what the bus held.
-            Some(Take::Behind) => {
-                inbox.caught_up();
-                self.bus.do_send(bus::Resume {
-                    session: self.session,
-                });
-            }
-            Some(Take::Closed) | None => {}
+            Some(Taken::Closed) | None => {}
         }
         self.batch = batch;
         self.inbox = Some(inbox);

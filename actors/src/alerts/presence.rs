@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::ingest::frame::DeviceId;
+use crate::frame::DeviceId;
 
 use super::deadlines::Deadlines;
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::event::{Body, Draft};
-use crate::ingest::frame::{DeviceId, MetricsFrame};
+use crate::families;
+use crate::frame::{DeviceId, MetricsFrame};
 
 use super::clock::{human_duration, rfc3339};
 use super::digest::DigestReport;
@@ -51,7 +52,7 @@ pub struct Alert {
 
 impl Alert {
     pub fn topic(&self) -> String {
-        format!("alerts/{}/{}", self.device, self.rule)
+        families::alert_topic(self.device.as_str(), &self.rule)
     }
 
     /// The bus event: `{device_id, rule, state, level, message, …fields}`.
@@ -159,7 +160,7 @@ pub fn presence_draft(change: &PresenceChange, ts_ms: u64) -> Draft {
     let mut payload = Map::new();
     payload.insert("device_id".into(), Value::from(change.device().as_str()));
     payload.insert("last_seen".into(), Value::from(change.last_seen_ms()));
-    let topic = format!("devices/{}/presence", change.device());
+    let topic = families::presence_topic(change.device().as_str());
     Draft::new(topic, ts_ms, Body::Object(payload)).with_event_name(change.event_name())
 }
 

@@ -5,60 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ingest::frame::MetricsFrame;
+pub use crate::frame::Field;
 
 /// Rule names that fleet-health detectors and digests use for themselves.
 pub const RESERVED_NAMES: [&str; 3] = ["silent", "rejecting", "security_digest"];
-
-/// A metrics field a rule can watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    Cpu,
-    Mem,
-    Disk,
-    Gpu,
-    AgentCpu,
-    AgentMem,
-}
-
-impl Field {
-    pub const ALL: [Field; 6] = [
-        Field::Cpu,
-        Field::Mem,
-        Field::Disk,
-        Field::Gpu,
-        Field::AgentCpu,
-        Field::AgentMem,
-    ];
-
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.as_str() == name)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Field::Cpu => "cpu_percent",
-            Field::Mem => "mem_percent",
-            Field::Disk => "disk_percent",
-            Field::Gpu => "gpu_percent",
-            Field::AgentCpu => "agent_cpu_percent",
-            Field::AgentMem => "agent_mem_mb",
-        }
-    }
-
-    /// The value in `frame`; `None` when an optional field is absent.
-    #[inline]
-    pub fn read(self, frame: &MetricsFrame) -> Option<f64> {
-        match self {
-            Field::Cpu => Some(frame.cpu_percent),
-            Field::Mem => Some(frame.mem_percent),
-            Field::Disk => Some(frame.disk_percent),
-            Field::Gpu => frame.gpu_percent,
-            Field::AgentCpu => frame.agent_cpu_percent,
-            Field::AgentMem => frame.agent_mem_mb,
-        }
-    }
-}
 
 /// A rule as configured (the service shell fills it from settings).
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +94,7 @@ pub fn compile_all(specs: &[RuleSpec], default_cooldown: Duration) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::MetricsFrame;
 
     fn spec(name: &str, field: &str, above: Option<f64>, below: Option<f64>) -> RuleSpec {
         RuleSpec {

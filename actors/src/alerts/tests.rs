@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::bus::session_queue;
 use crate::bus::{BusConfig, Join};
 use crate::event::{Body, Draft};
-use crate::ingest::frame::{MetricsFrame, Rejection};
-use crate::ingest::reject_draft;
-use crate::session::session_queue;
+use crate::frame::{MetricsFrame, Rejection};
+use crate::reject::reject_draft;
 use crate::subscription::Subscription;
 
 /// 2026-05-02T13:00:00Z, the start of an hour bucket.
@@ -442,8 +442,8 @@ async fn a_flood_of_attackers_posts_at_most_the_window_s_budget_and_counts_the_r
     assert!(posted.iter().all(|n| n.kind == NoticeKind::Digest));
     assert_eq!(
         rig.telemetry
-            .alerts
-            .slack_dropped(NoticeKind::Digest, "rate_limited"),
+            .slack
+            .dropped(NoticeKind::Digest, "rate_limited"),
         7
     );
     assert_eq!(rig.telemetry.alerts.raised(DIGEST_RULE), 10, "all raised");

@@ -19,8 +19,10 @@
 //! topic trie, so a snapshot walks only the branches its filters name and
 //! stops at `bus.snapshot_max_events`, marked `truncated`.
 
+mod delivery;
 mod history;
 mod last_values;
+pub mod queue;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,13 +31,18 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::event::{now_ms, Draft, Event, EventId};
-use crate::session::{Delivery, Offer, SessionId, SessionQueue, Snapshot};
+use crate::families::DeliveryClass;
 use crate::subscription::Subscription;
 use crate::telemetry::{DropReason, Telemetry};
-use crate::topic::{DeliveryClass, FilterIndex, FilterLevel, TopicFilter};
+use crate::topic::{FilterIndex, FilterLevel, TopicFilter};
 
+pub use delivery::{Delivery, SessionId, Snapshot};
 use history::History;
 use last_values::{Budget, LastValues};
+pub use queue::{
+    conflate, session_queue, Offer, SessionInbox, SessionQueue, Take, Taken, CONTROL_RESERVE,
+    REPLAY_PIECE_BYTES, REPLAY_PIECE_EVENTS,
+};
 
 /// Mailbox bound of the bus: bursts from ingest are absorbed here; beyond it
 /// publishers count an `overload` drop instead of blocking.

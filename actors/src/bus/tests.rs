@@ -1,7 +1,7 @@
 use super::*;
+use super::{session_queue, SessionInbox};
 use crate::event::Body;
-use crate::ingest::frame::MetricsFrame;
-use crate::session::{session_queue, SessionInbox};
+use crate::frame::MetricsFrame;
 use crate::subscription::{Predicate, Subscription};
 use serde_json::json;
 

@@ -2,8 +2,8 @@
 //! validated [`Draft`] or a counted, reported rejection.
 //!
 //! State: the connection state (for `/readyz`). Accepts [`Status`] and
-//! [`Stop`]. Sends metrics to the Registry ([`registry::Observe`]) and every
-//! other accepted event, and every rejection, to the Bus ([`bus::Publish`]),
+//! [`Stop`]. Sends metrics to the Registry ([`crate::registry::Observe`]) and every
+//! other accepted event, and every rejection, to the Bus ([`crate::bus::Publish`]),
 //! always with `try_send`: ingest never waits on anything downstream, a full
 //! mailbox is an `overload` drop.
 //!
@@ -16,7 +16,6 @@
 //! per-publish function, `Sink::on_publish`.
 
 pub mod backoff;
-pub mod frame;
 mod link;
 pub mod tls;
 
@@ -30,26 +29,20 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Outgoing, Packet,
     QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use crate::bus::Publish;
-use crate::event::{now_ms, Body, Draft, Payload};
+use crate::event::{now_ms, Body, Draft};
+use crate::families::{is_alerts_topic, metrics_device, route, Route, RESERVED_PREFIX};
 use crate::inflight::InflightBytes;
 use crate::registry::Observe;
 use crate::telemetry::{DropReason, Telemetry};
-use crate::topic::{metrics_device, validate_topic};
+use crate::topic::validate_topic;
 
+use crate::frame::{parse_object, DeviceId, MetricsFrame, Rejection};
+use crate::reject::reject_draft;
 pub use backoff::Backoff;
-use frame::{parse_object, DeviceId, MetricsFrame, Rejection};
 pub use link::LocalLink;
-
-/// Topic of the reject stream, and the prefix no publisher may use.
-pub const REJECTS_TOPIC: &str = "edgebus/rejects";
-const RESERVED_PREFIX: &str = "edgebus/";
-
-/// Bytes of a rejected payload quoted in its reject event.
-const REJECT_EXCERPT_BYTES: usize = 64;
 
 /// rumqttc's incoming packet limit. It must sit far above
 /// `mqtt.max_payload_bytes`: a packet over it drops the whole connection (and
@@ -412,7 +405,7 @@ impl Sink {
                     self.telemetry.events_dropped(DropReason::Overload, 1);
                     return;
                 };
-                let sent = if matches!(draft.body, Payload::Metrics(_)) {
+                let sent = if route(&draft.topic) == Route::Registry {
                     self.registry.try_send(Observe(draft)).is_ok()
                 } else {
                     self.telemetry.frames_accepted.inc();
@@ -496,43 +489,6 @@ pub fn accept(
     Ok(Draft::new(topic, ts_ms, Body::Object(object)))
 }
 
-/// `alerts/…` and `devices/{id}/presence`: edgebus's own events, which no
-/// publisher may forge.
-fn is_alerts_topic(topic: &str) -> bool {
-    if topic == "alerts" || topic.starts_with("alerts/") {
-        return true;
-    }
-    let mut levels = topic.split('/');
-    matches!(
-        (levels.next(), levels.next(), levels.next(), levels.next()),
-        (Some("devices"), Some(_), Some("presence"), None)
-    )
-}
-
-/// The `edgebus/rejects` event for a refused frame: topic, device when known,
-/// reason and a short excerpt (never the whole payload).
-pub fn reject_draft(
-    topic: &str,
-    device: Option<&str>,
-    rejection: &Rejection,
-    payload: &[u8],
-    ts_ms: u64,
-) -> Draft {
-    let mut body = Map::new();
-    body.insert("topic".into(), Value::from(topic));
-    if let Some(device) = device {
-        body.insert("device_id".into(), Value::from(device));
-    }
-    body.insert("reason".into(), Value::from(rejection.as_str()));
-    body.insert("detail".into(), Value::from(rejection.to_string()));
-    let cut = &payload[..payload.len().min(REJECT_EXCERPT_BYTES)];
-    body.insert(
-        "excerpt".into(),
-        Value::from(String::from_utf8_lossy(cut).into_owned()),
-    );
-    Draft::new(REJECTS_TOPIC, ts_ms, Body::Object(body))
-}
-
 /// Fingerprints of recent QoS 1 publishes, to recognise a redelivery.
 struct RecentFrames {
     set: HashSet<u64>,
@@ -576,6 +532,7 @@ impl RecentFrames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Payload;
 
     const GOOD: &[u8] =
         br#"{"device_id":"d1","timestamp":1,"cpu_percent":1,"mem_percent":2,"disk_percent":3}"#;
@@ -609,23 +566,6 @@ mod tests {
         }
         assert!(accept("devices/d1/presence/x", b"{}", 1024, 0).is_ok());
         assert!(accept("alertsx/1", b"{}", 1024, 0).is_ok());
-    }
-
-    #[test]
-    fn a_reject_event_carries_only_a_short_excerpt() {
-        let payload = vec![b'x'; 10_000];
-        let draft = reject_draft(
-            "devices/d1/metrics",
-            Some("d1"),
-            &Rejection::TooLarge(10_000),
-            &payload,
-            5,
-        );
-        assert_eq!(&*draft.topic, REJECTS_TOPIC);
-        let body = draft.body.fields().expect("object body");
-        assert_eq!(body.str("reason"), Some("too_large"));
-        assert_eq!(body.str("device_id"), Some("d1"));
-        assert_eq!(body.str("excerpt").unwrap().len(), REJECT_EXCERPT_BYTES);
     }
 
     /// Downstream that takes messages into its mailbox and never handles

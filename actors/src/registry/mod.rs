@@ -14,11 +14,12 @@ use actix::prelude::*;
 
 use crate::bus::Publish;
 use crate::event::{now_ms, Draft, Payload};
-use crate::ingest::frame::Rejection;
-use crate::ingest::reject_draft;
+use crate::frame::Rejection;
+use crate::reject::reject_draft;
 use crate::telemetry::{DropReason, Telemetry};
 
-pub use table::{Admission, DeviceTable, DeviceView};
+pub use crate::devices::{DeviceView, ListDevices};
+pub use table::{Admission, DeviceTable};
 
 /// Mailbox bound: absorbs ingest bursts; beyond it ingest counts `overload`.
 pub const REGISTRY_MAILBOX: usize = 65_536;
@@ -114,11 +115,6 @@ impl Handler<Observe> for Registry {
         MessageResult(admission)
     }
 }
-
-/// Active devices, sorted by id (`send` from HTTP).
-#[derive(Message)]
-#[rtype(result = "Vec<DeviceView>")]
-pub struct ListDevices;
 
 impl Handler<ListDevices> for Registry {
     type Result = MessageResult<ListDevices>;

@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-
-use crate::ingest::frame::{DeviceId, MetricsFrame};
+use crate::devices::DeviceView;
+use crate::frame::{DeviceId, MetricsFrame};
 
 /// What became of an observed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,16 +15,6 @@ pub enum Admission {
     Updated,
     /// A new device while the table is full: dropped.
     Refused,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeviceView {
-    pub device_id: DeviceId,
-    /// Receive time of the latest frame, ms since the epoch (edgebus's clock,
-    /// not the device's, which may be wrong).
-    pub last_seen: u64,
-    pub active: bool,
-    pub metrics: MetricsFrame,
 }
 
 #[derive(Debug)]

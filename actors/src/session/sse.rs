@@ -25,9 +25,8 @@
 //! take and keeps the rest queued, so a client that never reads holds at
 //! most one piece outside the queue and is ended like any other.
 //!
-//! Framing (pure functions below): `id:`, `event:`, `data:` lines, a blank
-//! line after each event. Event names and ids are stripped of CR/LF and data
-//! is split on line breaks, so no payload can forge a field or an event.
+//! Framing is [`crate::event::wire`]'s: `id:`, `event:`, `data:` lines, a
+//! blank line after each event, with no way for a payload to forge a field.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -41,9 +40,11 @@ use actix::prelude::*;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::{Instant, Sleep};
 
-use super::ws::conflate;
-use super::{session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Take};
-use crate::bus::{self, Bus};
+use super::SessionStart;
+use crate::bus::{
+    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Taken,
+};
+use crate::event::wire;
 use crate::telemetry::{DropReason, Telemetry};
 
 /// Items taken from the queue per body read, written as one chunk.
@@ -262,18 +263,19 @@ impl futures_util::Stream for SseBody {
             return this.wrote(preface);
         }
         while !this.done {
-            match this.inbox.poll_take(cx, &mut this.batch, WRITE_BATCH) {
-                Poll::Ready(Take::Items { lagging }) => {
+            let session = &this.session;
+            let resume = || session.do_send(Drained);
+            match this
+                .inbox
+                .poll_take_resuming(cx, &mut this.batch, WRITE_BATCH, resume)
+            {
+                Poll::Ready(Taken::Items { lagging }) => {
                     let chunk = this.render_batch(lagging);
                     if !chunk.is_empty() {
                         return this.wrote(chunk);
                     }
                 }
-                Poll::Ready(Take::Behind) => {
-                    this.inbox.caught_up();
-                    this.session.do_send(Drained);
-                }
-                Poll::Ready(Take::Closed) => this.done = true,
+                Poll::Ready(Taken::Closed) => this.done = true,
                 Poll::Pending => {
                     return match this.idle.as_mut().poll(cx) {
                         Poll::Ready(()) => this.wrote(Bytes::from_static(KEEPALIVE)),
@@ -301,70 +303,37 @@ fn render(item: &Delivery, out: &mut BytesMut) {
                 out.put_slice(e.sse_frame());
             }
         }
-        Delivery::Snapshot(snapshot) => {
-            let mut data = String::with_capacity(
-                48 + snapshot
-                    .events
-                    .iter()
-                    .map(|e| e.envelope.len() + 1)
-                    .sum::<usize>(),
-            );
-            data.push_str(r#"{"events":["#);
-            super::ws::push_envelopes(&mut data, &snapshot.events);
-            data.push_str(r#"],"last_id":""#);
-            data.push_str(&snapshot.last_id.to_string());
-            data.push_str(r#"","reset":"#);
-            data.push_str(if snapshot.reset { "true" } else { "false" });
-            if snapshot.truncated {
-                data.push_str(r#","truncated":true"#);
-            }
-            data.push('}');
-            write_frame(out, Some(&snapshot.last_id.to_string()), "snapshot", &data);
-        }
-        Delivery::Lagged(n) => {
-            write_frame(out, None, "lagged", &format!(r#"{{"dropped":{n}}}"#));
-        }
-        Delivery::Error(error) => {
-            let json = serde_json::json!({ "error": error });
-            write_frame(out, None, "error", &json.to_string());
-        }
-        Delivery::Close => {
-            write_frame(out, None, "close", r#"{"reason":"server shutting down"}"#);
-        }
+        Delivery::Snapshot(snapshot) => wire::sse_snapshot(
+            out,
+            &snapshot.events,
+            snapshot.last_id,
+            snapshot.reset,
+            snapshot.truncated,
+        ),
+        Delivery::Lagged(n) => wire::sse_lagged(out, *n),
+        Delivery::Error(error) => wire::sse_error(out, error),
+        Delivery::Close => wire::sse_close(out),
         // SSE has no client ops to acknowledge or refuse.
         Delivery::Unsubscribed(_) | Delivery::RateLimited(_) => {}
     }
-}
-
-/// One SSE event. CR and LF cannot appear in a field value, so they are
-/// dropped from `id` and `event`, and `data` becomes one `data:` line per
-/// line of text (a client joins them back with `\n`).
-pub fn write_frame(out: &mut BytesMut, id: Option<&str>, event: &str, data: &str) {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .filter(|c| !matches!(c, '\r' | '\n' | '\0'))
-            .collect()
-    };
-    if let Some(id) = id {
-        out.put_slice(b"id: ");
-        out.put_slice(clean(id).as_bytes());
-        out.put_u8(b'\n');
-    }
-    out.put_slice(b"event: ");
-    out.put_slice(clean(event).as_bytes());
-    out.put_u8(b'\n');
-    for line in data.split(['\n', '\r']) {
-        out.put_slice(b"data: ");
-        out.put_slice(line.as_bytes());
-        out.put_u8(b'\n');
-    }
-    out.put_u8(b'\n');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{Body, Draft, Event, EventId};
+
+    #[test]
+    fn the_watchdog_ends_only_a_session_whose_items_waited_a_whole_round() {
+        // Quiet stream, then an event lands just before the round: fine.
+        assert!(!stuck(false, 7, 1, 7));
+        // It was still there a round later and nothing was taken: stuck.
+        assert!(stuck(true, 7, 1, 7));
+        // Something was taken in between: progress, however slow.
+        assert!(!stuck(true, 7, 3, 8));
+        // Drained by now.
+        assert!(!stuck(true, 7, 0, 7));
+    }
 
     /// A WHATWG-style parser: the events a browser would dispatch.
     fn parse(stream: &str) -> Vec<(Option<String>, String, String)> {
@@ -392,48 +361,6 @@ mod tests {
             }
         }
         events
-    }
-
-    #[test]
-    fn the_watchdog_ends_only_a_session_whose_items_waited_a_whole_round() {
-        // Quiet stream, then an event lands just before the round: fine.
-        assert!(!stuck(false, 7, 1, 7));
-        // It was still there a round later and nothing was taken: stuck.
-        assert!(stuck(true, 7, 1, 7));
-        // Something was taken in between: progress, however slow.
-        assert!(!stuck(true, 7, 3, 8));
-        // Drained by now.
-        assert!(!stuck(true, 7, 0, 7));
-    }
-
-    #[test]
-    fn one_frame_is_one_event_with_its_fields() {
-        let mut out = BytesMut::new();
-        write_frame(&mut out, Some("k3-7"), "metrics", r#"{"a":1}"#);
-        let text = std::str::from_utf8(&out).unwrap();
-        assert_eq!(text, "id: k3-7\nevent: metrics\ndata: {\"a\":1}\n\n");
-        assert_eq!(
-            parse(text),
-            vec![(Some("k3-7".into()), "metrics".into(), r#"{"a":1}"#.into())]
-        );
-    }
-
-    #[test]
-    fn line_breaks_cannot_forge_fields_or_events() {
-        let mut out = BytesMut::new();
-        write_frame(
-            &mut out,
-            Some("1\nevent: evil"),
-            "x\r\ndata: injected",
-            "line1\ndata: fake\r\n\nevent: evil\rend",
-        );
-        let text = std::str::from_utf8(&out).unwrap();
-        let events = parse(text);
-        assert_eq!(events.len(), 1, "{text:?}");
-        let (id, name, data) = &events[0];
-        assert_eq!(id.as_deref(), Some("1event: evil"));
-        assert_eq!(name, "xdata: injected");
-        assert_eq!(data, "line1\ndata: fake\n\n\nevent: evil\nend");
     }
 
     #[test]

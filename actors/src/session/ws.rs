@@ -31,15 +31,15 @@ use bytestring::ByteString;
 use serde::Deserialize;
 
 use super::budget::{OpBudget, OpLimits, Verdict};
-use super::{
-    session_queue, Delivery, SessionId, SessionInbox, SessionQueue, SessionStart, Snapshot, Take,
-    WriterEnd,
+use super::{SessionStart, WriterEnd};
+use crate::bus::{
+    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Snapshot,
+    Taken,
 };
-use crate::bus::{self, Bus};
-use crate::event::Event;
+use crate::event::{wire, Event};
 use crate::subscription::{Predicate, Subscription};
 use crate::telemetry::{DropReason, Telemetry};
-use crate::topic::{DeliveryClass, TopicFilter};
+use crate::topic::TopicFilter;
 
 /// Largest client frame (ops are tiny; the WebSocket cheat sheet's 64 KiB is
 /// generous for them).
@@ -427,16 +427,11 @@ impl Writer {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut seen = HashSet::new();
         loop {
-            match inbox.take(&mut batch, WRITE_BATCH).await {
-                Take::Closed => return WriterEnd::QueueClosed,
-                Take::Behind => {
-                    // Queue drained: collect what the bus held back.
-                    inbox.caught_up();
-                    self.bus.do_send(bus::Resume {
-                        session: self.session,
-                    });
-                }
-                Take::Items { lagging } => {
+            let (bus, session) = (&self.bus, self.session);
+            let resume = || bus.do_send(bus::Resume { session });
+            match inbox.take_resuming(&mut batch, WRITE_BATCH, resume).await {
+                Taken::Closed => return WriterEnd::QueueClosed,
+                Taken::Items { lagging } => {
                     let conflated = if lagging {
                         conflate(&mut batch, &mut seen)
                     } else {
@@ -496,7 +491,14 @@ impl Writer {
 
     /// One message in fragments when it is larger than one piece.
     async fn write_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), WriterEnd> {
-        let mut pieces = SnapshotPieces::new(snapshot, SNAPSHOT_PIECE_BYTES).peekable();
+        let mut pieces = wire::WsSnapshotPieces::new(
+            &snapshot.events,
+            snapshot.last_id,
+            snapshot.reset,
+            snapshot.truncated,
+            wire::WS_SNAPSHOT_PIECE_BYTES,
+        )
+        .peekable();
         let Some(first) = pieces.next() else {
             return Ok(());
         };
@@ -540,30 +542,6 @@ impl Writer {
     }
 }
 
-/// Keeps only the newest metrics event per topic within one batch; returns
-/// how many older frames were left out.
-pub(crate) fn conflate(batch: &mut Vec<Delivery>, seen: &mut HashSet<Arc<str>>) -> u64 {
-    let metrics = batch
-        .iter()
-        .filter(|d| matches!(d, Delivery::Event(e) if e.class == DeliveryClass::Conflate))
-        .count();
-    if metrics < 2 {
-        return 0;
-    }
-    seen.clear();
-    let mut keep: Vec<bool> = vec![true; batch.len()];
-    for (i, item) in batch.iter().enumerate().rev() {
-        if let Delivery::Event(e) = item {
-            if e.class == DeliveryClass::Conflate && !seen.insert(e.topic.clone()) {
-                keep[i] = false;
-            }
-        }
-    }
-    let mut flags = keep.iter();
-    batch.retain(|_| *flags.next().unwrap_or(&true));
-    keep.iter().filter(|k| !**k).count() as u64
-}
-
 fn event_text(e: &Event, format: WireFormat) -> Option<ByteString> {
     match format {
         WireFormat::Envelope => Some(e.ws_frame.clone()),
@@ -576,141 +554,33 @@ fn event_text(e: &Event, format: WireFormat) -> Option<ByteString> {
 fn render(item: Delivery, format: WireFormat) -> Option<ByteString> {
     match (format, item) {
         (_, Delivery::Event(e)) => event_text(&e, format),
-        (WireFormat::Envelope, Delivery::Snapshot(snapshot)) => Some(snapshot_frame(&snapshot)),
-        (WireFormat::Envelope, Delivery::Lagged(n)) => {
-            Some(format!(r#"{{"type":"lagged","dropped":{n}}}"#).into())
-        }
+        (WireFormat::Envelope, Delivery::Snapshot(snapshot)) => Some(wire::ws_snapshot(
+            &snapshot.events,
+            snapshot.last_id,
+            snapshot.reset,
+            snapshot.truncated,
+        )),
+        (WireFormat::Envelope, Delivery::Lagged(n)) => Some(wire::ws_lagged(n)),
         (WireFormat::Envelope, Delivery::Unsubscribed(filters)) => {
             let topics: Vec<&str> = filters.iter().map(TopicFilter::as_str).collect();
-            let json = serde_json::json!({"type": "unsubscribed", "topics": topics});
-            Some(json.to_string().into())
+            Some(wire::ws_unsubscribed(&topics))
         }
-        (WireFormat::Envelope, Delivery::Error(error)) => {
-            let json = serde_json::json!({"type": "error", "error": error});
-            Some(json.to_string().into())
-        }
-        (WireFormat::Envelope, Delivery::RateLimited(ms)) => Some(
-            format!(
-                r#"{{"type":"error","error":"rate_limited","message":"too many ops: slow down","retry_after_ms":{ms}}}"#
-            )
-            .into(),
-        ),
+        (WireFormat::Envelope, Delivery::Error(error)) => Some(wire::ws_error(&error)),
+        (WireFormat::Envelope, Delivery::RateLimited(ms)) => Some(wire::ws_rate_limited(ms)),
         (WireFormat::Edgewatch, Delivery::Snapshot(snapshot)) => {
-            edgewatch_snapshot(&snapshot.events)
+            wire::edgewatch_snapshot(&snapshot.events)
         }
         (_, Delivery::Replay(_) | Delivery::Close) => None,
         (WireFormat::Edgewatch, _) => None,
     }
 }
 
-/// `{"type":"snapshot","events":[envelope,…],"last_id":…}` from shared
-/// envelopes; `"reset":true` when the client's resume id was not honoured,
-/// `"truncated":true` when the bus cut the snapshot at its bound.
-pub fn snapshot_frame(snapshot: &Snapshot) -> ByteString {
-    SnapshotPieces::new(snapshot, usize::MAX)
-        .collect::<String>()
-        .into()
-}
-
-/// Rendered snapshot text per WebSocket fragment. A snapshot goes out as
-/// one message in fragments, each rendered only once the socket took the
-/// one before: a client that stops reading holds at most the session's
-/// outgoing channel (32 items) of fragments, not 32 whole snapshots of up
-/// to `bus.snapshot_max_events` events.
-pub const SNAPSHOT_PIECE_BYTES: usize = 64 * 1024;
-
-/// The snapshot frame's text in pieces of about `piece_bytes` (cut only
-/// between envelopes, so a piece exceeds it by at most one envelope and
-/// the frame's tail), rendered one at a time.
-pub struct SnapshotPieces<'a> {
-    snapshot: &'a Snapshot,
-    piece_bytes: usize,
-    next: usize,
-    started: bool,
-    finished: bool,
-}
-
-impl<'a> SnapshotPieces<'a> {
-    pub fn new(snapshot: &'a Snapshot, piece_bytes: usize) -> Self {
-        Self {
-            snapshot,
-            piece_bytes,
-            next: 0,
-            started: false,
-            finished: false,
-        }
-    }
-}
-
-impl Iterator for SnapshotPieces<'_> {
-    type Item = String;
-
-    fn next(&mut self) -> Option<String> {
-        if self.finished {
-            return None;
-        }
-        let events = &self.snapshot.events;
-        let mut out = String::new();
-        if !self.started {
-            self.started = true;
-            let all: usize = events.iter().map(|e| e.envelope.len() + 1).sum();
-            out.reserve(64 + all.min(self.piece_bytes));
-            out.push_str(r#"{"type":"snapshot","events":["#);
-        }
-        while self.next < events.len() && out.len() < self.piece_bytes {
-            if self.next > 0 {
-                out.push(',');
-            }
-            out.push_str(&events[self.next].envelope);
-            self.next += 1;
-        }
-        if self.next == events.len() {
-            self.finished = true;
-            out.push_str(r#"],"last_id":""#);
-            out.push_str(&self.snapshot.last_id.to_string());
-            out.push('"');
-            if self.snapshot.reset {
-                out.push_str(r#","reset":true"#);
-            }
-            if self.snapshot.truncated {
-                out.push_str(r#","truncated":true"#);
-            }
-            out.push('}');
-        }
-        Some(out)
-    }
-}
-
-/// `envelope,envelope,…` (the shared bytes, copied once per snapshot).
-pub fn push_envelopes(out: &mut String, events: &[Arc<Event>]) {
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&e.envelope);
-    }
-}
-
-/// The seed's snapshot: one object of every active device's frame, or
-/// nothing when there is none (the seed sent nothing then either).
-fn edgewatch_snapshot(events: &[Arc<Event>]) -> Option<ByteString> {
-    let mut map = serde_json::Map::new();
-    for e in events {
-        if let Some(frame) = e.body.as_metrics() {
-            map.insert(
-                frame.device_id.to_string(),
-                serde_json::to_value(frame).ok()?,
-            );
-        }
-    }
-    (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string().into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Snapshot;
     use crate::event::{Body, Draft, EventId};
-    use crate::ingest::frame::MetricsFrame;
+    use crate::frame::MetricsFrame;
 
     fn metrics(seq: u64, device: &str) -> Delivery {
         let json = format!(
@@ -730,31 +600,6 @@ mod tests {
             EventId { epoch: 1, seq },
             draft,
         )))
-    }
-
-    fn seqs(batch: &[Delivery]) -> Vec<u64> {
-        batch
-            .iter()
-            .filter_map(|d| match d {
-                Delivery::Event(e) => Some(e.id.seq),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn conflation_keeps_the_newest_frame_per_device_and_every_other_event() {
-        let mut batch = vec![
-            metrics(1, "a"),
-            note(2),
-            metrics(3, "b"),
-            metrics(4, "a"),
-            note(5),
-            metrics(6, "a"),
-        ];
-        let dropped = conflate(&mut batch, &mut HashSet::new());
-        assert_eq!(dropped, 2);
-        assert_eq!(seqs(&batch), vec![2, 3, 5, 6]);
     }
 
     #[test]
@@ -785,15 +630,11 @@ mod tests {
             })
             .collect();
         let envelope = events[0].envelope.len();
-        let snapshot = Snapshot {
-            events,
-            last_id: crate::event::EventId { epoch: 1, seq: 100 },
-            reset: true,
-            truncated: true,
-        };
-        let whole = snapshot_frame(&snapshot);
+        let last_id = crate::event::EventId { epoch: 1, seq: 100 };
+        let pieces_of = |bytes| wire::WsSnapshotPieces::new(&events, last_id, true, true, bytes);
+        let whole = wire::ws_snapshot(&events, last_id, true, true);
         for piece_bytes in [1, envelope, 10 * envelope, usize::MAX] {
-            let pieces: Vec<String> = SnapshotPieces::new(&snapshot, piece_bytes).collect();
+            let pieces: Vec<String> = pieces_of(piece_bytes).collect();
             assert_eq!(pieces.concat(), *whole, "pieces of {piece_bytes}");
             let longest = pieces.iter().map(String::len).max().unwrap_or(0);
             assert!(
@@ -801,25 +642,8 @@ mod tests {
                 "a piece of {longest} bytes for {piece_bytes}"
             );
         }
-        let small = SnapshotPieces::new(&snapshot, 10 * envelope).count();
+        let small = pieces_of(10 * envelope).count();
         assert!((9..=12).contains(&small), "{small} pieces of ~10 envelopes");
-    }
-
-    #[test]
-    fn snapshot_frame_embeds_the_shared_envelopes() {
-        let Delivery::Event(e) = metrics(1, "a") else {
-            unreachable!()
-        };
-        let text = snapshot_frame(&Snapshot {
-            events: vec![e.clone(), e],
-            last_id: crate::event::EventId { epoch: 1, seq: 1 },
-            reset: false,
-            truncated: false,
-        });
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["type"], "snapshot");
-        assert_eq!(v["events"].as_array().unwrap().len(), 2);
-        assert_eq!(v["events"][0]["topic"], "devices/a/metrics");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! budget of their own, see [`outbox`]), the message being sent, the time before
 //! which nothing may be sent (pacing, back-off, `Retry-After`). Accepts
 //! [`Enqueue`] (from Alerts, `try_send`) and [`Drain`] (from startup at
-//! shutdown, `send`). Every `summary_interval` it asks the Registry for the
+//! shutdown, `send`). Every `summary_interval` it asks the registry for the
 //! active devices ([`ListDevices`], `send`) and queues a summary table.
 //!
 //! One request at a time, so order holds; each request starts at least
@@ -31,11 +31,12 @@ use awc::error::SendRequestError;
 use awc::http::header;
 use tokio::sync::oneshot;
 
+use crate::devices::ListDevices;
 use crate::event::now_ms;
-use crate::registry::ListDevices;
 use crate::telemetry::Telemetry;
 
-pub use outbox::{Notice, NoticeKind, Outbox, OutboxLimits};
+pub use crate::notice::{Notice, NoticeKind};
+pub use outbox::{Outbox, OutboxLimits};
 use retry::{classify, Backoff, Verdict};
 
 /// Mailbox bound: [`Enqueue`] beyond it is counted as dropped by the sender.
@@ -134,7 +135,7 @@ impl Slack {
 
     fn update_depth(&self) {
         let depth = self.outbox.len() + usize::from(self.current.is_some());
-        self.telemetry.alerts.slack_outbox_depth.set(depth as i64);
+        self.telemetry.slack.outbox_depth.set(depth as i64);
     }
 
     /// Sends the next message if nothing is in flight and its time has come,
@@ -218,21 +219,21 @@ impl Slack {
         // surely reached Slack by now, so Slack sees the gap whatever the
         // network's jitter.
         let paced = now + self.config.pace;
-        let metrics = &self.telemetry.alerts;
+        let metrics = &self.telemetry.slack;
         let verdict = match &reply {
             Ok(r) => classify(r.status, r.retry_after.as_deref()),
             Err(_) => Verdict::Retry,
         };
         match verdict {
             Verdict::Delivered => {
-                metrics.slack_sent.inc();
+                metrics.sent.inc();
                 self.sent += 1;
                 self.current = None;
                 self.backoff.reset();
                 self.not_before = paced;
             }
             Verdict::RetryAfter(wait) => {
-                metrics.slack_retried.inc();
+                metrics.retried.inc();
                 self.not_before = paced.max(now + wait);
                 self.telemetry.warn_limited("slack_retry", || {
                     format!(
@@ -242,7 +243,7 @@ impl Slack {
                 });
             }
             Verdict::Retry => {
-                metrics.slack_retried.inc();
+                metrics.retried.inc();
                 let wait = self.backoff.next_delay();
                 self.not_before = paced.max(now + wait);
                 let cause = match &reply {

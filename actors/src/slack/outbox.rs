@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 
 use super::summary::MAX_SUMMARY_CHARS;
+use crate::notice::{Notice, NoticeKind};
 
 /// Largest alert or digest text kept. Alert and digest texts are built from
 /// bounded parts (a 64-character device id, a rule name, an attacker id cut
@@ -27,54 +28,12 @@ pub const MAX_NOTICE_BYTES: usize = 2048;
 /// bytes each.
 pub const MAX_SUMMARY_BYTES: usize = 4 * MAX_SUMMARY_CHARS;
 
-/// Why a message never reached Slack: the `reason` label of
-/// `edgebus_slack_dropped_total`.
-pub const DROP_REASONS: [&str; 4] = ["outbox_full", "overload", "rate_limited", "shutdown"];
-
-/// What a message is, for the drop policy and the metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoticeKind {
-    /// A rule or fleet-health alert, or its resolution.
-    Alert,
-    /// A per-attacker security roll-up.
-    Digest,
-    /// The periodic fleet summary: superseded by the next one.
-    Summary,
-}
-
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 3] = [NoticeKind::Alert, NoticeKind::Digest, NoticeKind::Summary];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NoticeKind::Alert => "alert",
-            NoticeKind::Digest => "digest",
-            NoticeKind::Summary => "summary",
-        }
-    }
-
     /// Bytes of text a message of this kind may keep in the outbox.
     pub fn max_bytes(self) -> usize {
         match self {
             NoticeKind::Alert | NoticeKind::Digest => MAX_NOTICE_BYTES,
             NoticeKind::Summary => MAX_SUMMARY_BYTES,
-        }
-    }
-}
-
-/// One Slack message. `text` is raw: the Slack actor escapes it when it
-/// builds the request, so no caller can forget to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    pub kind: NoticeKind,
-    pub text: String,
-}
-
-impl Notice {
-    pub fn alert(text: impl Into<String>) -> Self {
-        Self {
-            kind: NoticeKind::Alert,
-            text: text.into(),
         }
     }
 }

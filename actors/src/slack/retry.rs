@@ -23,17 +23,6 @@ pub enum Verdict {
     Permanent(&'static str),
 }
 
-/// Reasons [`Verdict::Permanent`] can carry, for pre-registered labels.
-pub const PERMANENT_REASONS: [&str; 7] = [
-    "http_400",
-    "http_403",
-    "http_404",
-    "http_410",
-    "http_4xx",
-    "redirect",
-    "unexpected_status",
-];
-
 pub fn classify(status: u16, retry_after: Option<&str>) -> Verdict {
     match status {
         200..=299 => Verdict::Delivered,
@@ -129,6 +118,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::notice::PERMANENT_REASONS;
 
     #[test]
     fn statuses_map_to_what_slack_means() {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::registry::DeviceView;
+use crate::devices::DeviceView;
 
 /// Summary text budget, below Slack's 40,000-character truncation with room
 /// for escaping.
@@ -70,7 +70,7 @@ fn percent(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::frame::MetricsFrame;
+    use crate::frame::MetricsFrame;
 
     fn view(id: &str, cpu: f64, gpu: Option<f64>) -> DeviceView {
         let gpu = gpu

@@ -102,18 +102,24 @@ fn excerpt_key(key: &str) -> String {
     key.chars().take(KEY_EXCERPT).collect()
 }
 
-/// A device id: `^[A-Za-z0-9._-]{1,64}$`. Safe in topics, logs, Slack and HTML.
+/// `^[A-Za-z0-9._-]{1,64}$`: an id that fills one topic level and is safe in
+/// logs, Slack and HTML. Device ids, attacker ids and notification sources
+/// all follow it (only device ids are [`DeviceId`]s).
+pub fn is_safe_id(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A device id: [`is_safe_id`]. Safe in topics, logs, Slack and HTML.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct DeviceId(String);
 
 impl DeviceId {
     pub fn parse(text: &str) -> Result<Self, Rejection> {
-        let ok = (1..=64).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
+        if is_safe_id(text) {
             Ok(Self(text.to_owned()))
         } else {
             Err(Rejection::BadDeviceId)
@@ -169,17 +175,70 @@ impl MetricsFrame {
         }
         Ok(frame)
     }
+}
 
-    /// The metric named by an alert rule's `field`, if present in this frame.
-    pub fn field(&self, name: &str) -> Option<f64> {
-        match name {
-            "cpu_percent" => Some(self.cpu_percent),
-            "mem_percent" => Some(self.mem_percent),
-            "disk_percent" => Some(self.disk_percent),
-            "gpu_percent" => self.gpu_percent,
-            "agent_cpu_percent" => self.agent_cpu_percent,
-            "agent_mem_mb" => self.agent_mem_mb,
-            _ => None,
+/// A metric of a frame: what the parser reads, what an alert rule watches,
+/// what settings accept as a rule's `field`. The order is the slot order of
+/// the parser's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Cpu,
+    Mem,
+    Disk,
+    Gpu,
+    AgentCpu,
+    AgentMem,
+}
+
+impl Field {
+    pub const ALL: [Field; 6] = [
+        Field::Cpu,
+        Field::Mem,
+        Field::Disk,
+        Field::Gpu,
+        Field::AgentCpu,
+        Field::AgentMem,
+    ];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Field::Cpu => "cpu_percent",
+            Field::Mem => "mem_percent",
+            Field::Disk => "disk_percent",
+            Field::Gpu => "gpu_percent",
+            Field::AgentCpu => "agent_cpu_percent",
+            Field::AgentMem => "agent_mem_mb",
+        }
+    }
+
+    /// The value in `frame`; `None` when an optional field is absent.
+    #[inline]
+    pub fn read(self, frame: &MetricsFrame) -> Option<f64> {
+        match self {
+            Field::Cpu => Some(frame.cpu_percent),
+            Field::Mem => Some(frame.mem_percent),
+            Field::Disk => Some(frame.disk_percent),
+            Field::Gpu => frame.gpu_percent,
+            Field::AgentCpu => frame.agent_cpu_percent,
+            Field::AgentMem => frame.agent_mem_mb,
+        }
+    }
+
+    /// Optional metrics may be absent (or null) in a frame.
+    pub const fn is_optional(self) -> bool {
+        matches!(self, Field::Gpu | Field::AgentCpu | Field::AgentMem)
+    }
+
+    /// Allowed range of the metric.
+    pub const fn range(self) -> (f64, f64) {
+        match self {
+            Field::AgentCpu => (0.0, 1000.0),
+            Field::AgentMem => (0.0, f64::MAX),
+            _ => (0.0, 100.0),
         }
     }
 }
@@ -210,12 +269,7 @@ fn precheck(payload: &[u8], max_bytes: usize) -> Result<&str, Rejection> {
 enum Key {
     DeviceId,
     Timestamp,
-    Cpu,
-    Mem,
-    Disk,
-    Gpu,
-    AgentCpu,
-    AgentMem,
+    Metric(Field),
 }
 
 impl Key {
@@ -223,21 +277,16 @@ impl Key {
         match self {
             Key::DeviceId => "device_id",
             Key::Timestamp => "timestamp",
-            Key::Cpu => "cpu_percent",
-            Key::Mem => "mem_percent",
-            Key::Disk => "disk_percent",
-            Key::Gpu => "gpu_percent",
-            Key::AgentCpu => "agent_cpu_percent",
-            Key::AgentMem => "agent_mem_mb",
+            Key::Metric(field) => field.as_str(),
         }
     }
 
-    /// Allowed range of a numeric field.
-    const fn range(self) -> (f64, f64) {
+    /// This key's bit in `Fields::seen`.
+    const fn bit(self) -> u16 {
         match self {
-            Key::AgentCpu => (0.0, 1000.0),
-            Key::AgentMem => (0.0, f64::MAX),
-            _ => (0.0, 100.0),
+            Key::DeviceId => 1,
+            Key::Timestamp => 1 << 1,
+            Key::Metric(field) => 1 << (2 + field as u16),
         }
     }
 }
@@ -260,13 +309,10 @@ impl<'de> de::Deserialize<'de> for FrameKey {
                 Ok(match v {
                     "device_id" => FrameKey::Known(Key::DeviceId),
                     "timestamp" => FrameKey::Known(Key::Timestamp),
-                    "cpu_percent" => FrameKey::Known(Key::Cpu),
-                    "mem_percent" => FrameKey::Known(Key::Mem),
-                    "disk_percent" => FrameKey::Known(Key::Disk),
-                    "gpu_percent" => FrameKey::Known(Key::Gpu),
-                    "agent_cpu_percent" => FrameKey::Known(Key::AgentCpu),
-                    "agent_mem_mb" => FrameKey::Known(Key::AgentMem),
-                    other => FrameKey::Unknown(excerpt_key(other)),
+                    other => match Field::parse(other) {
+                        Some(field) => FrameKey::Known(Key::Metric(field)),
+                        None => FrameKey::Unknown(excerpt_key(other)),
+                    },
                 })
             }
         }
@@ -333,7 +379,8 @@ struct Fields {
     seen: u16,
     device_id: Option<DeviceId>,
     timestamp: Option<u64>,
-    numbers: [Option<f64>; 6],
+    /// Indexed by `Field as usize`.
+    numbers: [Option<f64>; Field::ALL.len()],
     first_error: Option<Rejection>,
 }
 
@@ -343,7 +390,7 @@ impl Fields {
     }
 
     fn set(&mut self, key: Key, value: Scalar) {
-        let bit = 1u16 << (key as u16);
+        let bit = key.bit();
         if self.seen & bit != 0 {
             return self.fail(Rejection::DuplicateKey(key.name().into()));
         }
@@ -368,7 +415,7 @@ impl Fields {
                     expected: "an integer",
                 }),
             },
-            numeric => {
+            Key::Metric(numeric) => {
                 let number = match value {
                     Scalar::Unsigned(v) => v as f64,
                     Scalar::Signed(v) => v as f64,
@@ -392,7 +439,7 @@ impl Fields {
                         max,
                     });
                 }
-                self.numbers[numeric.slot()] = Some(number);
+                self.numbers[numeric as usize] = Some(number);
             }
         }
     }
@@ -412,23 +459,6 @@ impl Fields {
             agent_cpu_percent: agent_cpu,
             agent_mem_mb: agent_mem,
         })
-    }
-}
-
-impl Key {
-    const fn is_optional(self) -> bool {
-        matches!(self, Key::Gpu | Key::AgentCpu | Key::AgentMem)
-    }
-
-    const fn slot(self) -> usize {
-        match self {
-            Key::Cpu => 0,
-            Key::Mem => 1,
-            Key::Disk => 2,
-            Key::Gpu => 3,
-            Key::AgentCpu => 4,
-            Key::AgentMem | Key::DeviceId | Key::Timestamp => 5,
-        }
     }
 }
 

@@ -19,9 +19,11 @@ use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::frame::MetricsFrame;
+pub mod wire;
+
+use crate::families::{classify, DeliveryClass};
 use crate::inflight::{InflightBytes, InflightPermit};
-use crate::ingest::frame::MetricsFrame;
-use crate::topic::{classify, DeliveryClass};
 
 /// Milliseconds since the Unix epoch, UTC.
 pub fn now_ms() -> u64 {
@@ -405,7 +407,7 @@ impl Event {
         let ws_frame = joined(&[b"{\"type\":\"event\",", &head]);
         // The SSE frame holds the envelope: `data:` is one line, since JSON
         // text escapes every control character and the id and name are
-        // ours. (`session::sse::write_frame` writes the same bytes.)
+        // ours. (`wire::write_sse_frame` writes the same bytes.)
         let prefix = format!("id: {id_text}\nevent: {name}\ndata: ");
         let sse = joined_bytes(&[prefix.as_bytes(), b"{", &head, b"\n\n"]);
         let envelope =

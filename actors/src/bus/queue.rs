@@ -16,13 +16,14 @@
 //! practice and costs less than a channel's four atomic read-modify-writes
 //! (benches/pipeline.rs, `fanout/*`).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use super::Delivery;
+use super::delivery::Delivery;
 use crate::event::Event;
+use crate::families::DeliveryClass;
 
 /// Slots kept free for control items beyond the event capacity.
 pub const CONTROL_RESERVE: usize = 4;
@@ -286,7 +287,79 @@ impl Drop for SessionInbox {
     }
 }
 
+/// What a writer's take found, with the slow-consumer handshake done by
+/// the queue (see [`SessionInbox::poll_take_resuming`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Items were moved into the batch; `lagging` as in [`Take::Items`].
+    Items { lagging: bool },
+    /// Nothing queued and every producer is gone: the session is over.
+    Closed,
+}
+
 impl SessionInbox {
+    /// [`SessionInbox::poll_take`] with the slow-consumer handshake, the one
+    /// place it is written: when the queue drained after the bus said the
+    /// subscriber fell behind ([`Take::Behind`]), the subscriber has caught
+    /// up, and `resume` asks the bus for what it held (`bus::Resume`, sent
+    /// however the subscriber reaches the bus).
+    pub fn poll_take_resuming(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Delivery>,
+        limit: usize,
+        resume: impl Fn(),
+    ) -> Poll<Taken> {
+        loop {
+            match self.poll_take(cx, batch, limit) {
+                Poll::Ready(take) => match self.resumed(take, &resume) {
+                    Some(taken) => return Poll::Ready(taken),
+                    None => continue,
+                },
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// [`SessionInbox::poll_take_resuming`] as a future.
+    pub async fn take_resuming(
+        &mut self,
+        batch: &mut Vec<Delivery>,
+        limit: usize,
+        resume: impl Fn(),
+    ) -> Taken {
+        poll_fn(|cx| self.poll_take_resuming(cx, batch, limit, &resume)).await
+    }
+
+    /// [`SessionInbox::poll_take_resuming`] without waiting: `None` when
+    /// there is nothing to take yet.
+    pub fn try_take_resuming(
+        &mut self,
+        batch: &mut Vec<Delivery>,
+        limit: usize,
+        resume: impl Fn(),
+    ) -> Option<Taken> {
+        loop {
+            let take = self.try_take(batch, limit)?;
+            if let Some(taken) = self.resumed(take, &resume) {
+                return Some(taken);
+            }
+        }
+    }
+
+    /// The handshake: `Behind` means caught up, then ask the bus to resume.
+    fn resumed(&self, take: Take, resume: &impl Fn()) -> Option<Taken> {
+        match take {
+            Take::Items { lagging } => Some(Taken::Items { lagging }),
+            Take::Closed => Some(Taken::Closed),
+            Take::Behind => {
+                self.caught_up();
+                resume();
+                None
+            }
+        }
+    }
+
     /// Moves up to `limit` queued items into `batch`, in order; or reports
     /// that the session is behind or closed; or registers the writer's waker.
     pub fn poll_take(
@@ -410,11 +483,36 @@ fn taken(state: &mut State, items: &[Delivery]) {
     }
 }
 
+/// Keeps only the newest metrics event per topic within one batch; returns
+/// how many older frames were left out.
+pub fn conflate(batch: &mut Vec<Delivery>, seen: &mut HashSet<Arc<str>>) -> u64 {
+    let metrics = batch
+        .iter()
+        .filter(|d| matches!(d, Delivery::Event(e) if e.class == DeliveryClass::Conflate))
+        .count();
+    if metrics < 2 {
+        return 0;
+    }
+    seen.clear();
+    let mut keep: Vec<bool> = vec![true; batch.len()];
+    for (i, item) in batch.iter().enumerate().rev() {
+        if let Delivery::Event(e) = item {
+            if e.class == DeliveryClass::Conflate && !seen.insert(e.topic.clone()) {
+                keep[i] = false;
+            }
+        }
+    }
+    let mut flags = keep.iter();
+    batch.retain(|_| *flags.next().unwrap_or(&true));
+    keep.iter().filter(|k| !**k).count() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Snapshot;
     use crate::event::{Body, Draft, EventId};
-    use crate::session::Snapshot;
+    use crate::frame::MetricsFrame;
 
     fn event(seq: u64) -> Arc<Event> {
         let draft = Draft::new("t", 0, Body::Object(Default::default()));
@@ -523,6 +621,31 @@ mod tests {
         assert!(inbox.is_lagging(), "until the writer caught up");
         inbox.caught_up();
         assert!(!inbox.is_lagging());
+    }
+
+    #[test]
+    fn a_drained_subscriber_catches_up_and_asks_to_resume_exactly_once() {
+        let (queue, mut inbox) = session_queue(1);
+        queue.offer_event(&event(1));
+        queue.wake();
+        let asked = std::cell::Cell::new(0);
+        let resume = || asked.set(asked.get() + 1);
+        let mut batch = Vec::new();
+        assert_eq!(
+            inbox.try_take_resuming(&mut batch, 8, resume),
+            Some(Taken::Items { lagging: true })
+        );
+        assert_eq!(asked.get(), 0, "not before the queue is drained");
+        assert_eq!(inbox.try_take_resuming(&mut batch, 8, resume), None);
+        assert_eq!(asked.get(), 1);
+        assert!(!inbox.is_lagging(), "caught up when it asked");
+        assert_eq!(inbox.try_take_resuming(&mut batch, 8, resume), None);
+        assert_eq!(asked.get(), 1, "once per fall behind");
+        drop(queue);
+        assert_eq!(
+            inbox.try_take_resuming(&mut batch, 8, resume),
+            Some(Taken::Closed)
+        );
     }
 
     #[test]
@@ -681,5 +804,40 @@ mod tests {
     fn a_queue_slot_is_two_words() {
         // Every idle session's ring is made of these: keep payloads boxed.
         assert!(std::mem::size_of::<Delivery>() <= 16);
+    }
+
+    fn metrics(seq: u64, device: &str) -> Delivery {
+        let json = format!(
+            r#"{{"device_id":"{device}","timestamp":{seq},"cpu_percent":1,"mem_percent":1,"disk_percent":1}}"#
+        );
+        let frame = MetricsFrame::parse(device, json.as_bytes(), 4096).unwrap();
+        let draft = Draft::new(format!("devices/{device}/metrics"), 0, Body::Metrics(frame));
+        Delivery::Event(Arc::new(Event::from_draft(
+            EventId { epoch: 1, seq },
+            draft,
+        )))
+    }
+
+    fn note(seq: u64) -> Delivery {
+        let draft = Draft::new("n/x", 0, Body::Object(Default::default()));
+        Delivery::Event(Arc::new(Event::from_draft(
+            EventId { epoch: 1, seq },
+            draft,
+        )))
+    }
+
+    #[test]
+    fn conflation_keeps_the_newest_frame_per_device_and_every_other_event() {
+        let mut batch = vec![
+            metrics(1, "a"),
+            note(2),
+            metrics(3, "b"),
+            metrics(4, "a"),
+            note(5),
+            metrics(6, "a"),
+        ];
+        let dropped = conflate(&mut batch, &mut HashSet::new());
+        assert_eq!(dropped, 2);
+        assert_eq!(seqs(&batch), vec![2, 3, 5, 6]);
     }
 }
