@@ -653,3 +653,43 @@ async fn a_client_opening_and_closing_streams_in_a_loop_is_refused_past_its_rate
     clock.advance(Duration::from_secs(1));
     assert!(open().await.is_ok());
 }
+
+#[actix_web::test]
+async fn a_snapshot_larger_than_one_piece_arrives_as_one_event_then_live_events() {
+    // Arrange: 100 notifications of ~2 KB: a ~200 KB snapshot, written in
+    // pieces as the socket takes them.
+    let app = spawn_app().await;
+    let family = unique("big");
+    let mut publisher = app.publisher().await;
+    let message = "m".repeat(2000);
+    for i in 0..100 {
+        publisher
+            .publish(
+                &format!("notifications/{family}-{i}"),
+                format!(r#"{{"level":"info","message":"{message}"}}"#),
+            )
+            .await;
+    }
+    app.wait_metric("edgebus_events_published_total", 100.0).await;
+
+    // Act
+    let mut sse = app
+        .sse("/v1/events?topic=notifications/%23", &[])
+        .await
+        .expect("200");
+
+    // Assert: one snapshot event with every one of them, then live events.
+    let snapshot = sse.snapshot().await;
+    let events = snapshot["events"].as_array().expect("events");
+    assert_eq!(events.len(), 100);
+    assert!(events
+        .iter()
+        .all(|e| e["payload"]["message"].as_str() == Some(message.as_str())));
+    publisher
+        .publish(
+            &format!("notifications/{family}-live"),
+            r#"{"level":"info","message":"live"}"#,
+        )
+        .await;
+    assert_eq!(sse.next_event().await.json()["payload"]["message"], "live");
+}

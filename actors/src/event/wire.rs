@@ -44,89 +44,145 @@ pub fn ws_snapshot(
     reset: bool,
     truncated: bool,
 ) -> ByteString {
-    WsSnapshotPieces::new(events, last_id, reset, truncated, usize::MAX)
+    let view = SnapshotView {
+        events,
+        last_id,
+        reset,
+        truncated,
+    };
+    view.pieces(SnapshotForm::WebSocket, usize::MAX)
         .collect::<String>()
         .into()
 }
 
-/// Rendered snapshot text per WebSocket fragment. A large snapshot goes out
-/// as one message in fragments, each rendered only once the socket took the
-/// one before: a client that stops reading holds at most the session's
-/// outgoing channel (32 items) of fragments, not 32 whole snapshots of up
-/// to `bus.snapshot_max_events` events.
-pub const WS_SNAPSHOT_PIECE_BYTES: usize = 64 * 1024;
+/// Rendered snapshot text per piece. A large snapshot goes out in pieces
+/// (WebSocket: fragments of one message; SSE: chunks of one event), each
+/// rendered only once the socket took the one before: a client that stops
+/// reading holds a few pieces, not whole snapshots of up to
+/// `bus.snapshot_max_events` events.
+pub const SNAPSHOT_PIECE_BYTES: usize = 64 * 1024;
 
-/// [`ws_snapshot`]'s text in pieces of about `piece_bytes` (cut only between
-/// envelopes, so a piece exceeds it by at most one envelope and the tail),
-/// rendered one at a time.
-pub struct WsSnapshotPieces<'a> {
-    events: &'a [Arc<Event>],
-    last_id: EventId,
-    reset: bool,
-    truncated: bool,
-    piece_bytes: usize,
+/// The wire a snapshot is rendered for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotForm {
+    /// `{"type":"snapshot","events":[…],"last_id":…}`.
+    WebSocket,
+    /// `id:`/`event: snapshot`/`data: {"events":[…],"last_id":…,"reset":…}`.
+    Sse,
+}
+
+/// What a snapshot says, borrowed from wherever it is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotView<'a> {
+    pub events: &'a [Arc<Event>],
+    pub last_id: EventId,
+    pub reset: bool,
+    pub truncated: bool,
+}
+
+impl<'a> SnapshotView<'a> {
+    /// Its text in pieces of about `piece_bytes`, rendered one at a time.
+    pub fn pieces(self, form: SnapshotForm, piece_bytes: usize) -> SnapshotPieces<'a> {
+        SnapshotPieces {
+            view: self,
+            form,
+            piece_bytes,
+            cursor: SnapshotCursor::default(),
+        }
+    }
+}
+
+/// Where a snapshot's rendering stands; kept apart from the snapshot so an
+/// owner of both (an SSE body) can resume it on its next poll.
+#[derive(Debug, Default)]
+pub struct SnapshotCursor {
     next: usize,
     started: bool,
     finished: bool,
 }
 
-impl<'a> WsSnapshotPieces<'a> {
-    pub fn new(
-        events: &'a [Arc<Event>],
-        last_id: EventId,
-        reset: bool,
-        truncated: bool,
-        piece_bytes: usize,
-    ) -> Self {
-        Self {
-            events,
-            last_id,
-            reset,
-            truncated,
-            piece_bytes,
-            next: 0,
-            started: false,
-            finished: false,
-        }
+impl SnapshotCursor {
+    pub fn is_finished(&self) -> bool {
+        self.finished
     }
-}
 
-impl Iterator for WsSnapshotPieces<'_> {
-    type Item = String;
-
-    fn next(&mut self) -> Option<String> {
+    /// The next piece of about `piece_bytes` (cut only between envelopes,
+    /// so a piece exceeds it by at most one envelope and the tail); `None`
+    /// after the last.
+    pub fn next_piece(
+        &mut self,
+        view: &SnapshotView<'_>,
+        form: SnapshotForm,
+        piece_bytes: usize,
+    ) -> Option<String> {
         if self.finished {
             return None;
         }
-        let events = self.events;
+        let events = view.events;
         let mut out = String::new();
         if !self.started {
             self.started = true;
             let all: usize = events.iter().map(|e| e.envelope.len() + 1).sum();
-            out.reserve(64 + all.min(self.piece_bytes));
-            out.push_str(r#"{"type":"snapshot","events":["#);
+            out.reserve(96 + all.min(piece_bytes));
+            match form {
+                SnapshotForm::WebSocket => out.push_str(r#"{"type":"snapshot","events":["#),
+                SnapshotForm::Sse => {
+                    // The id is ours (base36 and digits): nothing to clean.
+                    out.push_str("id: ");
+                    out.push_str(&view.last_id.to_string());
+                    out.push_str("\nevent: snapshot\ndata: ");
+                    out.push_str(r#"{"events":["#);
+                }
+            }
         }
-        while self.next < events.len() && out.len() < self.piece_bytes {
+        while self.next < events.len() && out.len() < piece_bytes {
             if self.next > 0 {
                 out.push(',');
             }
+            // JSON text escapes every control character: the envelopes
+            // keep the SSE `data:` line one line.
             out.push_str(&events[self.next].envelope);
             self.next += 1;
         }
         if self.next == events.len() {
             self.finished = true;
             out.push_str(r#"],"last_id":""#);
-            out.push_str(&self.last_id.to_string());
+            out.push_str(&view.last_id.to_string());
             out.push('"');
-            if self.reset {
-                out.push_str(r#","reset":true"#);
+            match form {
+                SnapshotForm::WebSocket if view.reset => out.push_str(r#","reset":true"#),
+                SnapshotForm::WebSocket => {}
+                SnapshotForm::Sse => {
+                    out.push_str(r#","reset":"#);
+                    out.push_str(if view.reset { "true" } else { "false" });
+                }
             }
-            if self.truncated {
+            if view.truncated {
                 out.push_str(r#","truncated":true"#);
             }
             out.push('}');
+            if form == SnapshotForm::Sse {
+                out.push_str("\n\n");
+            }
         }
         Some(out)
+    }
+}
+
+/// A snapshot's pieces as an iterator over borrowed parts.
+pub struct SnapshotPieces<'a> {
+    view: SnapshotView<'a>,
+    form: SnapshotForm,
+    piece_bytes: usize,
+    cursor: SnapshotCursor,
+}
+
+impl Iterator for SnapshotPieces<'_> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        self.cursor
+            .next_piece(&self.view, self.form, self.piece_bytes)
     }
 }
 
@@ -165,19 +221,15 @@ pub fn sse_snapshot(
     reset: bool,
     truncated: bool,
 ) {
-    let mut data =
-        String::with_capacity(48 + events.iter().map(|e| e.envelope.len() + 1).sum::<usize>());
-    data.push_str(r#"{"events":["#);
-    push_envelopes(&mut data, events);
-    data.push_str(r#"],"last_id":""#);
-    data.push_str(&last_id.to_string());
-    data.push_str(r#"","reset":"#);
-    data.push_str(if reset { "true" } else { "false" });
-    if truncated {
-        data.push_str(r#","truncated":true"#);
+    let view = SnapshotView {
+        events,
+        last_id,
+        reset,
+        truncated,
+    };
+    for piece in view.pieces(SnapshotForm::Sse, usize::MAX) {
+        out.put_slice(piece.as_bytes());
     }
-    data.push('}');
-    write_sse_frame(out, Some(&last_id.to_string()), "snapshot", &data);
 }
 
 /// The SSE `lagged` event: this many events were dropped.
@@ -307,5 +359,40 @@ mod tests {
         assert_eq!(v["type"], "snapshot");
         assert_eq!(v["events"].as_array().unwrap().len(), 2);
         assert_eq!(v["events"][0]["topic"], "devices/a/metrics");
+    }
+
+    #[test]
+    fn an_sse_snapshot_in_pieces_is_the_one_event_write_sse_frame_writes() {
+        let events: Vec<_> = (0..50).map(|i| metrics(i, &format!("d{i}"))).collect();
+        let last_id = EventId { epoch: 7, seq: 50 };
+        for (reset, truncated) in [(false, false), (true, true)] {
+            let mut data = String::from(r#"{"events":["#);
+            push_envelopes(&mut data, &events);
+            data.push_str(&format!(r#"],"last_id":"{last_id}","reset":{reset}"#));
+            if truncated {
+                data.push_str(r#","truncated":true"#);
+            }
+            data.push('}');
+            let mut oracle = BytesMut::new();
+            write_sse_frame(&mut oracle, Some(&last_id.to_string()), "snapshot", &data);
+            let view = SnapshotView {
+                events: &events,
+                last_id,
+                reset,
+                truncated,
+            };
+            let envelope = events[0].envelope.len();
+            for piece_bytes in [1, envelope, 7 * envelope, usize::MAX] {
+                let pieces: Vec<String> = view.pieces(SnapshotForm::Sse, piece_bytes).collect();
+                assert_eq!(
+                    pieces.concat().as_bytes(),
+                    &oracle[..],
+                    "pieces of {piece_bytes}"
+                );
+            }
+            let mut whole = BytesMut::new();
+            sse_snapshot(&mut whole, &events, last_id, reset, truncated);
+            assert_eq!(whole, oracle);
+        }
     }
 }

@@ -42,9 +42,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::SessionStart;
 use crate::bus::{
-    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Taken,
+    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Snapshot,
+    Taken,
 };
-use crate::event::wire;
+use crate::event::wire::{self, SnapshotCursor, SnapshotForm, SnapshotView, SNAPSHOT_PIECE_BYTES};
 use crate::telemetry::{DropReason, Telemetry};
 
 /// Items taken from the queue per body read, written as one chunk.
@@ -103,6 +104,7 @@ impl SseSession {
             session: ctx.address(),
             telemetry: telemetry.clone(),
             done: false,
+            pending: None,
         };
         ctx.run(Self {
             id: SessionId::next(),
@@ -209,6 +211,37 @@ pub struct SseBody {
     telemetry: Arc<Telemetry>,
     /// The stream ended (server closing, or the session's queue closed).
     done: bool,
+    /// A snapshot being written piece by piece, and what followed it in its
+    /// batch (boxed: an idle stream keeps one pointer for it).
+    pending: Option<Box<PendingSnapshot>>,
+}
+
+/// A snapshot larger than one piece, part written.
+struct PendingSnapshot {
+    snapshot: Box<Snapshot>,
+    cursor: SnapshotCursor,
+    /// Items taken with it, written once it is.
+    rest: Vec<Delivery>,
+}
+
+impl PendingSnapshot {
+    /// Appends its next piece to `out`; `true` once the last is written.
+    fn write_piece(&mut self, out: &mut BytesMut) -> bool {
+        let s = &self.snapshot;
+        let view = SnapshotView {
+            events: &s.events,
+            last_id: s.last_id,
+            reset: s.reset,
+            truncated: s.truncated,
+        };
+        if let Some(piece) = self
+            .cursor
+            .next_piece(&view, SnapshotForm::Sse, SNAPSHOT_PIECE_BYTES)
+        {
+            out.put_slice(piece.as_bytes());
+        }
+        self.cursor.is_finished()
+    }
 }
 
 fn preface(retry: Duration) -> Bytes {
@@ -226,7 +259,8 @@ impl SseBody {
     }
 
     /// One chunk of what was taken: a lone event is its shared frame (no
-    /// copy), anything else is rendered into one buffer.
+    /// copy), anything else is rendered into one buffer, up to the first
+    /// piece of a large snapshot.
     fn render_batch(&mut self, lagging: bool) -> Bytes {
         if lagging {
             let conflated = conflate(&mut self.batch, &mut self.seen);
@@ -235,14 +269,12 @@ impl SseBody {
                     .events_dropped(DropReason::Conflated, conflated);
             }
         }
-        self.done |= self.batch.iter().any(|d| matches!(d, Delivery::Close));
         let chunk = match self.batch.as_slice() {
             [Delivery::Event(e)] => e.sse_frame().clone(),
-            items => {
+            _ => {
                 let mut chunk = BytesMut::new();
-                for item in items {
-                    render(item, &mut chunk);
-                }
+                let items = std::mem::take(&mut self.batch);
+                self.render_items(items, &mut chunk);
                 chunk.freeze()
             }
         };
@@ -251,6 +283,46 @@ impl SseBody {
             self.batch = Vec::new();
         }
         chunk
+    }
+
+    /// Renders `items` in order; a snapshot larger than one piece is
+    /// started, and it and the items after it wait in `pending`.
+    fn render_items(&mut self, items: Vec<Delivery>, out: &mut BytesMut) {
+        let mut items = items.into_iter();
+        while let Some(item) = items.next() {
+            match item {
+                Delivery::Snapshot(snapshot) => {
+                    let mut pending = Box::new(PendingSnapshot {
+                        snapshot,
+                        cursor: SnapshotCursor::default(),
+                        rest: Vec::new(),
+                    });
+                    if !pending.write_piece(out) {
+                        pending.rest.extend(items);
+                        self.pending = Some(pending);
+                        return;
+                    }
+                }
+                Delivery::Close => {
+                    render(&Delivery::Close, out);
+                    self.done = true;
+                }
+                other => render(&other, out),
+            }
+        }
+    }
+
+    /// The next piece of a snapshot being written, then what followed it.
+    fn continue_pending(&mut self) -> Option<Bytes> {
+        let mut pending = self.pending.take()?;
+        let mut chunk = BytesMut::new();
+        if pending.write_piece(&mut chunk) {
+            let rest = std::mem::take(&mut pending.rest);
+            self.render_items(rest, &mut chunk);
+        } else {
+            self.pending = Some(pending);
+        }
+        Some(chunk.freeze())
     }
 }
 
@@ -261,6 +333,9 @@ impl futures_util::Stream for SseBody {
         let this = self.get_mut();
         if let Some(preface) = this.preface.take() {
             return this.wrote(preface);
+        }
+        if let Some(chunk) = this.continue_pending() {
+            return this.wrote(chunk);
         }
         while !this.done {
             let session = &this.session;

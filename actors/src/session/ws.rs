@@ -491,14 +491,15 @@ impl Writer {
 
     /// One message in fragments when it is larger than one piece.
     async fn write_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), WriterEnd> {
-        let mut pieces = wire::WsSnapshotPieces::new(
-            &snapshot.events,
-            snapshot.last_id,
-            snapshot.reset,
-            snapshot.truncated,
-            wire::WS_SNAPSHOT_PIECE_BYTES,
-        )
-        .peekable();
+        let view = wire::SnapshotView {
+            events: &snapshot.events,
+            last_id: snapshot.last_id,
+            reset: snapshot.reset,
+            truncated: snapshot.truncated,
+        };
+        let mut pieces = view
+            .pieces(wire::SnapshotForm::WebSocket, wire::SNAPSHOT_PIECE_BYTES)
+            .peekable();
         let Some(first) = pieces.next() else {
             return Ok(());
         };
@@ -631,7 +632,13 @@ mod tests {
             .collect();
         let envelope = events[0].envelope.len();
         let last_id = crate::event::EventId { epoch: 1, seq: 100 };
-        let pieces_of = |bytes| wire::WsSnapshotPieces::new(&events, last_id, true, true, bytes);
+        let view = wire::SnapshotView {
+            events: &events,
+            last_id,
+            reset: true,
+            truncated: true,
+        };
+        let pieces_of = |bytes| view.pieces(wire::SnapshotForm::WebSocket, bytes);
         let whole = wire::ws_snapshot(&events, last_id, true, true);
         for piece_bytes in [1, envelope, 10 * envelope, usize::MAX] {
             let pieces: Vec<String> = pieces_of(piece_bytes).collect();
