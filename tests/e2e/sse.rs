@@ -670,7 +670,8 @@ async fn a_snapshot_larger_than_one_piece_arrives_as_one_event_then_live_events(
             )
             .await;
     }
-    app.wait_metric("edgebus_events_published_total", 100.0).await;
+    app.wait_metric("edgebus_events_published_total", 100.0)
+        .await;
 
     // Act
     let mut sse = app

@@ -25,8 +25,16 @@ use super::delivery::Delivery;
 use crate::event::Event;
 use crate::families::DeliveryClass;
 
-/// Slots kept free for control items beyond the event capacity.
-pub const CONTROL_RESERVE: usize = 4;
+/// Slots kept free for control items beyond the event capacity: the reply
+/// (snapshot or acknowledgement) to each op a WebSocket session may have
+/// with the bus or waiting (five), a lagged notice, a refusal notice and a
+/// close.
+pub const CONTROL_RESERVE: usize = 8;
+
+/// Refusals of a client's own ops (`Error`, `RateLimited`) waiting at once:
+/// a client that floods ops and stops reading gets one, not a queue full of
+/// them, so the reserve stays free for what the bus must deliver.
+pub const MAX_NOTICES: usize = 1;
 
 /// A ring that has grown past `SHRINK_ABOVE` slots shrinks to `KEEP_SLOTS`
 /// once drained: an idle session keeps only a few slots, and a busy one
@@ -98,6 +106,8 @@ struct State {
     /// Events put into snapshots for this session so far: the snapshot work
     /// its ops caused, charged to its op budget.
     snapshot_events: u64,
+    /// Refusal notices waiting (see [`MAX_NOTICES`]).
+    notices: usize,
 }
 
 struct Shared {
@@ -150,6 +160,7 @@ pub fn session_queue(capacity: usize) -> (SessionQueue, SessionInbox) {
             closed: false,
             takes: 0,
             snapshot_events: 0,
+            notices: 0,
         }),
         capacity: capacity.max(1),
     });
@@ -212,6 +223,22 @@ impl SessionQueue {
         if state.items.len() >= self.shared.capacity + CONTROL_RESERVE {
             return Offer::Full;
         }
+        push(state, item)
+    }
+
+    /// Offers the refusal of a client's own op: dropped (the client will see
+    /// the one already waiting) while [`MAX_NOTICES`] are.
+    pub fn offer_notice(&self, item: Delivery) -> Offer {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Offer::Closed;
+        }
+        if state.notices >= MAX_NOTICES
+            || state.items.len() >= self.shared.capacity + CONTROL_RESERVE
+        {
+            return Offer::Full;
+        }
+        state.notices += 1;
         push(state, item)
     }
 
@@ -478,6 +505,11 @@ fn taken(state: &mut State, items: &[Delivery]) {
         .filter(|d| matches!(d, Delivery::Event(_)))
         .count();
     state.events = state.events.saturating_sub(events);
+    let notices = items
+        .iter()
+        .filter(|d| matches!(d, Delivery::Error(_) | Delivery::RateLimited(_)))
+        .count();
+    state.notices = state.notices.saturating_sub(notices);
     if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
         state.items.shrink_to(KEEP_SLOTS);
     }
@@ -839,5 +871,25 @@ mod tests {
         let dropped = conflate(&mut batch, &mut HashSet::new());
         assert_eq!(dropped, 2);
         assert_eq!(seqs(&batch), vec![2, 3, 5, 6]);
+    }
+
+    #[test]
+    fn a_flood_of_refusals_leaves_the_reserve_to_the_bus() {
+        let (queue, mut inbox) = session_queue(4);
+        for seq in 0..4 {
+            assert_eq!(queue.offer_event(&event(seq)), Offer::Queued);
+        }
+        assert_eq!(queue.offer_notice(Delivery::RateLimited(5)), Offer::Queued);
+        for _ in 0..100 {
+            assert_eq!(queue.offer_notice(Delivery::RateLimited(5)), Offer::Full);
+        }
+        // Every reply the bus owes the session's ops still fits.
+        for _ in 0..5 {
+            let reply = Delivery::Snapshot(Box::new(Snapshot::empty()));
+            assert_eq!(queue.offer_control(reply), Offer::Queued);
+        }
+        let mut batch = Vec::new();
+        while let Some(Take::Items { .. }) = inbox.try_take(&mut batch, 64) {}
+        assert_eq!(queue.offer_notice(Delivery::RateLimited(5)), Offer::Queued);
     }
 }

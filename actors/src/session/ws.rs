@@ -156,7 +156,7 @@ impl WsSession {
         let op = match parse_op(text) {
             Ok(op) => op,
             Err(error) => {
-                self.queue.offer_control(Delivery::Error(Box::new(error)));
+                self.queue.offer_notice(Delivery::Error(Box::new(error)));
                 return;
             }
         };
@@ -181,7 +181,7 @@ impl WsSession {
             Verdict::Refuse { retry_after } => {
                 self.telemetry.ws_op("rate_limited");
                 let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
-                self.queue.offer_control(Delivery::RateLimited(ms));
+                self.queue.offer_notice(Delivery::RateLimited(ms));
                 false
             }
             Verdict::Close => {
