@@ -787,3 +787,26 @@ impl Service {
             .expect("VmRSS of the service")
     }
 }
+
+/// Publishes `n` notifications of ~2 KB on `notifications/{family}-{i}` and
+/// waits until the bus has them all; returns their message text. What a
+/// snapshot larger than one 64 KiB piece is made of.
+pub async fn publish_large_notifications(
+    app: &TestApp,
+    publisher: &mut Publisher,
+    family: &str,
+    n: usize,
+) -> String {
+    let message = "m".repeat(2000);
+    for i in 0..n {
+        publisher
+            .publish(
+                &format!("notifications/{family}-{i}"),
+                format!(r#"{{"level":"info","message":"{message}"}}"#),
+            )
+            .await;
+    }
+    app.wait_metric("edgebus_events_published_total", n as f64)
+        .await;
+    message
+}

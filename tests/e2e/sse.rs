@@ -12,7 +12,8 @@ use edgebus_actors::alerts::ManualClock;
 use edgebus_actors::event::now_ms;
 
 use crate::helpers::{
-    metrics_json, spawn_app, spawn_app_with, spawn_app_with_clock, unique, TestApp, WAIT,
+    metrics_json, publish_large_notifications, spawn_app, spawn_app_with, spawn_app_with_clock,
+    unique, TestApp, WAIT,
 };
 use crate::sse_client::{SseClient, SseItem};
 
@@ -656,22 +657,11 @@ async fn a_client_opening_and_closing_streams_in_a_loop_is_refused_past_its_rate
 
 #[actix_web::test]
 async fn a_snapshot_larger_than_one_piece_arrives_as_one_event_then_live_events() {
-    // Arrange: 100 notifications of ~2 KB: a ~200 KB snapshot, written in
-    // pieces as the socket takes them.
+    // Arrange: a ~200 KB snapshot, written in pieces as the socket takes them.
     let app = spawn_app().await;
     let family = unique("big");
     let mut publisher = app.publisher().await;
-    let message = "m".repeat(2000);
-    for i in 0..100 {
-        publisher
-            .publish(
-                &format!("notifications/{family}-{i}"),
-                format!(r#"{{"level":"info","message":"{message}"}}"#),
-            )
-            .await;
-    }
-    app.wait_metric("edgebus_events_published_total", 100.0)
-        .await;
+    let message = publish_large_notifications(&app, &mut publisher, &family, 100).await;
 
     // Act
     let mut sse = app

@@ -7,7 +7,8 @@ use awc::ws::Message;
 use serde_json::Value;
 
 use crate::helpers::{
-    metrics_json, spawn_app, spawn_app_with, unique, Publisher, RawWsClient, WsClient, WsEvent,
+    metrics_json, publish_large_notifications, spawn_app, spawn_app_with, unique, Publisher,
+    RawWsClient, WsClient, WsEvent,
 };
 
 #[actix_web::test]
@@ -378,22 +379,12 @@ async fn a_session_flooding_subscribe_ops_is_refused_and_closed_while_a_watcher_
 
 #[actix_web::test]
 async fn a_snapshot_larger_than_one_fragment_arrives_as_one_whole_message() {
-    // Arrange: 100 notifications of ~2 KB each: a ~200 KB snapshot, which
-    // goes out in fragments rendered as the socket takes them.
+    // Arrange: a ~200 KB snapshot, which goes out in fragments rendered as
+    // the socket takes them.
     let app = spawn_app().await;
     let family = unique("big");
     let mut publisher = app.publisher().await;
-    let message = "m".repeat(2000);
-    for i in 0..100 {
-        publisher
-            .publish(
-                &format!("notifications/{family}-{i}"),
-                format!(r#"{{"level":"info","message":"{message}"}}"#),
-            )
-            .await;
-    }
-    app.wait_metric("edgebus_events_published_total", 100.0)
-        .await;
+    let message = publish_large_notifications(&app, &mut publisher, &family, 100).await;
 
     // Act
     let mut ws = app.ws("?topic=notifications/%23").await;

@@ -543,8 +543,15 @@ pub fn conflate(batch: &mut Vec<Delivery>, seen: &mut HashSet<Arc<str>>) -> u64 
 mod tests {
     use super::*;
     use crate::bus::Snapshot;
-    use crate::event::{Body, Draft, EventId};
-    use crate::frame::MetricsFrame;
+    use crate::event::{testing, Body, Draft, EventId};
+
+    fn metrics(seq: u64, device: &str) -> Delivery {
+        Delivery::Event(testing::metrics(seq, device))
+    }
+
+    fn note(seq: u64) -> Delivery {
+        Delivery::Event(testing::note(seq))
+    }
 
     fn event(seq: u64) -> Arc<Event> {
         let draft = Draft::new("t", 0, Body::Object(Default::default()));
@@ -836,26 +843,6 @@ mod tests {
     fn a_queue_slot_is_two_words() {
         // Every idle session's ring is made of these: keep payloads boxed.
         assert!(std::mem::size_of::<Delivery>() <= 16);
-    }
-
-    fn metrics(seq: u64, device: &str) -> Delivery {
-        let json = format!(
-            r#"{{"device_id":"{device}","timestamp":{seq},"cpu_percent":1,"mem_percent":1,"disk_percent":1}}"#
-        );
-        let frame = MetricsFrame::parse(device, json.as_bytes(), 4096).unwrap();
-        let draft = Draft::new(format!("devices/{device}/metrics"), 0, Body::Metrics(frame));
-        Delivery::Event(Arc::new(Event::from_draft(
-            EventId { epoch: 1, seq },
-            draft,
-        )))
-    }
-
-    fn note(seq: u64) -> Delivery {
-        let draft = Draft::new("n/x", 0, Body::Object(Default::default()));
-        Delivery::Event(Arc::new(Event::from_draft(
-            EventId { epoch: 1, seq },
-            draft,
-        )))
     }
 
     #[test]

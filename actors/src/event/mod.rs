@@ -20,6 +20,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::frame::MetricsFrame;
+#[cfg(test)]
+pub mod testing;
 pub mod wire;
 
 use crate::families::{classify, DeliveryClass};

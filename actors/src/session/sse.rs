@@ -396,6 +396,7 @@ fn render(item: &Delivery, out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::testing::parse_sse as parse;
     use crate::event::{Body, Draft, Event, EventId};
 
     #[test]
@@ -408,34 +409,6 @@ mod tests {
         assert!(!stuck(true, 7, 3, 8));
         // Drained by now.
         assert!(!stuck(true, 7, 0, 7));
-    }
-
-    /// A WHATWG-style parser: the events a browser would dispatch.
-    fn parse(stream: &str) -> Vec<(Option<String>, String, String)> {
-        let mut events = Vec::new();
-        let (mut id, mut name, mut data): (Option<String>, String, Vec<String>) =
-            (None, String::new(), Vec::new());
-        for line in stream.split('\n') {
-            if line.is_empty() {
-                if !data.is_empty() {
-                    events.push((id.take(), std::mem::take(&mut name), data.join("\n")));
-                    data.clear();
-                }
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "id" => id = Some(value.to_owned()),
-                "event" => name = value.to_owned(),
-                "data" => data.push(value.to_owned()),
-                _ => {}
-            }
-        }
-        events
     }
 
     #[test]

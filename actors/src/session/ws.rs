@@ -580,27 +580,14 @@ fn render(item: Delivery, format: WireFormat) -> Option<ByteString> {
 mod tests {
     use super::*;
     use crate::bus::Snapshot;
-    use crate::event::{Body, Draft, EventId};
-    use crate::frame::MetricsFrame;
+    use crate::event::testing;
 
     fn metrics(seq: u64, device: &str) -> Delivery {
-        let json = format!(
-            r#"{{"device_id":"{device}","timestamp":{seq},"cpu_percent":1,"mem_percent":1,"disk_percent":1}}"#
-        );
-        let frame = MetricsFrame::parse(device, json.as_bytes(), 4096).unwrap();
-        let draft = Draft::new(format!("devices/{device}/metrics"), 0, Body::Metrics(frame));
-        Delivery::Event(Arc::new(Event::from_draft(
-            EventId { epoch: 1, seq },
-            draft,
-        )))
+        Delivery::Event(testing::metrics(seq, device))
     }
 
     fn note(seq: u64) -> Delivery {
-        let draft = Draft::new("n/x", 0, Body::Object(Default::default()));
-        Delivery::Event(Arc::new(Event::from_draft(
-            EventId { epoch: 1, seq },
-            draft,
-        )))
+        Delivery::Event(testing::note(seq))
     }
 
     #[test]
