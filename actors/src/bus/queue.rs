@@ -500,15 +500,15 @@ fn take_locked(state: &mut State, batch: &mut Vec<Delivery>, limit: usize) -> Op
 
 fn taken(state: &mut State, items: &[Delivery]) {
     state.takes += 1;
-    let events = items
-        .iter()
-        .filter(|d| matches!(d, Delivery::Event(_)))
-        .count();
+    let (mut events, mut notices) = (0, 0);
+    for item in items {
+        match item {
+            Delivery::Event(_) => events += 1,
+            Delivery::Error(_) | Delivery::RateLimited(_) => notices += 1,
+            _ => {}
+        }
+    }
     state.events = state.events.saturating_sub(events);
-    let notices = items
-        .iter()
-        .filter(|d| matches!(d, Delivery::Error(_) | Delivery::RateLimited(_)))
-        .count();
     state.notices = state.notices.saturating_sub(notices);
     if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
         state.items.shrink_to(KEEP_SLOTS);
