@@ -470,15 +470,26 @@ async fn frames_edgebus_rejects_keep_no_more_than_the_ingest_retention() {
 
 #[actix_web::test]
 async fn frames_the_broker_drops_before_ingest_reads_them_are_counted() {
-    // Arrange: a 64 KiB ingest retention, about four 15 KB frames.
+    // Arrange: a 64 KiB ingest retention, about four of these 15 KB
+    // objects. Each has 1,500 keys: ingest parses and checks every one (tens
+    // of µs), while the broker only appends the bytes, so a burst outruns
+    // ingest by construction rather than by luck.
     let app = spawn_app_with("[mqtt]\nembedded_retention_bytes = 65536").await;
     let publisher = app.publisher().await;
-    let topic = format!("devices/{}/metrics", unique("burst"));
+    let topic = format!("attackers/{}/observation/burst", unique("burst"));
+    let payload = serde_json::Value::Object(
+        (0..1500)
+            .map(|k| (format!("k{k}"), serde_json::Value::from(k)))
+            .collect(),
+    )
+    .to_string();
 
-    // Act: a burst far beyond that retention, faster than one read.
-    publisher.flood(&topic, 600).await;
+    // Act: a burst far beyond that retention (40 MB into 64 KiB).
+    for _ in 0..2700 {
+        publisher.publish_nowait(&topic, payload.clone()).await;
+    }
 
-    // Assert: the broker's read-cursor jump on our link is counted.
+    // Assert: the frames dropped before ingest read them are counted.
     app.wait_metric("edgebus_mqtt_broker_overruns_total", 1.0)
         .await;
     app.handle.shutdown().await;
