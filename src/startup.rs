@@ -175,6 +175,7 @@ impl Application {
             idempotency: Arc::new(http::idempotency::Idempotency::new(&settings.http, clock)),
             host_health: Arc::new(host_health),
         });
+        let unacked_timeout = settings.sessions.write_timeout.saturating_mul(2);
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(access_log())
@@ -187,6 +188,16 @@ impl Application {
         // keepalive write. (Clients that half-close after a request and then
         // wait for the answer are not supported; browsers never do.)
         .h1_allow_half_closed(false)
+        // A client that stops reading keeps a streaming connection open for
+        // as long as it likes: actix-web has no write timeout. The kernel
+        // gives up on a connection whose sent data stays unacknowledged this
+        // long (zero-window probes included), and with it go the
+        // connection's buffers and the session's last chunk.
+        .on_connect(move |conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(unacked_timeout));
+            }
+        })
         .disable_signals()
         .shutdown_timeout(HTTP_SHUTDOWN.as_secs())
         .listen(listener)?

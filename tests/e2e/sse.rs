@@ -684,3 +684,73 @@ async fn a_snapshot_larger_than_one_piece_arrives_as_one_event_then_live_events(
         .await;
     assert_eq!(sse.next_event().await.json()["payload"]["message"], "live");
 }
+
+/// Whether this process's socket from `local` to `remote` (loopback
+/// ports) is still an established TCP connection.
+fn established(local: u16, remote: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let port = |addr: &str| {
+                    addr.rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                };
+                f.len() > 3
+                    && port(f[1]) == Some(local)
+                    && port(f[2]) == Some(remote)
+                    && f[3] == "01"
+            })
+    })
+}
+
+#[actix_web::test]
+async fn a_client_that_stops_reading_loses_its_connection_not_just_its_session() {
+    use std::io::Write as _;
+
+    // Arrange: a stream whose client reads nothing, with a small receive
+    // window, so what the server sends stays unacknowledged.
+    let app = spawn_app_with("[sessions]\nwrite_timeout_seconds = 1").await;
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small window");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], app.port).into();
+    socket.connect(&addr.into()).expect("connect");
+    let mut stalled: std::net::TcpStream = socket.into();
+    write!(
+        stalled,
+        "GET /v1/events?topic=notifications/%23 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .expect("request");
+    let client_port = stalled.local_addr().expect("local").port();
+    app.wait_metric(r#"edgebus_sessions_open{kind="sse"}"#, 1.0)
+        .await;
+
+    // Act: far more than both sockets' buffers hold.
+    let publisher = app.publisher().await;
+    let message = "m".repeat(2000);
+    for i in 0..4000 {
+        publisher
+            .publish_nowait(
+                &format!("notifications/{}", i % 50),
+                format!(r#"{{"level":"info","message":"{message}"}}"#),
+            )
+            .await;
+    }
+
+    // Assert: the server gives the connection up (the kernel's timeout for
+    // unacknowledged data), so neither its buffers nor its slot outlive it.
+    let deadline = Instant::now() + WAIT;
+    while established(app.port, client_port) {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds the stalled connection"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+}
