@@ -320,7 +320,11 @@ async fn a_session_flooding_subscribe_ops_is_refused_and_closed_while_a_watcher_
     // A viewer sends subscribe ops of 64 filters as fast as it can.
     let mut flooder = app.ws("?topic=quiet/x").await;
     flooder.snapshot().await;
-    let topics: Vec<String> = (0..64).map(|i| format!(r#""flood/{i}/#""#)).collect();
+    // Each filter names a stored topic, so every accepted op makes the bus
+    // build a snapshot of 64 events.
+    let topics: Vec<String> = (0..64)
+        .map(|i| format!(r#""notifications/{stored}-{i}""#))
+        .collect();
     let op = format!(r#"{{"op":"subscribe","topics":[{}]}}"#, topics.join(","));
     let flood_started = Instant::now();
     let flood = actix_web::rt::spawn(async move {
