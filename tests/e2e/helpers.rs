@@ -810,3 +810,24 @@ pub async fn publish_large_notifications(
         .await;
     message
 }
+
+/// Checks a snapshot made by [`publish_large_notifications`] has all `n`
+/// of them whole, then publishes one more on the same family, live.
+pub async fn large_snapshot_then_live(
+    events: &[Value],
+    n: usize,
+    message: &str,
+    publisher: &mut Publisher,
+    family: &str,
+) {
+    assert_eq!(events.len(), n);
+    assert!(events
+        .iter()
+        .all(|e| e["payload"]["message"].as_str() == Some(message)));
+    publisher
+        .publish(
+            &format!("notifications/{family}-live"),
+            r#"{"level":"info","message":"live"}"#,
+        )
+        .await;
+}

@@ -12,8 +12,8 @@ use edgebus_actors::alerts::ManualClock;
 use edgebus_actors::event::now_ms;
 
 use crate::helpers::{
-    metrics_json, publish_large_notifications, spawn_app, spawn_app_with, spawn_app_with_clock,
-    unique, TestApp, WAIT,
+    large_snapshot_then_live, metrics_json, publish_large_notifications, spawn_app, spawn_app_with,
+    spawn_app_with_clock, unique, TestApp, WAIT,
 };
 use crate::sse_client::{SseClient, SseItem};
 
@@ -672,16 +672,7 @@ async fn a_snapshot_larger_than_one_piece_arrives_as_one_event_then_live_events(
     // Assert: one snapshot event with every one of them, then live events.
     let snapshot = sse.snapshot().await;
     let events = snapshot["events"].as_array().expect("events");
-    assert_eq!(events.len(), 100);
-    assert!(events
-        .iter()
-        .all(|e| e["payload"]["message"].as_str() == Some(message.as_str())));
-    publisher
-        .publish(
-            &format!("notifications/{family}-live"),
-            r#"{"level":"info","message":"live"}"#,
-        )
-        .await;
+    large_snapshot_then_live(events, 100, &message, &mut publisher, &family).await;
     assert_eq!(sse.next_event().await.json()["payload"]["message"], "live");
 }
 

@@ -7,8 +7,8 @@ use awc::ws::Message;
 use serde_json::Value;
 
 use crate::helpers::{
-    metrics_json, publish_large_notifications, spawn_app, spawn_app_with, unique, Publisher,
-    RawWsClient, WsClient, WsEvent,
+    large_snapshot_then_live, metrics_json, publish_large_notifications, spawn_app, spawn_app_with,
+    unique, Publisher, RawWsClient, WsClient, WsEvent,
 };
 
 #[actix_web::test]
@@ -395,15 +395,6 @@ async fn a_snapshot_larger_than_one_fragment_arrives_as_one_whole_message() {
 
     // Assert: one snapshot message with every event, then live events.
     let snapshot = ws.snapshot().await;
-    assert_eq!(snapshot.len(), 100);
-    assert!(snapshot
-        .iter()
-        .all(|e| e["payload"]["message"].as_str() == Some(message.as_str())));
-    publisher
-        .publish(
-            &format!("notifications/{family}-live"),
-            r#"{"level":"info","message":"live"}"#,
-        )
-        .await;
+    large_snapshot_then_live(&snapshot, 100, &message, &mut publisher, &family).await;
     assert_eq!(ws.next_event().await["payload"]["message"], "live");
 }
