@@ -14,6 +14,7 @@
 mod alerts;
 mod auth;
 mod bus;
+mod cluster;
 mod http;
 mod mqtt;
 mod registry;
@@ -31,6 +32,7 @@ use serde::Deserialize;
 pub use alerts::AlertSettings;
 pub use auth::{ApiKey, AuthSettings, Role};
 pub use bus::BusSettings;
+pub use cluster::ClusterSettings;
 pub use http::HttpSettings;
 pub use mqtt::{BrokerUrl, MqttCredential, MqttMode, MqttSettings, MAX_PAYLOAD_LIMIT};
 pub use registry::RegistrySettings;
@@ -146,6 +148,8 @@ pub struct Settings {
     pub slack: SlackSettings,
     pub storage: StorageSettings,
     pub host_health: HostHealthSettings,
+    /// `Some` in cluster mode (`cluster.redis_url` set).
+    pub cluster: Option<ClusterSettings>,
     /// Deprecated keys in use, one sentence each: logged as WARN at start.
     pub warnings: Vec<String>,
 }
@@ -164,6 +168,7 @@ struct RawSettings {
     slack: SlackSettings,
     storage: StorageSettings,
     host_health: HostHealthSettings,
+    cluster: cluster::RawCluster,
 }
 
 /// Where settings come from. `Default` = embedded defaults + process env.
@@ -234,6 +239,7 @@ impl RawSettings {
         self.slack.validate()?;
         self.storage.validate()?;
         self.host_health.validate()?;
+        let cluster = self.cluster.validate(mqtt.mode)?;
         Ok(Settings {
             http,
             mqtt,
@@ -245,6 +251,7 @@ impl RawSettings {
             slack: self.slack,
             storage: self.storage,
             host_health: self.host_health,
+            cluster,
             warnings,
         })
     }
@@ -478,5 +485,34 @@ mod tests {
         assert!(BrokerUrl::parse("mqtt://u:p@h").is_err());
         assert!(BrokerUrl::parse("mqtt://").is_err());
         assert_eq!(BrokerUrl::parse("mqtt://[::1]").unwrap().port, 1883);
+    }
+
+    #[test]
+    fn cluster_mode_is_off_by_default_and_needs_an_external_broker() {
+        assert!(Settings::from_toml("").unwrap().cluster.is_none());
+        assert_eq!(
+            error_line("[cluster]\nredis_url = \"redis://127.0.0.1:6379\""),
+            "invalid setting `mqtt.mode`: cluster mode (cluster.redis_url) needs mqtt.mode = \
+             \"external\": every instance must read one shared broker"
+        );
+        let s = Settings::from_toml(
+            "[mqtt]\nmode = \"external\"\n[cluster]\nredis_url = \"redis://:pw@127.0.0.1:6379/2\"",
+        )
+        .unwrap();
+        let cluster = s.cluster.unwrap();
+        assert_eq!(cluster.stream_key(), "edgebus:events");
+        assert!(cluster.instance_id.len() > 7, "{}", cluster.instance_id);
+        assert!(
+            !format!("{cluster:?}").contains("pw@"),
+            "the URL is a secret"
+        );
+        assert!(
+            error_line("[mqtt]\nmode = \"external\"\n[cluster]\nredis_url = \"http://x\"")
+                .contains("`cluster.redis_url`")
+        );
+        assert!(error_line(
+            "[mqtt]\nmode = \"external\"\n[cluster]\nredis_url = \"redis://x\"\ngroup = \"a/b\""
+        )
+        .contains("`cluster.group`"));
     }
 }
