@@ -61,6 +61,11 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests(_, after) => {
                 response.insert_header((header::RETRY_AFTER, after.to_string()));
             }
+            // Something edgebus depends on (Redis, in cluster mode) is
+            // briefly away: a client may try again shortly.
+            ApiError::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
             _ => {}
         }
         response.json(json!({ "error": self.to_string() }))

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Arbiter, ArbiterHandle};
+use actix::{Actor, Addr, Arbiter, ArbiterHandle, AsyncContext};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::Logger;
 use actix_web::{web, App, HttpServer};
@@ -14,6 +14,9 @@ use anyhow::Context as _;
 
 use edgebus_actors::alerts::{self, Alerts, AlertsConfig, Clock, SystemClock};
 use edgebus_actors::bus::{self, Bus, BusConfig};
+use edgebus_actors::cluster::{
+    leader, ClusterHealth, Leadership, Recovery, StreamReader, StreamWriter,
+};
 use edgebus_actors::ingest::{self, Ingest, LocalLink};
 use edgebus_actors::registry::{Registry, RegistryConfig};
 use edgebus_actors::slack::{self, Slack};
@@ -89,14 +92,68 @@ impl Application {
         let core = Arbiter::new();
         let ingest_thread = Arbiter::new();
         let alerts_thread = Arbiter::new();
+        // Cluster mode: the stream's writer, reader and recovery (Redis I/O).
+        let cluster_thread = Arbiter::new();
+        let cluster = wiring::cluster_config(&settings).map(|config| {
+            log::info!(
+                "Cluster mode: instance `{}`, stream `{}` on Redis.",
+                config.instance_id,
+                config.stream_key
+            );
+            let health = ClusterHealth::new(config.instance_id.clone(), config.max_reader_lag);
+            let writer = StreamWriter::start(
+                &cluster_thread.handle(),
+                config.clone(),
+                health.clone(),
+                telemetry.clone(),
+            );
+            let leadership = Arc::new(Leadership::default());
+            leader::start(
+                &cluster_thread.handle(),
+                config.clone(),
+                leadership.clone(),
+                health.clone(),
+                telemetry.clone(),
+            );
+            (config, health, writer, leadership)
+        });
 
         let (config, t) = (BusConfig::from(&*settings), telemetry.clone());
-        let bus = Bus::start_in_arbiter(&core.handle(), move |_| Bus::new(config, t));
+        let recovery_setup = cluster.as_ref().map(|(config, health, _, _)| {
+            (
+                config.clone(),
+                health.clone(),
+                telemetry.clone(),
+                cluster_thread.handle(),
+            )
+        });
+        let bus = Bus::start_in_arbiter(&core.handle(), move |ctx| {
+            let bus = Bus::new(config, t);
+            match recovery_setup {
+                Some((config, health, t, thread)) => {
+                    let me = ctx.address().recipient();
+                    let recovery = Recovery::start_in_arbiter(&thread, move |_| {
+                        Recovery::new(config, me, health, t)
+                    });
+                    bus.stream_fed(recovery.recipient())
+                }
+                None => bus,
+            }
+        });
 
         let config = RegistryConfig::from(&settings.registry);
-        let (t, b) = (telemetry.clone(), bus.clone().recipient());
-        let registry =
-            Registry::start_in_arbiter(&core.handle(), move |_| Registry::new(config, b, t));
+        let (t, b, stream_bus) = (
+            telemetry.clone(),
+            bus.clone().recipient(),
+            cluster.is_some().then(|| bus.clone()),
+        );
+        let registry = Registry::start_in_arbiter(&core.handle(), move |_| {
+            let registry = Registry::new(config, b, t);
+            match &stream_bus {
+                Some(bus) => registry.stream_fed(bus),
+                None => registry,
+            }
+        });
 
         let slack = match wiring::slack_config(&settings.slack)? {
             Some(config) => {
@@ -121,8 +178,15 @@ impl Application {
             clock.clone(),
         );
         let s = slack.as_ref().map(|s| s.clone().recipient());
+        let w = cluster
+            .as_ref()
+            .map(|(_, _, writer, leadership)| (writer.clone(), leadership.clone()));
         let alerts = Alerts::start_in_arbiter(&alerts_thread.handle(), move |_| {
-            Alerts::new(config, b, s, t, c)
+            let alerts = Alerts::new(config, b, s, t, c);
+            match w {
+                Some((writer, leadership)) => alerts.stream_fed(writer, leadership),
+                None => alerts,
+            }
         });
         // Subscribed to the bus before ingest starts: no frame goes unseen.
         alerts
@@ -135,12 +199,27 @@ impl Application {
             registry.clone().recipient(),
             bus.clone().recipient(),
         );
+        // Cluster mode: the reader feeds the registry from the stream, from
+        // now on (the alerts are subscribed), before ingest appends anything.
+        if let Some((config, health, _, _)) = &cluster {
+            StreamReader::start(
+                &cluster_thread.handle(),
+                config.clone(),
+                registry.clone().recipient(),
+                health.clone(),
+                telemetry.clone(),
+            );
+        }
+        let w = cluster.as_ref().map(|(_, _, writer, _)| writer.clone());
         let ingest = Ingest::start_in_arbiter(&ingest_thread.handle(), move |_| {
-            let ingest = Ingest::new(ingest_config, r, b, t);
-            match link {
-                Some(link) => ingest.with_link(link),
-                None => ingest,
+            let mut ingest = Ingest::new(ingest_config, r, b, t);
+            if let Some(link) = link {
+                ingest = ingest.with_link(link);
             }
+            if let Some(writer) = w {
+                ingest = ingest.stream_fed(writer);
+            }
+            ingest
         });
 
         let bind = settings.http.bind;
@@ -174,6 +253,7 @@ impl Application {
             auth,
             idempotency: Arc::new(http::idempotency::Idempotency::new(&settings.http, clock)),
             host_health: Arc::new(host_health),
+            cluster: cluster.map(|(_, health, writer, _)| http::ClusterState { writer, health }),
         });
         let unacked_timeout = settings.sessions.write_timeout.saturating_mul(2);
         let server = HttpServer::new(move || {
@@ -219,6 +299,7 @@ impl Application {
                 core.handle(),
                 ingest_thread.handle(),
                 alerts_thread.handle(),
+                cluster_thread.handle(),
             ],
             broker,
         };

@@ -5,6 +5,7 @@ use anyhow::Context as _;
 
 use edgebus_actors::alerts::AlertsConfig;
 use edgebus_actors::bus::BusConfig;
+use edgebus_actors::cluster::ClusterConfig;
 use edgebus_actors::ingest::tls::{client_config, TlsFiles};
 use edgebus_actors::ingest::IngestConfig;
 use edgebus_actors::registry::RegistryConfig;
@@ -104,14 +105,26 @@ pub fn ingest_config(settings: &Settings, broker: &MqttEndpoint) -> anyhow::Resu
     } else {
         None
     };
+    // Cluster mode: each instance is one member of a shared subscription
+    // (the broker hands each frame to one of them), under its own client id.
+    let (topics, client_id) = match &settings.cluster {
+        Some(c) => (
+            m.topic_strings()
+                .into_iter()
+                .map(|t| format!("$share/{}/{t}", c.group))
+                .collect(),
+            format!("{}-{}", m.client_id, c.instance_id),
+        ),
+        None => (m.topic_strings(), m.client_id.clone()),
+    };
     Ok(IngestConfig {
         host: broker.host.clone(),
         port: broker.port,
         tls,
-        client_id: m.client_id.clone(),
+        client_id,
         credentials: (!m.username.is_empty())
             .then(|| (m.username.clone(), m.password.expose().to_owned())),
-        topics: m.topic_strings(),
+        topics,
         backoff_min: m.backoff_min,
         backoff_max: m.backoff_max,
         max_payload_bytes: m.max_payload_bytes,
@@ -152,4 +165,22 @@ impl From<&Settings> for SseSessionConfig {
             retry: s.sse_retry,
         }
     }
+}
+
+/// Cluster mode's engine settings; `None` for one instance.
+pub fn cluster_config(settings: &Settings) -> Option<ClusterConfig> {
+    let c = settings.cluster.as_ref()?;
+    Some(ClusterConfig {
+        redis_url: c.redis_url.expose().to_owned(),
+        instance_id: c.instance_id.clone(),
+        stream_key: c.stream_key(),
+        devices_key: c.key("devices"),
+        leader_key: c.key("leader"),
+        stream_max_len: c.stream_max_len,
+        max_devices: settings.registry.max_devices,
+        forget_after: edgebus_actors::registry::FORGET_AFTER,
+        history: settings.bus.history,
+        history_bytes: settings.bus.history_bytes,
+        max_reader_lag: c.max_reader_lag,
+    })
 }

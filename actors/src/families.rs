@@ -172,6 +172,16 @@ pub fn classify(topic: &str) -> (&'static str, DeliveryClass) {
     (name, DeliveryClass::Queue)
 }
 
+/// Event names edgebus sets itself where the topic alone cannot tell
+/// (presence: one topic, two names). Cluster mode carries them through the
+/// Redis stream as text and maps them back to these.
+pub const EXPLICIT_EVENT_NAMES: &[&str] = &["device.online", "device.offline"];
+
+/// `name` as one of [`EXPLICIT_EVENT_NAMES`].
+pub fn explicit_event_name(name: &str) -> Option<&'static str> {
+    EXPLICIT_EVENT_NAMES.iter().copied().find(|n| *n == name)
+}
+
 /// The `{device_id}` of a `devices/{device_id}/metrics` topic.
 pub fn metrics_device(topic: &str) -> Option<&str> {
     let rest = topic.strip_prefix("devices/")?;

@@ -27,6 +27,8 @@ const LAYERS: &[&[&str]] = &[
     &["bus"],
     // Actors that only talk to the bus, or to nobody.
     &["registry", "session", "slack"],
+    // The Redis stream: feeds the registry and bus, fed by ingest and HTTP.
+    &["cluster"],
     // Actors that feed others.
     &["ingest", "alerts"],
 ];

@@ -27,7 +27,7 @@
 //!   bus (what its mailboxes may hold).
 //! - [`notice`]: the Slack message the Alerts actor hands the Slack actor,
 //!   and the labels of Slack's counters.
-//! - [`event`]: event ids (epoch + seq), drafts, numbered events and their
+//! - [`event`]: event ids (epoch + seq, or a stream entry id), drafts, numbered events and their
 //!   per-event wire forms, serialised once; no parsed payload tree is kept.
 //!   [`event::wire`] has every other form (WS control frames and snapshots,
 //!   SSE framing and snapshots, edgewatch), each written in one place.
@@ -46,7 +46,12 @@
 //! - [`session`]: the WebSocket and SSE session actors (bus subscribers).
 //! - [`slack`]: the Slack delivery actor (awc): bounded outbox, pacing,
 //!   retries, mrkdwn escaping, periodic summaries.
-//! - [`ingest`]: the Ingest actor (rumqttc), reconnect back-off, TLS.
+//! - [`cluster`]: cluster mode on Redis: the stream writer (batched,
+//!   device cap checked in Redis), the stream reader that feeds the
+//!   registry and bus in stream order, recovery of a resuming client's
+//!   missed events from the stream, and the health `/readyz` reports.
+//! - [`ingest`]: the Ingest actor (rumqttc), reconnect back-off, TLS; in
+//!   cluster mode a shared subscription acknowledged after the append.
 //! - [`alerts`]: the Alerts actor (a bus subscriber): threshold rules with
 //!   cooldown, silent / rejecting detectors, presence, security digests.
 //!
@@ -55,6 +60,7 @@
 //!
 //! ```text
 //!  ingest, alerts                      actors that feed others
+//!  cluster                             the Redis stream: writer, reader, recovery
 //!  registry, session, slack            actors that talk to the bus or nobody
 //!  bus                                 the bus and its delivery protocol
 //!  reject, subscription                rules over events
@@ -68,6 +74,7 @@
 
 pub mod alerts;
 pub mod bus;
+pub mod cluster;
 pub mod devices;
 pub mod event;
 pub mod families;

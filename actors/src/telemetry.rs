@@ -4,10 +4,13 @@
 //! device ids.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 use crate::frame::Rejection;
 use crate::notice::{NoticeKind, DROP_REASONS, PERMANENT_REASONS};
@@ -50,7 +53,124 @@ pub struct Telemetry {
     pub alerts: AlertMetrics,
     /// Slack delivery.
     pub slack: SlackMetrics,
+    cluster: OnceLock<ClusterMetrics>,
     warn_limiter: WarnLimiter,
+}
+
+/// Cluster mode: the Redis stream's reader and writer. Registered on first
+/// use, so a single instance shows none of them.
+pub struct ClusterMetrics {
+    /// `edgebus_cluster_info{instance_id}` = 1.
+    pub info: IntGaugeVec,
+    /// How far this instance's reader is behind the stream's newest entry.
+    pub reader_lag_seconds: Gauge,
+    /// The last Redis round trip (PING) seen by the health check.
+    pub redis_rtt_seconds: Gauge,
+    /// Events per append (one Redis round trip each).
+    pub append_batch: Histogram,
+    pub appended: IntCounter,
+    pub read: IntCounter,
+    /// Entries on the stream that are not edgebus events (skipped).
+    pub foreign_entries: IntCounter,
+    /// 1 while this instance holds the leader lease.
+    pub leader: IntGauge,
+    /// Redis commands that failed, by operation.
+    redis_errors: IntCounterVec,
+}
+
+impl ClusterMetrics {
+    pub const OPS: [&'static str; 6] = ["append", "read", "backfill", "ping", "connect", "lease"];
+
+    fn register(registry: &Registry) -> Self {
+        fn reg<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: M) -> M {
+            registry
+                .register(Box::new(m.clone()))
+                .expect("metric names are unique");
+            m
+        }
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "edgebus_cluster_info",
+                "This instance's id in cluster mode (value 1).",
+            ),
+            &["instance_id"],
+        )
+        .expect("static metric definition is valid");
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "edgebus_cluster_redis_errors_total",
+                "Redis commands that failed, by operation.",
+            ),
+            &["op"],
+        )
+        .expect("static metric definition is valid");
+        for op in Self::OPS {
+            redis_errors.with_label_values(&[op]);
+        }
+        let gauge = |name: &str, help: &str| {
+            reg(
+                registry,
+                Gauge::new(name, help).expect("static metric definition is valid"),
+            )
+        };
+        let counter = |name: &str, help: &str| {
+            reg(
+                registry,
+                IntCounter::new(name, help).expect("static metric definition is valid"),
+            )
+        };
+        Self {
+            info: reg(registry, info),
+            reader_lag_seconds: gauge(
+                "edgebus_cluster_reader_lag_seconds",
+                "How far this instance's stream reader is behind the newest entry.",
+            ),
+            redis_rtt_seconds: gauge(
+                "edgebus_cluster_redis_rtt_seconds",
+                "The last Redis round trip (PING), in seconds.",
+            ),
+            append_batch: reg(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "edgebus_cluster_append_batch_events",
+                        "Events appended to the stream per Redis round trip.",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 16.0, 64.0, 256.0, 1024.0]),
+                )
+                .expect("static metric definition is valid"),
+            ),
+            appended: counter(
+                "edgebus_cluster_appended_total",
+                "Events this instance appended to the stream.",
+            ),
+            read: counter(
+                "edgebus_cluster_read_total",
+                "Events this instance read from the stream.",
+            ),
+            foreign_entries: counter(
+                "edgebus_cluster_foreign_entries_total",
+                "Stream entries that are not edgebus events, skipped.",
+            ),
+            leader: reg(
+                registry,
+                IntGauge::new(
+                    "edgebus_cluster_leader",
+                    "1 while this instance holds the leader lease (alerts, presence, Slack).",
+                )
+                .expect("static metric definition is valid"),
+            ),
+            redis_errors: reg(registry, redis_errors),
+        }
+    }
+
+    pub fn redis_error(&self, op: &str) {
+        self.redis_errors.with_label_values(&[op]).inc();
+    }
+
+    pub fn redis_errors(&self, op: &str) -> u64 {
+        self.redis_errors.with_label_values(&[op]).get()
+    }
 }
 
 /// Alerts raised by rule.
@@ -298,6 +418,7 @@ impl Telemetry {
             ws_ops,
             alerts: AlertMetrics::register(&registry),
             slack: SlackMetrics::register(&registry),
+            cluster: OnceLock::new(),
             frames_rejected,
             events_dropped,
             sessions_open,
@@ -308,6 +429,12 @@ impl Telemetry {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Cluster mode's metrics, registered on first use.
+    pub fn cluster(&self) -> &ClusterMetrics {
+        self.cluster
+            .get_or_init(|| ClusterMetrics::register(&self.registry))
     }
 
     /// A frame was refused: count it and log it (rate-limited, per reason,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use edgebus_actors::ingest::{ConnectionState, Status};
 
@@ -32,8 +32,20 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         ConnectionState::Disconnected => "disconnected",
         ConnectionState::Stopped => "stopped",
     };
-    let body = json!({ "mqtt": mqtt_text, "bus": if bus_ok { "ok" } else { "unresponsive" } });
-    if mqtt == ConnectionState::Subscribed && bus_ok {
+    let mut body = json!({ "mqtt": mqtt_text, "bus": if bus_ok { "ok" } else { "unresponsive" } });
+    // Cluster mode: Redis must answer and the stream reader keep up.
+    let cluster_problem = state.cluster.as_ref().and_then(|c| {
+        let problem = c.health.not_ready();
+        if let Value::Object(map) = &mut body {
+            map.insert("instance_id".into(), c.health.instance_id.clone().into());
+            map.insert(
+                "cluster".into(),
+                problem.clone().unwrap_or_else(|| "ok".into()).into(),
+            );
+        }
+        problem
+    });
+    if mqtt == ConnectionState::Subscribed && bus_ok && cluster_problem.is_none() {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

@@ -19,6 +19,7 @@ use actix::Addr;
 use actix_web::web;
 
 use edgebus_actors::bus::Bus;
+use edgebus_actors::cluster::{ClusterHealth, StreamWriter};
 use edgebus_actors::ingest::Ingest;
 use edgebus_actors::registry::Registry;
 use edgebus_actors::telemetry::Telemetry;
@@ -37,6 +38,14 @@ pub struct AppState {
     pub idempotency: Arc<idempotency::Idempotency>,
     /// Host-health reports on disk, and the bounds on them.
     pub host_health: Arc<crate::host_health::HostHealthStore>,
+    /// Cluster mode: the stream writer publishes go to, and the health
+    /// `/readyz` reports.
+    pub cluster: Option<ClusterState>,
+}
+
+pub struct ClusterState {
+    pub writer: StreamWriter,
+    pub health: Arc<ClusterHealth>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

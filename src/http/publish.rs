@@ -11,7 +11,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use std::time::{Duration, Instant};
+
 use edgebus_actors::bus::Publish;
+use edgebus_actors::cluster::AppendError;
 use edgebus_actors::event::{now_ms, Body, Draft};
 use edgebus_actors::families::{self, Route};
 use edgebus_actors::frame::{is_safe_id, Rejection};
@@ -24,6 +27,10 @@ use super::streams::{authorization, check_origin, require_json};
 use super::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
+
+/// How long a publish waits for the Redis stream (cluster mode) before it
+/// answers 503; an append that has not gone out by then never does.
+const STREAM_APPEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest notification message, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 2000;
@@ -141,12 +148,23 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 
 /// Metrics through the registry (it keeps the device table and forwards to
 /// the bus), anything else straight to the bus, which answers with the id.
+/// In cluster mode: onto the Redis stream, whose entry id is the event's id
+/// on every instance.
 async fn put_on_bus(state: &AppState, draft: Draft) -> Result<Published, ApiError> {
+    if let Some(cluster) = &state.cluster {
+        let device = draft.body.as_metrics().map(|f| f.device_id.to_string());
+        let deadline = Instant::now() + STREAM_APPEND_TIMEOUT;
+        return match cluster.writer.append_until(draft, device, deadline).await {
+            Ok(id) => Ok(Published {
+                id: Some(id.to_string()),
+            }),
+            Err(AppendError::DeviceCap) => Err(device_cap()),
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        };
+    }
     if families::route(&draft.topic) == Route::Registry {
         return match state.registry.send(Observe(draft)).await? {
-            Admission::Refused => Err(ApiError::Forbidden(
-                "device cap (registry.max_devices) reached: new devices are refused".into(),
-            )),
+            Admission::Refused => Err(device_cap()),
             Admission::New | Admission::Updated => Ok(Published { id: None }),
         };
     }
@@ -154,6 +172,10 @@ async fn put_on_bus(state: &AppState, draft: Draft) -> Result<Published, ApiErro
     Ok(Published {
         id: Some(id.to_string()),
     })
+}
+
+fn device_cap() -> ApiError {
+    ApiError::Forbidden("device cap (registry.max_devices) reached: new devices are refused".into())
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,14 +226,7 @@ pub async fn notify(
     map.insert("level".into(), note.level.into());
     map.insert("message".into(), note.message.into());
     map.insert("source".into(), source.into());
-    let id = state
-        .bus
-        .send(Publish(Draft::new(
-            topic.as_str(),
-            now_ms(),
-            Body::Object(map),
-        )))
-        .await?;
-    Ok(HttpResponse::Created()
-        .json(json!({"status": "created", "topic": topic, "id": id.to_string()})))
+    let draft = Draft::new(topic.as_str(), now_ms(), Body::Object(map));
+    let id = put_on_bus(&state, draft).await?.id;
+    Ok(HttpResponse::Created().json(json!({"status": "created", "topic": topic, "id": id})))
 }

@@ -36,6 +36,7 @@ use crate::bus::{
     self, session_queue, Bus, Delivery, Publish, SessionId, SessionInbox, SessionQueue, Taken,
     CONTROL_RESERVE,
 };
+use crate::cluster::{Leadership, StreamWriter};
 use crate::families;
 use crate::notice::{Notice, NoticeKind};
 use crate::slack::Enqueue;
@@ -99,6 +100,11 @@ pub struct Alerts {
     batch: Vec<Delivery>,
     /// The armed timer and the deadline it is for.
     timer: Option<(u64, SpawnHandle)>,
+    /// Cluster mode: alert and presence events go to the Redis stream, so
+    /// every instance's clients see them, and only while this instance is
+    /// the leader: every instance decides the same (they read one stream),
+    /// one speaks.
+    stream: Option<(StreamWriter, Arc<Leadership>)>,
 }
 
 impl Alerts {
@@ -127,7 +133,22 @@ impl Alerts {
             inbox: Some(inbox),
             batch: Vec::new(),
             timer: None,
+            stream: None,
         }
+    }
+
+    /// Cluster mode: publishes to the Redis stream instead of the bus, and
+    /// publishes and notifies Slack only while `leadership` says so.
+    pub fn stream_fed(mut self, writer: StreamWriter, leadership: Arc<Leadership>) -> Self {
+        self.stream = Some((writer, leadership));
+        self
+    }
+
+    /// False on a cluster instance that is not the leader.
+    fn speaks(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_none_or(|(_, leadership)| leadership.is_leader())
     }
 
     /// Runs every deadline due now.
@@ -177,6 +198,12 @@ impl Alerts {
     }
 
     fn publish(&self, draft: crate::event::Draft) {
+        if let Some((stream, leadership)) = &self.stream {
+            if leadership.is_leader() {
+                stream.append(draft, None, None, None);
+            }
+            return;
+        }
         if self.bus.try_send(Publish(draft)).is_err() {
             self.telemetry.events_dropped(DropReason::Overload, 1);
         }
@@ -186,6 +213,9 @@ impl Alerts {
         let Some(slack) = &self.slack else {
             return;
         };
+        if !self.speaks() {
+            return;
+        }
         let kind = notice.kind;
         if slack.try_send(Enqueue(notice)).is_err() {
             self.telemetry.slack_dropped(kind, "overload");

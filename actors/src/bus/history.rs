@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::mem::size_of;
 use std::sync::Arc;
 
-use crate::event::Event;
+use crate::event::{Event, EventId};
 
 pub struct History {
     ring: VecDeque<Arc<Event>>,
@@ -48,8 +48,15 @@ impl History {
         self.ring.front()
     }
 
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Event>> {
         self.ring.iter()
+    }
+
+    /// The events newer than `id`, oldest first (the ring is in id order).
+    pub fn after(&self, id: EventId) -> impl Iterator<Item = &Arc<Event>> {
+        let start = self.ring.partition_point(|e| e.id <= id);
+        self.ring.range(start..)
     }
 
     pub fn len(&self) -> usize {
@@ -65,7 +72,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Body, Draft, EventId};
+    use crate::event::{Body, Draft};
 
     fn event(seq: u64) -> Arc<Event> {
         let draft = Draft::new("t", 0, Body::Object(Default::default()));

@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::mem::size_of;
 use std::sync::Arc;
 
-use crate::event::{block_bytes, Event};
+use crate::event::{block_bytes, Event, EventId};
 use crate::topic::FilterLevel;
 
 pub struct LastValues {
     root: Node,
     /// seq of each topic's last event → topic, oldest first.
-    by_age: BTreeMap<u64, Arc<str>>,
+    by_age: BTreeMap<EventId, Arc<str>>,
     len: usize,
     bytes: usize,
     cap: usize,
@@ -27,9 +27,9 @@ struct Node {
     value: Option<Arc<Event>>,
 }
 
-/// A `by_age` entry: a B-tree slot (u64 + `Arc<str>`) in nodes that may be
+/// A `by_age` entry: a B-tree slot (`EventId` + `Arc<str>`) in nodes that may be
 /// half empty, with the node's own pointers, rounded up.
-const AGE_ENTRY_BYTES: usize = 2 * (size_of::<u64>() + size_of::<Arc<str>>()) + 16;
+const AGE_ENTRY_BYTES: usize = 2 * (size_of::<EventId>() + size_of::<Arc<str>>()) + 16;
 
 /// One trie level besides its name: the map slot (key + node) at a load
 /// factor down to ~45 % after growth, and its control byte.
@@ -120,12 +120,12 @@ impl LastValues {
         }
         match node.value.replace(event.clone()) {
             Some(old) => {
-                self.by_age.remove(&old.id.seq);
+                self.by_age.remove(&old.id);
                 self.bytes -= entry_bytes(&old);
             }
             None => self.len += 1,
         }
-        self.by_age.insert(event.id.seq, event.topic.clone());
+        self.by_age.insert(event.id, event.topic.clone());
         self.bytes += entry_bytes(event);
         while self.len > self.cap || self.bytes > self.cap_bytes {
             let Some((_, topic)) = self.by_age.pop_first() else {

@@ -92,6 +92,12 @@ pub struct Bus {
     config: BusConfig,
     epoch: u64,
     seq: u64,
+    /// The newest event's id.
+    newest: EventId,
+    /// Cluster mode: events arrive numbered by the Redis stream, and a
+    /// resuming client's missed events that the history no longer holds
+    /// are fetched from the stream through this recipient.
+    stream: Option<Recipient<Backfill>>,
     index: FilterIndex<SessionId>,
     sessions: HashMap<SessionId, Subscriber>,
     last: LastValues,
@@ -106,8 +112,11 @@ struct Subscriber {
     /// Some subscription carries payload predicates: a topic match alone
     /// does not decide delivery.
     predicated: bool,
-    /// Sequence of the last event offered, so overlapping filters deliver once.
-    last_seq: u64,
+    /// Id of the last event offered or replayed: overlapping filters
+    /// deliver once, and a client resuming from an id this instance has not
+    /// read yet skips what it already has. [`RECOVERING`] while its missed
+    /// events are fetched from the stream.
+    last_id: EventId,
     /// Queued-class events dropped since the last `lagged` notice.
     dropped: u64,
     /// Newest metrics event per topic that did not fit while behind.
@@ -184,18 +193,50 @@ impl Subscriber {
     }
 }
 
+/// A subscriber's `last_id` while the stream is asked for what it missed:
+/// above every id, so no live event reaches it before its replay.
+const RECOVERING: EventId = EventId {
+    epoch: u64::MAX,
+    seq: u64::MAX,
+};
+
+/// Where a resuming client's missed events come from.
+enum ResumeFrom {
+    /// The history holds them all (maybe none).
+    History(Vec<Arc<Event>>),
+    /// Cluster mode: the client saw events this instance has not read yet;
+    /// it gets nothing now and the live events after its id.
+    Ahead,
+    /// Cluster mode: older than the history; the stream may still hold them.
+    Stream,
+    /// Another run's id, garbage, or lost: a snapshot marked `reset`.
+    Reset,
+}
+
 impl Bus {
     pub fn new(config: BusConfig, telemetry: Arc<Telemetry>) -> Self {
+        let epoch = now_ms();
         Self {
             history: History::new(config.history, config.history_bytes),
             last: LastValues::new(MAX_LAST_VALUES, config.last_values_bytes),
             config,
-            epoch: now_ms(),
+            epoch,
             seq: 0,
+            newest: EventId { epoch, seq: 0 },
+            stream: None,
             index: FilterIndex::default(),
             sessions: HashMap::new(),
             telemetry,
         }
+    }
+
+    /// Cluster mode: every event arrives numbered by the Redis stream
+    /// ([`Draft::numbered`]), and `recovery` fetches from the stream what a
+    /// resuming client missed beyond the history.
+    pub fn stream_fed(mut self, recovery: Recipient<Backfill>) -> Self {
+        self.newest = EventId::stream(0, 0);
+        self.stream = Some(recovery);
+        self
     }
 
     fn next_id(&mut self) -> EventId {
@@ -206,8 +247,22 @@ impl Bus {
         }
     }
 
-    fn publish(&mut self, draft: Draft) -> EventId {
-        let id = self.next_id();
+    /// Numbers (or takes the stream's id of) `draft` and keeps it; `None`
+    /// for a stream event this bus already has (a reader that read again
+    /// after a reconnect) or a draft of the wrong kind for this mode.
+    fn store(&mut self, draft: Draft) -> Option<Arc<Event>> {
+        let id = match (draft.id(), &self.stream) {
+            (None, None) => self.next_id(),
+            (Some(id), Some(_)) if id.is_stream() && id > self.newest => id,
+            (given, _) => {
+                log::warn!(
+                    "bus: dropped an event numbered {given:?} (newest {})",
+                    self.newest
+                );
+                return None;
+            }
+        };
+        self.newest = id;
         let event = Arc::new(Event::from_draft(id, draft));
         self.telemetry.events_published.inc();
         self.last.insert(&event);
@@ -218,8 +273,17 @@ impl Bus {
         self.telemetry
             .bus_last_values_bytes
             .set(self.last.bytes() as i64);
-        self.route(&event);
-        id
+        Some(event)
+    }
+
+    fn publish(&mut self, draft: Draft) -> EventId {
+        match self.store(draft) {
+            Some(event) => {
+                self.route(&event);
+                event.id
+            }
+            None => self.newest,
+        }
     }
 
     fn route(&mut self, event: &Arc<Event>) {
@@ -229,20 +293,20 @@ impl Bus {
             telemetry,
             ..
         } = self;
-        let seq = event.id.seq;
+        let event_id = event.id;
         let mut routed = 0u64;
         let mut closed: Vec<SessionId> = Vec::new();
         index.for_each_match(&event.topic, |id| {
             let Some(sub) = sessions.get_mut(id) else {
                 return;
             };
-            if sub.last_seq == seq {
+            if event_id <= sub.last_id {
                 return;
             }
             if sub.predicated && !sub.filters.iter().any(|s| s.matches(event)) {
                 return;
             }
-            sub.last_seq = seq;
+            sub.last_id = event_id;
             match sub.offer(event, telemetry) {
                 Offer::Queued => routed += 1,
                 Offer::Full => {}
@@ -256,10 +320,7 @@ impl Bus {
     }
 
     fn last_id(&self) -> EventId {
-        EventId {
-            epoch: self.epoch,
-            seq: self.seq,
-        }
+        self.newest
     }
 
     /// Latest value of every topic matching `subs`, oldest first. The
@@ -296,29 +357,42 @@ impl Bus {
         }
     }
 
-    /// Every event after `after` that matches `subs`, when the history
-    /// still holds all of them; `None` when the id is from another run, from
-    /// the future, or older than the ring reaches.
-    fn replay(&self, after: EventId, subs: &[Subscription]) -> Option<Vec<Arc<Event>>> {
-        if after.epoch != self.epoch || after.seq > self.seq {
-            return None;
+    /// Where the events after `after` that match `subs` come from.
+    fn resume_from(&self, after: EventId, subs: &[Subscription]) -> ResumeFrom {
+        let cluster = self.stream.is_some();
+        if after.is_stream() != cluster {
+            return ResumeFrom::Reset;
         }
-        if after.seq == self.seq {
-            return Some(Vec::new());
+        if after >= self.newest {
+            return match (after == self.newest, cluster) {
+                (true, _) => ResumeFrom::History(Vec::new()),
+                (false, true) => ResumeFrom::Ahead,
+                (false, false) => ResumeFrom::Reset,
+            };
         }
-        let oldest = self.history.front()?.id.seq;
-        if after.seq + 1 < oldest {
-            return None;
+        // The ring is a gapless tail of every event: it holds all events
+        // after `after` when it starts at or before `after`'s successor.
+        let covered = self.history.front().is_some_and(|front| {
+            if cluster {
+                front.id <= after
+            } else {
+                after.epoch == self.epoch && after.seq + 1 >= front.id.seq
+            }
+        });
+        match (covered, cluster) {
+            (true, _) => ResumeFrom::History(self.replay_after(after, subs)),
+            (false, true) => ResumeFrom::Stream,
+            (false, false) => ResumeFrom::Reset,
         }
-        let skip = (after.seq + 1 - oldest) as usize;
-        Some(
-            self.history
-                .iter()
-                .skip(skip)
-                .filter(|e| subs.iter().any(|s| s.matches(e)))
-                .cloned()
-                .collect(),
-        )
+    }
+
+    /// The history's events after `after` that match `subs`.
+    fn replay_after(&self, after: EventId, subs: &[Subscription]) -> Vec<Arc<Event>> {
+        self.history
+            .after(after)
+            .filter(|e| subs.iter().any(|s| s.matches(e)))
+            .cloned()
+            .collect()
     }
 
     fn add_filters(&mut self, id: SessionId, subs: Vec<Subscription>) -> Result<(), String> {
@@ -421,7 +495,7 @@ impl Handler<Join> for Bus {
                 queue,
                 filters: Vec::new(),
                 predicated: false,
-                last_seq: 0,
+                last_id: EventId { epoch: 0, seq: 0 },
                 dropped: 0,
                 pending: HashMap::new(),
                 behind: false,
@@ -437,20 +511,166 @@ impl Bus {
             Ok(()) => {
                 // A garbage, foreign or too old id gets a snapshot marked as
                 // a reset: the client must drop what it shows and start over.
-                let replay = resume
-                    .and_then(|text| EventId::parse(text.trim()))
-                    .and_then(|after| self.replay(after, &subs));
-                match replay {
-                    Some(events) => Delivery::Replay(Box::new(events)),
-                    None => Delivery::Snapshot(Box::new(self.snapshot(&subs, resume.is_some()))),
+                let parse = if self.stream.is_some() {
+                    EventId::parse_stream
+                } else {
+                    EventId::parse
+                };
+                let after = resume.and_then(|text| parse(text.trim()));
+                let from = after.map_or(ResumeFrom::Reset, |after| self.resume_from(after, &subs));
+                match (from, after) {
+                    (ResumeFrom::History(events), _) => Delivery::Replay(Box::new(events)),
+                    (ResumeFrom::Ahead, Some(after)) => {
+                        if let Some(sub) = self.sessions.get_mut(&session) {
+                            sub.last_id = after;
+                        }
+                        Delivery::Replay(Box::default())
+                    }
+                    (ResumeFrom::Stream, Some(after)) => {
+                        if let (Some(sub), Some(stream)) =
+                            (self.sessions.get_mut(&session), &self.stream)
+                        {
+                            sub.last_id = RECOVERING;
+                            stream.do_send(Backfill { session, after });
+                            return;
+                        }
+                        Delivery::Snapshot(Box::new(self.snapshot(&subs, true)))
+                    }
+                    _ => Delivery::Snapshot(Box::new(self.snapshot(&subs, resume.is_some()))),
                 }
             }
             Err(e) => Delivery::Error(Box::new(e)),
         };
+        self.reply(session, reply);
+    }
+
+    fn reply(&mut self, session: SessionId, reply: Delivery) {
         if let Some(sub) = self.sessions.get(&session) {
             if sub.queue.offer_control(reply) == Offer::Closed {
                 self.remove(session);
             }
+        }
+    }
+
+    /// The stream's answer for a recovering session: its missed events up
+    /// to `upto`, then the history's after that, then live events.
+    fn backfilled(&mut self, msg: Backfilled) {
+        let Some(sub) = self.sessions.get(&msg.session) else {
+            return;
+        };
+        if sub.last_id != RECOVERING {
+            return;
+        }
+        let subs = sub.filters.clone();
+        let newest = self.newest;
+        let replay = match msg.result {
+            Ok(fetched) if fetched.upto >= newest => Some((fetched.events, fetched.upto)),
+            Ok(fetched) => {
+                // This instance read further than the stream answered: the
+                // rest must still be in the history, else the client lost it.
+                let covered = self
+                    .history
+                    .front()
+                    .is_some_and(|front| front.id <= fetched.upto);
+                covered.then(|| {
+                    let mut events = fetched.events;
+                    events.extend(self.history.after(fetched.upto).cloned());
+                    (events, newest)
+                })
+            }
+            Err(reason) => {
+                log::info!("A resuming client gets a reset snapshot: {reason}");
+                None
+            }
+        };
+        let reply = match replay {
+            Some((events, upto)) => {
+                let events = events
+                    .into_iter()
+                    .filter(|e| subs.iter().any(|s| s.matches(e)))
+                    .collect();
+                if let Some(sub) = self.sessions.get_mut(&msg.session) {
+                    sub.last_id = upto;
+                }
+                Delivery::Replay(Box::new(events))
+            }
+            None => {
+                if let Some(sub) = self.sessions.get_mut(&msg.session) {
+                    sub.last_id = newest;
+                }
+                Delivery::Snapshot(Box::new(self.snapshot(&subs, true)))
+            }
+        };
+        self.reply(msg.session, reply);
+    }
+}
+
+/// Cluster mode: asks the stream for the events after `after` that a
+/// resuming session missed (`do_send` from the bus to the stream reader's
+/// recovery); answered with [`Backfilled`].
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Backfill {
+    pub session: SessionId,
+    pub after: EventId,
+}
+
+/// Events fetched from the stream for a resuming session.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Every event after the session's id, up to and including `upto`, in
+    /// order (all topics: the bus filters them).
+    pub events: Vec<Arc<Event>>,
+    pub upto: EventId,
+}
+
+/// The stream's answer to [`Backfill`]; `Err` says why the client must
+/// start over (its id is older than the stream keeps, too much to replay,
+/// Redis unreachable).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Backfilled {
+    pub session: SessionId,
+    pub result: Result<Fetched, String>,
+}
+
+impl Handler<Backfilled> for Bus {
+    type Result = ();
+
+    fn handle(&mut self, msg: Backfilled, _: &mut Context<Self>) {
+        self.backfilled(msg);
+    }
+}
+
+/// Cluster mode: events read from the stream, numbered, in stream order
+/// (`try_send` from the registry, which saw the metrics among them first).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PublishBatch(pub Vec<Draft>);
+
+impl Handler<PublishBatch> for Bus {
+    type Result = ();
+
+    fn handle(&mut self, msg: PublishBatch, _: &mut Context<Self>) {
+        for draft in msg.0 {
+            self.publish(draft);
+        }
+    }
+}
+
+/// Cluster mode, at start: the stream's newest events, kept for snapshots
+/// and replay but routed to nobody (they happened before this instance
+/// started; alerts must not fire on them again).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Preload(pub Vec<Draft>);
+
+impl Handler<Preload> for Bus {
+    type Result = ();
+
+    fn handle(&mut self, msg: Preload, _: &mut Context<Self>) {
+        for draft in msg.0 {
+            self.store(draft);
         }
     }
 }

@@ -35,17 +35,27 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Event id: an epoch (this run's start, ms) plus a sequence within it, so an
-/// id from a previous run is recognised as such and never replayed as if it
-/// belonged to this one (Centrifugo's epoch + offset).
+/// Event id. One instance: an epoch (this run's start, ms) plus a sequence
+/// within it, so an id from a previous run is recognised as such and never
+/// replayed as if it belonged to this one (Centrifugo's epoch + offset),
+/// written `base36(epoch)-seq`. Cluster mode: the Redis stream entry id
+/// (`ms-seq`, decimal, as Redis writes it), the same on every instance
+/// ([`EventId::stream`]). Ids of one kind order as their events do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventId {
     pub epoch: u64,
     pub seq: u64,
 }
 
+/// Marks a stream entry id in `epoch`: a millisecond clock never reaches
+/// it, and every stream id carries it, so stream ids keep their order.
+const STREAM_ID: u64 = 1 << 63;
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_stream() {
+            return write!(f, "{}-{}", self.epoch & !STREAM_ID, self.seq);
+        }
         write_base36(f, self.epoch)?;
         write!(f, "-{}", self.seq)
     }
@@ -68,6 +78,40 @@ fn write_base36(f: &mut fmt::Formatter<'_>, mut n: u64) -> fmt::Result {
 }
 
 impl EventId {
+    /// A Redis stream entry id, `ms-seq`.
+    pub fn stream(ms: u64, seq: u64) -> Self {
+        Self {
+            epoch: (ms & !STREAM_ID) | STREAM_ID,
+            seq,
+        }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.epoch & STREAM_ID != 0
+    }
+
+    /// The millisecond part of a stream id (`None` for a local one).
+    pub fn stream_ms(&self) -> Option<u64> {
+        self.is_stream().then_some(self.epoch & !STREAM_ID)
+    }
+
+    /// Parses a Redis stream entry id (`ms-seq`, both decimal), as Redis
+    /// and [`fmt::Display`] write it; anything else is `None`.
+    pub fn parse_stream(text: &str) -> Option<Self> {
+        let (ms, seq) = text.split_once('-')?;
+        let digits = |part: &str, max: usize| {
+            !part.is_empty() && part.len() <= max && part.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !digits(ms, 19) || !digits(seq, 20) {
+            return None;
+        }
+        let ms: u64 = ms.parse().ok()?;
+        if ms & STREAM_ID != 0 {
+            return None;
+        }
+        Some(Self::stream(ms, seq.parse().ok()?))
+    }
+
     /// Parses `epoch-seq` as produced by `Display`; anything else is `None`.
     pub fn parse(text: &str) -> Option<Self> {
         let (epoch, seq) = text.split_once('-')?;
@@ -119,6 +163,8 @@ pub struct Draft {
     /// Its share of the in-flight budget, given back when the bus has
     /// numbered it (or when it is dropped on the way).
     permit: Option<InflightPermit>,
+    /// Numbered already: in cluster mode, its Redis stream entry id.
+    id: Option<EventId>,
 }
 
 impl Draft {
@@ -137,6 +183,7 @@ impl Draft {
             payload_json,
             name: None,
             permit: None,
+            id: None,
         }
     }
 
@@ -144,6 +191,22 @@ impl Draft {
     pub fn with_event_name(mut self, name: &'static str) -> Self {
         self.name = Some(name);
         self
+    }
+
+    /// Gives the draft the id it already has (its stream entry id): the
+    /// bus keeps it instead of numbering the event itself.
+    pub fn numbered(mut self, id: EventId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    pub fn id(&self) -> Option<EventId> {
+        self.id
+    }
+
+    /// The name set with [`Draft::with_event_name`], if any.
+    pub fn explicit_name(&self) -> Option<&'static str> {
+        self.name
     }
 
     /// The payload as it goes on the wire.
@@ -387,6 +450,7 @@ impl Event {
             payload_json,
             name: explicit,
             permit,
+            id: _,
         } = draft;
         // Numbered: the mailboxes no longer hold it; the bus's own bounds
         // take over.
@@ -533,6 +597,29 @@ mod tests {
             EventId::parse(&EventId { epoch: 0, seq: 0 }.to_string()),
             Some(EventId { epoch: 0, seq: 0 })
         );
+    }
+
+    #[test]
+    fn stream_ids_round_trip_as_redis_writes_them_and_keep_their_order() {
+        let id = EventId::stream(1_764_423_000_000, 3);
+        assert_eq!(id.to_string(), "1764423000000-3");
+        assert_eq!(EventId::parse_stream("1764423000000-3"), Some(id));
+        assert_eq!(id.stream_ms(), Some(1_764_423_000_000));
+        assert!(EventId::stream(1, 9) < EventId::stream(2, 0));
+        assert!(EventId::stream(2, 0) < EventId::stream(2, 1));
+        for bad in [
+            "",
+            "1",
+            "1-",
+            "-1",
+            "a-1",
+            "1-b",
+            "1-+2",
+            "99999999999999999999-1",
+        ] {
+            assert_eq!(EventId::parse_stream(bad), None, "{bad}");
+        }
+        assert!(!EventId { epoch: 1, seq: 1 }.is_stream());
     }
 
     #[test]

@@ -113,8 +113,13 @@ impl LinkPump {
                                     self.sink.telemetry.broker_overrun(filter, lost);
                                 }
                             }
-                            self.sink
-                                .on_publish(topic, &publish.payload, QoS::AtMostOnce, false)
+                            // The local link has no acks to wait for.
+                            let _ = self.sink.on_publish(
+                                topic,
+                                &publish.payload,
+                                QoS::AtMostOnce,
+                                false,
+                            );
                         }
                         Err(_) => self.sink.on_bad_topic(&publish.topic, &publish.payload),
                     }
@@ -384,6 +389,7 @@ mod tests {
             inflight: crate::inflight::InflightBytes::new(1 << 20),
             registry: registry.recipient(),
             bus: bus.recipient(),
+            stream: None,
             telemetry: telemetry.clone(),
             recent: super::super::RecentFrames::new(4),
         };

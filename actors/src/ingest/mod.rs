@@ -20,11 +20,14 @@ mod link;
 pub mod tls;
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use rumqttc::{
     AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Outgoing, Packet,
     QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
@@ -32,6 +35,7 @@ use rumqttc::{
 use tokio::sync::oneshot;
 
 use crate::bus::Publish;
+use crate::cluster::{AppendError, StreamWriter};
 use crate::event::{now_ms, Body, Draft};
 use crate::families::{is_alerts_topic, metrics_device, route, Route, RESERVED_PREFIX};
 use crate::inflight::InflightBytes;
@@ -115,6 +119,9 @@ pub struct Ingest {
     link: Option<LocalLink>,
     /// Shared by every connection this actor makes.
     inflight: Arc<InflightBytes>,
+    /// Cluster mode: accepted events and rejections go to the Redis stream,
+    /// and a frame is acknowledged to the broker once it is there.
+    stream: Option<StreamWriter>,
 }
 
 impl Ingest {
@@ -133,7 +140,15 @@ impl Ingest {
             state: ConnectionState::Connecting,
             stop: None,
             link: None,
+            stream: None,
         }
+    }
+
+    /// Cluster mode: appends to the stream instead of feeding the registry
+    /// and the bus, and acknowledges each QoS 1/2 frame only once appended.
+    pub fn stream_fed(mut self, writer: StreamWriter) -> Self {
+        self.stream = Some(writer);
+        self
     }
 
     /// Reads from the embedded broker's local link instead of connecting to
@@ -150,6 +165,7 @@ impl Ingest {
             inflight: self.inflight.clone(),
             registry: self.registry.clone(),
             bus: self.bus.clone(),
+            stream: self.stream.clone(),
             telemetry: self.telemetry.clone(),
             recent: RecentFrames::new(RECENT_FRAMES),
         }
@@ -172,7 +188,16 @@ impl Actor for Ingest {
             ctx.spawn(pump.run(stop_rx).into_actor(self));
             return;
         }
-        let (client, eventloop) = AsyncClient::new(self.config.mqtt_options(), 16);
+        let mut options = self.config.mqtt_options();
+        // Cluster mode acknowledges after the append; the request channel
+        // carries those acks, so it holds more than the broker keeps in flight.
+        let capacity = if self.stream.is_some() {
+            options.set_manual_acks(true);
+            1024
+        } else {
+            16
+        };
+        let (client, eventloop) = AsyncClient::new(options, capacity);
         log::info!(
             "Connecting to MQTT broker `{}:{}` as `{}`.",
             self.config.host,
@@ -188,6 +213,8 @@ impl Actor for Ingest {
             telemetry: self.telemetry.clone(),
             me: ctx.address(),
             broker: format!("{}:{}", self.config.host, self.config.port),
+            acks: FuturesOrdered::new(),
+            unsent_acks: VecDeque::new(),
         };
         ctx.spawn(pump.run(stop_rx).into_actor(self));
     }
@@ -264,6 +291,26 @@ struct Pump {
     telemetry: Arc<Telemetry>,
     me: Addr<Ingest>,
     broker: String,
+    /// Cluster mode: frames waiting for their append, in arrival order.
+    acks: FuturesOrdered<PendingAck>,
+    /// Acks the full request channel did not take yet.
+    unsent_acks: VecDeque<rumqttc::Publish>,
+}
+
+/// Resolves to the frame to acknowledge once its append is decided, or
+/// `None` when it must not be acknowledged (not appended).
+type PendingAck = Pin<Box<dyn Future<Output = Option<rumqttc::Publish>> + Send>>;
+
+/// What a frame's acknowledgement waits for.
+enum AckAfter {
+    /// Nothing: acknowledged as usual (or, in cluster mode, at once: a
+    /// redelivery already appended).
+    Now,
+    /// Its append to the stream.
+    Append(oneshot::Receiver<Result<crate::event::EventId, AppendError>>),
+    /// Never: it was dropped before the stream (overload), so the broker
+    /// must keep it.
+    Never,
 }
 
 impl Pump {
@@ -278,8 +325,15 @@ impl Pump {
                     }
                     return;
                 }
+                Some(ack) = self.acks.next(), if !self.acks.is_empty() => {
+                    if let Some(publish) = ack {
+                        self.ack(publish);
+                    }
+                    continue;
+                }
                 polled = self.eventloop.poll() => polled,
             };
+            self.retry_acks();
             match polled {
                 Ok(MqttEvent::Incoming(Packet::Publish(publish))) => self.on_publish(&publish),
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => self.on_connected(),
@@ -337,6 +391,11 @@ impl Pump {
     }
 
     fn on_error(&mut self, error: &ConnectionError) -> Duration {
+        // Packet ids belong to the connection that carried them: the broker
+        // redelivers (persistent session) or forgets (clean) what was not
+        // acknowledged, and an old id must never ack a new frame.
+        self.acks = FuturesOrdered::new();
+        self.unsent_acks.clear();
         self.me.do_send(StateChanged(ConnectionState::Disconnected));
         self.telemetry.mqtt_reconnects.inc();
         let delay = self.backoff.next_delay();
@@ -367,8 +426,41 @@ impl Pump {
     }
 
     fn on_publish(&mut self, publish: &rumqttc::Publish) {
-        self.sink
-            .on_publish(&publish.topic, &publish.payload, publish.qos, publish.dup);
+        let after =
+            self.sink
+                .on_publish(&publish.topic, &publish.payload, publish.qos, publish.dup);
+        if self.sink.stream.is_none() || publish.qos == QoS::AtMostOnce {
+            return;
+        }
+        // What an ack needs of the frame: its packet id and QoS.
+        let mut header = rumqttc::Publish::new("", publish.qos, Vec::<u8>::new());
+        header.pkid = publish.pkid;
+        match after {
+            AckAfter::Now => self.ack(header),
+            AckAfter::Never => {}
+            AckAfter::Append(rx) => self.acks.push_back(Box::pin(async move {
+                match rx.await {
+                    // Rejected by the cluster-wide cap: counted and reported.
+                    Ok(Ok(_) | Err(AppendError::DeviceCap)) => Some(header),
+                    _ => None,
+                }
+            })),
+        }
+    }
+
+    fn ack(&mut self, header: rumqttc::Publish) {
+        if !self.unsent_acks.is_empty() || self.client.try_ack(&header).is_err() {
+            self.unsent_acks.push_back(header);
+        }
+    }
+
+    fn retry_acks(&mut self) {
+        while let Some(header) = self.unsent_acks.front() {
+            if self.client.try_ack(header).is_err() {
+                return;
+            }
+            self.unsent_acks.pop_front();
+        }
     }
 }
 
@@ -380,12 +472,14 @@ struct Sink {
     inflight: Arc<InflightBytes>,
     registry: Recipient<Observe>,
     bus: Recipient<Publish>,
+    /// Cluster mode: everything goes here instead.
+    stream: Option<StreamWriter>,
     telemetry: Arc<Telemetry>,
     recent: RecentFrames,
 }
 
 impl Sink {
-    fn on_publish(&mut self, topic: &str, payload: &[u8], qos: QoS, dup: bool) {
+    fn on_publish(&mut self, topic: &str, payload: &[u8], qos: QoS, dup: bool) -> AckAfter {
         let ts_ms = now_ms();
         // Only QoS 1/2 frames can come again: QoS 0 ones skip the hashing.
         let fingerprint =
@@ -393,7 +487,7 @@ impl Sink {
         if let Some(fingerprint) = fingerprint {
             if dup && self.recent.contains(fingerprint) {
                 self.telemetry.frames_duplicate.inc();
-                return;
+                return AckAfter::Now;
             }
         }
         match accept(topic, payload, self.max_payload_bytes, ts_ms) {
@@ -403,8 +497,16 @@ impl Sink {
                 }
                 let Some(draft) = draft.reserve(&self.inflight) else {
                     self.telemetry.events_dropped(DropReason::Overload, 1);
-                    return;
+                    return AckAfter::Never;
                 };
+                if let Some(stream) = &self.stream {
+                    self.telemetry.frames_accepted.inc();
+                    let device = draft
+                        .body
+                        .as_metrics()
+                        .map(|frame| frame.device_id.to_string());
+                    return append(stream, draft, device);
+                }
                 let sent = if route(&draft.topic) == Route::Registry {
                     self.registry.try_send(Observe(draft)).is_ok()
                 } else {
@@ -414,6 +516,7 @@ impl Sink {
                 if !sent {
                     self.telemetry.events_dropped(DropReason::Overload, 1);
                 }
+                AckAfter::Now
             }
             Err(rejected) => self.reject(topic, &rejected, payload, ts_ms),
         }
@@ -424,20 +527,33 @@ impl Sink {
     fn on_bad_topic(&mut self, topic: &[u8], payload: &[u8]) {
         let topic = String::from_utf8_lossy(topic);
         let rejected = Rejected::from(Rejection::BadTopic("the topic is not UTF-8".into()));
-        self.reject(&topic, &rejected, payload, now_ms());
+        // The local link has no acks: nothing waits for this.
+        let _ = self.reject(&topic, &rejected, payload, now_ms());
     }
 
-    fn reject(&mut self, topic: &str, rejected: &Rejected, payload: &[u8], ts_ms: u64) {
+    fn reject(&mut self, topic: &str, rejected: &Rejected, payload: &[u8], ts_ms: u64) -> AckAfter {
         self.telemetry.frame_rejected(topic, &rejected.rejection);
         let device = rejected.device.as_ref().map(DeviceId::as_str);
         let draft = reject_draft(topic, device, &rejected.rejection, payload, ts_ms);
-        let sent = draft
-            .reserve(&self.inflight)
-            .is_some_and(|draft| self.bus.try_send(Publish(draft)).is_ok());
-        if !sent {
+        let Some(draft) = draft.reserve(&self.inflight) else {
+            self.telemetry.events_dropped(DropReason::Overload, 1);
+            return AckAfter::Never;
+        };
+        if let Some(stream) = &self.stream {
+            return append(stream, draft, None);
+        }
+        if self.bus.try_send(Publish(draft)).is_err() {
             self.telemetry.events_dropped(DropReason::Overload, 1);
         }
+        AckAfter::Now
     }
+}
+
+/// Cluster mode: hands `draft` to the stream writer; the frame's ack waits.
+fn append(stream: &StreamWriter, draft: Draft, device: Option<String>) -> AckAfter {
+    let (tx, rx) = oneshot::channel();
+    stream.append(draft, device, Some(tx), None);
+    AckAfter::Append(rx)
 }
 
 /// A refused frame and, when the topic named a valid one, its device.
@@ -603,6 +719,7 @@ mod tests {
             inflight: budget.clone(),
             registry: stalled.clone().recipient(),
             bus: stalled.recipient(),
+            stream: None,
             telemetry: telemetry.clone(),
             recent: RecentFrames::new(4),
         };

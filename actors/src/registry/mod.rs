@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::bus::Publish;
+use crate::bus::{Bus, Preload, Publish, PublishBatch};
 use crate::event::{now_ms, Draft, Payload};
 use crate::frame::Rejection;
 use crate::reject::reject_draft;
@@ -40,7 +40,15 @@ pub struct RegistryConfig {
 pub struct Registry {
     table: DeviceTable,
     bus: Recipient<Publish>,
+    /// Cluster mode: where stream batches go.
+    stream_bus: Option<StreamBus>,
     telemetry: Arc<Telemetry>,
+}
+
+/// The bus's two cluster-mode inputs.
+struct StreamBus {
+    batch: Recipient<PublishBatch>,
+    preload: Recipient<Preload>,
 }
 
 impl Registry {
@@ -48,8 +56,18 @@ impl Registry {
         Self {
             table: DeviceTable::new(config.max_devices, config.active_window.as_millis() as u64),
             bus,
+            stream_bus: None,
             telemetry,
         }
+    }
+
+    /// Cluster mode: forwards [`ObserveStream`] batches to `bus`.
+    pub fn stream_fed(mut self, bus: &Addr<Bus>) -> Self {
+        self.stream_bus = Some(StreamBus {
+            batch: bus.clone().recipient(),
+            preload: bus.clone().recipient(),
+        });
+        self
     }
 
     fn forward(&self, draft: Draft) {
@@ -113,6 +131,49 @@ impl Handler<Observe> for Registry {
             }
         }
         MessageResult(admission)
+    }
+}
+
+/// Cluster mode: events read from the stream, numbered, in stream order
+/// (`try_send` from the stream reader). Metrics among them update the table
+/// (admitted already: the cap was checked in Redis); all of them go on to
+/// the bus in one message, in the same order, so every instance's bus sees
+/// one sequence. `preload`: the stream's tail read at start, kept by the bus
+/// but routed to nobody.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ObserveStream {
+    pub drafts: Vec<Draft>,
+    pub preload: bool,
+}
+
+impl Handler<ObserveStream> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ObserveStream, _: &mut Context<Self>) {
+        for draft in &msg.drafts {
+            if let Payload::Metrics(frame) = &draft.body {
+                if self.table.admit(frame, draft.ts_ms) == Admission::Refused {
+                    log::warn!(
+                        "registry: device {} not kept locally (twice registry.max_devices known)",
+                        frame.device_id
+                    );
+                }
+            }
+        }
+        self.telemetry.devices_known.set(self.table.len() as i64);
+        let sent = if msg.preload {
+            self.stream_bus
+                .as_ref()
+                .map(|b| b.preload.try_send(Preload(msg.drafts)).is_ok())
+        } else {
+            self.stream_bus
+                .as_ref()
+                .map(|b| b.batch.try_send(PublishBatch(msg.drafts)).is_ok())
+        };
+        if sent != Some(true) {
+            self.telemetry.events_dropped(DropReason::Overload, 1);
+        }
     }
 }
 

@@ -46,6 +46,23 @@ impl DeviceTable {
         Admission::New
     }
 
+    /// A frame whose device was admitted elsewhere (cluster mode: the cap
+    /// is decided once, in Redis, by the instance that validated it). Still
+    /// bounded here, at twice the cap: the instances forget devices at
+    /// slightly different moments, never by more than that.
+    pub fn admit(&mut self, frame: &MetricsFrame, now_ms: u64) -> Admission {
+        if let Some(entry) = self.devices.get_mut(frame.device_id.as_str()) {
+            *entry = (frame.clone(), now_ms);
+            return Admission::Updated;
+        }
+        if self.devices.len() >= self.max_devices.saturating_mul(2) {
+            return Admission::Refused;
+        }
+        self.devices
+            .insert(frame.device_id.clone(), (frame.clone(), now_ms));
+        Admission::New
+    }
+
     fn view(&self, id: &DeviceId, frame: &MetricsFrame, last_seen: u64, now_ms: u64) -> DeviceView {
         DeviceView {
             device_id: id.clone(),
