@@ -1,0 +1,138 @@
+//! A private redis-server for tests that kill, restart or fill Redis (the
+//! machine's shared one on 6379 is never touched): no persistence, so a
+//! restart starts empty.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{free_port, unique, PORT_ATTEMPTS, WAIT};
+use crate::tools::{installed, tail};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisServer {
+    /// On a free port. redis-server binds it itself, so a port taken since
+    /// [`free_port`] chose it makes it exit: it is started again on another.
+    pub fn start() -> Self {
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = std::env::temp_dir().join(unique("redis"));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let mut server = Self {
+                child: None,
+                port: free_port(),
+                dir,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(log) if log.contains("in use") => {
+                    eprintln!(
+                        "redis-server could not listen on {}; trying another port.",
+                        server.port
+                    );
+                }
+                Err(log) => panic!("redis-server exited at start-up:\n{log}"),
+            }
+        }
+        panic!("redis-server could not listen on {PORT_ATTEMPTS} free ports");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// What `cluster.redis_url` names.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash: no shutdown, nothing saved.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it (if running) and starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Err(log) = self.spawn() {
+            panic!(
+                "redis-server could not start again on {}:\n{log}",
+                self.port
+            );
+        }
+    }
+
+    /// `PING` answered `PONG`.
+    pub fn ping(&self) -> bool {
+        ping(self.port)
+    }
+
+    /// Starts the process on `self.port` and waits until it answers `PING`;
+    /// `Err(its log's tail)` when it exited instead.
+    fn spawn(&mut self) -> Result<(), String> {
+        let log_path = self.dir.join(format!("redis-{}.log", self.port));
+        let log = std::fs::File::create(&log_path).expect("redis log");
+        let child = Command::new(installed("redis-server"))
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("redis-server starts");
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // Answering and still running: the PONG is its own.
+            if ping(self.port) && matches!(child.try_wait(), Ok(None)) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(format!("({status})\n{}", tail(&log_path, 20)));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server never answered on {}:\n{}",
+                self.port,
+                tail(&log_path, 20)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// An inline `PING` over a raw socket: no client library between the test
+/// and the server it checks.
+pub fn ping(port: u16) -> bool {
+    let attempt = || -> std::io::Result<bool> {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(300))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"PING\r\n")?;
+        let mut answer = [0u8; 7];
+        stream.read_exact(&mut answer)?;
+        Ok(&answer == b"+PONG\r\n")
+    };
+    attempt().unwrap_or(false)
+}

@@ -1,0 +1,70 @@
+//! External programs the cluster tests run (HAProxy, redis-server,
+//! Mosquitto, nats-server): found on `PATH` or in Debian's sbin/bin, or the
+//! test is skipped loudly — and fails instead under `EDGEBUS_REQUIRE_TOOLS`,
+//! so CI never skips silently.
+
+use std::path::{Path, PathBuf};
+
+const REQUIRE_ENV: &str = "EDGEBUS_REQUIRE_TOOLS";
+
+/// Where Debian puts daemons even when `PATH` (a non-root shell's, say)
+/// lacks them.
+const SYSTEM_DIRS: [&str; 2] = ["/usr/sbin", "/usr/bin"];
+
+/// The Debian package that ships `tool`.
+fn debian_package(tool: &str) -> &str {
+    match tool {
+        "mosquitto" => "mosquitto",
+        "redis-server" | "redis-cli" => "redis-server",
+        other => other,
+    }
+}
+
+/// The executable named `tool`, if installed.
+pub fn tool_path(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Like [`tool_path`] for a test that has already called [`require_tool`]:
+/// a missing tool here is a bug in the test.
+pub fn installed(tool: &str) -> PathBuf {
+    tool_path(tool).unwrap_or_else(|| {
+        panic!(
+            "{tool} is not installed (apt-get install {}); call require_tool first",
+            debian_package(tool)
+        )
+    })
+}
+
+/// `true` when `tool` is installed. Otherwise the test should return at
+/// once: this has printed why (or panicked, under `EDGEBUS_REQUIRE_TOOLS`).
+pub fn require_tool(tool: &str) -> bool {
+    if tool_path(tool).is_some() {
+        return true;
+    }
+    let what = format!(
+        "`{tool}` is not installed (apt-get install {}; .ci/run does)",
+        debian_package(tool)
+    );
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        panic!("{REQUIRE_ENV} is set but {what}");
+    }
+    // The test harness names each test's thread after the test.
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("?");
+    eprintln!(
+        "\n########\n# SKIPPED test `{test}`: {what}.\n# Set {REQUIRE_ENV}=1 to make this a failure.\n########\n"
+    );
+    false
+}
+
+/// The last `lines` lines of a child's log file, for a failure message.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
