@@ -35,7 +35,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub auth: Arc<Auth>,
     pub idempotency: Arc<idempotency::Idempotency>,
-    /// Host-health reports on disk, and the bounds on them.
+    /// Host-health reports (on disk, or in Redis in cluster mode), and the
+    /// bounds on them.
     pub host_health: Arc<crate::host_health::HostHealthStore>,
 }
 
