@@ -29,6 +29,10 @@ pub enum ApiError {
     TooManyRequests(String, u64),
     #[error("{0}")]
     Unavailable(String),
+    /// 503 with `Retry-After`: a store this request needs is unreachable
+    /// for now; retry after this many seconds.
+    #[error("{0}")]
+    UnavailableRetry(String, u64),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -44,7 +48,9 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::UnavailableRetry(..) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -58,7 +64,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            ApiError::TooManyRequests(_, after) => {
+            ApiError::TooManyRequests(_, after) | ApiError::UnavailableRetry(_, after) => {
                 response.insert_header((header::RETRY_AFTER, after.to_string()));
             }
             // Something edgebus depends on (Redis, in cluster mode) is
@@ -119,5 +125,14 @@ mod tests {
         let resp = ApiError::Internal(anyhow::anyhow!("db password is hunter2")).error_response();
         let body = to_bytes(resp.into_body()).await.unwrap();
         assert_eq!(&body[..], br#"{"error":"internal error"}"#);
+    }
+
+    #[actix_web::test]
+    async fn an_unavailable_store_says_when_to_retry() {
+        let resp = ApiError::UnavailableRetry("store down".into(), 2).error_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "2");
+        let body = to_bytes(resp.into_body()).await.unwrap();
+        assert_eq!(&body[..], br#"{"error":"store down"}"#);
     }
 }

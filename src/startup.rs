@@ -24,7 +24,7 @@ use edgebus_actors::telemetry::Telemetry;
 
 use crate::auth::Auth;
 use crate::broker;
-use crate::host_health::{HostHealthLimits, HostHealthStore};
+use crate::host_health::{self, FileStore, HostHealthLimits, HostHealthStore, RedisStore};
 use crate::http::{self, AppState};
 use crate::settings::{MqttMode, Settings};
 use crate::wiring;
@@ -239,11 +239,25 @@ impl Application {
                  (`?token=` on streams, `Authorization: Bearer` elsewhere)."
             );
         }
-        let host_health = HostHealthStore::open(
-            &settings.storage.data_dir,
-            HostHealthLimits::from(&settings.host_health),
-        )
-        .context("`storage.data_dir`: cannot read the host-health reports")?;
+        let limits = HostHealthLimits::from(&settings.host_health);
+        let host_health = match &settings.cluster {
+            // Every instance stores into and lists the same reports.
+            Some(cluster) => {
+                let conn = host_health::redis::connect(cluster.redis_url.expose())
+                    .await
+                    .context("`cluster.redis_url`: cannot reach Redis for host-health reports")?;
+                HostHealthStore::Redis(RedisStore::new(
+                    conn,
+                    cluster.key("host-health"),
+                    limits,
+                    telemetry.clone(),
+                ))
+            }
+            None => HostHealthStore::Files(Arc::new(
+                FileStore::open(&settings.storage.data_dir, limits)
+                    .context("`storage.data_dir`: cannot read the host-health reports")?,
+            )),
+        };
         let state = web::Data::new(AppState {
             bus: bus.clone(),
             registry,

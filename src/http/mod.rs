@@ -36,7 +36,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub auth: Arc<Auth>,
     pub idempotency: Arc<idempotency::Idempotency>,
-    /// Host-health reports on disk, and the bounds on them.
+    /// Host-health reports (on disk, or in Redis in cluster mode), and the
+    /// bounds on them.
     pub host_health: Arc<crate::host_health::HostHealthStore>,
     /// Cluster mode: the stream writer publishes go to, and the health
     /// `/readyz` reports.

@@ -10,6 +10,7 @@ mod cluster_fixtures;
 mod haproxy;
 mod helpers;
 mod host_health;
+mod host_health_cluster;
 mod http;
 mod node;
 mod pipeline;

@@ -50,6 +50,32 @@ impl RedisServer {
         panic!("redis-server could not listen on {PORT_ATTEMPTS} free ports");
     }
 
+    /// [`RedisServer::start`], or `None` (after a loud SKIPPED line) when
+    /// `redis-server` is not installed and `EDGEBUS_REQUIRE_TOOLS` is unset.
+    pub fn start_if_installed() -> Option<Self> {
+        crate::tools::require_tool("redis-server").then(Self::start)
+    }
+
+    /// Stops it (SIGSTOP) without closing its port: connections stay open
+    /// and nothing answers, as when Redis hangs. [`RedisServer::thaw`]
+    /// resumes it; a frozen server is still killed on drop.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {signal} redis-server");
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

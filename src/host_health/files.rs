@@ -1,18 +1,11 @@
-//! Host-health reports on disk: one JSON file per host,
+//! The file store, for one instance: one JSON file per host,
 //! `{data_dir}/host-health/{host}.json`, each the latest report with the
 //! time edgebus received it.
 //!
-//! Bounded in every direction a client controls:
-//! - at most `host_health.max_hosts` hosts: a new host beyond it is refused,
-//!   a known host can always replace its report;
-//! - a report is at most [`MAX_REPORT_BYTES`] and is stored as the bytes the
-//!   host sent (validated, never re-rendered, never pretty-printed) inside a
-//!   one-line envelope, so a file is at most [`MAX_RECORD_BYTES`] and the
-//!   directory at most `max_hosts × MAX_RECORD_BYTES`;
-//! - a listing ([`Listing`]) reads one file at a time, when the response
-//!   asks for the next piece, so one `GET` holds one report in memory
-//!   whatever the number of hosts, and at most
-//!   `host_health.max_concurrent_lists` listings run at once.
+//! A file is at most [`MAX_RECORD_BYTES`] and the directory at most
+//! `max_hosts × MAX_RECORD_BYTES`. A listing ([`Listing`]) reads one file at
+//! a time, when the response asks for the next piece, so one `GET` holds one
+//! report in memory whatever the number of hosts.
 //!
 //! Writes are atomic: the record goes to a uniquely named temporary file in
 //! the same directory, is fsynced, then renamed over the old one, and the
@@ -26,7 +19,7 @@
 //!
 //! Blocking file I/O: call from a blocking thread (`web::block`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -35,105 +28,25 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::de::IgnoredAny;
 
-use edgebus_actors::alerts::clock::rfc3339;
-use edgebus_actors::frame::{parse_object, DeviceId, Rejection};
+use edgebus_actors::frame::DeviceId;
 
-/// Largest report body accepted. A doctor report is a few KiB; this leaves
-/// ample room.
-pub const MAX_REPORT_BYTES: usize = 64 * 1024;
-
-/// Room for the envelope around a report:
-/// `{"host_id":"<64>","received_at":"<20>","received_at_ms":<20>,"report":…}`
-/// takes under 160 bytes.
-pub const RECORD_OVERHEAD: usize = 256;
-
-/// Largest file a listing reads; a larger one (not written by this version)
-/// is skipped rather than read.
-pub const MAX_RECORD_BYTES: usize = MAX_REPORT_BYTES + RECORD_OVERHEAD;
+use super::{
+    validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, MAX_RECORD_BYTES,
+};
 
 /// Prefix of temporary files: never a valid host id, never listed.
 const TMP_PREFIX: &str = ".tmp-";
 
-#[derive(Debug, thiserror::Error)]
-pub enum HostHealthError {
-    #[error("host id must match ^[A-Za-z0-9._-]{{1,64}}$ and not start with a dot")]
-    BadHost,
-    #[error("report of {0} bytes is over the {MAX_REPORT_BYTES}-byte limit")]
-    TooLarge(usize),
-    #[error("report must be a JSON object: {0}")]
-    BadBody(String),
-    #[error(
-        "host-health is full: reports from {0} hosts are stored (host_health.max_hosts); \
-         a new host is refused, a known host can still update its report"
-    )]
-    Full(usize),
-    #[error(
-        "{0} host-health listings are already being sent (host_health.max_concurrent_lists); \
-         retry shortly"
-    )]
-    Busy(usize),
-    #[error(
-        "a host-health listing for this caller is already being sent; read it to the end first"
-    )]
-    AlreadyListing,
-    #[error("storage: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// A host id: the device id rule, and no leading dot (those names are ours).
-pub fn validate_host(host: &str) -> Result<DeviceId, HostHealthError> {
-    if host.starts_with('.') {
-        return Err(HostHealthError::BadHost);
-    }
-    DeviceId::parse(host).map_err(|_| HostHealthError::BadHost)
-}
-
-/// A report body: one JSON object, no duplicate keys, within the size cap.
-/// Returns the body itself, trimmed: what is stored. (The parse only
-/// validates; its tree is dropped at once.)
-pub fn parse_report(body: &[u8]) -> Result<&[u8], HostHealthError> {
-    parse_object(body, MAX_REPORT_BYTES).map_err(|e| match e {
-        Rejection::TooLarge(n) => HostHealthError::TooLarge(n),
-        other => HostHealthError::BadBody(other.to_string()),
-    })?;
-    Ok(body.trim_ascii())
-}
-
-/// What is stored: `{"host_id","received_at","received_at_ms","report"}` on
-/// one line, `report` being the validated body as sent. A host id needs no
-/// JSON escaping (`[A-Za-z0-9._-]`), nor does an RFC 3339 time.
-pub fn record(host: &DeviceId, report: &[u8], received_ms: u64) -> Vec<u8> {
-    let head = format!(
-        r#"{{"host_id":"{host}","received_at":"{}","received_at_ms":{received_ms},"report":"#,
-        rfc3339(received_ms)
-    );
-    let mut record = Vec::with_capacity(head.len() + report.len() + 1);
-    record.extend_from_slice(head.as_bytes());
-    record.extend_from_slice(report);
-    record.push(b'}');
-    record
-}
-
-/// `host_health.*`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostHealthLimits {
-    pub max_hosts: usize,
-    pub max_concurrent_lists: usize,
-}
-
 #[derive(Debug)]
-pub struct HostHealthStore {
+pub struct FileStore {
     dir: PathBuf,
     limits: HostHealthLimits,
     /// Hosts with a stored report, sorted.
     hosts: Mutex<BTreeSet<Box<str>>>,
-    /// Listings being sent, by owner (an API key, or the address of a
-    /// caller sharing an identity): one each, so a caller that opens
-    /// listings and stops reading holds one slot, not all of them.
-    lists: Mutex<HashMap<Arc<str>, usize>>,
+    lists: Arc<ListSlots>,
 }
 
-impl HostHealthStore {
+impl FileStore {
     /// Reports live in `{data_dir}/host-health`. Reads the hosts stored
     /// there (names only) and removes temporary files a crash left behind.
     pub fn open(
@@ -171,7 +84,7 @@ impl HostHealthStore {
             dir,
             limits,
             hosts: Mutex::new(hosts),
-            lists: Mutex::new(HashMap::new()),
+            lists: Arc::new(ListSlots::new(limits.max_concurrent_lists)),
         })
     }
 
@@ -246,21 +159,11 @@ impl HostHealthStore {
     /// `owner`; refused while that owner has one being sent, or while
     /// `max_concurrent_lists` listings are.
     pub fn list(self: &Arc<Self>, owner: Arc<str>) -> Result<Listing, HostHealthError> {
-        {
-            let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
-            if lists.contains_key(&owner) {
-                return Err(HostHealthError::AlreadyListing);
-            }
-            let max = self.limits.max_concurrent_lists;
-            if lists.len() >= max {
-                return Err(HostHealthError::Busy(max));
-            }
-            lists.insert(owner.clone(), 1);
-        }
+        let slot = self.lists.take(owner)?;
         let hosts: Vec<Box<str>> = self.hosts().iter().cloned().collect();
         Ok(Listing {
             store: self.clone(),
-            owner,
+            _slot: slot,
             hosts: hosts.into_iter(),
             stage: Stage::Head,
         })
@@ -317,8 +220,8 @@ enum Stage {
 /// place among the concurrent listings.
 #[derive(Debug)]
 pub struct Listing {
-    store: Arc<HostHealthStore>,
-    owner: Arc<str>,
+    store: Arc<FileStore>,
+    _slot: ListSlot,
     hosts: std::vec::IntoIter<Box<str>>,
     stage: Stage,
 }
@@ -350,16 +253,10 @@ impl Listing {
     }
 }
 
-impl Drop for Listing {
-    fn drop(&mut self) {
-        let mut lists = self.store.lists.lock().unwrap_or_else(|p| p.into_inner());
-        lists.remove(&self.owner);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host_health::{parse_report, record, MAX_REPORT_BYTES};
     use serde_json::Value;
 
     const LIMITS: HostHealthLimits = HostHealthLimits {
@@ -373,83 +270,23 @@ mod tests {
         dir
     }
 
-    fn open(dir: &Path, limits: HostHealthLimits) -> Arc<HostHealthStore> {
-        Arc::new(HostHealthStore::open(dir, limits).unwrap())
+    fn open(dir: &Path, limits: HostHealthLimits) -> Arc<FileStore> {
+        Arc::new(FileStore::open(dir, limits).unwrap())
     }
 
-    fn put(
-        store: &HostHealthStore,
-        host: &str,
-        body: &str,
-        at: u64,
-    ) -> Result<(), HostHealthError> {
+    fn put(store: &FileStore, host: &str, body: &str, at: u64) -> Result<(), HostHealthError> {
         let host = validate_host(host).unwrap();
         store.put(&host, &record(&host, parse_report(body.as_bytes())?, at))
     }
 
     /// The whole body of a listing, parsed.
-    fn listed(store: &Arc<HostHealthStore>) -> Value {
+    fn listed(store: &Arc<FileStore>) -> Value {
         let mut listing = store.list("test".into()).unwrap();
         let mut body = Vec::new();
         while let Some(piece) = listing.next_piece() {
             body.extend(piece);
         }
         serde_json::from_slice(&body).unwrap()
-    }
-
-    #[test]
-    fn host_ids_follow_the_device_rule_without_a_leading_dot() {
-        assert!(validate_host("lab-host_01.example").is_ok());
-        for bad in [
-            "",
-            ".hidden",
-            "..",
-            "../etc",
-            "a/b",
-            "a b",
-            "x\0",
-            &"h".repeat(65),
-        ] {
-            assert!(validate_host(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn only_a_json_object_within_the_cap_is_a_report() {
-        assert_eq!(
-            parse_report(b" {\"disk\":\"ok\",\"checks\":[1,2]}\n").unwrap(),
-            br#"{"disk":"ok","checks":[1,2]}"#
-        );
-        for bad in [
-            &b"[1,2]"[..],
-            b"\"x\"",
-            b"{",
-            b"",
-            br#"{"a":1,"a":2}"#,
-            b"\xff",
-        ] {
-            assert!(
-                matches!(parse_report(bad), Err(HostHealthError::BadBody(_))),
-                "{bad:?}"
-            );
-        }
-        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_REPORT_BYTES));
-        assert!(matches!(
-            parse_report(big.as_bytes()),
-            Err(HostHealthError::TooLarge(_))
-        ));
-    }
-
-    #[test]
-    fn a_record_is_the_report_as_sent_in_a_one_line_envelope() {
-        let host = validate_host(&"h".repeat(64)).unwrap();
-        let report = format!(r#"{{"samples":[{}]}}"#, vec!["[1,2]"; 500].join(","));
-        let stored = record(&host, report.as_bytes(), u64::MAX / 1000);
-        assert!(stored.len() <= report.len() + RECORD_OVERHEAD);
-        assert!(!stored.contains(&b'\n'));
-        let v: Value = serde_json::from_slice(&stored).unwrap();
-        assert_eq!(v["host_id"], host.as_str());
-        assert_eq!(v["report"]["samples"][499], serde_json::json!([1, 2]));
     }
 
     #[test]

@@ -1,0 +1,317 @@
+//! The Redis store, for cluster mode: one hash, `{cluster.key_prefix}:host-health`,
+//! field = host id, value = the record, so a report stored through one
+//! instance is listed by every other.
+//!
+//! - The host cap is cluster-wide and atomic: one Lua script checks
+//!   `HEXISTS`, `HLEN` and does the `HSET` in one step, so instances racing
+//!   for the last place cannot both have it, and a known host can always
+//!   replace its report.
+//! - A listing reads the host names (`HKEYS`, at most `max_hosts` names of
+//!   at most 64 bytes), sorts them like the file store does, then fetches
+//!   the records [`LIST_BATCH`] at a time with `HMGET`, each batch only
+//!   when the response asks for the next piece.
+//! - Every call is bounded by [`REDIS_DEADLINE`]: a Redis that is down or
+//!   stalled turns into [`HostHealthError::Unavailable`] (HTTP 503 with
+//!   `Retry-After`), never a hung request. The connection manager
+//!   reconnects by itself on a later call.
+//!
+//! Redis itself is trusted (it holds every report): a record larger than
+//! [`MAX_RECORD_BYTES`] or not JSON, which this version never writes, is
+//! skipped with a warning, as the file store does.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, RetryMethod};
+use serde::de::IgnoredAny;
+
+use edgebus_actors::frame::DeviceId;
+use edgebus_actors::telemetry::Telemetry;
+
+use super::{
+    validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, MAX_RECORD_BYTES,
+};
+
+/// Records fetched per `HMGET` while listing: at most this many reports
+/// (64 KiB each at most) are held per listing, and a thousand hosts cost
+/// 250 round trips.
+pub const LIST_BATCH: usize = 4;
+
+/// Longest a host-health request waits for Redis, reconnecting included,
+/// before it answers 503: short enough that a dead Redis never holds a
+/// client, long enough for a loaded one to answer.
+pub const REDIS_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Connect attempts get this long each; a reply this long (the manager's
+/// own timeouts, within [`REDIS_DEADLINE`]).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Stores `ARGV[2]` under field `ARGV[1]` of `KEYS[1]` unless the field is
+/// new and the hash already has `ARGV[3]` fields. 1 = stored, 0 = full.
+const PUT_SCRIPT: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
+    or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Key under which repeated Redis failures are rate-limited in the log.
+const WARN_KEY: &str = "host_health_redis";
+
+/// A connection manager for `url` that reconnects by itself and gives up
+/// on a reply after [`RESPONSE_TIMEOUT`]. Connects once before returning,
+/// so a wrong URL or password is found at start. (Cluster mode's other
+/// users of Redis can share the returned manager: it is a cheap clone.)
+pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        // Few, quick retries: a request waits at most REDIS_DEADLINE anyway,
+        // and the next request starts a fresh reconnect.
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(100))
+        .set_max_delay(Duration::from_millis(500));
+    client.get_connection_manager_with_config(config).await
+}
+
+/// What a store and its listings need to talk to Redis.
+#[derive(Clone)]
+struct Link {
+    conn: ConnectionManager,
+    key: Arc<str>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").field("key", &self.key).finish()
+    }
+}
+
+impl Link {
+    /// Runs one Redis call within [`REDIS_DEADLINE`]; a failure waiting can
+    /// cure becomes [`HostHealthError::Unavailable`] and a (rate-limited)
+    /// WARN naming `what`.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, HostHealthError> {
+        let cause = match tokio::time::timeout(REDIS_DEADLINE, call).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if !waiting_helps(&e) => return Err(HostHealthError::Redis(e.to_string())),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {REDIS_DEADLINE:?}"),
+        };
+        self.telemetry.warn_limited(WARN_KEY, || {
+            format!("Host-health: Redis failed to {what} (answered 503): {cause}.")
+        });
+        Err(HostHealthError::Unavailable)
+    }
+}
+
+/// Redis is down, unreachable, loading, out of memory or refusing writes:
+/// conditions that pass (or that an operator fixes) without the client
+/// changing its request.
+fn waiting_helps(e: &RedisError) -> bool {
+    e.is_io_error()
+        || !matches!(e.retry_method(), RetryMethod::NoRetry)
+        || matches!(e.code(), Some("OOM" | "MISCONF"))
+}
+
+/// Host-health reports in a Redis hash shared by every instance.
+#[derive(Debug)]
+pub struct RedisStore {
+    link: Link,
+    limits: HostHealthLimits,
+    put: redis::Script,
+    /// Listings this instance is sending.
+    lists: Arc<ListSlots>,
+}
+
+impl RedisStore {
+    /// Reports live in the hash `key` (`ClusterSettings::key("host-health")`).
+    pub fn new(
+        conn: ConnectionManager,
+        key: String,
+        limits: HostHealthLimits,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        Self {
+            link: Link {
+                conn,
+                key: key.into(),
+                telemetry,
+            },
+            limits,
+            put: redis::Script::new(PUT_SCRIPT),
+            lists: Arc::new(ListSlots::new(limits.max_concurrent_lists)),
+        }
+    }
+
+    /// Stores `record` as the latest report of `host`; refuses a new host
+    /// once `max_hosts` hosts are stored, counting every instance's.
+    pub async fn put(&self, host: &DeviceId, record: &[u8]) -> Result<(), HostHealthError> {
+        let mut conn = self.link.conn.clone();
+        let mut invocation = self.put.key(&*self.link.key);
+        invocation
+            .arg(host.as_str())
+            .arg(record)
+            .arg(self.limits.max_hosts);
+        let stored: i64 = self
+            .link
+            .call("store a report", invocation.invoke_async(&mut conn))
+            .await?;
+        if stored == 1 {
+            Ok(())
+        } else {
+            Err(HostHealthError::Full(self.limits.max_hosts))
+        }
+    }
+
+    /// Starts a listing of every stored report, sorted by host id, for
+    /// `owner`. The host names are read now, so a Redis that is down is a
+    /// 503 rather than a body cut short.
+    pub async fn list(&self, owner: Arc<str>) -> Result<Listing, HostHealthError> {
+        let slot = self.lists.take(owner)?;
+        let mut conn = self.link.conn.clone();
+        let names: Vec<Vec<u8>> = self
+            .link
+            .call(
+                "list the hosts",
+                redis::cmd("HKEYS")
+                    .arg(&*self.link.key)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut hosts: Vec<Box<str>> = names
+            .into_iter()
+            .filter_map(|name| {
+                let name = String::from_utf8(name).ok()?;
+                validate_host(&name).ok()?;
+                Some(name.into_boxed_str())
+            })
+            .collect();
+        hosts.sort_unstable();
+        Ok(Listing {
+            link: self.link.clone(),
+            hosts: hosts.into_iter(),
+            stage: Stage::Head,
+            _slot: slot,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Head,
+    First,
+    Rest,
+    Done,
+}
+
+/// One `GET /v1/host-health` body read from Redis: the head, then up to
+/// [`LIST_BATCH`] records per piece (fetched when that piece is asked
+/// for), then the tail. Dropping it frees its place among the listings.
+#[derive(Debug)]
+pub struct Listing {
+    link: Link,
+    hosts: std::vec::IntoIter<Box<str>>,
+    stage: Stage,
+    _slot: ListSlot,
+}
+
+impl Listing {
+    /// The next piece of the body, `None` after the last; an error when
+    /// Redis fails midway (the caller ends the body there).
+    pub async fn next_piece(&mut self) -> Result<Option<Vec<u8>>, HostHealthError> {
+        match self.stage {
+            Stage::Head => {
+                self.stage = Stage::First;
+                return Ok(Some(br#"{"hosts":["#.to_vec()));
+            }
+            Stage::Done => return Ok(None),
+            Stage::First | Stage::Rest => {}
+        }
+        loop {
+            let batch: Vec<Box<str>> = self.hosts.by_ref().take(LIST_BATCH).collect();
+            if batch.is_empty() {
+                self.stage = Stage::Done;
+                return Ok(Some(b"]}".to_vec()));
+            }
+            let mut conn = self.link.conn.clone();
+            let records: Vec<Option<Vec<u8>>> = self
+                .link
+                .call(
+                    "read reports",
+                    redis::cmd("HMGET")
+                        .arg(&*self.link.key)
+                        .arg(batch.iter().map(|h| &**h).collect::<Vec<&str>>())
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let mut piece = Vec::new();
+            // A host removed since the names were read is simply absent.
+            for (host, record) in batch.iter().zip(records) {
+                let Some(record) = record else { continue };
+                if let Err(problem) = check(&record) {
+                    self.link.telemetry.warn_limited(WARN_KEY, || {
+                        format!("Skipped the host-health report of `{host}`: {problem}.")
+                    });
+                    continue;
+                }
+                if self.stage == Stage::Rest {
+                    piece.push(b',');
+                }
+                piece.extend_from_slice(&record);
+                self.stage = Stage::Rest;
+            }
+            if !piece.is_empty() {
+                return Ok(Some(piece));
+            }
+        }
+    }
+}
+
+/// A stored record fit to list: within the size cap and JSON (validated
+/// without building a tree).
+fn check(record: &[u8]) -> Result<(), String> {
+    if record.len() > MAX_RECORD_BYTES {
+        return Err(format!(
+            "over {MAX_RECORD_BYTES} bytes; listed again once the host reports"
+        ));
+    }
+    serde_json::from_slice::<IgnoredAny>(record)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_json_record_within_the_cap_is_listed() {
+        assert!(check(br#"{"host_id":"h","report":{}}"#).is_ok());
+        assert!(check(b"{not json").is_err());
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_RECORD_BYTES));
+        assert!(check(big.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_dead_redis_is_worth_waiting_for_and_a_wrong_type_is_not() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(waiting_helps(&refused));
+        let wrong_type = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ));
+        assert!(!waiting_helps(&wrong_type));
+    }
+}
