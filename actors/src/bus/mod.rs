@@ -200,6 +200,11 @@ const RECOVERING: EventId = EventId {
     seq: u64::MAX,
 };
 
+/// Cluster mode: how far (stream time) a resuming client's id may be ahead
+/// of what this instance has read for it to wait for the events after it.
+/// An instance further behind than this is not ready (`/readyz`) anyway.
+const AHEAD_TOLERANCE_MS: u64 = 60_000;
+
 /// Where a resuming client's missed events come from.
 enum ResumeFrom {
     /// The history holds them all (maybe none).
@@ -364,7 +369,12 @@ impl Bus {
             return ResumeFrom::Reset;
         }
         if after >= self.newest {
-            return match (after == self.newest, cluster) {
+            // An id far ahead of what this instance read is not one it will
+            // reach soon (another cluster's, or made up): start over.
+            let near = after.stream_ms().zip(self.newest.stream_ms()).is_some_and(
+                |(after_ms, newest_ms)| after_ms <= newest_ms.saturating_add(AHEAD_TOLERANCE_MS),
+            );
+            return match (after == self.newest, cluster && near) {
                 (true, _) => ResumeFrom::History(Vec::new()),
                 (false, true) => ResumeFrom::Ahead,
                 (false, false) => ResumeFrom::Reset,

@@ -521,3 +521,193 @@ async fn predicates_and_attacker_lookups_read_the_kept_fields() {
         assert_eq!(snapshot.events.len(), found, "{predicate}");
     }
 }
+
+/// Cluster mode's recovery, as a test double: answers every backfill with
+/// what `stream` holds after the asked id, and remembers what was asked.
+struct FakeStream {
+    bus: Option<Recipient<Backfilled>>,
+    stream: Vec<(EventId, u64)>,
+    asked: Arc<std::sync::Mutex<Vec<EventId>>>,
+}
+
+impl Actor for FakeStream {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Connect(Recipient<Backfilled>);
+
+impl Handler<Connect> for FakeStream {
+    type Result = ();
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
+        self.bus = Some(msg.0);
+    }
+}
+
+impl Handler<Backfill> for FakeStream {
+    type Result = ();
+    fn handle(&mut self, msg: Backfill, _: &mut Context<Self>) {
+        self.asked.lock().unwrap().push(msg.after);
+        let events: Vec<Arc<Event>> = self
+            .stream
+            .iter()
+            .filter(|(id, _)| *id > msg.after)
+            .map(|(id, n)| {
+                let Publish(draft) = note("n/a", *n);
+                Arc::new(Event::from_draft(*id, draft))
+            })
+            .collect();
+        let upto = events.last().map_or(msg.after, |e| e.id);
+        if let Some(bus) = &self.bus {
+            bus.do_send(Backfilled {
+                session: msg.session,
+                result: Ok(Fetched { events, upto }),
+            });
+        }
+    }
+}
+
+fn stream_note(ms: u64, n: u64) -> PublishBatch {
+    let Publish(draft) = note("n/a", n);
+    PublishBatch(vec![draft.numbered(EventId::stream(ms, 0))])
+}
+
+/// A stream-fed bus with a history of `history` events, and the fake
+/// stream behind it holding `stream` (id ms, n).
+async fn stream_bus(
+    history: usize,
+    stream: Vec<(u64, u64)>,
+) -> (Addr<Bus>, Arc<std::sync::Mutex<Vec<EventId>>>) {
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fake = FakeStream {
+        bus: None,
+        stream: stream
+            .into_iter()
+            .map(|(ms, n)| (EventId::stream(ms, 0), n))
+            .collect(),
+        asked: asked.clone(),
+    }
+    .start();
+    let config = BusConfig {
+        queue_capacity: 16,
+        history,
+        ..BusConfig::default()
+    };
+    let bus = Bus::new(config, Arc::new(Telemetry::new()))
+        .stream_fed(fake.clone().recipient())
+        .start();
+    fake.send(Connect(bus.clone().recipient())).await.unwrap();
+    (bus, asked)
+}
+
+fn ns(events: &[Arc<Event>]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e.body.fields().and_then(|f| f.f64("n")).unwrap() as u64)
+        .collect()
+}
+
+#[actix::test]
+async fn a_stream_fed_bus_keeps_the_stream_ids_and_drops_repeats() {
+    let (bus, _) = stream_bus(10, vec![]).await;
+    bus.send(stream_note(5, 1)).await.unwrap();
+    bus.send(stream_note(5, 1)).await.unwrap(); // read again after a reconnect
+    bus.send(stream_note(3, 9)).await.unwrap(); // older than the newest
+    bus.send(note("n/a", 2)).await.unwrap(); // unnumbered: not in cluster mode
+    let stats = bus.send(Stats).await.unwrap();
+    assert_eq!(stats.history, 1);
+    assert_eq!(stats.last_id, EventId::stream(5, 0));
+    assert_eq!(stats.last_id.to_string(), "5-0");
+}
+
+#[actix::test]
+async fn a_stream_resume_within_the_history_replays_from_it() {
+    let (bus, asked) = stream_bus(10, vec![]).await;
+    for ms in 1..=4 {
+        bus.send(stream_note(ms, ms)).await.unwrap();
+    }
+    let subs = vec![Subscription::topic(TopicFilter::parse("n/#").unwrap())];
+    let (_, mut inbox) = join_with(&bus, 16, subs, Some("2-0")).await;
+    let items = drain(&mut inbox);
+    let Delivery::Replay(missed) = &items[0] else {
+        panic!("a replay: {items:?}");
+    };
+    assert_eq!(ns(missed), vec![3, 4]);
+    assert!(asked.lock().unwrap().is_empty(), "Redis was not asked");
+}
+
+#[actix::test]
+async fn a_stream_resume_beyond_the_history_is_fetched_from_the_stream_then_continues_live() {
+    // The stream holds 1..=6; this instance's history only 5 and 6.
+    let (bus, asked) = stream_bus(2, (1..=6).map(|ms| (ms, ms)).collect()).await;
+    for ms in 1..=6 {
+        bus.send(stream_note(ms, ms)).await.unwrap();
+    }
+    let subs = vec![Subscription::topic(TopicFilter::parse("n/#").unwrap())];
+    let (_, mut inbox) = join_with(&bus, 16, subs, Some("2-0")).await;
+    bus.send(stream_note(7, 7)).await.unwrap();
+    // The backfill round trip (bus → stream → bus) is over once the bus
+    // answers a message sent after it.
+    bus.send(Stats).await.unwrap();
+    let items = drain(&mut inbox);
+    let Delivery::Replay(missed) = &items[0] else {
+        panic!("a replay: {items:?}");
+    };
+    assert_eq!(
+        ns(missed),
+        vec![3, 4, 5, 6],
+        "from the stream, in order, once"
+    );
+    let live: Vec<EventId> = items[1..]
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Event(e) => Some(e.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(live, vec![EventId::stream(7, 0)]);
+    assert_eq!(*asked.lock().unwrap(), vec![EventId::stream(2, 0)]);
+}
+
+#[actix::test]
+async fn a_stream_resume_ahead_of_this_instance_waits_for_the_events_after_it() {
+    let (bus, asked) = stream_bus(10, vec![]).await;
+    bus.send(stream_note(1, 1)).await.unwrap();
+    let subs = vec![Subscription::topic(TopicFilter::parse("n/#").unwrap())];
+    // The client saw 2 and 3 on another instance; this one has read 1 only.
+    let (_, mut inbox) = join_with(&bus, 16, subs, Some("3-0")).await;
+    for ms in 2..=4 {
+        bus.send(stream_note(ms, ms)).await.unwrap();
+    }
+    let items = drain(&mut inbox);
+    assert!(
+        matches!(&items[0], Delivery::Replay(e) if e.is_empty()),
+        "{items:?}"
+    );
+    assert_eq!(items.len(), 2, "only 4 is new to it: {items:?}");
+    assert!(matches!(&items[1], Delivery::Event(e) if e.id == EventId::stream(4, 0)));
+    assert!(asked.lock().unwrap().is_empty());
+}
+
+#[actix::test]
+async fn a_local_or_far_future_id_on_a_stream_fed_bus_gets_a_reset_snapshot() {
+    let (bus, _) = stream_bus(10, vec![]).await;
+    bus.send(stream_note(1, 1)).await.unwrap();
+    let local = EventId {
+        epoch: 1_763_800_000_000,
+        seq: 1,
+    }
+    .to_string();
+    // Far ahead of anything this instance read: not worth waiting for.
+    let future = format!("{}-0", 1 + 10 * 60_000);
+    for resume in [local, future] {
+        let subs = vec![Subscription::topic(TopicFilter::parse("n/#").unwrap())];
+        let (_, mut inbox) = join_with(&bus, 16, subs, Some(&resume)).await;
+        let items = drain(&mut inbox);
+        assert!(
+            matches!(&items[0], Delivery::Snapshot(s) if s.reset),
+            "{resume}: {items:?}"
+        );
+    }
+}
