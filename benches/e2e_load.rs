@@ -314,7 +314,8 @@ async fn run_client(
 /// `clients` WebSocket clients on one thread with its own actix `System`.
 fn receiver_thread(
     shared: Arc<Shared>,
-    url: String,
+    urls: Vec<String>,
+    first: usize,
     clients: usize,
     connect_by: Instant,
     deadline: Instant,
@@ -326,9 +327,11 @@ fn receiver_thread(
             .finish();
         let mut handles = Vec::with_capacity(clients);
         for i in 0..clients {
+            // Client `first + i` of all: spread over the instances in turn.
+            let url = urls[(first + i) % urls.len()].clone();
             let task = run_client(
                 client.clone(),
-                url.clone(),
+                url,
                 shared.clone(),
                 connect_by,
                 deadline,
@@ -643,18 +646,26 @@ fn main() {
         received: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
-    let url = format!("ws://{}/v1/ws?topic=devices%2F%2B%2Fmetrics", config.http);
+    // BENCH_HTTP may name several instances (cluster mode), comma-separated.
+    let urls: Vec<String> = config
+        .http
+        .split(',')
+        .map(|http| format!("ws://{}/v1/ws?topic=devices%2F%2B%2Fmetrics", http.trim()))
+        .collect();
     let connect_by = Instant::now() + config.connect_timeout;
     let deadline = connect_by + config.duration + config.drain + Duration::from_secs(10);
 
     // Clients first, spread over the threads.
     let mut threads = Vec::with_capacity(config.threads);
+    let mut first = 0;
     for t in 0..config.threads {
         let n = config.clients / config.threads + usize::from(t < config.clients % config.threads);
-        let (shared, url) = (shared.clone(), url.clone());
+        let (shared, urls) = (shared.clone(), urls.clone());
+        let start = first;
+        first += n;
         let handle = std::thread::Builder::new()
             .name(format!("ws-clients-{t}"))
-            .spawn(move || receiver_thread(shared, url, n, connect_by, deadline))
+            .spawn(move || receiver_thread(shared, urls, start, n, connect_by, deadline))
             .expect("spawning a client thread");
         threads.push(handle);
     }

@@ -24,6 +24,13 @@
 #                  the time until the last stream has each one. Not in the
 #                  default SCENARIOS. Each process holds one fd per stream, so
 #                  `ulimit -n` must allow SSE_STREAMS plus some headroom.
+#            cluster = for each count in CLUSTER_INSTANCES ("1 2 3"), that many
+#                  edgebus instances in cluster mode on one private Mosquitto and
+#                  one private Redis, CLUSTER_CLIENTS (1,000) WebSocket clients
+#                  spread over them, CLUSTER_RATE (200) frames/s; "0" in the list
+#                  is one instance on the same Mosquitto without Redis (what the
+#                  Redis hop adds). Reports CPU of edgebus, Redis and Mosquitto
+#                  separately, per 100,000 deliveries.
 # The load client runs on the same machine and competes with edgebus for CPU,
 # and opens every stream from one address: the per-address stream caps and
 # the stream-open rate are lifted for it.
@@ -58,6 +65,9 @@ SSE_GAP_MS="${SSE_GAP_MS:-200}"         # sse: pause after every stream got an e
 SSE_WAVE="${SSE_WAVE:-500}"             # sse: streams opened at once
 SSE_THREADS="${SSE_THREADS:-2}"         # sse: load client threads
 SSE_QUEUE_CAPACITY="${SSE_QUEUE_CAPACITY:-}"  # sse: bus.queue_capacity; empty = edgebus's default
+CLUSTER_INSTANCES="${CLUSTER_INSTANCES:-0 1 2 3}"  # cluster: instance counts to run (0 = one instance, no Redis)
+CLUSTER_CLIENTS="${CLUSTER_CLIENTS:-1000}"   # cluster: WebSocket clients, spread over the instances
+CLUSTER_RATE="${CLUSTER_RATE:-200}"          # cluster: frames/s
 # WARN, but keep rumqttd's per-publish `tracing` spans silenced as edgebus's
 # default filter does: a bare RUST_LOG=warn turns them back on and the
 # embedded broker then writes one ERROR line per frame (~120 bytes each).
@@ -119,7 +129,7 @@ stop_edgebus() {
   EDGEBUS_PID=""
   stop_mosquitto
 }
-trap stop_edgebus EXIT INT TERM
+trap 'stop_edgebus; stop_cluster' EXIT INT TERM
 
 RESULTS=()
 
@@ -326,6 +336,126 @@ run_sse_scenario() {
   rm -rf "$data_dir"
 }
 
+# CPU ticks (user + system) of a whole process.
+proc_ticks() {
+  local stat rest
+  stat=$(cat /proc/"$1"/stat 2>/dev/null) || { echo 0; return; }
+  rest=${stat##*) }
+  read -r -a f <<<"$rest"
+  echo $(( f[11] + f[12] ))
+}
+
+CLUSTER_PIDS=()
+stop_cluster() {
+  local pid
+  for pid in "${CLUSTER_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${CLUSTER_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  CLUSTER_PIDS=()
+}
+
+# $1 instances in cluster mode (0: one instance without Redis) on one private
+# Mosquitto and one private Redis; CLUSTER_CLIENTS clients spread over them.
+run_cluster_scenario() {
+  local n=$1 label="cluster-$1"
+  local dir mqtt_port redis_port broker_pid redis_pid="" i
+  dir=$(mktemp -d)
+  mqtt_port=$(free_port)
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n' \
+    "$mqtt_port" >"$dir/mosquitto.conf"
+  mosquitto -c "$dir/mosquitto.conf" >"$LOG_DIR/mosquitto-$label.log" 2>&1 &
+  broker_pid=$!
+  CLUSTER_PIDS+=("$broker_pid")
+  local cluster_env=()
+  if [ "$n" -gt 0 ]; then
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+      >"$LOG_DIR/redis-$label.log" 2>&1 &
+    redis_pid=$!
+    CLUSTER_PIDS+=("$redis_pid")
+    cluster_env=(EDGEBUS__CLUSTER__REDIS_URL="redis://127.0.0.1:$redis_port")
+  fi
+  for i in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break
+    sleep 0.1
+  done
+  local count=$(( n > 0 ? n : 1 )) https=() pids=()
+  for i in $(seq 1 "$count"); do
+    local port
+    port=$(free_port)
+    env EDGEBUS__HTTP__BIND="127.0.0.1:$port" \
+      EDGEBUS__MQTT__URL="mqtt://127.0.0.1:$mqtt_port" \
+      EDGEBUS__MQTT__MODE=external \
+      EDGEBUS__MQTT__CLIENT_ID="bench-$label" \
+      EDGEBUS__CLUSTER__INSTANCE_ID="i$i" \
+      EDGEBUS__STORAGE__DATA_DIR="$dir/data-$i" \
+      EDGEBUS__BUS__QUEUE_CAPACITY="$QUEUE_CAPACITY" \
+      EDGEBUS__REGISTRY__MAX_DEVICES="$(( DEVICES > 1000 ? DEVICES : 1000 ))" \
+      EDGEBUS__SESSIONS__MAX_STREAMS_PER_ADDRESS=1000000 \
+      EDGEBUS__SESSIONS__MAX_STREAMS=1000000 \
+      EDGEBUS__SESSIONS__STREAM_OPENS_PER_SECOND=1000000 \
+      EDGEBUS__SESSIONS__STREAM_OPENS_BURST=1000000 \
+      "${cluster_env[@]}" \
+      "$TARGET_DIR/release/edgebus" >"$LOG_DIR/edgebus-$label-$i.log" 2>&1 &
+    pids+=("$!")
+    CLUSTER_PIDS+=("$!")
+    https+=("127.0.0.1:$port")
+  done
+  local h code deadline=$(( SECONDS + READY_TIMEOUT ))
+  for h in "${https[@]}"; do
+    code=""
+    while [ "$SECONDS" -lt "$deadline" ]; do
+      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$h/readyz" || true)
+      [ "$code" = "200" ] && break
+      sleep 0.1
+    done
+    if [ "$code" != "200" ]; then
+      echo "$label: $h not ready (last /readyz $code)" >&2
+      stop_cluster
+      return 1
+    fi
+  done
+  echo
+  echo "### scenario $label: $count instance(s)$([ "$n" -gt 0 ] && echo ' in cluster mode' || echo ', no Redis'), $CLUSTER_CLIENTS clients, $CLUSTER_RATE frames/s, ${DURATION}s"
+  local before_e=0 before_r=0 before_b after_e=0 after_r=0 after_b pid
+  for pid in "${pids[@]}"; do before_e=$(( before_e + $(proc_ticks "$pid") )); done
+  [ -n "$redis_pid" ] && before_r=$(proc_ticks "$redis_pid")
+  before_b=$(proc_ticks "$broker_pid")
+  local joined
+  joined=$(IFS=,; echo "${https[*]}")
+  BENCH_LABEL="$label" \
+  BENCH_HTTP="$joined" \
+  BENCH_MQTT="127.0.0.1:$mqtt_port" \
+  BENCH_RATE="$CLUSTER_RATE" \
+  BENCH_CLIENTS="$CLUSTER_CLIENTS" \
+  BENCH_THREADS="$THREADS" \
+  BENCH_DURATION_S="$DURATION" \
+  BENCH_DEVICES="$DEVICES" \
+  BENCH_PUBLISHER="$PUBLISHER" \
+  BENCH_QOS="$QOS" \
+  BENCH_DRAIN_S="$DRAIN" \
+    "$LOAD_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
+  for pid in "${pids[@]}"; do after_e=$(( after_e + $(proc_ticks "$pid") )); done
+  [ -n "$redis_pid" ] && after_r=$(proc_ticks "$redis_pid")
+  after_b=$(proc_ticks "$broker_pid")
+  local hz result delivered
+  hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+  result=$(grep '^RESULT' "$LOG_DIR/load-$label.txt" || echo "RESULT label=$label (no result)")
+  delivered=$(echo "$result" | grep -o 'delivered=[0-9]*' | cut -d= -f2)
+  delivered=${delivered:-0}
+  RESULTS+=("$result $(awk -v e=$(( after_e - before_e )) -v r=$(( after_r - before_r )) \
+    -v b=$(( after_b - before_b )) -v hz="$hz" -v d="$delivered" 'BEGIN {
+      per = d > 0 ? 100000 / d : 0
+      printf "cpu_s_edgebus=%.2f cpu_s_redis=%.2f cpu_s_broker=%.2f cpu_s_per_100k_edgebus=%.3f cpu_s_per_100k_redis=%.3f cpu_s_per_100k_broker=%.3f",
+        e / hz, r / hz, b / hz, e / hz * per, r / hz * per, b / hz * per }')")
+  grep -h -m 3 -E 'WARN|ERROR' "$LOG_DIR"/edgebus-"$label"-*.log | grep -v 'OPEN DEV MODE' | sed 's/^/  log: /' || true
+  stop_cluster
+  rm -rf "$dir"
+}
+
 # The executable of a bench target (built with `cargo bench --no-run`).
 bench_exe() {
   local name=$1 exe
@@ -346,14 +476,14 @@ fi
 if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
   for scenario in $SCENARIOS; do
     case "$scenario" in
-      a|b|custom|sse|fleet) ;;
-      *) echo "unknown scenario $scenario (a, b, custom, sse, fleet)" >&2; exit 2 ;;
+      a|b|custom|sse|fleet|cluster) ;;
+      *) echo "unknown scenario $scenario (a, b, custom, sse, fleet, cluster)" >&2; exit 2 ;;
     esac
   done
   echo "### building release edgebus and the load client(s)"
   cargo build --release --bin edgebus
   LOAD_BIN="" SSE_BIN=""
-  case " $SCENARIOS " in *" a "*|*" b "*|*" custom "*) LOAD_BIN=$(bench_exe e2e_load) ;; esac
+  case " $SCENARIOS " in *" a "*|*" b "*|*" custom "*|*" cluster "*) LOAD_BIN=$(bench_exe e2e_load) ;; esac
   case " $SCENARIOS " in *" sse "*) SSE_BIN=$(bench_exe sse_fanout) ;; esac
   for scenario in $SCENARIOS; do
     case "$scenario" in
@@ -362,6 +492,7 @@ if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
       custom) run_scenario custom "$RATE" "$CLIENTS" ;;
       sse) run_sse_scenario ;;
       fleet) run_fleet_scenario ;;
+      cluster) for n in $CLUSTER_INSTANCES; do run_cluster_scenario "$n"; done ;;
     esac
   done
   echo
