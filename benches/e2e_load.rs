@@ -329,13 +329,7 @@ fn receiver_thread(
         for i in 0..clients {
             // Client `first + i` of all: spread over the instances in turn.
             let url = urls[(first + i) % urls.len()].clone();
-            let task = run_client(
-                client.clone(),
-                url,
-                shared.clone(),
-                connect_by,
-                deadline,
-            );
+            let task = run_client(client.clone(), url, shared.clone(), connect_by, deadline);
             handles.push(actix_web::rt::spawn(task));
             // Let one wave of handshakes through before starting the next.
             if i % CONNECT_WAVE == CONNECT_WAVE - 1 {

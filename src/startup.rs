@@ -24,7 +24,7 @@ use edgebus_actors::telemetry::Telemetry;
 
 use crate::auth::Auth;
 use crate::broker;
-use crate::host_health::{self, FileStore, HostHealthLimits, HostHealthStore, RedisStore};
+use crate::host_health::{FileStore, HostHealthLimits, HostHealthStore, RedisStore};
 use crate::http::{self, AppState};
 use crate::settings::{MqttMode, Settings};
 use crate::wiring;
@@ -242,17 +242,12 @@ impl Application {
         let limits = HostHealthLimits::from(&settings.host_health);
         let host_health = match &settings.cluster {
             // Every instance stores into and lists the same reports.
-            Some(cluster) => {
-                let conn = host_health::redis::connect(cluster.redis_url.expose())
-                    .await
-                    .context("`cluster.redis_url`: cannot reach Redis for host-health reports")?;
-                HostHealthStore::Redis(RedisStore::new(
-                    conn,
-                    cluster.key("host-health"),
-                    limits,
-                    telemetry.clone(),
-                ))
-            }
+            Some(cluster) => HostHealthStore::Redis(RedisStore::new(
+                cluster.redis_url.expose(),
+                cluster.key("host-health"),
+                limits,
+                telemetry.clone(),
+            )),
             None => HostHealthStore::Files(Arc::new(
                 FileStore::open(&settings.storage.data_dir, limits)
                     .context("`storage.data_dir`: cannot read the host-health reports")?,

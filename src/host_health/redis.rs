@@ -83,7 +83,10 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
 /// What a store and its listings need to talk to Redis.
 #[derive(Clone)]
 struct Link {
-    conn: ConnectionManager,
+    /// Connected on first use, so an instance starts (not ready) while
+    /// Redis is away, and a request then is a 503, like any other.
+    conn: Arc<tokio::sync::OnceCell<ConnectionManager>>,
+    url: Arc<str>,
     key: Arc<str>,
     telemetry: Arc<Telemetry>,
 }
@@ -95,6 +98,15 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
+    /// The connection manager (it reconnects by itself once it exists).
+    async fn conn(&self) -> Result<ConnectionManager, HostHealthError> {
+        let url = self.url.clone();
+        self.call("connect", async {
+            self.conn.get_or_try_init(|| connect(&url)).await.cloned()
+        })
+        .await
+    }
+
     /// Runs one Redis call within [`REDIS_DEADLINE`]; a failure waiting can
     /// cure becomes [`HostHealthError::Unavailable`] and a (rate-limited)
     /// WARN naming `what`.
@@ -138,14 +150,15 @@ pub struct RedisStore {
 impl RedisStore {
     /// Reports live in the hash `key` (`ClusterSettings::key("host-health")`).
     pub fn new(
-        conn: ConnectionManager,
+        url: &str,
         key: String,
         limits: HostHealthLimits,
         telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
             link: Link {
-                conn,
+                conn: Arc::new(tokio::sync::OnceCell::new()),
+                url: url.into(),
                 key: key.into(),
                 telemetry,
             },
@@ -158,7 +171,7 @@ impl RedisStore {
     /// Stores `record` as the latest report of `host`; refuses a new host
     /// once `max_hosts` hosts are stored, counting every instance's.
     pub async fn put(&self, host: &DeviceId, record: &[u8]) -> Result<(), HostHealthError> {
-        let mut conn = self.link.conn.clone();
+        let mut conn = self.link.conn().await?;
         let mut invocation = self.put.key(&*self.link.key);
         invocation
             .arg(host.as_str())
@@ -180,7 +193,7 @@ impl RedisStore {
     /// 503 rather than a body cut short.
     pub async fn list(&self, owner: Arc<str>) -> Result<Listing, HostHealthError> {
         let slot = self.lists.take(owner)?;
-        let mut conn = self.link.conn.clone();
+        let mut conn = self.link.conn().await?;
         let names: Vec<Vec<u8>> = self
             .link
             .call(
@@ -245,7 +258,7 @@ impl Listing {
                 self.stage = Stage::Done;
                 return Ok(Some(b"]}".to_vec()));
             }
-            let mut conn = self.link.conn.clone();
+            let mut conn = self.link.conn().await?;
             let records: Vec<Option<Vec<u8>>> = self
                 .link
                 .call(

@@ -162,6 +162,7 @@ impl Handler<ObserveStream> for Registry {
             }
         }
         self.telemetry.devices_known.set(self.table.len() as i64);
+        let n = msg.drafts.len() as u64;
         let sent = if msg.preload {
             self.stream_bus
                 .as_ref()
@@ -172,7 +173,7 @@ impl Handler<ObserveStream> for Registry {
                 .map(|b| b.batch.try_send(PublishBatch(msg.drafts)).is_ok())
         };
         if sent != Some(true) {
-            self.telemetry.events_dropped(DropReason::Overload, 1);
+            self.telemetry.events_dropped(DropReason::Overload, n);
         }
     }
 }
