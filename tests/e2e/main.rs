@@ -7,6 +7,7 @@ mod broker;
 mod browser;
 mod bus;
 mod cluster_fixtures;
+mod cluster_redis_url;
 mod haproxy;
 mod helpers;
 mod host_health;

@@ -15,6 +15,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// `--requirepass`, if any.
+    password: Option<String>,
 }
 
 impl Drop for RedisServer {
@@ -28,6 +30,11 @@ impl RedisServer {
     /// On a free port. redis-server binds it itself, so a port taken since
     /// [`free_port`] chose it makes it exit: it is started again on another.
     pub fn start() -> Self {
+        Self::start_with_password(None)
+    }
+
+    /// [`RedisServer::start`], requiring `password` (`AUTH`) when given.
+    pub fn start_with_password(password: Option<&str>) -> Self {
         for _ in 0..PORT_ATTEMPTS {
             let dir = std::env::temp_dir().join(unique("redis"));
             std::fs::create_dir_all(&dir).expect("temp dir");
@@ -35,6 +42,7 @@ impl RedisServer {
                 child: None,
                 port: free_port(),
                 dir,
+                password: password.map(str::to_owned),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -106,7 +114,7 @@ impl RedisServer {
 
     /// `PING` answered `PONG`.
     pub fn ping(&self) -> bool {
-        ping(self.port)
+        ping_as(self.port, self.password.as_deref())
     }
 
     /// Starts the process on `self.port` and waits until it answers `PING`;
@@ -114,7 +122,11 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let log_path = self.dir.join(format!("redis-{}.log", self.port));
         let log = std::fs::File::create(&log_path).expect("redis log");
-        let child = Command::new(installed("redis-server"))
+        let mut command = Command::new(installed("redis-server"));
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -130,7 +142,8 @@ impl RedisServer {
         let deadline = Instant::now() + WAIT;
         loop {
             // Answering and still running: the PONG is its own.
-            if ping(self.port) && matches!(child.try_wait(), Ok(None)) {
+            if ping_as(self.port, self.password.as_deref()) && matches!(child.try_wait(), Ok(None))
+            {
                 return Ok(());
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -151,10 +164,23 @@ impl RedisServer {
 /// An inline `PING` over a raw socket: no client library between the test
 /// and the server it checks.
 pub fn ping(port: u16) -> bool {
+    ping_as(port, None)
+}
+
+/// [`ping`], after `AUTH password` when one is given.
+fn ping_as(port: u16, password: Option<&str>) -> bool {
     let attempt = || -> std::io::Result<bool> {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(300))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        if let Some(password) = password {
+            stream.write_all(format!("AUTH {password}\r\n").as_bytes())?;
+            let mut ok = [0u8; 5];
+            stream.read_exact(&mut ok)?;
+            if &ok != b"+OK\r\n" {
+                return Ok(false);
+            }
+        }
         stream.write_all(b"PING\r\n")?;
         let mut answer = [0u8; 7];
         stream.read_exact(&mut answer)?;
