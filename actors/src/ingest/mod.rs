@@ -215,6 +215,7 @@ impl Actor for Ingest {
             broker: format!("{}:{}", self.config.host, self.config.port),
             acks: FuturesOrdered::new(),
             unsent_acks: VecDeque::new(),
+            dropping: false,
         };
         ctx.spawn(pump.run(stop_rx).into_actor(self));
     }
@@ -295,6 +296,10 @@ struct Pump {
     acks: FuturesOrdered<PendingAck>,
     /// Acks the full request channel did not take yet.
     unsent_acks: VecDeque<rumqttc::Publish>,
+    /// Cluster mode: a QoS 1/2 frame could not be held (the in-flight
+    /// budget is full) and so is never acknowledged; the connection is
+    /// dropped once, so the broker's in-flight window is not lost to it.
+    dropping: bool,
 }
 
 /// Resolves to the frame to acknowledge once its append is decided, or
@@ -396,6 +401,7 @@ impl Pump {
         // acknowledged, and an old id must never ack a new frame.
         self.acks = FuturesOrdered::new();
         self.unsent_acks.clear();
+        self.dropping = false;
         self.me.do_send(StateChanged(ConnectionState::Disconnected));
         self.telemetry.mqtt_reconnects.inc();
         let delay = self.backoff.next_delay();
@@ -437,6 +443,20 @@ impl Pump {
         header.pkid = publish.pkid;
         match after {
             AckAfter::Now => self.ack(header),
+            // Never acknowledged, the frame would hold one of the few
+            // in-flight slots the broker grants us for as long as the
+            // connection lives, and enough of them stop QoS 1 delivery to
+            // this instance for good. Reconnecting gives them back: the
+            // broker redelivers (persistent session) or drops them (clean),
+            // and the back-off before the reconnect lets the budget drain.
+            AckAfter::Never if !self.dropping => {
+                self.dropping = true;
+                log::warn!(
+                    "MQTT: a QoS 1 frame could not be held for the stream (bus.inflight_bytes is \
+                     full); reconnecting so the broker takes it back."
+                );
+                let _ = self.client.try_disconnect();
+            }
             AckAfter::Never => {}
             AckAfter::Append(rx) => self.acks.push_back(Box::pin(async move {
                 match rx.await {
