@@ -6,6 +6,7 @@ mod auth;
 mod broker;
 mod browser;
 mod bus;
+mod cluster;
 mod cluster_fixtures;
 mod cluster_redis_url;
 mod haproxy;

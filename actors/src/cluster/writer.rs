@@ -281,6 +281,9 @@ fn finish(batch: &mut Vec<Append>, outcomes: Vec<Outcome>, telemetry: &Telemetry
         let result = match outcome {
             Outcome::Appended(id) => {
                 telemetry.cluster().appended.inc();
+                if append.device.is_some() {
+                    telemetry.frames_accepted.inc();
+                }
                 Ok(id)
             }
             Outcome::DeviceRefused => {

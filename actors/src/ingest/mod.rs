@@ -520,11 +520,15 @@ impl Sink {
                     return AckAfter::Never;
                 };
                 if let Some(stream) = &self.stream {
-                    self.telemetry.frames_accepted.inc();
                     let device = draft
                         .body
                         .as_metrics()
                         .map(|frame| frame.device_id.to_string());
+                    // A metrics frame is accepted once the cap admits it
+                    // (the stream writer counts it), as the registry does.
+                    if device.is_none() {
+                        self.telemetry.frames_accepted.inc();
+                    }
                     return append(stream, draft, device);
                 }
                 let sent = if route(&draft.topic) == Route::Registry {
