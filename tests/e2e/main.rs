@@ -6,6 +6,7 @@ mod auth;
 mod broker;
 mod browser;
 mod bus;
+mod cluster_failover;
 mod cluster_fixtures;
 mod haproxy;
 mod helpers;
