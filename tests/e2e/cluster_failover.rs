@@ -1,7 +1,8 @@
 //! Cluster mode when something dies: an instance (its clients move through
 //! HAProxy to another and resume from their last id), Redis (frames wait
 //! un-acknowledged and nothing acknowledged is lost), and what the broker
-//! does with the frames an instance held when it died.
+//! does with the frames an instance held when it died; and a client
+//! further back than the ring, which resumes from the stream.
 //!
 //! Every test publishes numbered events (`{"n":i}`) and follows them with
 //! clients that record what arrived, over as many connections as it took.
