@@ -69,7 +69,7 @@ async fn ingest_works_against_the_shared_mosquitto() {
 /// dashboard restart test).
 pub struct Mosquitto {
     child: Child,
-    _dir: std::path::PathBuf,
+    dir: std::path::PathBuf,
 }
 
 impl Mosquitto {
@@ -77,9 +77,19 @@ impl Mosquitto {
     /// since [`free_port`] chose it makes it exit: it is started again on
     /// another one.
     pub fn on_free_port() -> (Self, u16) {
+        Self::on_free_port_with("")
+    }
+
+    /// [`Mosquitto::on_free_port`] logging everything it does (each
+    /// PUBLISH it sends, to whom) to a file [`Mosquitto::log`] reads.
+    pub fn on_free_port_logging() -> (Self, u16) {
+        Self::on_free_port_with("log_type all\n")
+    }
+
+    fn on_free_port_with(extra: &str) -> (Self, u16) {
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match Self::try_start(port) {
+            match Self::try_start(port, extra) {
                 Some(broker) => return (broker, port),
                 None => eprintln!("Mosquitto could not listen on {port}; trying another port."),
             }
@@ -89,17 +99,17 @@ impl Mosquitto {
 
     /// On `port` (a restart on the port edgebus is configured for).
     pub fn start(port: u16) -> Self {
-        Self::try_start(port).unwrap_or_else(|| panic!("Mosquitto could not listen on {port}"))
+        Self::try_start(port, "").unwrap_or_else(|| panic!("Mosquitto could not listen on {port}"))
     }
 
     /// `None` when it exited instead of listening.
-    fn try_start(port: u16) -> Option<Self> {
+    fn try_start(port: u16, extra: &str) -> Option<Self> {
         let dir = std::env::temp_dir().join(unique("mosquitto"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"),
         )
         .expect("mosquitto.conf");
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
@@ -109,11 +119,13 @@ impl Mosquitto {
         let child = Command::new(binary)
             .arg("-c")
             .arg(&conf)
+            // It logs to stderr: a file opened here, before it drops root
+            // for the `mosquitto` user, who may not write in our directory.
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mosquitto.log")).expect("mosquitto.log"))
             .spawn()
             .expect("mosquitto is installed (.ci/run installs it)");
-        let mut broker = Self { child, _dir: dir };
+        let mut broker = Self { child, dir };
         let deadline = Instant::now() + WAIT;
         loop {
             // Listening and still running: the answer is its own.
@@ -132,11 +144,17 @@ impl Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Everything it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -423,18 +423,28 @@ pub enum WsEvent {
 
 impl WsClient {
     pub async fn connect(url: &str) -> Self {
+        Self::try_connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket connect to {url}: {e}"))
+    }
+
+    /// [`WsClient::connect`], or why not (a client retrying through a
+    /// balancer whose backend just died).
+    pub async fn try_connect(url: &str) -> Result<Self, String> {
         let (resp, framed) = awc::Client::new()
             .ws(url)
             .max_frame_size(16 << 20)
             .connect()
             .await
-            .unwrap_or_else(|e| panic!("WebSocket connect to {url}: {e}"));
-        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-        Self {
+            .map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(format!("answered {}", resp.status()));
+        }
+        Ok(Self {
             framed,
             auto_pong: true,
             fragments: None,
-        }
+        })
     }
 
     /// Next text frame as JSON, or the close code; answers pings.

@@ -55,9 +55,10 @@ pub struct ClusterConfig {
     pub max_devices: usize,
     /// A device unseen this long frees its slot (the registry's rule).
     pub forget_after: Duration,
-    /// Events read at start (the bus's history) and most a resuming client
-    /// may fetch from the stream, by count and by bytes.
+    /// Events read at start (the bus's history).
     pub history: usize,
+    /// Most bytes a resuming client may fetch from the stream (by count,
+    /// what the stream keeps).
     pub history_bytes: usize,
     pub max_reader_lag: Duration,
 }

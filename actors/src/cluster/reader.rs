@@ -230,8 +230,8 @@ async fn health_loop(
 }
 
 /// Fetches a resuming session's missed events from the stream, one
-/// session at a time (each fetch is bounded by `bus.history` events and
-/// `bus.history_bytes` bytes), and answers the bus with [`Backfilled`].
+/// session at a time (each fetch is bounded by `bus.history_bytes` bytes,
+/// and by what the stream keeps), and answers the bus with [`Backfilled`].
 pub struct Recovery {
     config: ClusterConfig,
     bus: Recipient<Backfilled>,
@@ -304,7 +304,7 @@ impl Handler<Backfill> for Recovery {
 }
 
 /// Every entry after `after`, when the stream still holds them all and
-/// they fit the history's bounds.
+/// they fit `bus.history_bytes`.
 async fn fetch(
     conn: &mut ConnectionManager,
     config: &ClusterConfig,
@@ -343,10 +343,12 @@ async fn fetch(
                 bytes += event.heap_bytes();
                 events.push(event);
             }
-            if events.len() > config.history || bytes > config.history_bytes {
+            // By count the stream is the bound (the ring already covers
+            // `bus.history` events); by bytes, what the ring may hold.
+            if events.len() > config.stream_max_len || bytes > config.history_bytes {
                 return Err(format!(
-                    "more than the history holds (bus.history = {}, bus.history_bytes = {}) was missed",
-                    config.history, config.history_bytes
+                    "more than a resume may fetch (cluster.stream_max_len = {}, bus.history_bytes = {}) was missed",
+                    config.stream_max_len, config.history_bytes
                 ));
             }
         }

@@ -6,9 +6,15 @@
 //! the task takes everything waiting (up to [`MAX_BATCH`]) and runs one Lua
 //! script that, atomically, admits the batch's devices under the
 //! cluster-wide cap and `XADD`s every entry. While Redis fails, the batch
-//! is retried with back-off and nothing is acknowledged; an append with a
-//! deadline (HTTP) that passes meanwhile is answered `Unavailable` and not
-//! appended.
+//! is retried with back-off and nothing is acknowledged.
+//!
+//! A batch whose answer timed out may still run: a Redis that hung runs
+//! every copy it was sent once it resumes. So each batch carries a key of
+//! its own; the script records its ids under it, and a copy that finds
+//! them answers them instead of appending again. Once sent, a batch is
+//! therefore never changed: an append with a deadline (HTTP) that passes
+//! meanwhile is answered `Unavailable` but stays in it (it may yet be
+//! appended); one that passes before its batch went out is dropped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,13 +36,18 @@ pub const MAX_BATCH: usize = 512;
 /// Most payload bytes per round trip (a batch always takes one entry).
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
-/// Admits the devices of a batch under the cap and appends every entry.
-/// KEYS: devices zset, stream. ARGV: now, forget cutoff, max devices,
-/// max stream length, entry count, then per entry: device ("" = none),
+/// Admits the devices of a batch under the cap and appends every entry,
+/// once per batch key. KEYS: devices zset, stream, batch key. ARGV: now,
+/// forget cutoff, max devices, max stream length, entry count, then per
+/// entry: device ("" = none),
 /// topic, ts, payload, name ("" = none). Returns per entry its id, or 0
 /// when its device was refused (nothing appended for it).
 const APPEND_LUA: &str = r#"
-local devices, stream = KEYS[1], KEYS[2]
+local devices, stream, batch = KEYS[1], KEYS[2], KEYS[3]
+local done = redis.call('GET', batch)
+if done then
+  return cjson.decode(done)
+end
 local now, cutoff, max_devices = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local max_len, n = ARGV[4], tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', devices, '-inf', '(' .. cutoff)
@@ -63,8 +74,13 @@ for e = 1, n do
     out[e] = 0
   end
 end
+redis.call('SET', batch, cjson.encode(out), 'PX', BATCH_KEY_TTL_MS)
 return out
 "#;
+
+/// How long a batch's ids stay recorded for copies of it still queued in
+/// Redis: they run right after the first, in the order they were sent.
+const BATCH_KEY_TTL_MS: u64 = 60_000;
 
 /// Why an event was not appended.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -154,8 +170,12 @@ async fn run(
     health: Arc<ClusterHealth>,
     telemetry: Arc<Telemetry>,
 ) {
-    let script = Script::new(APPEND_LUA);
+    let script =
+        Script::new(&APPEND_LUA.replace("BATCH_KEY_TTL_MS", &BATCH_KEY_TTL_MS.to_string()));
     let mut conn = super::connect(&config, &telemetry, &health, REDIS_TIMEOUT).await;
+    // Batch keys are unique across this instance's restarts.
+    let run_id = now_ms();
+    let mut batches: u64 = 0;
     let mut batch: Vec<Append> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut bytes = first.draft.payload_json().len();
@@ -168,18 +188,30 @@ async fn run(
             batch.push(next);
         }
         let mut delay = Duration::from_millis(50);
+        // Set when the batch goes out; from then on it is never changed.
+        let mut key: Option<String> = None;
         loop {
-            drop_expired(&mut batch);
+            expire(&mut batch, key.is_none());
             if batch.is_empty() {
                 break;
             }
-            match append_batch(&script, &mut conn, &config, &batch).await {
+            let batch_key = key
+                .get_or_insert_with(|| {
+                    batches += 1;
+                    format!(
+                        "{}:batch:{}:{run_id}:{batches}",
+                        config.stream_key, config.instance_id
+                    )
+                })
+                .clone();
+            match append_batch(&script, &mut conn, &config, &batch, &batch_key).await {
                 Ok(outcomes) => {
                     health.writer_stalled(false);
                     health.redis_answered();
                     telemetry.cluster().append_batch.observe(batch.len() as f64);
-                    // Refused devices' rejections refill the batch.
+                    // Refused devices' rejections refill the batch, a new one.
                     finish(&mut batch, outcomes, &telemetry);
+                    key = None;
                     delay = Duration::from_millis(50);
                 }
                 Err(e) => {
@@ -198,8 +230,10 @@ async fn run(
     }
 }
 
-/// Appends past their deadline: answered, not appended.
-fn drop_expired(batch: &mut Vec<Append>) {
+/// Appends past their deadline are answered `Unavailable`; dropped too
+/// while the batch has not gone out (`unsent`), kept once it has (a copy
+/// of it may yet run).
+fn expire(batch: &mut Vec<Append>, unsent: bool) {
     let now = Instant::now();
     batch.retain_mut(|a| {
         if a.deadline.is_some_and(|d| d <= now) {
@@ -208,7 +242,7 @@ fn drop_expired(batch: &mut Vec<Append>) {
                     "Redis did not answer in time".into(),
                 )));
             }
-            return false;
+            return !unsent;
         }
         true
     });
@@ -225,6 +259,7 @@ async fn append_batch(
     conn: &mut ConnectionManager,
     config: &ClusterConfig,
     batch: &[Append],
+    batch_key: &str,
 ) -> redis::RedisResult<Vec<Outcome>> {
     let now = now_ms();
     let cutoff = now.saturating_sub(config.forget_after.as_millis() as u64);
@@ -232,6 +267,7 @@ async fn append_batch(
     invocation
         .key(&config.devices_key)
         .key(&config.stream_key)
+        .key(batch_key)
         .arg(now)
         .arg(cutoff)
         .arg(config.max_devices)
