@@ -25,9 +25,9 @@ use edgebus_actors::telemetry::Telemetry;
 use crate::auth::Auth;
 use crate::broker;
 use crate::host_health::{FileStore, HostHealthLimits, HostHealthStore, RedisStore};
-use crate::stream_slots::ClusterStreamSlots;
 use crate::http::{self, AppState};
 use crate::settings::{MqttMode, Settings};
+use crate::stream_slots::ClusterStreamSlots;
 use crate::wiring;
 
 /// How long in-flight HTTP requests get at shutdown.
@@ -263,9 +263,8 @@ impl Application {
             auth,
             idempotency: Arc::new(http::idempotency::Idempotency::new(&settings.http, clock)),
             host_health: Arc::new(host_health),
-            cluster: cluster
-                .zip(settings.cluster.as_ref())
-                .map(|((_, health, writer, _), settings_cluster)| http::ClusterState {
+            cluster: cluster.zip(settings.cluster.as_ref()).map(
+                |((_, health, writer, _), settings_cluster)| http::ClusterState {
                     writer,
                     health,
                     streams: ClusterStreamSlots::start(
@@ -274,7 +273,8 @@ impl Application {
                         settings.sessions.max_streams_per_identity,
                         telemetry.clone(),
                     ),
-                }),
+                },
+            ),
         });
         let unacked_timeout = settings.sessions.write_timeout.saturating_mul(2);
         let server = HttpServer::new(move || {

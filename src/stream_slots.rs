@@ -436,3 +436,47 @@ fn waiting_helps(e: &RedisError) -> bool {
         || !matches!(e.retry_method(), RetryMethod::NoRetry)
         || matches!(e.code(), Some("OOM" | "MISCONF"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+    use actix_web::http::{header, StatusCode};
+    use actix_web::ResponseError;
+
+    #[test]
+    fn a_full_cluster_is_429_and_an_absent_redis_503_both_with_retry_after() {
+        for (error, status) in [
+            (
+                SlotError::Full("ops".into(), 2),
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            (SlotError::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            let response = ApiError::from(error).error_response();
+            assert_eq!(response.status(), status);
+            assert!(response.headers().contains_key(header::RETRY_AFTER));
+        }
+    }
+
+    #[test]
+    fn the_lease_is_thirty_seconds_unless_set_within_bounds() {
+        let cluster = |extra: &str| {
+            Settings::from_toml(&format!(
+                "[mqtt]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:1883\"\n\
+                 [cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n{extra}"
+            ))
+        };
+        let default = cluster("").unwrap().cluster.unwrap();
+        assert_eq!(default.stream_lease, Duration::from_secs(30));
+        let short = cluster("stream_lease_seconds = 1")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(short.stream_lease, Duration::from_secs(1));
+        for wrong in ["stream_lease_seconds = 0", "stream_lease_seconds = 3601"] {
+            let error = cluster(wrong).err().expect(wrong).to_string();
+            assert!(error.contains("cluster.stream_lease_seconds"), "{error}");
+        }
+    }
+}
