@@ -11,6 +11,7 @@ pub mod http;
 pub mod settings;
 pub mod simulate;
 pub mod startup;
+pub mod stream_slots;
 pub mod telemetry;
 pub mod wiring;
 

@@ -27,6 +27,7 @@ use crate::broker;
 use crate::host_health::{FileStore, HostHealthLimits, HostHealthStore, RedisStore};
 use crate::http::{self, AppState};
 use crate::settings::{MqttMode, Settings};
+use crate::stream_slots::ClusterStreamSlots;
 use crate::wiring;
 
 /// How long in-flight HTTP requests get at shutdown.
@@ -262,7 +263,18 @@ impl Application {
             auth,
             idempotency: Arc::new(http::idempotency::Idempotency::new(&settings.http, clock)),
             host_health: Arc::new(host_health),
-            cluster: cluster.map(|(_, health, writer, _)| http::ClusterState { writer, health }),
+            cluster: cluster.zip(settings.cluster.as_ref()).map(
+                |((_, health, writer, _), settings_cluster)| http::ClusterState {
+                    writer,
+                    health,
+                    streams: ClusterStreamSlots::start(
+                        &cluster_thread.handle(),
+                        settings_cluster,
+                        settings.sessions.max_streams_per_identity,
+                        telemetry.clone(),
+                    ),
+                },
+            ),
         });
         let unacked_timeout = settings.sessions.write_timeout.saturating_mul(2);
         let server = HttpServer::new(move || {

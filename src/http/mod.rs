@@ -47,6 +47,8 @@ pub struct AppState {
 pub struct ClusterState {
     pub writer: StreamWriter,
     pub health: Arc<ClusterHealth>,
+    /// `sessions.max_streams_per_identity`, counted across the cluster.
+    pub streams: crate::stream_slots::ClusterStreamSlots,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

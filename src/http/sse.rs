@@ -20,8 +20,9 @@ use edgebus_actors::topic::TopicFilter;
 
 use super::streams::{self, StreamQuery};
 use super::AppState;
-use crate::auth::{AuthError, Identity, StreamAuth, StreamPermit};
+use crate::auth::{AuthError, Identity, StreamAuth};
 use crate::error::ApiError;
+use crate::stream_slots::StreamHold;
 
 /// `GET /v1/events?topic=F&topic=G[&where=key:value]`.
 pub async fn events(
@@ -35,7 +36,7 @@ pub async fn events(
         ));
     }
     let subscriptions = query.subscriptions()?;
-    open(&req, &state, &query, subscriptions)
+    open(&req, &state, &query, subscriptions).await
 }
 
 /// `GET /v1/devices/{id}/events`: the device's metrics and presence, and
@@ -49,7 +50,7 @@ pub async fn device_events(
     let identity = identity(&req, &state, &query)?;
     // The caps and the open rate come before any lookup: a caller over them
     // costs the registry nothing.
-    let permit = streams::permit(&req, &state, &identity)?;
+    let permit = streams::permit(&req, &state, &identity).await?;
     let device = DeviceId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if state
         .registry
@@ -82,7 +83,7 @@ pub async fn attacker_events(
     let identity = identity(&req, &state, &query)?;
     // The caps and the open rate come before the lookup: a caller over them
     // costs the bus nothing.
-    let permit = streams::permit(&req, &state, &identity)?;
+    let permit = streams::permit(&req, &state, &identity).await?;
     // Attacker ids follow the device id rule: one safe topic level.
     if !is_safe_id(&uuid) {
         return Err(ApiError::BadRequest(
@@ -125,14 +126,14 @@ fn identity(
     }
 }
 
-fn open(
+async fn open(
     req: &HttpRequest,
     state: &AppState,
     query: &StreamQuery,
     subscriptions: Vec<Subscription>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = identity(req, state, query)?;
-    let permit = streams::permit(req, state, &identity)?;
+    let permit = streams::permit(req, state, &identity).await?;
     start(req, state, query, permit, subscriptions)
 }
 
@@ -142,7 +143,7 @@ fn start(
     req: &HttpRequest,
     state: &AppState,
     query: &StreamQuery,
-    permit: StreamPermit,
+    permit: StreamHold,
     subscriptions: Vec<Subscription>,
 ) -> Result<HttpResponse, ApiError> {
     let config = SseSessionConfig::from(&*state.settings);

@@ -10,8 +10,9 @@ use edgebus_actors::subscription::{Predicate, Subscription};
 use edgebus_actors::topic::TopicFilter;
 
 use super::AppState;
-use crate::auth::{AuthError, Identity, StreamAuth, StreamCredentials, StreamPermit};
+use crate::auth::{AuthError, Identity, StreamAuth, StreamCredentials};
 use crate::error::ApiError;
+use crate::stream_slots::StreamHold;
 
 /// Most `topic` parameters one request may name.
 pub const MAX_TOPICS_PER_REQUEST: usize = 64;
@@ -128,15 +129,21 @@ pub fn authenticate(
 }
 
 /// Takes a slot under `sessions.max_streams_per_identity`, or for a shared
-/// identity `sessions.max_streams_per_address` (429 when full).
-pub fn permit(
+/// identity `sessions.max_streams_per_address` (429 when full). In cluster
+/// mode a named identity's slot is then taken in Redis too (429 when the
+/// cluster holds its cap, 503 when Redis is away).
+pub async fn permit(
     req: &HttpRequest,
     state: &AppState,
     identity: &Identity,
-) -> Result<StreamPermit, ApiError> {
-    Ok(state
+) -> Result<StreamHold, ApiError> {
+    let local = state
         .auth
-        .acquire_stream(identity, req.peer_addr().map(|a| a.ip()))?)
+        .acquire_stream(identity, req.peer_addr().map(|a| a.ip()))?;
+    match &state.cluster {
+        Some(cluster) => Ok(cluster.streams.acquire(identity, local).await?),
+        None => Ok(StreamHold::local(local)),
+    }
 }
 
 /// Whether `origin` is this server itself: what the `Host` header names,

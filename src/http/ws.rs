@@ -45,7 +45,7 @@ pub async fn ws(
         StreamAuth::LegacyRefused => None,
     };
     let permit = match &identity {
-        Some(identity) => Some(streams::permit(&req, &state, identity)?),
+        Some(identity) => Some(streams::permit(&req, &state, identity).await?),
         None => None,
     };
     let (response, session, stream) = actix_ws::handle(&req, body)?;

@@ -16,6 +16,7 @@ pub(super) struct RawCluster {
     key_prefix: String,
     stream_max_len: usize,
     max_reader_lag_ms: u64,
+    stream_lease_seconds: u64,
 }
 
 /// Cluster mode's settings; `None` in [`super::Settings::cluster`] means one
@@ -35,6 +36,10 @@ pub struct ClusterSettings {
     pub stream_max_len: usize,
     /// `/readyz` is 503 while this instance reads the stream further behind.
     pub max_reader_lag: Duration,
+    /// How long a stream slot under `sessions.max_streams_per_identity`
+    /// outlives the last renewal of the instance holding it: the time a
+    /// dead instance's slots stay taken.
+    pub stream_lease: Duration,
 }
 
 impl ClusterSettings {
@@ -112,6 +117,12 @@ impl RawCluster {
                 "must be from 100 to 600000",
             ));
         }
+        if !(1..=3600).contains(&self.stream_lease_seconds) {
+            return Err(invalid(
+                "cluster.stream_lease_seconds",
+                "must be from 1 to 3600",
+            ));
+        }
         Ok(Some(ClusterSettings {
             redis_url: self.redis_url,
             instance_id,
@@ -119,6 +130,7 @@ impl RawCluster {
             key_prefix: self.key_prefix,
             stream_max_len: self.stream_max_len,
             max_reader_lag: Duration::from_millis(self.max_reader_lag_ms),
+            stream_lease: Duration::from_secs(self.stream_lease_seconds),
         }))
     }
 }

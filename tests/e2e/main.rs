@@ -10,6 +10,7 @@ mod cluster;
 mod cluster_failover;
 mod cluster_fixtures;
 mod cluster_redis_url;
+mod cluster_stream_caps;
 mod haproxy;
 mod helpers;
 mod host_health;

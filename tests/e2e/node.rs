@@ -17,6 +17,9 @@ const TAIL_LINES: usize = 30;
 pub struct Node {
     port: u16,
     env: Vec<(String, String)>,
+    /// A settings file (`--config`), for what the environment spells
+    /// awkwardly (lists of tables such as `auth.api_keys`).
+    config: Option<String>,
     child: Option<Child>,
     dir: PathBuf,
     http: awc::Client,
@@ -45,6 +48,16 @@ impl Node {
     /// returns. A port taken since [`free_port`] chose it makes the binary
     /// exit: it is started again on another.
     pub async fn start(mqtt_port: u16, env: &[(&str, &str)]) -> Self {
+        Self::start_with_config(mqtt_port, env, None).await
+    }
+
+    /// [`Node::start`], reading `config` (TOML) as its `--config` file;
+    /// the environment still wins over it.
+    pub async fn start_with_config(
+        mqtt_port: u16,
+        env: &[(&str, &str)],
+        config: Option<&str>,
+    ) -> Self {
         let mut base = vec![
             ("EDGEBUS__MQTT__MODE".to_owned(), "external".to_owned()),
             (
@@ -75,6 +88,7 @@ impl Node {
             let mut node = Self {
                 port: free_port(),
                 env: base.clone(),
+                config: config.map(str::to_owned),
                 child: None,
                 dir,
                 http: awc::Client::builder().timeout(WAIT).finish(),
@@ -105,12 +119,23 @@ impl Node {
         instance_id: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::cluster_with_config(mqtt_port, redis_url, instance_id, env, None).await
+    }
+
+    /// [`Node::cluster`] with a `--config` file (see [`Node::start_with_config`]).
+    pub async fn cluster_with_config(
+        mqtt_port: u16,
+        redis_url: &str,
+        instance_id: &str,
+        env: &[(&str, &str)],
+        config: Option<&str>,
+    ) -> Self {
         let mut all = vec![
             ("EDGEBUS__CLUSTER__REDIS_URL", redis_url),
             ("EDGEBUS__CLUSTER__INSTANCE_ID", instance_id),
         ];
         all.extend_from_slice(env);
-        Self::start(mqtt_port, &all).await
+        Self::start_with_config(mqtt_port, &all, config).await
     }
 
     pub fn port(&self) -> u16 {
@@ -173,6 +198,11 @@ impl Node {
             .open(self.log_path())
             .expect("node log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_edgebus"));
+        if let Some(config) = &self.config {
+            let path = self.dir.join("edgebus.toml");
+            std::fs::write(&path, config).expect("node config file");
+            command.arg("--config").arg(path);
+        }
         command
             .env("EDGEBUS__HTTP__BIND", format!("127.0.0.1:{}", self.port))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
