@@ -35,7 +35,7 @@ pub async fn events(
         ));
     }
     let subscriptions = query.subscriptions()?;
-    open(&req, &state, &query, subscriptions)
+    open(&req, &state, &query, subscriptions).await
 }
 
 /// `GET /v1/devices/{id}/events`: the device's metrics and presence, and
@@ -46,7 +46,7 @@ pub async fn device_events(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let query = StreamQuery::parse(req.query_string())?;
-    let identity = identity(&req, &state, &query)?;
+    let identity = identity(&req, &state, &query).await?;
     // The caps and the open rate come before any lookup: a caller over them
     // costs the registry nothing.
     let permit = streams::permit(&req, &state, &identity)?;
@@ -79,7 +79,7 @@ pub async fn attacker_events(
     uuid: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let query = StreamQuery::parse(req.query_string())?;
-    let identity = identity(&req, &state, &query)?;
+    let identity = identity(&req, &state, &query).await?;
     // The caps and the open rate come before the lookup: a caller over them
     // costs the bus nothing.
     let permit = streams::permit(&req, &state, &identity)?;
@@ -114,24 +114,24 @@ fn topic(filter: &str) -> Result<Subscription, ApiError> {
 }
 
 /// SSE has no legacy token: a bearer header or a ticket (or open mode).
-fn identity(
+async fn identity(
     req: &HttpRequest,
     state: &AppState,
     query: &StreamQuery,
 ) -> Result<Identity, ApiError> {
-    match streams::authenticate(req, state, query, false)? {
+    match streams::authenticate(req, state, query, false).await? {
         StreamAuth::Granted(identity) => Ok(identity),
         StreamAuth::LegacyRefused => Err(AuthError::Missing.into()),
     }
 }
 
-fn open(
+async fn open(
     req: &HttpRequest,
     state: &AppState,
     query: &StreamQuery,
     subscriptions: Vec<Subscription>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = identity(req, state, query)?;
+    let identity = identity(req, state, query).await?;
     let permit = streams::permit(req, state, &identity)?;
     start(req, state, query, permit, subscriptions)
 }
