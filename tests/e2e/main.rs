@@ -9,6 +9,7 @@ mod bus;
 mod cluster;
 mod cluster_fixtures;
 mod cluster_redis_url;
+mod cluster_tickets;
 mod haproxy;
 mod helpers;
 mod host_health;
