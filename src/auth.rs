@@ -1160,6 +1160,26 @@ api_keys = [
     }
 
     #[test]
+    fn a_shared_ticket_record_gives_back_the_identity_and_nothing_else() {
+        let a = auth("");
+        let ops = a.keys.verify(KEY).unwrap();
+        let record = ops.to_record();
+        assert_eq!(Identity::from_record(&record), Some(ops.clone()));
+        assert_eq!(
+            Identity::from_record(&record).map(Identity::redeemed),
+            Some(Identity {
+                proof: Proof::Ticket,
+                ..ops
+            })
+        );
+        let legacy = Identity::legacy();
+        assert_eq!(Identity::from_record(&legacy.to_record()), Some(legacy));
+        for bad in ["", "1", "9kops", "1xops"] {
+            assert_eq!(Identity::from_record(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_ticket_costs_at_most_the_documented_bytes() {
         let key = 64;
         let slot = (std::mem::size_of::<(String, Issued)>() + 1) * 16 / 7 + key;
