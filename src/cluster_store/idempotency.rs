@@ -23,6 +23,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
 use super::{sha256_hex, Link, StoreError, NOW_MS_LUA};
@@ -34,6 +36,13 @@ use crate::settings::{ClusterSettings, HttpSettings};
 /// record), short enough that a retry after an instance died mid-publish
 /// soon succeeds.
 pub const PENDING_TTL: Duration = Duration::from_secs(15);
+
+/// How long an answer Redis failed to take is retried, and how often. A
+/// retry of the request meanwhile is told `in_flight` while the marker
+/// lives; after that (Redis away for longer than [`PENDING_TTL`]) a retry
+/// may publish again: the one gap in the promise, documented.
+pub const RECORD_RETRY_FOR: Duration = Duration::from_secs(60);
+const RECORD_RETRY_EVERY: Duration = Duration::from_millis(500);
 
 /// KEYS: entry, owner's set, all keys. ARGV: fingerprint, pending marker,
 /// pending ttl ms, per-owner cap, total cap, slot, keep ms.
@@ -190,33 +199,28 @@ impl SharedIdempotency {
 
 impl SharedPending {
     /// The publish succeeded with this id: keep the answer for 24 h, on
-    /// every instance.
+    /// every instance. If Redis fails to take it, it is retried in the
+    /// background for [`RECORD_RETRY_FOR`] (the script replaces only this
+    /// claim's marker, or none, so a late retry never overwrites another
+    /// claim's answer); the error is returned at once all the same.
     pub async fn record(mut self, id: Option<String>) -> Result<(), StoreError> {
         self.recorded = true;
-        let answer = format!("d{}{}", self.fingerprint, id.unwrap_or_default());
-        let mut invocation = self.store.record.prepare_invoke();
-        for k in &self.keys {
-            invocation.key(k);
+        let answer = Answer {
+            store: self.store.clone(),
+            keys: std::mem::take(&mut self.keys),
+            slot: std::mem::take(&mut self.slot),
+            marker: std::mem::take(&mut self.marker),
+            value: format!("d{}{}", self.fingerprint, id.unwrap_or_default()),
+        };
+        match answer.store_once().await {
+            Err(StoreError::Unavailable) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(answer.store_until(Instant::now() + RECORD_RETRY_FOR));
+                }
+                Err(StoreError::Unavailable)
+            }
+            other => other,
         }
-        invocation
-            .arg(&self.marker)
-            .arg(answer)
-            .arg(millis(KEEP_FOR))
-            .arg(&self.slot);
-        let kept: i64 = self
-            .store
-            .link
-            .run("record an Idempotency-Key", &invocation)
-            .await?;
-        if kept == 0 {
-            // The marker outlived PENDING_TTL and another request claimed
-            // the key: that one publishes (again) and records its answer.
-            log::warn!(
-                "An Idempotency-Key's publish outlasted {PENDING_TTL:?}; another request \
-                 claimed the key meanwhile."
-            );
-        }
-        Ok(())
     }
 
     async fn release(
@@ -235,6 +239,52 @@ impl SharedPending {
             .link
             .run("release an Idempotency-Key", &invocation)
             .await;
+    }
+}
+
+/// A publish's answer on its way to Redis.
+struct Answer {
+    store: Arc<SharedIdempotency>,
+    keys: [String; 3],
+    slot: String,
+    marker: String,
+    value: String,
+}
+
+impl Answer {
+    async fn store_once(&self) -> Result<(), StoreError> {
+        let mut invocation = self.store.record.prepare_invoke();
+        for k in &self.keys {
+            invocation.key(k);
+        }
+        invocation
+            .arg(&self.marker)
+            .arg(&self.value)
+            .arg(millis(KEEP_FOR))
+            .arg(&self.slot);
+        let kept: i64 = self
+            .store
+            .link
+            .run("record an Idempotency-Key", &invocation)
+            .await?;
+        if kept == 0 {
+            // The marker outlived PENDING_TTL and another request claimed
+            // the key: that one publishes (again) and records its answer.
+            log::warn!(
+                "An Idempotency-Key's publish outlasted {PENDING_TTL:?}; another request \
+                 claimed the key meanwhile."
+            );
+        }
+        Ok(())
+    }
+
+    async fn store_until(self, deadline: Instant) {
+        while Instant::now() < deadline {
+            tokio::time::sleep(RECORD_RETRY_EVERY).await;
+            if !matches!(self.store_once().await, Err(StoreError::Unavailable)) {
+                return;
+            }
+        }
     }
 }
 
