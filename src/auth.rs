@@ -28,6 +28,8 @@ use subtle::ConstantTimeEq;
 
 use edgebus_actors::alerts::Clock;
 
+use crate::cluster_store::tickets::SharedTickets;
+use crate::cluster_store::StoreError;
 use crate::settings::{AuthSettings, Settings};
 
 /// Query parameters a confused client might carry a key in. A value there
@@ -114,6 +116,45 @@ impl Identity {
             .collect()
     }
 
+    /// How a shared ticket store keeps this identity: roles, proof, name.
+    pub(crate) fn to_record(&self) -> String {
+        let proof = match self.proof {
+            Proof::ApiKey => 'k',
+            Proof::Ticket => 't',
+            Proof::LegacyToken => 'l',
+            Proof::Open => 'o',
+        };
+        format!("{}{proof}{}", self.roles, self.name)
+    }
+
+    /// The inverse of [`Identity::to_record`]; `None` for anything else.
+    pub(crate) fn from_record(record: &str) -> Option<Self> {
+        let mut chars = record.chars();
+        let roles = u8::try_from(chars.next()?.to_digit(8)?).ok()?;
+        let proof = match chars.next()? {
+            'k' => Proof::ApiKey,
+            't' => Proof::Ticket,
+            'l' => Proof::LegacyToken,
+            'o' => Proof::Open,
+            _ => return None,
+        };
+        Some(Self {
+            name: chars.as_str().into(),
+            roles,
+            proof,
+        })
+    }
+
+    /// The identity a redeemed ticket stands for: a key's ticket is that
+    /// key; the shared token's stays shared.
+    pub(crate) fn redeemed(self) -> Self {
+        let proof = match self.proof {
+            Proof::ApiKey => Proof::Ticket,
+            other => other,
+        };
+        Self { proof, ..self }
+    }
+
     /// Named keys are capped by name. Open mode and the legacy shared token
     /// have no name that tells callers apart, so they are capped by address.
     fn is_named(&self) -> bool {
@@ -166,6 +207,9 @@ pub enum AuthError {
     TicketsFull(usize),
     #[error("the system random generator failed")]
     Random,
+    /// The shared ticket store (cluster mode) failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 struct Key {
@@ -279,8 +323,8 @@ impl TicketBook {
     }
 }
 
-/// Single-use stream tickets, in process. (Several instances would keep
-/// them in Redis with `GETDEL`; one instance needs nothing but this map.)
+/// Single-use stream tickets, in process. (A cluster keeps them in Redis:
+/// [`SharedTickets`].)
 pub struct Tickets {
     ttl_ms: u64,
     per_owner: usize,
@@ -350,15 +394,7 @@ impl Tickets {
         let now = self.clock.now_ms();
         let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
         match book.forget(ticket) {
-            Some(issued) if issued.expires_ms > now => {
-                let identity = issued.identity;
-                // A key's ticket is that key; the shared token's stays shared.
-                let proof = match identity.proof {
-                    Proof::ApiKey => Proof::Ticket,
-                    other => other,
-                };
-                Ok(Identity { proof, ..identity })
-            }
+            Some(issued) if issued.expires_ms > now => Ok(issued.identity.redeemed()),
             _ => Err(AuthError::BadTicket),
         }
     }
@@ -513,6 +549,9 @@ impl OpenRate {
 pub struct Auth {
     pub keys: KeyRing,
     pub tickets: Tickets,
+    /// Cluster mode: tickets live here instead of in `tickets`, so any
+    /// instance redeems what any other minted.
+    pub shared_tickets: Option<SharedTickets>,
     /// Named identities, under `sessions.max_streams_per_identity`.
     pub streams: Arc<StreamLimits>,
     /// Shared identities by address, under `sessions.max_streams_per_address`.
@@ -556,6 +595,7 @@ impl Auth {
         };
         Self {
             keys,
+            shared_tickets: None,
             tickets: Tickets::new(
                 u64::try_from(s.ticket_ttl.as_millis()).unwrap_or(u64::MAX),
                 s.max_tickets_per_identity,
@@ -660,6 +700,45 @@ impl Auth {
             return self.tickets.issue_unrecorded();
         }
         self.tickets.issue(identity, identity.owner(peer))
+    }
+
+    /// [`Auth::issue_ticket`], or in cluster mode a ticket every instance
+    /// can redeem.
+    pub async fn mint_ticket(
+        &self,
+        identity: &Identity,
+        peer: Option<IpAddr>,
+    ) -> Result<String, AuthError> {
+        match &self.shared_tickets {
+            Some(shared) if !self.is_open() => {
+                let ticket = self.tickets.issue_unrecorded()?;
+                shared
+                    .issue(&ticket, identity, &identity.owner(peer))
+                    .await?;
+                Ok(ticket)
+            }
+            _ => self.issue_ticket(identity, peer),
+        }
+    }
+
+    /// [`Auth::stream`], redeeming a ticket from the shared store in
+    /// cluster mode. A ticket decides only where `stream` would redeem one:
+    /// no bearer header, and not open mode.
+    pub async fn stream_shared(
+        &self,
+        creds: &StreamCredentials<'_>,
+        websocket: bool,
+    ) -> Result<StreamAuth, AuthError> {
+        match (&self.shared_tickets, creds.authorization, creds.ticket) {
+            (Some(shared), None, Some(ticket)) if !self.is_open() => {
+                let identity = shared.redeem(ticket).await?;
+                if !identity.has(Role::Viewer) {
+                    return Err(AuthError::Forbidden(Role::Viewer));
+                }
+                Ok(StreamAuth::Granted(identity))
+            }
+            _ => self.stream(creds, websocket),
+        }
     }
 
     /// Takes a stream slot: per key name, or per address for shared
@@ -1078,6 +1157,26 @@ api_keys = [
         drop(first);
         let _last = a.acquire_stream(&anon, Some(ips[3])).unwrap();
         assert_eq!(a.total.open_for(ALL_STREAMS), 3);
+    }
+
+    #[test]
+    fn a_shared_ticket_record_gives_back_the_identity_and_nothing_else() {
+        let a = auth("");
+        let ops = a.keys.verify(KEY).unwrap();
+        let record = ops.to_record();
+        assert_eq!(Identity::from_record(&record), Some(ops.clone()));
+        assert_eq!(
+            Identity::from_record(&record).map(Identity::redeemed),
+            Some(Identity {
+                proof: Proof::Ticket,
+                ..ops
+            })
+        );
+        let legacy = Identity::legacy();
+        assert_eq!(Identity::from_record(&legacy.to_record()), Some(legacy));
+        for bad in ["", "1", "9kops", "1xops"] {
+            assert_eq!(Identity::from_record(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

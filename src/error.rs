@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::auth::AuthError;
+use crate::cluster_store::{StoreError, RETRY_AFTER_SECS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -89,6 +90,10 @@ impl From<AuthError> for ApiError {
                 ApiError::TooManyRequests(text, 1)
             }
             AuthError::Random => ApiError::Internal(anyhow::anyhow!(text)),
+            AuthError::Store(StoreError::Unavailable) => {
+                ApiError::UnavailableRetry(text, RETRY_AFTER_SECS)
+            }
+            AuthError::Store(StoreError::Redis(_)) => ApiError::Internal(anyhow::anyhow!(text)),
             AuthError::Repeated(_) => ApiError::BadRequest(text),
             AuthError::Missing
             | AuthError::MissingToken

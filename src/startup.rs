@@ -24,7 +24,10 @@ use edgebus_actors::telemetry::Telemetry;
 
 use crate::auth::Auth;
 use crate::broker;
+use crate::cluster_store::idempotency::SharedIdempotency;
+use crate::cluster_store::tickets::SharedTickets;
 use crate::host_health::{FileStore, HostHealthLimits, HostHealthStore, RedisStore};
+use crate::http::idempotency::IdempotencyStore;
 use crate::http::{self, AppState};
 use crate::settings::{MqttMode, Settings};
 use crate::stream_slots::ClusterStreamSlots;
@@ -227,7 +230,32 @@ impl Application {
         let listener = TcpListener::bind(bind)
             .with_context(|| format!("`http.bind`: cannot listen on {bind}"))?;
         let port = listener.local_addr()?.port();
-        let auth = Arc::new(Auth::new(&settings, clock.clone()));
+        let mut auth = Auth::new(&settings, clock.clone());
+        // Cluster mode: tickets and Idempotency-Keys hold across instances.
+        let idempotency = match &settings.cluster {
+            Some(cluster) => {
+                let link = crate::cluster_store::Link::new(
+                    cluster.redis_url.expose(),
+                    telemetry.clone(),
+                    "cluster_store",
+                );
+                auth.shared_tickets = Some(SharedTickets::new(
+                    cluster,
+                    &settings.sessions,
+                    link.clone(),
+                ));
+                IdempotencyStore::Shared(Arc::new(SharedIdempotency::new(
+                    cluster,
+                    &settings.http,
+                    link,
+                )))
+            }
+            None => IdempotencyStore::Local(Arc::new(http::idempotency::Idempotency::new(
+                &settings.http,
+                clock,
+            ))),
+        };
+        let auth = Arc::new(auth);
         if auth.is_open() {
             log::warn!(
                 "OPEN DEV MODE: no auth.api_keys are configured, so anyone who can reach {bind} may \
@@ -261,7 +289,7 @@ impl Application {
             telemetry: telemetry.clone(),
             settings: settings.clone(),
             auth,
-            idempotency: Arc::new(http::idempotency::Idempotency::new(&settings.http, clock)),
+            idempotency,
             host_health: Arc::new(host_health),
             cluster: cluster.zip(settings.cluster.as_ref()).map(
                 |((_, health, writer, _), settings_cluster)| http::ClusterState {

@@ -475,7 +475,7 @@ mod tests {
             .unwrap();
         assert_eq!(short.stream_lease, Duration::from_secs(1));
         for wrong in ["stream_lease_seconds = 0", "stream_lease_seconds = 3601"] {
-            let error = cluster(wrong).err().expect(wrong).to_string();
+            let error = cluster(wrong).expect_err(wrong).to_string();
             assert!(error.contains("cluster.stream_lease_seconds"), "{error}");
         }
     }

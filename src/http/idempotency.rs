@@ -12,7 +12,8 @@
 //! every key already given keeps its 24 h. A publish that fails leaves no
 //! trace, and a duplicate arriving while the first is still publishing gets
 //! 409 `in_flight` (retry it and it gets the first one's answer), never a
-//! 200 without an id. In process: several instances would keep keys in Redis.
+//! 200 without an id. In process, or in cluster mode in Redis
+//! ([`SharedIdempotency`]), behind [`IdempotencyStore`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,8 @@ use aws_lc_rs::digest::{Context, SHA256};
 
 use edgebus_actors::alerts::Clock;
 
+use crate::cluster_store::idempotency::{SharedIdempotency, SharedPending};
+use crate::cluster_store::StoreError;
 use crate::settings::HttpSettings;
 
 pub const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -32,13 +35,13 @@ pub const MAX_KEY_LEN: usize = 200;
 /// the memory formula in the docs; pinned by a test.
 pub const ENTRY_BYTES: usize = 384;
 
-type Digest = [u8; 32];
+pub type Digest = [u8; 32];
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Claim {
+pub enum Claim<P = Pending> {
     /// First time: publish, then [`Pending::record`] the result (dropping
     /// the [`Pending`] instead frees the key).
-    New(Pending),
+    New(P),
     /// Seen with the same request; the id its publish produced (none for
     /// metrics, which go through the registry).
     AlreadyPresent(Option<String>),
@@ -54,6 +57,11 @@ pub enum IdempotencyError {
     IdentityFull(String, usize),
     #[error("too many Idempotency-Keys held (http.idempotency_max_keys = {0}); retry later")]
     StoreFull(usize),
+    /// The shared store (cluster mode) failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the system random generator failed")]
+    Random,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +131,7 @@ pub fn fingerprint(topic: &str, body: &[u8]) -> Digest {
 
 /// Where `(identity, key)` lives: a fixed-size digest, so a long key costs
 /// no more than a short one.
-fn slot(identity: &str, key: &str) -> Digest {
+pub(crate) fn slot(identity: &str, key: &str) -> Digest {
     let mut ctx = Context::new(&SHA256);
     ctx.update(&(identity.len() as u64).to_be_bytes());
     ctx.update(identity.as_bytes());
@@ -227,6 +235,66 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if !self.recorded {
             self.store.lock().forget(&self.slot);
+        }
+    }
+}
+
+impl<P> Claim<P> {
+    fn map<Q>(self, f: impl FnOnce(P) -> Q) -> Claim<Q> {
+        match self {
+            Claim::New(p) => Claim::New(f(p)),
+            Claim::AlreadyPresent(id) => Claim::AlreadyPresent(id),
+            Claim::Conflict => Claim::Conflict,
+            Claim::InFlight => Claim::InFlight,
+        }
+    }
+}
+
+/// Where keys are kept: this process, or in cluster mode Redis, so that
+/// every instance honours every key.
+#[derive(Debug)]
+pub enum IdempotencyStore {
+    Local(Arc<Idempotency>),
+    Shared(Arc<SharedIdempotency>),
+}
+
+/// A claim from either store.
+#[derive(Debug)]
+pub enum AnyPending {
+    Local(Pending),
+    Shared(SharedPending),
+}
+
+impl IdempotencyStore {
+    /// [`Idempotency::claim`], or [`SharedIdempotency::claim`].
+    pub async fn claim(
+        &self,
+        identity: &Arc<str>,
+        key: &str,
+        fingerprint: Digest,
+    ) -> Result<Claim<AnyPending>, IdempotencyError> {
+        match self {
+            Self::Local(store) => Ok(store
+                .claim(identity, key, fingerprint)?
+                .map(AnyPending::Local)),
+            Self::Shared(store) => Ok(store
+                .claim(identity, key, fingerprint)
+                .await?
+                .map(AnyPending::Shared)),
+        }
+    }
+}
+
+impl AnyPending {
+    /// The publish succeeded with this id. A shared store that fails to
+    /// take the answer has logged why; its pending marker then expires
+    /// after [`crate::cluster_store::idempotency::PENDING_TTL`].
+    pub async fn record(self, id: Option<String>) {
+        match self {
+            Self::Local(pending) => pending.record(id),
+            Self::Shared(pending) => {
+                let _ = pending.record(id).await;
+            }
         }
     }
 }

@@ -35,7 +35,8 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     pub settings: Arc<Settings>,
     pub auth: Arc<Auth>,
-    pub idempotency: Arc<idempotency::Idempotency>,
+    /// `Idempotency-Key`s: in process, or in Redis in cluster mode.
+    pub idempotency: idempotency::IdempotencyStore,
     /// Host-health reports (on disk, or in Redis in cluster mode), and the
     /// bounds on them.
     pub host_health: Arc<crate::host_health::HostHealthStore>,

@@ -26,6 +26,7 @@ use super::idempotency::{fingerprint, Claim, IdempotencyError, MAX_KEY_LEN};
 use super::streams::{authorization, check_origin, require_json};
 use super::AppState;
 use crate::auth::Role;
+use crate::cluster_store::{StoreError, RETRY_AFTER_SECS};
 use crate::error::ApiError;
 
 /// How long a publish waits for the Redis stream (cluster mode) before it
@@ -80,7 +81,18 @@ pub async fn publish(
             &key,
             fingerprint(&topic, &body),
         )
-        .map_err(|e: IdempotencyError| ApiError::TooManyRequests(e.to_string(), 60))?;
+        .await
+        .map_err(|e: IdempotencyError| match e {
+            IdempotencyError::IdentityFull(..) | IdempotencyError::StoreFull(_) => {
+                ApiError::TooManyRequests(e.to_string(), 60)
+            }
+            IdempotencyError::Store(StoreError::Unavailable) => {
+                ApiError::UnavailableRetry(e.to_string(), RETRY_AFTER_SECS)
+            }
+            IdempotencyError::Store(StoreError::Redis(_)) | IdempotencyError::Random => {
+                ApiError::Internal(anyhow::Error::new(e))
+            }
+        })?;
     match claim {
         Claim::AlreadyPresent(id) => {
             Ok(HttpResponse::Ok().json(Published { id }.body(&topic, "already-present")))
@@ -102,7 +114,7 @@ pub async fn publish(
             let task = actix_web::rt::spawn(async move {
                 let result = put_on_bus(&state, draft).await;
                 if let Ok(published) = &result {
-                    pending.record(published.id.clone());
+                    pending.record(published.id.clone()).await;
                 }
                 result
             });

@@ -47,7 +47,7 @@ pub async fn device_events(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let query = StreamQuery::parse(req.query_string())?;
-    let identity = identity(&req, &state, &query)?;
+    let identity = identity(&req, &state, &query).await?;
     // The caps and the open rate come before any lookup: a caller over them
     // costs the registry nothing.
     let permit = streams::permit(&req, &state, &identity).await?;
@@ -80,7 +80,7 @@ pub async fn attacker_events(
     uuid: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let query = StreamQuery::parse(req.query_string())?;
-    let identity = identity(&req, &state, &query)?;
+    let identity = identity(&req, &state, &query).await?;
     // The caps and the open rate come before the lookup: a caller over them
     // costs the bus nothing.
     let permit = streams::permit(&req, &state, &identity).await?;
@@ -115,12 +115,12 @@ fn topic(filter: &str) -> Result<Subscription, ApiError> {
 }
 
 /// SSE has no legacy token: a bearer header or a ticket (or open mode).
-fn identity(
+async fn identity(
     req: &HttpRequest,
     state: &AppState,
     query: &StreamQuery,
 ) -> Result<Identity, ApiError> {
-    match streams::authenticate(req, state, query, false)? {
+    match streams::authenticate(req, state, query, false).await? {
         StreamAuth::Granted(identity) => Ok(identity),
         StreamAuth::LegacyRefused => Err(AuthError::Missing.into()),
     }
@@ -132,7 +132,7 @@ async fn open(
     query: &StreamQuery,
     subscriptions: Vec<Subscription>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = identity(req, state, query)?;
+    let identity = identity(req, state, query).await?;
     let permit = streams::permit(req, state, &identity).await?;
     start(req, state, query, permit, subscriptions)
 }

@@ -103,23 +103,23 @@ pub fn authorization(req: &HttpRequest) -> Option<&str> {
 /// Authenticates a stream request: 401/403 before anything else is looked
 /// at, so an unknown device or attacker is only ever reported to a caller
 /// who may see it.
-pub fn authenticate(
+pub async fn authenticate(
     req: &HttpRequest,
     state: &AppState,
     query: &StreamQuery,
     websocket: bool,
 ) -> Result<StreamAuth, ApiError> {
-    let result = state
-        .auth
-        .refuse_keys_in_url(req.query_string())
-        .and_then(|()| {
+    let result = match state.auth.refuse_keys_in_url(req.query_string()) {
+        Ok(()) => {
             let creds = StreamCredentials {
                 authorization: authorization(req),
                 ticket: query.ticket.as_deref(),
                 token: query.token.as_deref(),
             };
-            state.auth.stream(&creds, websocket)
-        });
+            state.auth.stream_shared(&creds, websocket).await
+        }
+        Err(e) => Err(e),
+    };
     result.map_err(|e| {
         state.telemetry.warn_limited("stream_unauthorized", || {
             format!("Refused a stream from {}: {e}.", peer(req))

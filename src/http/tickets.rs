@@ -23,7 +23,8 @@ pub async fn ticket(
     let identity = state.auth.require(authorization(&req), Role::Viewer)?;
     let ticket = state
         .auth
-        .issue_ticket(&identity, req.peer_addr().map(|a| a.ip()))?;
+        .mint_ticket(&identity, req.peer_addr().map(|a| a.ip()))
+        .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({

@@ -40,7 +40,7 @@ pub async fn ws(
         let filter = TopicFilter::parse(DEFAULT_TOPIC).map_err(|e| ApiError::Internal(e.into()))?;
         subscriptions.push(Subscription::topic(filter));
     }
-    let identity = match streams::authenticate(&req, &state, &query, true)? {
+    let identity = match streams::authenticate(&req, &state, &query, true).await? {
         StreamAuth::Granted(identity) => Some(identity),
         StreamAuth::LegacyRefused => None,
     };

@@ -11,6 +11,7 @@ mod cluster_failover;
 mod cluster_fixtures;
 mod cluster_redis_url;
 mod cluster_stream_caps;
+mod cluster_tickets;
 mod haproxy;
 mod helpers;
 mod host_health;

@@ -163,11 +163,7 @@ impl RedisServer {
 
 /// An inline `PING` over a raw socket: no client library between the test
 /// and the server it checks.
-pub fn ping(port: u16) -> bool {
-    ping_as(port, None)
-}
-
-/// [`ping`], after `AUTH password` when one is given.
+/// After `AUTH password` when one is given.
 fn ping_as(port: u16, password: Option<&str>) -> bool {
     let attempt = || -> std::io::Result<bool> {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
