@@ -129,8 +129,12 @@ pub fn ingest_config(settings: &Settings, broker: &MqttEndpoint) -> anyhow::Resu
         backoff_max: m.backoff_max,
         max_payload_bytes: m.max_payload_bytes,
         keep_alive: m.keep_alive,
-        // The embedded broker keeps nothing across our restart anyway.
-        persistent_session: m.persistent_session && !broker.embedded,
+        // The embedded broker keeps nothing across our restart anyway. In
+        // cluster mode a persistent member of a shared subscription that
+        // never returns (a new instance id after every restart) would keep
+        // receiving its share of the frames, queued for nobody: clean
+        // sessions only.
+        persistent_session: m.persistent_session && !broker.embedded && settings.cluster.is_none(),
         inflight_bytes: settings.bus.inflight_bytes,
     })
 }
