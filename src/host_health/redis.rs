@@ -68,7 +68,7 @@ const WARN_KEY: &str = "host_health_redis";
 /// so a wrong URL or password is found at start. (Cluster mode's other
 /// users of Redis can share the returned manager: it is a cheap clone.)
 pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
-    let client = redis::Client::open(url)?;
+    let client = edgebus_actors::cluster::redis_client(url)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
