@@ -13,7 +13,7 @@ use crate::reject::Reject;
 
 use super::cooldown::{Cooldown, Decision};
 use super::digest::{DigestReport, Digests};
-use super::health::{FleetHealth, HealthNotice};
+use super::health::{FleetHealth, HealthNotice, HOUR_MS};
 use super::presence::{Presence, PresenceChange};
 use super::record::{self, Alert, AlertState};
 use super::AlertsConfig;
@@ -105,16 +105,25 @@ impl Engine {
                     Decision::Fire { rule, value } => (rule, value, AlertState::Firing),
                     Decision::Resolve { rule, value } => (rule, value, AlertState::Resolved),
                 };
-                self.out
-                    .alerts
-                    .push(record::rule_alert(&self.rules[i], frame, value, state));
+                let rule = &self.rules[i];
+                let mut alert = record::rule_alert(rule, frame, value, state);
+                alert.key = format!(
+                    "alert:{}:{}:{}:{now}",
+                    rule.name,
+                    frame.device_id,
+                    state.as_str()
+                );
+                if state == AlertState::Firing {
+                    alert.cooldown_ms = Some(rule.cooldown_ms);
+                }
+                self.out.alerts.push(alert);
             }
         }
         self.presence
             .seen(&frame.device_id, now, &mut self.out.presence);
         self.health
             .accepted(&frame.device_id, now, &mut self.notices);
-        self.collect_health();
+        self.collect_health(now);
     }
 
     /// An `edgebus/rejects` event.
@@ -128,7 +137,7 @@ impl Engine {
         }
         self.health
             .rejected(&device, reason, now, &mut self.notices);
-        self.collect_health();
+        self.collect_health(now);
     }
 
     /// Runs every deadline due at `now`.
@@ -136,7 +145,7 @@ impl Engine {
         self.presence.due(now, &mut self.out.presence);
         self.health.due(now, &mut self.notices);
         self.out.digests_held_back += self.digests.due(now, &mut self.out.digests);
-        self.collect_health();
+        self.collect_health(now);
     }
 
     /// The earliest deadline of any detector.
@@ -159,15 +168,35 @@ impl Engine {
         self.health.len()
     }
 
-    fn collect_health(&mut self) {
+    fn collect_health(&mut self, now: u64) {
         for notice in self.notices.drain(..) {
             if let HealthNotice::Forgotten { device } = &notice {
                 self.cooldown.forget(device.as_str());
             }
-            if let Some(alert) = record::health_alert(&notice, self.silent_after) {
+            if let Some(mut alert) = record::health_alert(&notice, self.silent_after) {
+                alert.key = health_key(&notice, now);
                 self.out.alerts.push(alert);
             }
         }
+    }
+}
+
+/// A fleet-health alert's cluster key. A silence is named by the device's
+/// last frame (the stream's time, the same on every instance) and the hour
+/// bucket its detector fires in; a rejecting run by its hour bucket, the
+/// detector's own once-an-hour rule; an end by the frame that ended it.
+fn health_key(notice: &HealthNotice, now: u64) -> String {
+    let hour = now / HOUR_MS;
+    match notice {
+        HealthNotice::Silent {
+            device,
+            last_seen_ms,
+        } => format!("silent:{device}:{last_seen_ms}:{hour}"),
+        HealthNotice::Rejecting { device, .. } => format!("rejecting:{device}:{hour}"),
+        HealthNotice::Resolved { device, symptom } => {
+            format!("resolved:{}:{device}:{now}", symptom.as_str())
+        }
+        HealthNotice::Forgotten { device } => format!("forgotten:{device}:{now}"),
     }
 }
 

@@ -139,7 +139,7 @@ impl Outbox {
 
 /// Cuts `text` to at most `max` bytes on a character boundary, marking the
 /// cut with `…`.
-fn truncate(text: &mut String, max: usize) {
+pub(crate) fn truncate(text: &mut String, max: usize) {
     if text.len() <= max {
         return;
     }
