@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use edgebus_actors::alerts::{self, Alerts, AlertsConfig, Clock, SystemClock};
 use edgebus_actors::bus::{self, Bus, BusConfig};
 use edgebus_actors::cluster::{
-    leader, ClusterHealth, Leadership, Recovery, StreamReader, StreamWriter, Voice,
+    leader, voice, ClusterHealth, Leadership, Recovery, StreamReader, StreamWriter, Voice,
 };
 use edgebus_actors::ingest::{self, Ingest, LocalLink};
 use edgebus_actors::registry::{Registry, RegistryConfig};
@@ -164,7 +164,7 @@ impl Application {
         // by whichever instance asks first, and Slack messages wait in a
         // shared outbox there.
         let voice = cluster.as_ref().map(|(config, health, _, _)| {
-            let limits = slack_config.as_ref().map(|c| slack::OutboxLimits {
+            let limits = slack_config.as_ref().map(|c| voice::OutboxBounds {
                 alerts: c.outbox_capacity,
                 digests: c.digest_outbox_capacity,
             });

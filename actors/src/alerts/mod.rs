@@ -257,10 +257,13 @@ impl Alerts {
         }
     }
 
-    fn claim(&self, claim: Claim) {
+    fn claim(&self, mut claim: Claim) {
         let Some(voice) = &self.voice else {
             return;
         };
+        if let Some(notice) = &mut claim.notice {
+            crate::slack::outbox::fit(notice);
+        }
         if !voice.claim(claim) {
             self.telemetry.events_dropped(DropReason::Overload, 1);
         }

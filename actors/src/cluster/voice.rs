@@ -32,7 +32,6 @@ use super::entry::EntryFields;
 use super::{ClusterConfig, ClusterHealth, REDIS_TIMEOUT};
 use crate::event::Draft;
 use crate::notice::{Notice, NoticeKind};
-use crate::slack::outbox::{truncate, OutboxLimits};
 use crate::telemetry::Telemetry;
 
 /// Claims that may wait for Redis; beyond it new ones are dropped and
@@ -157,12 +156,19 @@ impl OutboxKeys {
     }
 }
 
+/// How many messages of each budget the shared outbox keeps
+/// (`slack.outbox_capacity`, `slack.digest_outbox_capacity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxBounds {
+    pub alerts: usize,
+    pub digests: usize,
+}
+
 /// One message in the shared outbox: its claim key makes every entry
-/// distinct, so the deliverer removes exactly the message it sent.
+/// distinct, so the deliverer removes exactly the message it sent. Texts
+/// come cut to their kind's budget (the Slack outbox's rule).
 pub fn outbox_entry(key: &str, notice: &Notice) -> String {
-    let mut text = notice.text.clone();
-    truncate(&mut text, notice.kind.max_bytes());
-    serde_json::json!({ "k": key, "t": text }).to_string()
+    serde_json::json!({ "k": key, "t": notice.text }).to_string()
 }
 
 /// The text of an outbox entry (`None`: not one of ours).
@@ -183,7 +189,7 @@ impl Voice {
     pub fn start(
         thread: &actix::ArbiterHandle,
         config: ClusterConfig,
-        slack: Option<OutboxLimits>,
+        slack: Option<OutboxBounds>,
         health: Arc<ClusterHealth>,
         telemetry: Arc<Telemetry>,
     ) -> Self {
@@ -202,7 +208,7 @@ impl Voice {
 async fn run(
     mut rx: mpsc::Receiver<Claim>,
     config: ClusterConfig,
-    slack: Option<OutboxLimits>,
+    slack: Option<OutboxBounds>,
     health: Arc<ClusterHealth>,
     telemetry: Arc<Telemetry>,
 ) {

@@ -137,9 +137,14 @@ impl Outbox {
     }
 }
 
+/// Cuts `notice`'s text to its kind's budget (what any outbox keeps).
+pub fn fit(notice: &mut Notice) {
+    truncate(&mut notice.text, notice.kind.max_bytes());
+}
+
 /// Cuts `text` to at most `max` bytes on a character boundary, marking the
 /// cut with `…`.
-pub(crate) fn truncate(text: &mut String, max: usize) {
+fn truncate(text: &mut String, max: usize) {
     if text.len() <= max {
         return;
     }

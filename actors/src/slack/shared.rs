@@ -412,10 +412,11 @@ impl Slack {
         if !shared.setup.leadership.is_leader() {
             return;
         }
-        let notice = Notice {
+        let mut notice = Notice {
             kind: NoticeKind::Summary,
             text,
         };
+        super::outbox::fit(&mut notice);
         let entry = outbox_entry(&format!("summary:{}", now_ms()), &notice);
         let key = shared.keys.summary.clone();
         ctx.spawn(
