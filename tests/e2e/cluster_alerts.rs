@@ -22,7 +22,7 @@ struct Fleet {
     mqtt_port: u16,
     slack: SlackMock,
     _broker: Mosquitto,
-    _redis: RedisServer,
+    redis: RedisServer,
 }
 
 /// `ids.len()` instances posting to the Slack stand-in, with fast pacing
@@ -51,7 +51,7 @@ async fn fleet(ids: &[&str]) -> Option<Fleet> {
         mqtt_port,
         slack,
         _broker: broker,
-        _redis: redis,
+        redis,
     })
 }
 
@@ -387,4 +387,52 @@ async fn an_alert_decided_while_no_instance_leads_is_published_once() {
         f.slack.delivered()
     );
     assert_eq!(delivered_for(&f.slack, &fresh), 1);
+}
+
+#[actix_web::test]
+async fn a_leader_that_cannot_reach_redis_steps_down_and_delivery_resumes() {
+    // Arrange: two instances, one leading.
+    let Some(f) = fleet(&["a", "b"]).await else {
+        return;
+    };
+    leader(&f.nodes).await;
+
+    // Act: Redis hangs past the lease.
+    f.redis.freeze();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut leaders = 0.0;
+        for node in &f.nodes {
+            leaders += metric(node, "edgebus_cluster_leader").await;
+        }
+        if leaders == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a leader without Redis");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut errors = 0.0;
+    for node in &f.nodes {
+        errors += metric(node, "edgebus_cluster_redis_errors_total{op=\"lease\"}").await;
+    }
+    f.redis.thaw();
+
+    // Assert: the lease failures were counted; once Redis answers, one
+    // instance leads again, renews, and an alert reaches Slack once.
+    assert!(errors >= 1.0, "lease errors: {errors}");
+    let now = leader(&f.nodes).await;
+    let renewals = metric(&f.nodes[now], "edgebus_cluster_lease_renewals_total").await;
+    let mut publisher = Publisher::connect(f.mqtt_port).await;
+    let hot = unique("hot");
+    breach(&mut publisher, &hot, 1).await;
+    f.slack.wait_text(alert_text(&hot)).await;
+    for node in &f.nodes {
+        wait_claims(node, 2.0).await;
+    }
+    assert_eq!(delivered_for(&f.slack, &hot), 1);
+    let deadline = Instant::now() + WAIT;
+    while metric(&f.nodes[now], "edgebus_cluster_lease_renewals_total").await <= renewals {
+        assert!(Instant::now() < deadline, "the lease is not renewed");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -205,6 +205,7 @@ mod tests {
     use super::*;
     use crate::alerts::rules::{compile_all, RuleSpec};
     use crate::event::{Body, Draft, EventId};
+    use crate::frame::DeviceId;
     use serde_json::Map;
 
     fn engine(rules: usize) -> Engine {
@@ -259,6 +260,51 @@ mod tests {
         e.due(300_000);
         assert_eq!(e.out.digests.len(), 1);
         assert_eq!(e.out.digests[0].score, Some(3.0));
+    }
+
+    #[test]
+    fn outputs_are_named_by_what_decided_them_not_by_when_they_were_seen() {
+        // Instances decide on the stream's time (the caller's `now`), so
+        // the same events give every instance the same names.
+        let mut e = engine(1);
+        e.on_event(&metrics("d1", 95.0), 1_000);
+        e.on_event(&metrics("d1", 95.0), 2_000);
+        e.on_event(&metrics("d1", 10.0), 3_000);
+        let keys: Vec<String> = e.out.alerts.iter().map(|a| a.key.clone()).collect();
+        assert_eq!(
+            keys,
+            vec!["alert:r0:d1:firing:1000", "alert:r0:d1:resolved:3000"]
+        );
+        let mut e = engine(1);
+        e.on_event(&metrics("d1", 95.0), 1_000);
+        assert_eq!(e.out.alerts[0].cooldown_ms, Some(60_000));
+        e.out = Output::default();
+        e.on_event(&metrics("d1", 10.0), 2_000);
+        assert_eq!(e.out.alerts[0].cooldown_ms, None, "an end has no cooldown");
+    }
+
+    #[test]
+    fn health_keys_follow_the_detectors_own_once_an_hour_rule() {
+        let d1 = DeviceId::parse("d1").unwrap();
+        let silent = HealthNotice::Silent {
+            device: d1.clone(),
+            last_seen_ms: 5,
+        };
+        assert_eq!(health_key(&silent, HOUR_MS + 9), "silent:d1:5:1");
+        let rejecting = HealthNotice::Rejecting {
+            device: d1.clone(),
+            rejected: 3,
+            reason: "invalid_json",
+        };
+        assert_eq!(
+            health_key(&rejecting, 2 * HOUR_MS),
+            health_key(&rejecting, 3 * HOUR_MS - 1)
+        );
+        let resolved = HealthNotice::Resolved {
+            device: d1,
+            symptom: crate::alerts::health::Symptom::Silent,
+        };
+        assert_eq!(health_key(&resolved, 42), "resolved:silent:d1:42");
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! One instance at a time speaks for the cluster where every instance
-//! would otherwise say the same thing: alert and presence events and Slack.
+//! One instance at a time does what must not be done twice and cannot be
+//! claimed per output: delivering the shared Slack outbox, and building
+//! the periodic summary. (Alerts, presence and digests need no leader:
+//! each is claimed by whichever instance asks first, see [`super::voice`].)
 //!
-//! Every instance reads the same stream in the same order, so every
-//! instance's alert engine reaches the same decisions; only the holder of
-//! a lease in Redis (`SET key id NX PX`, renewed by a compare-and-expire
-//! script) publishes them. An instance that cannot renew steps down when
-//! its lease runs out, before another can take it over, and the next one
-//! takes over within [`LEASE`] of the last renewal.
+//! The holder of a lease in Redis (`SET key NX PX`, renewed by a
+//! compare-and-expire script) is the leader. An instance that cannot renew
+//! steps down when its lease runs out, before another can take it over,
+//! and the next one takes over within [`LEASE`] of the last renewal.
 //!
 //! Every acquisition takes a fencing token (`INCR {leader}:epoch`) and
 //! stores `{instance}:{token}` as the lease's value; what only the leader
@@ -79,7 +79,7 @@ impl Leadership {
             token.filter(|_| leader).map(str::to_owned);
         if self.leader.swap(leader, Ordering::Relaxed) != leader {
             if leader {
-                log::info!("cluster `{instance}`: now the leader (alerts, presence and Slack).");
+                log::info!("cluster `{instance}`: now the leader (Slack delivery, summaries).");
             } else {
                 log::warn!("cluster `{instance}`: no longer the leader.");
             }
