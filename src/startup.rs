@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use edgebus_actors::alerts::{self, Alerts, AlertsConfig, Clock, SystemClock};
 use edgebus_actors::bus::{self, Bus, BusConfig};
 use edgebus_actors::cluster::{
-    leader, ClusterHealth, Leadership, Recovery, StreamReader, StreamWriter,
+    leader, voice, ClusterHealth, Leadership, Recovery, StreamReader, StreamWriter, Voice,
 };
 use edgebus_actors::ingest::{self, Ingest, LocalLink};
 use edgebus_actors::registry::{Registry, RegistryConfig};
@@ -159,12 +159,43 @@ impl Application {
             }
         });
 
-        let slack = match wiring::slack_config(&settings.slack)? {
+        let slack_config = wiring::slack_config(&settings.slack)?;
+        // Cluster mode: alerts, presence and digests are claimed in Redis
+        // by whichever instance asks first, and Slack messages wait in a
+        // shared outbox there.
+        let voice = cluster.as_ref().map(|(config, health, _, _)| {
+            let limits = slack_config.as_ref().map(|c| voice::OutboxBounds {
+                alerts: c.outbox_capacity,
+                digests: c.digest_outbox_capacity,
+            });
+            Voice::start(
+                &cluster_thread.handle(),
+                config.clone(),
+                limits,
+                health.clone(),
+                telemetry.clone(),
+            )
+        });
+        let slack = match slack_config {
             Some(config) => {
                 let (t, r) = (telemetry.clone(), registry.clone().recipient());
+                let shared =
+                    cluster
+                        .as_ref()
+                        .map(|(config, health, _, leadership)| slack::SharedOutbox {
+                            config: config.clone(),
+                            leadership: leadership.clone(),
+                            health: health.clone(),
+                        });
                 Some(Slack::start_in_arbiter(
                     &alerts_thread.handle(),
-                    move |_| Slack::new(config, Some(r), t),
+                    move |_| {
+                        let slack = Slack::new(config, Some(r), t);
+                        match shared {
+                            Some(shared) => slack.with_shared_outbox(shared),
+                            None => slack,
+                        }
+                    },
                 ))
             }
             None => {
@@ -182,13 +213,10 @@ impl Application {
             clock.clone(),
         );
         let s = slack.as_ref().map(|s| s.clone().recipient());
-        let w = cluster
-            .as_ref()
-            .map(|(_, _, writer, leadership)| (writer.clone(), leadership.clone()));
         let alerts = Alerts::start_in_arbiter(&alerts_thread.handle(), move |_| {
             let alerts = Alerts::new(config, b, s, t, c);
-            match w {
-                Some((writer, leadership)) => alerts.stream_fed(writer, leadership),
+            match voice {
+                Some(voice) => alerts.stream_fed(voice),
                 None => alerts,
             }
         });

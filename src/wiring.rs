@@ -180,6 +180,7 @@ pub fn cluster_config(settings: &Settings) -> Option<ClusterConfig> {
         stream_key: c.stream_key(),
         devices_key: c.key("devices"),
         leader_key: c.key("leader"),
+        key_prefix: c.key_prefix.clone(),
         stream_max_len: c.stream_max_len,
         max_devices: settings.registry.max_devices,
         forget_after: edgebus_actors::registry::FORGET_AFTER,

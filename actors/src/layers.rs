@@ -26,9 +26,12 @@ const LAYERS: &[&[&str]] = &[
     // The bus and its delivery protocol (queues, deliveries, snapshots).
     &["bus"],
     // Actors that only talk to the bus, or to nobody.
-    &["registry", "session", "slack"],
+    &["registry", "session"],
     // The Redis stream: feeds the registry and bus, fed by ingest and HTTP.
     &["cluster"],
+    // Slack: in cluster mode its outbox is in Redis, delivered by the
+    // cluster's leader.
+    &["slack"],
     // Actors that feed others.
     &["ingest", "alerts"],
 ];

@@ -74,12 +74,20 @@ pub struct ClusterMetrics {
     pub foreign_entries: IntCounter,
     /// 1 while this instance holds the leader lease.
     pub leader: IntGauge,
+    /// Lease renewals that succeeded (the holder renews every second).
+    pub lease_renewals: IntCounter,
+    /// Alert, presence and digest outputs this instance published for the
+    /// cluster (it won their claim), and those another instance had
+    /// published already.
+    claims: IntCounterVec,
     /// Redis commands that failed, by operation.
     redis_errors: IntCounterVec,
 }
 
 impl ClusterMetrics {
-    pub const OPS: [&'static str; 6] = ["append", "read", "backfill", "ping", "connect", "lease"];
+    pub const OPS: [&'static str; 8] = [
+        "append", "read", "backfill", "ping", "connect", "lease", "claim", "slack",
+    ];
 
     fn register(registry: &Registry) -> Self {
         fn reg<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: M) -> M {
@@ -106,6 +114,17 @@ impl ClusterMetrics {
         .expect("static metric definition is valid");
         for op in Self::OPS {
             redis_errors.with_label_values(&[op]);
+        }
+        let claims = IntCounterVec::new(
+            Opts::new(
+                "edgebus_cluster_claims_total",
+                "Alert, presence and digest outputs claimed, by outcome: published by this instance, or already published by another.",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition is valid");
+        for outcome in ["published", "already_published"] {
+            claims.with_label_values(&[outcome]);
         }
         let gauge = |name: &str, help: &str| {
             reg(
@@ -156,12 +175,37 @@ impl ClusterMetrics {
                 registry,
                 IntGauge::new(
                     "edgebus_cluster_leader",
-                    "1 while this instance holds the leader lease (alerts, presence, Slack).",
+                    "1 while this instance holds the leader lease (Slack delivery, summaries).",
                 )
                 .expect("static metric definition is valid"),
             ),
+            lease_renewals: counter(
+                "edgebus_cluster_lease_renewals_total",
+                "Leader lease renewals that succeeded.",
+            ),
+            claims: reg(registry, claims),
             redis_errors: reg(registry, redis_errors),
         }
+    }
+
+    /// One alert, presence change or digest claimed: `won` when this
+    /// instance published it for the cluster.
+    pub fn claimed(&self, won: bool) {
+        let outcome = if won {
+            "published"
+        } else {
+            "already_published"
+        };
+        self.claims.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn claims(&self, won: bool) -> u64 {
+        let outcome = if won {
+            "published"
+        } else {
+            "already_published"
+        };
+        self.claims.with_label_values(&[outcome]).get()
     }
 
     pub fn redis_error(&self, op: &str) {

@@ -7,6 +7,7 @@ mod broker;
 mod browser;
 mod bus;
 mod cluster;
+mod cluster_alerts;
 mod cluster_failover;
 mod cluster_fixtures;
 mod cluster_redis_url;

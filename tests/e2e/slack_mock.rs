@@ -92,6 +92,11 @@ impl SlackMock {
         self.lock().script.extend(replies);
     }
 
+    /// Forgets the answers not yet given: 200 from now on (Slack is back).
+    pub fn clear_script(&self) {
+        self.lock().script.clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

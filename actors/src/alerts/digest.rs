@@ -33,10 +33,13 @@ pub struct DigestReport {
     pub primitives_capped: bool,
     pub window_ms: u64,
     pub score: Option<f64>,
+    /// When the window opened (its first observation).
+    pub opened_ms: u64,
 }
 
 #[derive(Debug, Default)]
 struct Window {
+    opened_ms: u64,
     observations: u64,
     primitives: HashSet<u64>,
     capped: bool,
@@ -108,7 +111,13 @@ impl Digests {
             }
             let key: Box<str> = attacker.into();
             self.deadlines.push(now_ms + self.window_ms, key.clone());
-            self.open.insert(key, Window::default());
+            self.open.insert(
+                key,
+                Window {
+                    opened_ms: now_ms,
+                    ..Window::default()
+                },
+            );
         }
         self.open.get_mut(attacker)
     }
@@ -158,6 +167,7 @@ impl Digests {
                 primitives_capped: w.capped,
                 window_ms: self.window_ms,
                 score: w.score,
+                opened_ms: w.opened_ms,
             });
         }
         held_back
@@ -195,7 +205,8 @@ mod tests {
                 primitives: 3,
                 primitives_capped: false,
                 window_ms: 60_000,
-                score: Some(87.5)
+                score: Some(87.5),
+                opened_ms: 0,
             }]
         );
         assert_eq!(d.next_deadline(), None);

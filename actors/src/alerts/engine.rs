@@ -13,7 +13,7 @@ use crate::reject::Reject;
 
 use super::cooldown::{Cooldown, Decision};
 use super::digest::{DigestReport, Digests};
-use super::health::{FleetHealth, HealthNotice};
+use super::health::{FleetHealth, HealthNotice, HOUR_MS};
 use super::presence::{Presence, PresenceChange};
 use super::record::{self, Alert, AlertState};
 use super::AlertsConfig;
@@ -105,16 +105,25 @@ impl Engine {
                     Decision::Fire { rule, value } => (rule, value, AlertState::Firing),
                     Decision::Resolve { rule, value } => (rule, value, AlertState::Resolved),
                 };
-                self.out
-                    .alerts
-                    .push(record::rule_alert(&self.rules[i], frame, value, state));
+                let rule = &self.rules[i];
+                let mut alert = record::rule_alert(rule, frame, value, state);
+                alert.key = format!(
+                    "alert:{}:{}:{}:{now}",
+                    rule.name,
+                    frame.device_id,
+                    state.as_str()
+                );
+                if state == AlertState::Firing {
+                    alert.cooldown_ms = Some(rule.cooldown_ms);
+                }
+                self.out.alerts.push(alert);
             }
         }
         self.presence
             .seen(&frame.device_id, now, &mut self.out.presence);
         self.health
             .accepted(&frame.device_id, now, &mut self.notices);
-        self.collect_health();
+        self.collect_health(now);
     }
 
     /// An `edgebus/rejects` event.
@@ -128,7 +137,7 @@ impl Engine {
         }
         self.health
             .rejected(&device, reason, now, &mut self.notices);
-        self.collect_health();
+        self.collect_health(now);
     }
 
     /// Runs every deadline due at `now`.
@@ -136,7 +145,7 @@ impl Engine {
         self.presence.due(now, &mut self.out.presence);
         self.health.due(now, &mut self.notices);
         self.out.digests_held_back += self.digests.due(now, &mut self.out.digests);
-        self.collect_health();
+        self.collect_health(now);
     }
 
     /// The earliest deadline of any detector.
@@ -159,15 +168,35 @@ impl Engine {
         self.health.len()
     }
 
-    fn collect_health(&mut self) {
+    fn collect_health(&mut self, now: u64) {
         for notice in self.notices.drain(..) {
             if let HealthNotice::Forgotten { device } = &notice {
                 self.cooldown.forget(device.as_str());
             }
-            if let Some(alert) = record::health_alert(&notice, self.silent_after) {
+            if let Some(mut alert) = record::health_alert(&notice, self.silent_after) {
+                alert.key = health_key(&notice, now);
                 self.out.alerts.push(alert);
             }
         }
+    }
+}
+
+/// A fleet-health alert's cluster key. A silence is named by the device's
+/// last frame (the stream's time, the same on every instance) and the hour
+/// bucket its detector fires in; a rejecting run by its hour bucket, the
+/// detector's own once-an-hour rule; an end by the frame that ended it.
+fn health_key(notice: &HealthNotice, now: u64) -> String {
+    let hour = now / HOUR_MS;
+    match notice {
+        HealthNotice::Silent {
+            device,
+            last_seen_ms,
+        } => format!("silent:{device}:{last_seen_ms}:{hour}"),
+        HealthNotice::Rejecting { device, .. } => format!("rejecting:{device}:{hour}"),
+        HealthNotice::Resolved { device, symptom } => {
+            format!("resolved:{}:{device}:{now}", symptom.as_str())
+        }
+        HealthNotice::Forgotten { device } => format!("forgotten:{device}:{now}"),
     }
 }
 
@@ -176,6 +205,7 @@ mod tests {
     use super::*;
     use crate::alerts::rules::{compile_all, RuleSpec};
     use crate::event::{Body, Draft, EventId};
+    use crate::frame::DeviceId;
     use serde_json::Map;
 
     fn engine(rules: usize) -> Engine {
@@ -230,6 +260,51 @@ mod tests {
         e.due(300_000);
         assert_eq!(e.out.digests.len(), 1);
         assert_eq!(e.out.digests[0].score, Some(3.0));
+    }
+
+    #[test]
+    fn outputs_are_named_by_what_decided_them_not_by_when_they_were_seen() {
+        // Instances decide on the stream's time (the caller's `now`), so
+        // the same events give every instance the same names.
+        let mut e = engine(1);
+        e.on_event(&metrics("d1", 95.0), 1_000);
+        e.on_event(&metrics("d1", 95.0), 2_000);
+        e.on_event(&metrics("d1", 10.0), 3_000);
+        let keys: Vec<String> = e.out.alerts.iter().map(|a| a.key.clone()).collect();
+        assert_eq!(
+            keys,
+            vec!["alert:r0:d1:firing:1000", "alert:r0:d1:resolved:3000"]
+        );
+        let mut e = engine(1);
+        e.on_event(&metrics("d1", 95.0), 1_000);
+        assert_eq!(e.out.alerts[0].cooldown_ms, Some(60_000));
+        e.out = Output::default();
+        e.on_event(&metrics("d1", 10.0), 2_000);
+        assert_eq!(e.out.alerts[0].cooldown_ms, None, "an end has no cooldown");
+    }
+
+    #[test]
+    fn health_keys_follow_the_detectors_own_once_an_hour_rule() {
+        let d1 = DeviceId::parse("d1").unwrap();
+        let silent = HealthNotice::Silent {
+            device: d1.clone(),
+            last_seen_ms: 5,
+        };
+        assert_eq!(health_key(&silent, HOUR_MS + 9), "silent:d1:5:1");
+        let rejecting = HealthNotice::Rejecting {
+            device: d1.clone(),
+            rejected: 3,
+            reason: "invalid_json",
+        };
+        assert_eq!(
+            health_key(&rejecting, 2 * HOUR_MS),
+            health_key(&rejecting, 3 * HOUR_MS - 1)
+        );
+        let resolved = HealthNotice::Resolved {
+            device: d1,
+            symptom: crate::alerts::health::Symptom::Silent,
+        };
+        assert_eq!(health_key(&resolved, 42), "resolved:silent:d1:42");
     }
 
     #[test]

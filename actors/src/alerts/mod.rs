@@ -36,7 +36,7 @@ use crate::bus::{
     self, session_queue, Bus, Delivery, Publish, SessionId, SessionInbox, SessionQueue, Taken,
     CONTROL_RESERVE,
 };
-use crate::cluster::{Leadership, StreamWriter};
+use crate::cluster::{Claim, Guard, Voice};
 use crate::families;
 use crate::notice::{Notice, NoticeKind};
 use crate::slack::Enqueue;
@@ -100,11 +100,23 @@ pub struct Alerts {
     batch: Vec<Delivery>,
     /// The armed timer and the deadline it is for.
     timer: Option<(u64, SpawnHandle)>,
-    /// Cluster mode: alert and presence events go to the Redis stream, so
-    /// every instance's clients see them, and only while this instance is
-    /// the leader: every instance decides the same (they read one stream),
-    /// one speaks.
-    stream: Option<(StreamWriter, Arc<Leadership>)>,
+    /// Cluster mode: every instance decides the same (they read one
+    /// stream in one order, and decide on the stream's time); each output
+    /// is claimed in Redis, and the instance that wins the claim appends it
+    /// to the stream and queues its Slack message in the shared outbox.
+    voice: Option<Voice>,
+}
+
+/// The share of a cooldown the cluster's mark lasts less than the
+/// cooldown itself, at most [`MAX_MARK_MARGIN_MS`]: instances in step
+/// decide by the stream's time, and their next alert, due exactly at the
+/// cooldown's end, must find the mark gone.
+const MARK_MARGIN_DIVISOR: u64 = 10;
+const MAX_MARK_MARGIN_MS: u64 = 2_000;
+
+fn mark_ttl(cooldown_ms: u64) -> Duration {
+    let margin = (cooldown_ms / MARK_MARGIN_DIVISOR).min(MAX_MARK_MARGIN_MS);
+    Duration::from_millis(cooldown_ms.saturating_sub(margin).max(1))
 }
 
 impl Alerts {
@@ -133,22 +145,16 @@ impl Alerts {
             inbox: Some(inbox),
             batch: Vec::new(),
             timer: None,
-            stream: None,
+            voice: None,
         }
     }
 
-    /// Cluster mode: publishes to the Redis stream instead of the bus, and
-    /// publishes and notifies Slack only while `leadership` says so.
-    pub fn stream_fed(mut self, writer: StreamWriter, leadership: Arc<Leadership>) -> Self {
-        self.stream = Some((writer, leadership));
+    /// Cluster mode: every output is claimed through `voice` (stream and
+    /// shared Slack outbox) instead of going to the bus and the local
+    /// Slack actor.
+    pub fn stream_fed(mut self, voice: Voice) -> Self {
+        self.voice = Some(voice);
         self
-    }
-
-    /// False on a cluster instance that is not the leader.
-    fn speaks(&self) -> bool {
-        self.stream
-            .as_ref()
-            .is_none_or(|(_, leadership)| leadership.is_leader())
     }
 
     /// Runs every deadline due now.
@@ -165,6 +171,10 @@ impl Alerts {
             return;
         }
         let out = std::mem::take(&mut self.engine.out);
+        if self.voice.is_some() {
+            self.claim_all(out, now);
+            return;
+        }
         for change in &out.presence {
             self.publish(record::presence_draft(change, now));
         }
@@ -189,6 +199,76 @@ impl Alerts {
         }
     }
 
+    /// Cluster mode: claims every output, so exactly one instance publishes
+    /// each.
+    fn claim_all(&self, out: engine::Output, now: u64) {
+        for change in &out.presence {
+            let device = change.device().to_string();
+            let (kind, guard) = match change {
+                presence::PresenceChange::Online { .. } => {
+                    ("online", Guard::Online(device.clone()))
+                }
+                presence::PresenceChange::Offline { .. } => {
+                    ("offline", Guard::Offline(device.clone()))
+                }
+            };
+            self.claim(Claim {
+                key: format!("{kind}:{device}:{}", change.last_seen_ms()),
+                guard,
+                draft: Some(record::presence_draft(change, now)),
+                notice: None,
+            });
+        }
+        for alert in out.alerts {
+            if alert.state == AlertState::Firing {
+                self.telemetry.alert_raised(&alert.rule);
+            }
+            let guard = match alert.cooldown_ms {
+                Some(cooldown) => Guard::Cooldown {
+                    key: format!("alert:{}:{}", alert.rule, alert.device),
+                    ttl: mark_ttl(cooldown),
+                },
+                None => Guard::None,
+            };
+            self.claim(Claim {
+                draft: Some(alert.draft(now)),
+                notice: Some(Notice::alert(alert.text)),
+                key: alert.key,
+                guard,
+            });
+        }
+        for report in &out.digests {
+            self.telemetry.alert_raised(DIGEST_RULE);
+            self.claim(Claim {
+                key: format!("digest:{}:{}", report.attacker, report.opened_ms),
+                guard: Guard::Cooldown {
+                    key: format!("digest:{}", report.attacker),
+                    ttl: mark_ttl(report.window_ms),
+                },
+                draft: None,
+                notice: Some(Notice {
+                    kind: NoticeKind::Digest,
+                    text: record::digest_text(report),
+                }),
+            });
+        }
+        for _ in 0..out.digests_held_back {
+            self.telemetry.alert_raised(DIGEST_RULE);
+        }
+    }
+
+    fn claim(&self, mut claim: Claim) {
+        let Some(voice) = &self.voice else {
+            return;
+        };
+        if let Some(notice) = &mut claim.notice {
+            crate::slack::outbox::fit(notice);
+        }
+        if !voice.claim(claim) {
+            self.telemetry.events_dropped(DropReason::Overload, 1);
+        }
+    }
+
     fn raise(&mut self, alert: Alert, now: u64) {
         if alert.state == AlertState::Firing {
             self.telemetry.alert_raised(&alert.rule);
@@ -198,12 +278,6 @@ impl Alerts {
     }
 
     fn publish(&self, draft: crate::event::Draft) {
-        if let Some((stream, leadership)) = &self.stream {
-            if leadership.is_leader() {
-                stream.append(draft, None, None, None);
-            }
-            return;
-        }
         if self.bus.try_send(Publish(draft)).is_err() {
             self.telemetry.events_dropped(DropReason::Overload, 1);
         }
@@ -213,9 +287,6 @@ impl Alerts {
         let Some(slack) = &self.slack else {
             return;
         };
-        if !self.speaks() {
-            return;
-        }
         let kind = notice.kind;
         if slack.try_send(Enqueue(notice)).is_err() {
             self.telemetry.slack_dropped(kind, "overload");
@@ -237,11 +308,20 @@ impl Alerts {
         match inbox.try_take_resuming(&mut batch, ALERTS_QUEUE + CONTROL_RESERVE, resume) {
             Some(Taken::Items { .. }) => {
                 let now = self.clock.now_ms();
+                let clustered = self.voice.is_some();
                 for item in batch.drain(..) {
                     // The snapshot holds last values from before we joined:
                     // nothing new to decide on. Close comes at shutdown.
                     if let Delivery::Event(event) = item {
-                        self.engine.on_event(&event, now);
+                        // Cluster mode decides on the stream's time (its
+                        // entry id), the same on every instance, so every
+                        // instance names each output alike.
+                        let at = if clustered {
+                            event.id.stream_ms().unwrap_or(now)
+                        } else {
+                            now
+                        };
+                        self.engine.on_event(&event, at);
                         handled = true;
                     }
                 }

@@ -48,6 +48,12 @@ pub struct Alert {
     /// Extra payload fields (beyond device_id, rule, state, message).
     pub fields: Map<String, Value>,
     pub text: String,
+    /// Names this alert the same on every cluster instance (they decide
+    /// alike: they read one stream); set by the engine.
+    pub key: String,
+    /// A fired rule's cooldown: the cluster keeps a mark this long, so an
+    /// instance that started late does not repeat it.
+    pub cooldown_ms: Option<u64>,
 }
 
 impl Alert {
@@ -102,6 +108,8 @@ pub fn rule_alert(rule: &Rule, frame: &MetricsFrame, value: f64, state: AlertSta
         state,
         fields,
         text,
+        key: String::new(),
+        cooldown_ms: None,
     }
 }
 
@@ -152,6 +160,8 @@ pub fn health_alert(notice: &HealthNotice, silent_after: Duration) -> Option<Ale
         state,
         fields,
         text,
+        key: String::new(),
+        cooldown_ms: None,
     })
 }
 
@@ -305,6 +315,7 @@ mod tests {
             primitives_capped: false,
             window_ms: 300_000,
             score: Some(87.5),
+            opened_ms: 0,
         };
         assert_eq!(
             digest_text(&report),

@@ -1,15 +1,21 @@
-//! One instance at a time speaks for the cluster where every instance
-//! would otherwise say the same thing: alert and presence events and Slack.
+//! One instance at a time does what must not be done twice and cannot be
+//! claimed per output: delivering the shared Slack outbox, and building
+//! the periodic summary. (Alerts, presence and digests need no leader:
+//! each is claimed by whichever instance asks first, see [`super::voice`].)
 //!
-//! Every instance reads the same stream in the same order, so every
-//! instance's alert engine reaches the same decisions; only the holder of
-//! a lease in Redis (`SET key id NX PX`, renewed by a compare-and-expire
-//! script) publishes them. An instance that cannot renew steps down when
-//! its lease runs out, before another can take it over, and the next one
-//! takes over within [`LEASE`] of the last renewal.
+//! The holder of a lease in Redis (`SET key NX PX`, renewed by a
+//! compare-and-expire script) is the leader. An instance that cannot renew
+//! steps down when its lease runs out, before another can take it over,
+//! and the next one takes over within [`LEASE`] of the last renewal.
+//!
+//! Every acquisition takes a fencing token (`INCR {leader}:epoch`) and
+//! stores `{instance}:{token}` as the lease's value; what only the leader
+//! may do in Redis (delivering the shared Slack outbox) is done by scripts
+//! that first compare the lease's value with the caller's, so a deposed
+//! leader that has not noticed yet changes nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::Script;
@@ -31,10 +37,24 @@ end
 return 0
 "#;
 
-/// Whether this instance holds the lease now; shared with the alerts.
+/// Takes the lease if nobody holds it, with a new fencing token. KEYS:
+/// lease, epoch counter. ARGV: instance id, lease ms. Returns the lease's
+/// value, or nil when another instance holds it.
+const ACQUIRE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+local value = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return value
+"#;
+
+/// Whether this instance holds the lease now, and the lease's value (its
+/// fencing token) while it does; shared with the alerts and Slack.
 #[derive(Debug, Default)]
 pub struct Leadership {
     leader: AtomicBool,
+    token: Mutex<Option<String>>,
 }
 
 impl Leadership {
@@ -42,10 +62,24 @@ impl Leadership {
         self.leader.load(Ordering::Relaxed)
     }
 
-    fn set(&self, leader: bool, instance: &str) {
+    /// The lease's value while this instance holds it: scripts that only
+    /// the leader may run compare it with the lease.
+    pub fn token(&self) -> Option<String> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, leader: bool, token: Option<&str>, instance: &str) {
+        *self.token.lock().unwrap_or_else(PoisonError::into_inner) =
+            token.filter(|_| leader).map(str::to_owned);
         if self.leader.swap(leader, Ordering::Relaxed) != leader {
             if leader {
-                log::info!("cluster `{instance}`: now the leader (alerts, presence and Slack).");
+                log::info!("cluster `{instance}`: now the leader (Slack delivery, summaries).");
             } else {
                 log::warn!("cluster `{instance}`: no longer the leader.");
             }
@@ -63,38 +97,49 @@ pub fn start(
 ) {
     thread.spawn(async move {
         let key = config.leader_key.clone();
+        let epoch_key = format!("{key}:epoch");
         let renew = Script::new(RENEW_LUA);
+        let acquire = Script::new(ACQUIRE_LUA);
         let mut conn = super::connect(&config, &telemetry, &health, REDIS_TIMEOUT).await;
         let mut held_until: Option<Instant> = None;
+        let mut token: Option<String> = None;
         let mut tick = tokio::time::interval(RENEW_EVERY);
         let lease_ms = LEASE.as_millis() as u64;
         loop {
             tick.tick().await;
             let asked = Instant::now();
-            let result: redis::RedisResult<bool> = if held_until.is_some() {
-                renew
+            let result: redis::RedisResult<Option<String>> = match (&held_until, &token) {
+                (Some(_), Some(value)) => renew
                     .key(&key)
-                    .arg(&config.instance_id)
+                    .arg(value)
                     .arg(lease_ms)
                     .invoke_async::<i64>(&mut conn)
                     .await
-                    .map(|n| n == 1)
-            } else {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&config.instance_id)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(lease_ms)
-                    .query_async::<Option<String>>(&mut conn)
-                    .await
-                    .map(|ok| ok.is_some())
+                    .map(|n| (n == 1).then(|| value.clone())),
+                _ => {
+                    acquire
+                        .key(&key)
+                        .key(&epoch_key)
+                        .arg(&config.instance_id)
+                        .arg(lease_ms)
+                        .invoke_async::<Option<String>>(&mut conn)
+                        .await
+                }
             };
             match result {
                 // The lease counts from when it was asked for: the holder
                 // steps down no later than Redis lets it expire.
-                Ok(true) => held_until = Some(asked + LEASE),
-                Ok(false) => held_until = None,
+                Ok(Some(value)) => {
+                    if held_until.is_some() {
+                        telemetry.cluster().lease_renewals.inc();
+                    }
+                    held_until = Some(asked + LEASE);
+                    token = Some(value);
+                }
+                Ok(None) => {
+                    held_until = None;
+                    token = None;
+                }
                 Err(e) => {
                     telemetry.cluster().redis_error("lease");
                     log::warn!("cluster: the leader lease could not be renewed: {e}");
@@ -103,8 +148,9 @@ pub fn start(
             let leader = held_until.is_some_and(|until| Instant::now() < until);
             if !leader {
                 held_until = None;
+                token = None;
             }
-            leadership.set(leader, &config.instance_id);
+            leadership.set(leader, token.as_deref(), &config.instance_id);
             telemetry.cluster().leader.set(i64::from(leader));
         }
     });

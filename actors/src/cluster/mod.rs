@@ -16,6 +16,7 @@
 pub mod entry;
 pub mod leader;
 mod reader;
+pub mod voice;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +30,7 @@ use crate::telemetry::Telemetry;
 
 pub use leader::Leadership;
 pub use reader::{Recovery, StreamReader};
+pub use voice::{Claim, Guard, Voice};
 pub use writer::{AppendError, Reply, StreamWriter};
 
 /// How long one Redis command may take before it counts as failed. An
@@ -47,8 +49,11 @@ pub struct ClusterConfig {
     pub stream_key: String,
     /// The sorted set of admitted devices (score: last seen, ms).
     pub devices_key: String,
-    /// The leader lease (value: the holder's instance id).
+    /// The leader lease (value: the holder's instance id and fencing token).
     pub leader_key: String,
+    /// Every other key (claims, presence, the Slack outbox) is
+    /// `{key_prefix}:…`.
+    pub key_prefix: String,
     /// Entries the stream keeps (`XADD MAXLEN ~`).
     pub stream_max_len: usize,
     /// `registry.max_devices`, cluster-wide.
@@ -61,6 +66,13 @@ pub struct ClusterConfig {
     /// what the stream keeps).
     pub history_bytes: usize,
     pub max_reader_lag: Duration,
+}
+
+impl ClusterConfig {
+    /// `{key_prefix}:{name}`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.key_prefix)
+    }
 }
 
 /// A Redis client for `url` with Nagle's algorithm off: a command written

@@ -20,6 +20,7 @@
 pub mod escape;
 pub mod outbox;
 pub mod retry;
+pub mod shared;
 pub mod summary;
 
 use std::fmt;
@@ -38,6 +39,7 @@ use crate::telemetry::Telemetry;
 pub use crate::notice::{Notice, NoticeKind};
 pub use outbox::{Outbox, OutboxLimits};
 use retry::{classify, Backoff, Verdict};
+pub use shared::SharedOutbox;
 
 /// Mailbox bound: [`Enqueue`] beyond it is counted as dropped by the sender.
 /// Alerts are rate-limited by cooldowns, so this is only reached in a storm.
@@ -96,6 +98,9 @@ pub struct Slack {
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
     sent: u64,
+    /// Cluster mode: the outbox is in Redis ([`shared`]); `outbox` and
+    /// `current` stay empty.
+    shared: Option<shared::Shared>,
 }
 
 impl Slack {
@@ -122,7 +127,15 @@ impl Slack {
             draining: false,
             drained: Vec::new(),
             sent: 0,
+            shared: None,
         }
+    }
+
+    /// Cluster mode: delivers from the shared outbox in Redis while this
+    /// instance holds the leader lease.
+    pub fn with_shared_outbox(mut self, setup: SharedOutbox) -> Self {
+        self.shared = Some(shared::Shared::new(setup));
+        self
     }
 
     fn enqueue(&mut self, notice: Notice, ctx: &mut Context<Self>) {
@@ -134,6 +147,9 @@ impl Slack {
     }
 
     fn update_depth(&self) {
+        if self.shared.is_some() {
+            return;
+        }
         let depth = self.outbox.len() + usize::from(self.current.is_some());
         self.telemetry.slack.outbox_depth.set(depth as i64);
     }
@@ -141,6 +157,10 @@ impl Slack {
     /// Sends the next message if nothing is in flight and its time has come,
     /// or arms a wake-up for that time.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.is_some() {
+            self.pump_shared(ctx);
+            return;
+        }
         if self.in_flight || self.wake.is_some() {
             return;
         }
@@ -163,11 +183,26 @@ impl Slack {
             self.wake = Some(handle);
             return;
         }
-        let Some(client) = &self.client else {
+        let Some(bounded) = self.request(&notice.text) else {
             return;
         };
+        self.in_flight = true;
+        ctx.spawn(
+            bounded
+                .into_actor(self)
+                .map(|reply, act, ctx| act.answered(reply, ctx)),
+        );
+    }
+
+    /// One POST of `text` to the webhook, bounded in time; `None` before
+    /// the client exists (`started`).
+    fn request(
+        &self,
+        text: &str,
+    ) -> Option<impl std::future::Future<Output = Result<Reply, String>> + 'static> {
+        let client = self.client.as_ref()?;
         let body = serde_json::json!({
-            "text": escape::escape_capped(&notice.text, escape::MAX_TEXT_CHARS)
+            "text": escape::escape_capped(text, escape::MAX_TEXT_CHARS)
         })
         .to_string();
         let request = client
@@ -204,12 +239,7 @@ impl Slack {
                 .await
                 .unwrap_or_else(|_| Err("timed out".to_owned()))
         };
-        self.in_flight = true;
-        ctx.spawn(
-            bounded
-                .into_actor(self)
-                .map(|reply, act, ctx| act.answered(reply, ctx)),
-        );
+        Some(bounded)
     }
 
     fn answered(&mut self, reply: Result<Reply, String>, ctx: &mut Context<Self>) {
@@ -285,12 +315,21 @@ impl Slack {
         let Some(registry) = self.registry.clone() else {
             return;
         };
+        // Cluster mode: one summary per cluster, from the leader.
+        if let Some(shared) = &self.shared {
+            if !shared.is_leader() {
+                return;
+            }
+        }
         ctx.spawn(
             async move { registry.send(ListDevices).await }
                 .into_actor(self)
                 .map(|devices, act, ctx| match devices {
                     Ok(devices) => {
                         match summary::render_summary(&devices, summary::MAX_SUMMARY_CHARS) {
+                            Some(text) if act.shared.is_some() => {
+                                act.enqueue_summary_shared(text, ctx)
+                            }
                             Some(text) => act.enqueue(
                                 Notice {
                                     kind: NoticeKind::Summary,
@@ -349,6 +388,7 @@ impl Actor for Slack {
             ctx.run_interval(self.config.summary_interval, Self::summarize);
         }
         self.update_depth();
+        self.connect_shared(ctx);
     }
 }
 
@@ -387,6 +427,14 @@ impl Handler<Drain> for Slack {
 
     fn handle(&mut self, msg: Drain, ctx: &mut Context<Self>) -> Self::Result {
         self.draining = true;
+        // Cluster mode: what is queued stays in Redis for the next leader.
+        if self.shared.is_some() {
+            let report = DrainReport {
+                sent: self.sent,
+                dropped: 0,
+            };
+            return Box::pin(actix::fut::ready(report));
+        }
         let (done, flushed) = oneshot::channel();
         self.drained.push(done);
         self.pump(ctx);

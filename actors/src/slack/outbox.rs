@@ -137,6 +137,11 @@ impl Outbox {
     }
 }
 
+/// Cuts `notice`'s text to its kind's budget (what any outbox keeps).
+pub fn fit(notice: &mut Notice) {
+    truncate(&mut notice.text, notice.kind.max_bytes());
+}
+
 /// Cuts `text` to at most `max` bytes on a character boundary, marking the
 /// cut with `…`.
 fn truncate(text: &mut String, max: usize) {
