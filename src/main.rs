@@ -124,12 +124,20 @@ fn try_main() -> anyhow::Result<()> {
     // rustls panics at first use if more than one crypto provider is compiled
     // in and none was chosen; choose one before anything connects.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    edgebus::telemetry::init_logging();
+    // Logging starts once the settings are read (a bad setting is one line
+    // on stderr anyway), so every line of a cluster instance names it.
     let load = |file: Option<PathBuf>| {
-        Settings::load(SettingsSources {
+        let settings = Settings::load(SettingsSources {
             file,
             ..Default::default()
-        })
+        });
+        let instance = settings
+            .as_ref()
+            .ok()
+            .and_then(|s| s.cluster.as_ref())
+            .map(|c| c.instance_id.as_str());
+        edgebus::telemetry::init_logging(instance);
+        settings
     };
     match cli.command {
         None => {
@@ -149,6 +157,7 @@ fn try_main() -> anyhow::Result<()> {
             username,
             fleet,
         }) => {
+            edgebus::telemetry::init_logging(None);
             let broker =
                 BrokerUrl::parse(&url).map_err(|rule| anyhow::anyhow!("`--url`: {rule}"))?;
             anyhow::ensure!(!broker.tls, "`--url`: the simulator speaks plain mqtt://");
