@@ -9,6 +9,7 @@ pub mod cluster_store;
 pub mod error;
 pub mod host_health;
 pub mod http;
+pub mod redis_link;
 pub mod settings;
 pub mod simulate;
 pub mod startup;

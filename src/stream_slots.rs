@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use aws_lc_rs::digest::{digest, SHA256};
 use redis::aio::ConnectionManager;
-use redis::{RedisError, RetryMethod};
+use redis::RedisError;
 use tokio::sync::mpsc;
 
 use edgebus_actors::telemetry::Telemetry;
@@ -42,9 +42,7 @@ use crate::auth::{Identity, Proof, StreamPermit};
 use crate::error::ApiError;
 use crate::settings::ClusterSettings;
 
-/// Longest opening a stream waits for Redis, reconnecting included, before
-/// it answers 503.
-pub const REDIS_DEADLINE: Duration = Duration::from_secs(3);
+pub use crate::redis_link::REDIS_DEADLINE;
 
 /// Members renewed per script call: bounds each call's time in Redis.
 pub const RENEW_BATCH: usize = 256;
@@ -106,6 +104,15 @@ pub enum SlotError {
     Redis(String),
 }
 
+impl From<crate::redis_link::StoreError> for SlotError {
+    fn from(e: crate::redis_link::StoreError) -> Self {
+        match e {
+            crate::redis_link::StoreError::Unavailable => Self::Unavailable,
+            crate::redis_link::StoreError::Redis(cause) => Self::Redis(cause),
+        }
+    }
+}
+
 impl From<SlotError> for ApiError {
     fn from(e: SlotError) -> Self {
         let text = e.to_string();
@@ -140,8 +147,7 @@ pub struct ClusterStreamSlots {
 
 struct Inner {
     /// Connected on first use, so an instance starts while Redis is away.
-    conn: tokio::sync::OnceCell<ConnectionManager>,
-    url: String,
+    link: crate::redis_link::Link,
     key_prefix: String,
     /// `{instance_id}:{random}-`: members of a restarted instance never
     /// collide with its former self's.
@@ -154,7 +160,6 @@ struct Inner {
     /// This instance's open streams: set key → members.
     held: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
     released: mpsc::UnboundedSender<(Arc<str>, Arc<str>)>,
-    telemetry: Arc<Telemetry>,
 }
 
 /// One stream's member in its identity's set.
@@ -208,8 +213,8 @@ impl ClusterStreamSlots {
         }
         let (released, receiver) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            conn: tokio::sync::OnceCell::new(),
-            url: cluster.redis_url.expose().to_owned(),
+            link: crate::redis_link::Link::new(cluster.redis_url.expose(), telemetry, WARN_KEY)
+                .counted_as(METRIC_OP),
             key_prefix: cluster.key("streams"),
             member_prefix: format!("{}:{}-", cluster.instance_id, to_hex(&boot)),
             next: AtomicU64::new(0),
@@ -219,7 +224,6 @@ impl ClusterStreamSlots {
             renew: redis::Script::new(RENEW_SCRIPT),
             held: Mutex::new(HashMap::new()),
             released,
-            telemetry,
         });
         let every = Duration::from_millis(lease_ms / 3);
         thread.spawn(renewer(Arc::downgrade(&inner), receiver, every));
@@ -289,13 +293,7 @@ impl ClusterStreamSlots {
 
 impl Inner {
     async fn conn(&self) -> Result<ConnectionManager, SlotError> {
-        self.call("connect", async {
-            self.conn
-                .get_or_try_init(|| crate::host_health::redis::connect(&self.url))
-                .await
-                .cloned()
-        })
-        .await
+        Ok(self.link.conn().await?)
     }
 
     /// One Redis call within [`REDIS_DEADLINE`]; a failure waiting can cure
@@ -305,20 +303,7 @@ impl Inner {
         what: &'static str,
         call: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, SlotError> {
-        let cause = match tokio::time::timeout(REDIS_DEADLINE, call).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) if !waiting_helps(&e) => {
-                self.telemetry.cluster().redis_error(METRIC_OP);
-                return Err(SlotError::Redis(e.to_string()));
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {REDIS_DEADLINE:?}"),
-        };
-        self.telemetry.cluster().redis_error(METRIC_OP);
-        self.telemetry.warn_limited(WARN_KEY, || {
-            format!("Stream caps: Redis failed to {what}: {cause}.")
-        });
-        Err(SlotError::Unavailable)
+        Ok(self.link.call(what, call).await?)
     }
 
     /// Removes `first` and whatever else is queued, in one pipeline.
@@ -427,14 +412,6 @@ async fn renewer(
             }
         }
     }
-}
-
-/// Redis is down, unreachable, loading, out of memory or refusing writes:
-/// conditions that pass without the client changing its request.
-fn waiting_helps(e: &RedisError) -> bool {
-    e.is_io_error()
-        || !matches!(e.retry_method(), RetryMethod::NoRetry)
-        || matches!(e.code(), Some("OOM" | "MISCONF"))
 }
 
 #[cfg(test)]

@@ -87,6 +87,15 @@ pub enum HostHealthError {
     Pool(String),
 }
 
+impl From<crate::redis_link::StoreError> for HostHealthError {
+    fn from(e: crate::redis_link::StoreError) -> Self {
+        match e {
+            crate::redis_link::StoreError::Unavailable => Self::Unavailable,
+            crate::redis_link::StoreError::Redis(cause) => Self::Redis(cause),
+        }
+    }
+}
+
 /// A host id: the device id rule, and no leading dot (those names are ours).
 pub fn validate_host(host: &str) -> Result<DeviceId, HostHealthError> {
     if host.starts_with('.') {

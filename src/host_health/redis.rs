@@ -21,10 +21,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, RetryMethod};
+use redis::aio::ConnectionManager;
+use redis::RedisError;
 use serde::de::IgnoredAny;
 
 use edgebus_actors::frame::DeviceId;
@@ -39,15 +38,7 @@ use super::{
 /// 250 round trips.
 pub const LIST_BATCH: usize = 4;
 
-/// Longest a host-health request waits for Redis, reconnecting included,
-/// before it answers 503: short enough that a dead Redis never holds a
-/// client, long enough for a loaded one to answer.
-pub const REDIS_DEADLINE: Duration = Duration::from_secs(3);
-
-/// Connect attempts get this long each; a reply this long (the manager's
-/// own timeouts, within [`REDIS_DEADLINE`]).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub use crate::redis_link::REDIS_DEADLINE;
 
 /// Stores `ARGV[2]` under field `ARGV[1]` of `KEYS[1]` unless the field is
 /// new and the hash already has `ARGV[3]` fields. 1 = stored, 0 = full.
@@ -63,78 +54,26 @@ return 0
 /// Key under which repeated Redis failures are rate-limited in the log.
 const WARN_KEY: &str = "host_health_redis";
 
-/// A connection manager for `url` that reconnects by itself and gives up
-/// on a reply after [`RESPONSE_TIMEOUT`]. Connects once before returning,
-/// so a wrong URL or password is found at start. (Cluster mode's other
-/// users of Redis can share the returned manager: it is a cheap clone.)
-pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
-    let client = edgebus_actors::cluster::redis_client(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        // Few, quick retries: a request waits at most REDIS_DEADLINE anyway,
-        // and the next request starts a fresh reconnect.
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(100))
-        .set_max_delay(Duration::from_millis(500));
-    client.get_connection_manager_with_config(config).await
-}
-
-/// What a store and its listings need to talk to Redis.
-#[derive(Clone)]
+/// What a store and its listings need to talk to Redis: the shared link
+/// and the hash.
+#[derive(Clone, Debug)]
 struct Link {
-    /// Connected on first use, so an instance starts (not ready) while
-    /// Redis is away, and a request then is a 503, like any other.
-    conn: Arc<tokio::sync::OnceCell<ConnectionManager>>,
-    url: Arc<str>,
+    redis: crate::redis_link::Link,
     key: Arc<str>,
-    telemetry: Arc<Telemetry>,
-}
-
-impl std::fmt::Debug for Link {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link").field("key", &self.key).finish()
-    }
 }
 
 impl Link {
-    /// The connection manager (it reconnects by itself once it exists).
     async fn conn(&self) -> Result<ConnectionManager, HostHealthError> {
-        let url = self.url.clone();
-        self.call("connect", async {
-            self.conn.get_or_try_init(|| connect(&url)).await.cloned()
-        })
-        .await
+        Ok(self.redis.conn().await?)
     }
 
-    /// Runs one Redis call within [`REDIS_DEADLINE`]; a failure waiting can
-    /// cure becomes [`HostHealthError::Unavailable`] and a (rate-limited)
-    /// WARN naming `what`.
     async fn call<T>(
         &self,
         what: &'static str,
         call: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, HostHealthError> {
-        let cause = match tokio::time::timeout(REDIS_DEADLINE, call).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) if !waiting_helps(&e) => return Err(HostHealthError::Redis(e.to_string())),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {REDIS_DEADLINE:?}"),
-        };
-        self.telemetry.warn_limited(WARN_KEY, || {
-            format!("Host-health: Redis failed to {what} (answered 503): {cause}.")
-        });
-        Err(HostHealthError::Unavailable)
+        Ok(self.redis.call(what, call).await?)
     }
-}
-
-/// Redis is down, unreachable, loading, out of memory or refusing writes:
-/// conditions that pass (or that an operator fixes) without the client
-/// changing its request.
-fn waiting_helps(e: &RedisError) -> bool {
-    e.is_io_error()
-        || !matches!(e.retry_method(), RetryMethod::NoRetry)
-        || matches!(e.code(), Some("OOM" | "MISCONF"))
 }
 
 /// Host-health reports in a Redis hash shared by every instance.
@@ -157,10 +96,8 @@ impl RedisStore {
     ) -> Self {
         Self {
             link: Link {
-                conn: Arc::new(tokio::sync::OnceCell::new()),
-                url: url.into(),
+                redis: crate::redis_link::Link::new(url, telemetry, WARN_KEY),
                 key: key.into(),
-                telemetry,
             },
             limits,
             put: redis::Script::new(PUT_SCRIPT),
@@ -274,7 +211,7 @@ impl Listing {
             for (host, record) in batch.iter().zip(records) {
                 let Some(record) = record else { continue };
                 if let Err(problem) = check(&record) {
-                    self.link.telemetry.warn_limited(WARN_KEY, || {
+                    self.link.redis.telemetry().warn_limited(WARN_KEY, || {
                         format!("Skipped the host-health report of `{host}`: {problem}.")
                     });
                     continue;
@@ -315,16 +252,5 @@ mod tests {
         assert!(check(b"{not json").is_err());
         let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_RECORD_BYTES));
         assert!(check(big.as_bytes()).is_err());
-    }
-
-    #[test]
-    fn a_dead_redis_is_worth_waiting_for_and_a_wrong_type_is_not() {
-        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(waiting_helps(&refused));
-        let wrong_type = RedisError::from((
-            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
-            "WRONGTYPE Operation against a key holding the wrong kind of value",
-        ));
-        assert!(!waiting_helps(&wrong_type));
     }
 }
