@@ -193,6 +193,10 @@ async fn run(
         loop {
             expire(&mut batch, key.is_none());
             if batch.is_empty() {
+                // Nothing waits for Redis any more (the last appends expired):
+                // nothing is held unacknowledged, so this is no reason to be
+                // unready; whether Redis answers is the health check's call.
+                health.writer_stalled(false);
                 break;
             }
             let batch_key = key
