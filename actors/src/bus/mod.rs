@@ -540,9 +540,12 @@ impl Bus {
                         if let (Some(sub), Some(stream)) =
                             (self.sessions.get_mut(&session), &self.stream)
                         {
-                            sub.last_id = RECOVERING;
-                            stream.do_send(Backfill { session, after });
-                            return;
+                            // Bounded: when the stream's recovery has
+                            // enough waiting, this client starts over now.
+                            if stream.try_send(Backfill { session, after }).is_ok() {
+                                sub.last_id = RECOVERING;
+                                return;
+                            }
                         }
                         Delivery::Snapshot(Box::new(self.snapshot(&subs, true)))
                     }

@@ -87,6 +87,22 @@ pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
     redis::Client::open(info)
 }
 
+/// One attempt at a connection manager, within `timeout`; `None` when
+/// Redis does not answer (the caller falls back, it does not wait).
+pub async fn connect_once(config: &ClusterConfig, timeout: Duration) -> Option<ConnectionManager> {
+    let attempt = async {
+        let client = redis_client(&config.redis_url)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        client
+            .get_connection_manager_with_config(manager_config)
+            .await
+    };
+    tokio::time::timeout(timeout, attempt).await.ok()?.ok()
+}
+
 /// Opens a connection manager (it reconnects by itself afterwards); the
 /// first connection is retried here until it succeeds or `stop` is set.
 pub async fn connect(

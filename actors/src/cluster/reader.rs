@@ -269,7 +269,8 @@ impl Actor for Recovery {
 }
 
 impl Handler<Backfill> for Recovery {
-    type Result = ResponseActFuture<Self, ()>;
+    // Atomic: one fetch at a time; the rest wait in the bounded mailbox.
+    type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, msg: Backfill, _: &mut Context<Self>) -> Self::Result {
         let (config, health, telemetry) = (
@@ -278,11 +279,19 @@ impl Handler<Backfill> for Recovery {
             self.telemetry.clone(),
         );
         let conn = self.conn.take();
-        Box::pin(
+        AtomicResponse::new(Box::pin(
             async move {
-                let mut conn = match conn {
-                    Some(conn) => conn,
-                    None => super::connect(&config, &telemetry, &health, REDIS_TIMEOUT).await,
+                // One attempt: a resume while Redis is away gets its reset
+                // now, it does not wait for Redis behind the others.
+                let conn = match conn {
+                    Some(conn) => Some(conn),
+                    None => super::connect_once(&config, REDIS_TIMEOUT).await,
+                };
+                let Some(mut conn) = conn else {
+                    telemetry.cluster().redis_error("backfill");
+                    health.redis_failed("cannot connect to Redis for a resume");
+                    let result = Err("Redis is unreachable".to_owned());
+                    return (None, msg.session, result);
                 };
                 let result = fetch(&mut conn, &config, msg.after).await;
                 if let Err(e) = &result {
@@ -292,14 +301,15 @@ impl Handler<Backfill> for Recovery {
                         msg.after
                     );
                 }
-                (conn, msg.session, result)
+                (Some(conn), msg.session, result)
             }
             .into_actor(self)
             .map(|(conn, session, result), act, _| {
-                act.conn = Some(conn);
-                let _ = act.bus.try_send(Backfilled { session, result });
+                act.conn = conn;
+                // The bus must hear back, or the session waits for ever.
+                act.bus.do_send(Backfilled { session, result });
             }),
-        )
+        ))
     }
 }
 
@@ -358,9 +368,9 @@ async fn fetch(
     }
 }
 
-/// The newest id the stream has trimmed away (Redis 7's
-/// `max-deleted-entry-id`), or, on an older Redis, the id just before its
-/// first entry as an upper bound; `None` when nothing was trimmed.
+/// An id at or after the newest one the stream may have lost: just before
+/// its first entry, or Redis 7's `max-deleted-entry-id` when later;
+/// `None` for an empty stream.
 async fn trimmed_through(
     conn: &mut ConnectionManager,
     config: &ClusterConfig,
@@ -399,15 +409,20 @@ async fn trimmed_through(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    if let Some(deleted) = field("max-deleted-entry-id").and_then(super::text) {
-        return Ok(EventId::parse_stream(&deleted).filter(|id| *id != EventId::stream(0, 0)));
-    }
-    // Older Redis: everything before the first entry may be gone.
-    let first = field("first-entry")
+    // Trimming (`XADD … MAXLEN`) does not move `max-deleted-entry-id` (only
+    // `XDEL` does), so the first entry bounds what is gone: everything
+    // before it may be. `max-deleted-entry-id` (Redis 7) adds entries
+    // deleted after it.
+    let deleted = field("max-deleted-entry-id")
+        .and_then(super::text)
+        .and_then(|id| EventId::parse_stream(&id))
+        .filter(|id| *id != EventId::stream(0, 0));
+    let before_first = field("first-entry")
         .and_then(|v| entries(Value::Array(vec![v])).into_iter().next())
-        .and_then(|(id, _)| EventId::parse_stream(&id));
-    Ok(first.map(|id| match id.seq {
-        0 => EventId::stream(id.stream_ms().unwrap_or(1).saturating_sub(1), u64::MAX),
-        seq => EventId::stream(id.stream_ms().unwrap_or(0), seq - 1),
-    }))
+        .and_then(|(id, _)| EventId::parse_stream(&id))
+        .map(|id| match id.seq {
+            0 => EventId::stream(id.stream_ms().unwrap_or(1).saturating_sub(1), u64::MAX),
+            seq => EventId::stream(id.stream_ms().unwrap_or(0), seq - 1),
+        });
+    Ok(deleted.max(before_first))
 }

@@ -80,7 +80,7 @@ return out
 
 /// How long a batch's ids stay recorded for copies of it still queued in
 /// Redis: they run right after the first, in the order they were sent.
-const BATCH_KEY_TTL_MS: u64 = 60_000;
+const BATCH_KEY_TTL_MS: u64 = 300_000;
 
 /// Why an event was not appended.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -109,10 +109,17 @@ struct Append {
     deadline: Option<Instant>,
 }
 
+/// Bytes of appends with a deadline (HTTP) that may wait for Redis at
+/// once: while Redis is away, a publisher sending faster than its requests
+/// time out cannot grow the queue past this (beyond: 503 at once).
+pub const WAITING_WITH_DEADLINE_BYTES: usize = 16 << 20;
+
 /// Cloneable handle on the writer task.
 #[derive(Clone)]
 pub struct StreamWriter {
     tx: mpsc::UnboundedSender<Append>,
+    /// Ingest's appends are bounded by ingest's own budget; these by this.
+    waiting: Arc<crate::inflight::InflightBytes>,
 }
 
 impl StreamWriter {
@@ -125,7 +132,10 @@ impl StreamWriter {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         thread.spawn(run(rx, config, health, telemetry));
-        Self { tx }
+        Self {
+            tx,
+            waiting: crate::inflight::InflightBytes::new(WAITING_WITH_DEADLINE_BYTES),
+        }
     }
 
     /// Appends `draft`; `reply` hears its id (or why not). `device`: a
@@ -158,9 +168,23 @@ impl StreamWriter {
         device: Option<String>,
         deadline: Instant,
     ) -> Result<EventId, AppendError> {
+        let Some(draft) = draft.reserve(&self.waiting) else {
+            return Err(AppendError::Unavailable(
+                "too many publishes are waiting for Redis".into(),
+            ));
+        };
         let (tx, rx) = oneshot::channel();
         self.append(draft, device, Some(tx), Some(deadline));
-        rx.await.unwrap_or(Err(AppendError::Stopped))
+        // The writer may be busy retrying an earlier batch (ingest's frames
+        // have no deadline) and not reach this one: the caller's deadline
+        // holds anyway. An append still queued then is dropped unsent when
+        // the writer reaches it.
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(reply) => reply.unwrap_or(Err(AppendError::Stopped)),
+            Err(_) => Err(AppendError::Unavailable(
+                "Redis did not take the event in time".into(),
+            )),
+        }
     }
 }
 

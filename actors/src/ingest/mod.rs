@@ -512,13 +512,15 @@ impl Sink {
         }
         match accept(topic, payload, self.max_payload_bytes, ts_ms) {
             Ok(draft) => {
-                if let Some(fingerprint) = fingerprint {
-                    self.recent.remember(fingerprint);
-                }
                 let Some(draft) = draft.reserve(&self.inflight) else {
                     self.telemetry.events_dropped(DropReason::Overload, 1);
                     return AckAfter::Never;
                 };
+                // Only a frame that goes on is remembered: a redelivery of
+                // one dropped here must be taken, not acknowledged as seen.
+                if let Some(fingerprint) = fingerprint {
+                    self.recent.remember(fingerprint);
+                }
                 if let Some(stream) = &self.stream {
                     let device = draft
                         .body

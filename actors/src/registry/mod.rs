@@ -148,9 +148,9 @@ pub struct ObserveStream {
 }
 
 impl Handler<ObserveStream> for Registry {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: ObserveStream, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ObserveStream, _: &mut Context<Self>) -> Self::Result {
         for draft in &msg.drafts {
             if let Payload::Metrics(frame) = &draft.body {
                 if self.table.admit(frame, draft.ts_ms) == Admission::Refused {
@@ -163,18 +163,28 @@ impl Handler<ObserveStream> for Registry {
         }
         self.telemetry.devices_known.set(self.table.len() as i64);
         let n = msg.drafts.len() as u64;
-        let sent = if msg.preload {
-            self.stream_bus
-                .as_ref()
-                .map(|b| b.preload.try_send(Preload(msg.drafts)).is_ok())
-        } else {
-            self.stream_bus
-                .as_ref()
-                .map(|b| b.batch.try_send(PublishBatch(msg.drafts)).is_ok())
-        };
-        if sent != Some(true) {
+        let Some(bus) = self.stream_bus.as_ref() else {
             self.telemetry.events_dropped(DropReason::Overload, n);
-        }
+            return Box::pin(async {});
+        };
+        // Waits for room in the bus's mailbox, and the stream reader waits
+        // for this answer: a bus that falls behind slows the reader (which
+        // shows as lag in /readyz), it never drops a batch.
+        let (batch, preload, telemetry) = (
+            bus.batch.clone(),
+            bus.preload.clone(),
+            self.telemetry.clone(),
+        );
+        Box::pin(async move {
+            let sent = if msg.preload {
+                preload.send(Preload(msg.drafts)).await
+            } else {
+                batch.send(PublishBatch(msg.drafts)).await
+            };
+            if sent.is_err() {
+                telemetry.events_dropped(DropReason::Overload, n);
+            }
+        })
     }
 }
 
