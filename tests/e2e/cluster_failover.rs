@@ -731,3 +731,56 @@ async fn a_client_further_back_than_the_ring_resumes_from_the_stream() {
     assert_eq!((seen.snapshots, seen.resets), (0, 0), "{seen:?}");
     seen.assert_exactly("client", &(1..20).collect::<Vec<_>>());
 }
+
+/// A client further back than the stream keeps (it was trimmed past its
+/// id) must be told to start over, not replayed from the stream's first
+/// entry with a silent gap. (Trimming does not move Redis's
+/// `max-deleted-entry-id`: only the first entry tells what is gone.)
+#[actix_web::test]
+async fn a_client_further_back_than_the_stream_keeps_gets_a_reset() {
+    if !require_tool("mosquitto") || !require_tool("redis-server") {
+        return;
+    }
+    let (_broker, mqtt_port) = Mosquitto::on_free_port();
+    let redis = RedisServer::start();
+    let node = Node::cluster(
+        mqtt_port,
+        &redis.url(),
+        "a",
+        &[("EDGEBUS__BUS__HISTORY", "5")],
+    )
+    .await;
+    let source = unique("trimmed");
+    let topic = format!("notifications/{source}");
+    let ids = post_numbered(&node, &topic, 0..20).await;
+    // Retention, exactly: the stream keeps the newest 5 (as the ring does),
+    // so events 1..=14 after the client's id are gone everywhere.
+    let client = redis::Client::open(redis.url()).expect("URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test connects");
+    let trimmed: i64 = redis::cmd("XTRIM")
+        .arg("edgebus:events")
+        .arg("MAXLEN")
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .expect("XTRIM");
+    assert!(trimmed >= 15, "{trimmed}");
+
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/ws?topic=notifications%2F{source}&last_event_id={}",
+        node.port(),
+        ids[0]
+    );
+    let mut ws = crate::helpers::WsClient::connect(&url).await;
+    let crate::helpers::WsEvent::Json(frame) = ws.next().await else {
+        panic!("a frame");
+    };
+    assert_eq!(
+        frame["type"], "snapshot",
+        "a reset, not a replay with a gap: {frame}"
+    );
+    assert_eq!(frame["reset"], true, "{frame}");
+}
