@@ -23,16 +23,16 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use rumqttc::{
     AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Outgoing, Packet,
     QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Publish;
 use crate::cluster::{AppendError, StreamWriter};
@@ -198,6 +198,7 @@ impl Actor for Ingest {
             16
         };
         let (client, eventloop) = AsyncClient::new(options, capacity);
+        let client_for_acks = client.clone();
         log::info!(
             "Connecting to MQTT broker `{}:{}` as `{}`.",
             self.config.host,
@@ -213,8 +214,10 @@ impl Actor for Ingest {
             telemetry: self.telemetry.clone(),
             me: ctx.address(),
             broker: format!("{}:{}", self.config.host, self.config.port),
-            acks: FuturesOrdered::new(),
-            unsent_acks: VecDeque::new(),
+            acker: self
+                .stream
+                .is_some()
+                .then(|| Acker::start(client_for_acks.clone())),
             dropping: false,
         };
         ctx.spawn(pump.run(stop_rx).into_actor(self));
@@ -292,10 +295,8 @@ struct Pump {
     telemetry: Arc<Telemetry>,
     me: Addr<Ingest>,
     broker: String,
-    /// Cluster mode: frames waiting for their append, in arrival order.
-    acks: FuturesOrdered<PendingAck>,
-    /// Acks the full request channel did not take yet.
-    unsent_acks: VecDeque<rumqttc::Publish>,
+    /// Cluster mode: acknowledges frames once appended, in arrival order.
+    acker: Option<Acker>,
     /// Cluster mode: a QoS 1/2 frame could not be held (the in-flight
     /// budget is full) and so is never acknowledged; the connection is
     /// dropped once, so the broker's in-flight window is not lost to it.
@@ -305,6 +306,48 @@ struct Pump {
 /// Resolves to the frame to acknowledge once its append is decided, or
 /// `None` when it must not be acknowledged (not appended).
 type PendingAck = Pin<Box<dyn Future<Output = Option<rumqttc::Publish>> + Send>>;
+
+/// Acknowledges cluster-mode frames once their appends are decided, in the
+/// order they arrived (MQTT wants PUBACKs in order), on a task of its own:
+/// the pump never stops polling the connection to wait for Redis (a
+/// pending `EventLoop::poll` dropped midway is not known to be safe).
+struct Acker {
+    tx: mpsc::UnboundedSender<(u64, PendingAck)>,
+    /// Bumped on every lost connection: packet ids belong to the
+    /// connection that carried them, and an old id must never ack a frame
+    /// of the next one.
+    connection: Arc<AtomicU64>,
+}
+
+impl Acker {
+    fn start(client: AsyncClient) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, PendingAck)>();
+        let connection = Arc::new(AtomicU64::new(0));
+        let current = connection.clone();
+        // Bounded by the broker's in-flight window: it sends no more QoS 1
+        // frames than that before their acks.
+        actix::spawn(async move {
+            while let Some((epoch, pending)) = rx.recv().await {
+                let Some(header) = pending.await else {
+                    continue;
+                };
+                if epoch == current.load(Ordering::Acquire) && client.ack(&header).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self { tx, connection }
+    }
+
+    fn push(&self, pending: PendingAck) {
+        let epoch = self.connection.load(Ordering::Acquire);
+        let _ = self.tx.send((epoch, pending));
+    }
+
+    fn connection_lost(&self) {
+        self.connection.fetch_add(1, Ordering::AcqRel);
+    }
+}
 
 /// What a frame's acknowledgement waits for.
 enum AckAfter {
@@ -330,15 +373,8 @@ impl Pump {
                     }
                     return;
                 }
-                Some(ack) = self.acks.next(), if !self.acks.is_empty() => {
-                    if let Some(publish) = ack {
-                        self.ack(publish);
-                    }
-                    continue;
-                }
                 polled = self.eventloop.poll() => polled,
             };
-            self.retry_acks();
             match polled {
                 Ok(MqttEvent::Incoming(Packet::Publish(publish))) => self.on_publish(&publish),
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => self.on_connected(),
@@ -399,8 +435,9 @@ impl Pump {
         // Packet ids belong to the connection that carried them: the broker
         // redelivers (persistent session) or forgets (clean) what was not
         // acknowledged, and an old id must never ack a new frame.
-        self.acks = FuturesOrdered::new();
-        self.unsent_acks.clear();
+        if let Some(acker) = &self.acker {
+            acker.connection_lost();
+        }
         self.dropping = false;
         self.me.do_send(StateChanged(ConnectionState::Disconnected));
         self.telemetry.mqtt_reconnects.inc();
@@ -435,14 +472,18 @@ impl Pump {
         let after =
             self.sink
                 .on_publish(&publish.topic, &publish.payload, publish.qos, publish.dup);
-        if self.sink.stream.is_none() || publish.qos == QoS::AtMostOnce {
+        let Some(acker) = &self.acker else {
+            return;
+        };
+        if publish.qos == QoS::AtMostOnce {
             return;
         }
         // What an ack needs of the frame: its packet id and QoS.
         let mut header = rumqttc::Publish::new("", publish.qos, Vec::<u8>::new());
         header.pkid = publish.pkid;
         match after {
-            AckAfter::Now => self.ack(header),
+            // Through the same queue, so it cannot overtake earlier frames.
+            AckAfter::Now => acker.push(Box::pin(async move { Some(header) })),
             // Never acknowledged, the frame would hold one of the few
             // in-flight slots the broker grants us for as long as the
             // connection lives, and enough of them stop QoS 1 delivery to
@@ -458,28 +499,13 @@ impl Pump {
                 let _ = self.client.try_disconnect();
             }
             AckAfter::Never => {}
-            AckAfter::Append(rx) => self.acks.push_back(Box::pin(async move {
+            AckAfter::Append(rx) => acker.push(Box::pin(async move {
                 match rx.await {
                     // Rejected by the cluster-wide cap: counted and reported.
                     Ok(Ok(_) | Err(AppendError::DeviceCap)) => Some(header),
                     _ => None,
                 }
             })),
-        }
-    }
-
-    fn ack(&mut self, header: rumqttc::Publish) {
-        if !self.unsent_acks.is_empty() || self.client.try_ack(&header).is_err() {
-            self.unsent_acks.push_back(header);
-        }
-    }
-
-    fn retry_acks(&mut self) {
-        while let Some(header) = self.unsent_acks.front() {
-            if self.client.try_ack(header).is_err() {
-                return;
-            }
-            self.unsent_acks.pop_front();
         }
     }
 }
