@@ -84,7 +84,7 @@ async fn haproxy_round_robin_spreads_requests_over_both_services() {
     // each has answered (bounded), not a fixed ten times.
     let mut seen = [0; 2];
     let deadline = std::time::Instant::now() + crate::helpers::WAIT;
-    while seen.iter().any(|&n| n == 0) && std::time::Instant::now() < deadline {
+    while seen.contains(&0) && std::time::Instant::now() < deadline {
         let answer = proxy.get("/readyz").await;
         assert_eq!(answer.status, 200, "{answer:?}");
         seen[answer.backend.expect("a backend answered")] += 1;
