@@ -69,7 +69,11 @@ async fn open_when_free(port: u16, key: &str, within: Duration) -> (SseClient, D
     }
 }
 
-async fn members(redis: &RedisServer, prefix: &str) -> usize {
+/// A connection to the test's Redis and every identity's slot set.
+async fn slot_sets(
+    redis: &RedisServer,
+    prefix: &str,
+) -> (redis::aio::MultiplexedConnection, Vec<String>) {
     let mut conn = redis::Client::open(redis.url())
         .expect("URL")
         .get_multiplexed_async_connection()
@@ -80,6 +84,11 @@ async fn members(redis: &RedisServer, prefix: &str) -> usize {
         .query_async(&mut conn)
         .await
         .expect("KEYS");
+    (conn, keys)
+}
+
+async fn members(redis: &RedisServer, prefix: &str) -> usize {
+    let (mut conn, keys) = slot_sets(redis, prefix).await;
     let mut count = 0;
     for key in keys {
         let n: usize = redis::cmd("ZCARD")
@@ -90,6 +99,24 @@ async fn members(redis: &RedisServer, prefix: &str) -> usize {
         count += n;
     }
     count
+}
+
+/// The latest lease expiry (ms, Redis's clock) of any stream slot.
+async fn latest_expiry(redis: &RedisServer, prefix: &str) -> u64 {
+    let (mut conn, keys) = slot_sets(redis, prefix).await;
+    let mut latest = 0;
+    for key in keys {
+        let top: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(-1)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .expect("ZRANGE");
+        latest = top.iter().map(|(_, s)| *s as u64).fold(latest, u64::max);
+    }
+    latest
 }
 
 #[actix_web::test]
@@ -153,9 +180,17 @@ async fn a_killed_instances_slots_free_within_the_lease() {
         opened(dying.port(), VIEWER).await,
         opened(dying.port(), VIEWER).await,
     ];
-    // Longer than a renewal period: the leases are being renewed, not
-    // merely young.
-    actix_web::rt::time::sleep(lease).await;
+    // The leases are being renewed, not merely young: wait until Redis shows
+    // a lease expiry later than any the slots were taken with.
+    let taken = latest_expiry(&redis, &prefix).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while latest_expiry(&redis, &prefix).await <= taken {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leases are never renewed"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_refused(&open(survivor.port, VIEWER).await.err().expect("full"), 429);
 
     dying.kill();
