@@ -697,15 +697,21 @@ async fn post_numbered(node: &Node, topic: &str, numbers: std::ops::Range<u64>) 
     ids
 }
 
-/// The ring holds the newest `bus.history` events; a client further back
-/// gets what it missed from the Redis stream, which keeps more
-/// (`cluster.stream_max_len`), with no reset.
-#[actix_web::test]
-async fn a_client_further_back_than_the_ring_resumes_from_the_stream() {
+/// One instance whose history holds 5 events, after 20 were published on
+/// `notifications/{source}`; `None` (skipped) without Mosquitto or Redis.
+struct SmallRing {
+    _broker: Mosquitto,
+    redis: RedisServer,
+    node: Node,
+    source: String,
+    ids: Vec<String>,
+}
+
+async fn small_ring_with_20_events(label: &str) -> Option<SmallRing> {
     if !require_tool("mosquitto") || !require_tool("redis-server") {
-        return;
+        return None;
     }
-    let (_broker, mqtt_port) = Mosquitto::on_free_port();
+    let (broker, mqtt_port) = Mosquitto::on_free_port();
     let redis = RedisServer::start();
     let node = Node::cluster(
         mqtt_port,
@@ -714,9 +720,32 @@ async fn a_client_further_back_than_the_ring_resumes_from_the_stream() {
         &[("EDGEBUS__BUS__HISTORY", "5")],
     )
     .await;
-    let source = unique("backfill");
-    let topic = format!("notifications/{source}");
-    let ids = post_numbered(&node, &topic, 0..20).await;
+    let source = unique(label);
+    let ids = post_numbered(&node, &format!("notifications/{source}"), 0..20).await;
+    Some(SmallRing {
+        _broker: broker,
+        redis,
+        node,
+        source,
+        ids,
+    })
+}
+
+/// The ring holds the newest `bus.history` events; a client further back
+/// gets what it missed from the Redis stream, which keeps more
+/// (`cluster.stream_max_len`), with no reset.
+#[actix_web::test]
+async fn a_client_further_back_than_the_ring_resumes_from_the_stream() {
+    let Some(SmallRing {
+        _broker,
+        redis: _redis,
+        node,
+        source,
+        ids,
+    }) = small_ring_with_20_events("backfill").await
+    else {
+        return;
+    };
 
     let mut watch = Watch::new();
     // A replay comes at once; a reset would leave the follower waiting.
@@ -738,21 +767,16 @@ async fn a_client_further_back_than_the_ring_resumes_from_the_stream() {
 /// `max-deleted-entry-id`: only the first entry tells what is gone.)
 #[actix_web::test]
 async fn a_client_further_back_than_the_stream_keeps_gets_a_reset() {
-    if !require_tool("mosquitto") || !require_tool("redis-server") {
+    let Some(SmallRing {
+        _broker,
+        redis,
+        node,
+        source,
+        ids,
+    }) = small_ring_with_20_events("trimmed").await
+    else {
         return;
-    }
-    let (_broker, mqtt_port) = Mosquitto::on_free_port();
-    let redis = RedisServer::start();
-    let node = Node::cluster(
-        mqtt_port,
-        &redis.url(),
-        "a",
-        &[("EDGEBUS__BUS__HISTORY", "5")],
-    )
-    .await;
-    let source = unique("trimmed");
-    let topic = format!("notifications/{source}");
-    let ids = post_numbered(&node, &topic, 0..20).await;
+    };
     // Retention, exactly: the stream keeps the newest 5 (as the ring does),
     // so events 1..=14 after the client's id are gone everywhere.
     let client = redis::Client::open(redis.url()).expect("URL");
