@@ -245,12 +245,26 @@ impl Slack {
     fn answered(&mut self, reply: Result<Reply, String>, ctx: &mut Context<Self>) {
         self.in_flight = false;
         let now = Instant::now();
-        // Counted from the answer, not the request: the previous request has
-        // surely reached Slack by now, so Slack sees the gap whatever the
-        // network's jitter.
-        let paced = now + self.config.pace;
+        let (done, wait) = self.account(&reply);
+        if done {
+            self.current = None;
+        }
+        self.not_before = now + wait;
+        self.update_depth();
+        self.pump(ctx);
+    }
+
+    /// Counts and logs Slack's answer to one message and moves the
+    /// back-off: whether the message is done with (sent, or refused for
+    /// good) and how long from now the next request must wait. One place
+    /// for both outboxes, the in-process one and cluster mode's in Redis.
+    fn account(&mut self, reply: &Result<Reply, String>) -> (bool, Duration) {
+        // Counted from the answer, not the request: the previous request
+        // has surely reached Slack by now, so Slack sees the gap whatever
+        // the network's jitter.
+        let pace = self.config.pace;
         let metrics = &self.telemetry.slack;
-        let verdict = match &reply {
+        let verdict = match reply {
             Ok(r) => classify(r.status, r.retry_after.as_deref()),
             Err(_) => Verdict::Retry,
         };
@@ -258,25 +272,23 @@ impl Slack {
             Verdict::Delivered => {
                 metrics.sent.inc();
                 self.sent += 1;
-                self.current = None;
                 self.backoff.reset();
-                self.not_before = paced;
+                (true, pace)
             }
             Verdict::RetryAfter(wait) => {
                 metrics.retried.inc();
-                self.not_before = paced.max(now + wait);
                 self.telemetry.warn_limited("slack_retry", || {
                     format!(
                         "Slack is rate-limiting (429); retrying in {:.1}s as its Retry-After asks.",
                         wait.as_secs_f64()
                     )
                 });
+                (false, pace.max(wait))
             }
             Verdict::Retry => {
                 metrics.retried.inc();
                 let wait = self.backoff.next_delay();
-                self.not_before = paced.max(now + wait);
-                let cause = match &reply {
+                let cause = match reply {
                     Ok(r) => format!("HTTP {}", r.status),
                     Err(e) => e.clone(),
                 };
@@ -287,10 +299,11 @@ impl Slack {
                         wait.as_secs_f64()
                     )
                 });
+                (false, pace.max(wait))
             }
             Verdict::Permanent(reason) => {
                 self.telemetry.slack_failed(reason);
-                let (status, body) = match &reply {
+                let (status, body) = match reply {
                     Ok(r) => (r.status, r.body.as_str()),
                     Err(_) => (0, ""),
                 };
@@ -299,13 +312,10 @@ impl Slack {
                     "Slack refused a message with HTTP {status} `{}`; dropped, not retried. Check `slack.webhook_url`.",
                     body.escape_debug()
                 );
-                self.current = None;
                 self.backoff.reset();
-                self.not_before = paced;
+                (true, pace)
             }
         }
-        self.update_depth();
-        self.pump(ctx);
     }
 
     fn summarize(&mut self, ctx: &mut Context<Self>) {

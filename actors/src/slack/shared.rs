@@ -25,7 +25,6 @@ use actix::prelude::*;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
-use super::retry::{classify, Verdict};
 use super::{Reply, Slack};
 use crate::cluster::voice::{entry_text, outbox_entry, OutboxKeys};
 use crate::cluster::{ClusterConfig, ClusterHealth, Leadership, REDIS_TIMEOUT};
@@ -278,55 +277,7 @@ impl Slack {
         token: String,
         ctx: &mut Context<Self>,
     ) {
-        let pace = self.config.pace;
-        let metrics = &self.telemetry.slack;
-        let verdict = match &reply {
-            Ok(r) => classify(r.status, r.retry_after.as_deref()),
-            Err(_) => Verdict::Retry,
-        };
-        let (remove, hold) = match verdict {
-            Verdict::Delivered => {
-                metrics.sent.inc();
-                self.sent += 1;
-                self.backoff.reset();
-                (true, pace)
-            }
-            Verdict::RetryAfter(wait) => {
-                metrics.retried.inc();
-                self.telemetry.warn_limited("slack_retry", || {
-                    format!(
-                        "Slack is rate-limiting (429); retrying in {:.1}s as its Retry-After asks.",
-                        wait.as_secs_f64()
-                    )
-                });
-                (false, pace.max(wait))
-            }
-            Verdict::Retry => {
-                metrics.retried.inc();
-                let wait = self.backoff.next_delay();
-                let cause = match &reply {
-                    Ok(r) => format!("HTTP {}", r.status),
-                    Err(e) => e.clone(),
-                };
-                self.telemetry.warn_limited("slack_retry", || {
-                    format!(
-                        "Slack delivery failed ({cause}); retry {} in {:.1}s.",
-                        self.backoff.attempts(),
-                        wait.as_secs_f64()
-                    )
-                });
-                (false, pace.max(wait))
-            }
-            Verdict::Permanent(reason) => {
-                self.telemetry.slack_failed(reason);
-                let status = reply.as_ref().map_or(0, |r| r.status);
-                log::error!(
-                    "Slack refused a message with HTTP {status}; dropped, not retried. Check `slack.webhook_url`."
-                );
-                self.backoff.reset();
-                (true, pace)
-            }
-        };
+        let (remove, hold) = self.account(&reply);
         self.settle_shared(taken, token, remove, hold, ctx);
     }
 
