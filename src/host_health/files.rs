@@ -31,7 +31,7 @@ use serde::de::IgnoredAny;
 use edgebus_actors::frame::DeviceId;
 
 use super::{
-    validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, MAX_RECORD_BYTES,
+    validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, Stage, MAX_RECORD_BYTES,
 };
 
 /// Prefix of temporary files: never a valid host id, never listed.
@@ -203,14 +203,6 @@ fn host_of(file_name: &str) -> Option<&str> {
     file_name
         .strip_suffix(".json")
         .filter(|h| validate_host(h).is_ok())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Head,
-    First,
-    Rest,
-    Done,
 }
 
 /// One `GET /v1/host-health` body, `{"hosts":[record,…]}`, produced piece

@@ -96,6 +96,17 @@ impl From<crate::redis_link::StoreError> for HostHealthError {
     }
 }
 
+/// Where a listing's body is, whichever store it reads: `{"hosts":[` is
+/// next (`Head`), then the first record (no comma before it), the rest,
+/// and `]}` once (`Done`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Head,
+    First,
+    Rest,
+    Done,
+}
+
 /// A host id: the device id rule, and no leading dot (those names are ours).
 pub fn validate_host(host: &str) -> Result<DeviceId, HostHealthError> {
     if host.starts_with('.') {

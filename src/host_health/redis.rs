@@ -30,7 +30,7 @@ use edgebus_actors::frame::DeviceId;
 use edgebus_actors::telemetry::Telemetry;
 
 use super::{
-    validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, MAX_RECORD_BYTES,
+    validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, Stage, MAX_RECORD_BYTES,
 };
 
 /// Records fetched per `HMGET` while listing: at most this many reports
@@ -156,14 +156,6 @@ impl RedisStore {
             _slot: slot,
         })
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Head,
-    First,
-    Rest,
-    Done,
 }
 
 /// One `GET /v1/host-health` body read from Redis: the head, then up to
