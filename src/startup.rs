@@ -310,7 +310,17 @@ impl Application {
                     .context("`storage.data_dir`: cannot read the host-health reports")?,
             )),
         };
+        let uploads = if settings.uploads.enabled {
+            Some(Arc::new(
+                crate::uploads::Uploads::open(&settings)
+                    .await
+                    .context("`uploads`: cannot open the upload store")?,
+            ))
+        } else {
+            None
+        };
         let state = web::Data::new(AppState {
+            uploads,
             bus: bus.clone(),
             registry,
             ingest: ingest.clone(),

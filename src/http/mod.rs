@@ -11,6 +11,7 @@ mod publish;
 mod sse;
 pub mod streams;
 mod tickets;
+mod uploads;
 mod ws;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct AppState {
     /// Host-health reports (on disk, or in Redis in cluster mode), and the
     /// bounds on them.
     pub host_health: Arc<crate::host_health::HostHealthStore>,
+    /// Fleet uploads (`None` when `uploads.enabled = false`).
+    pub uploads: Option<Arc<crate::uploads::Uploads>>,
     /// Cluster mode: the stream writer publishes go to, and the health
     /// `/readyz` reports.
     pub cluster: Option<ClusterState>,
@@ -73,5 +76,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/assets/config.json", web::get().to(dashboard::config))
         .route("/assets/{file:.*}", web::get().to(dashboard::asset))
         .route("/v1/host-health", web::get().to(host_health::list))
-        .route("/v1/host-health/{host}", web::put().to(host_health::put));
+        .route("/v1/host-health/{host}", web::put().to(host_health::put))
+        .route("/v1/episodes/{host}/{file}", web::put().to(uploads::put));
 }

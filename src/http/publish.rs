@@ -128,7 +128,7 @@ pub async fn publish(
 
 /// What a publish produced: the event id (metrics, which go through the
 /// registry, have none to give).
-struct Published {
+pub(super) struct Published {
     id: Option<String>,
 }
 
@@ -162,7 +162,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 /// the bus), anything else straight to the bus, which answers with the id.
 /// In cluster mode: onto the Redis stream, whose entry id is the event's id
 /// on every instance.
-async fn put_on_bus(state: &AppState, draft: Draft) -> Result<Published, ApiError> {
+pub(super) async fn put_on_bus(state: &AppState, draft: Draft) -> Result<Published, ApiError> {
     if let Some(cluster) = &state.cluster {
         let device = draft.body.as_metrics().map(|f| f.device_id.to_string());
         let deadline = Instant::now() + STREAM_APPEND_TIMEOUT;

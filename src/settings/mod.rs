@@ -21,6 +21,7 @@ mod registry;
 mod sessions;
 mod slack;
 mod storage;
+mod uploads;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,6 +40,7 @@ pub use registry::RegistrySettings;
 pub use sessions::SessionSettings;
 pub use slack::SlackSettings;
 pub use storage::{HostHealthSettings, StorageSettings};
+pub use uploads::{S3Settings, UploadSettings, UploadStoreSettings};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
@@ -148,6 +150,7 @@ pub struct Settings {
     pub slack: SlackSettings,
     pub storage: StorageSettings,
     pub host_health: HostHealthSettings,
+    pub uploads: UploadSettings,
     /// `Some` in cluster mode (`cluster.redis_url` set).
     pub cluster: Option<ClusterSettings>,
     /// Deprecated keys in use, one sentence each: logged as WARN at start.
@@ -168,6 +171,7 @@ struct RawSettings {
     slack: SlackSettings,
     storage: StorageSettings,
     host_health: HostHealthSettings,
+    uploads: uploads::RawUploads,
     cluster: cluster::RawCluster,
 }
 
@@ -200,6 +204,8 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("mqtt.topics")
             .with_list_parse_key("http.allowed_origins")
+            .with_list_parse_key("uploads.episode_types")
+            .with_list_parse_key("uploads.benign_profiles")
             .source(sources.env.clone());
         let written = builder.add_source(env).build()?;
         let sets = |key: &str| written.get::<config::Value>(key).is_ok();
@@ -239,6 +245,7 @@ impl RawSettings {
         self.slack.validate()?;
         self.storage.validate()?;
         self.host_health.validate()?;
+        let uploads = self.uploads.validate(&self.storage.data_dir)?;
         let cluster = self.cluster.validate(mqtt.mode)?;
         Ok(Settings {
             http,
@@ -251,6 +258,7 @@ impl RawSettings {
             slack: self.slack,
             storage: self.storage,
             host_health: self.host_health,
+            uploads,
             cluster,
             warnings,
         })

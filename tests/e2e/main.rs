@@ -28,5 +28,6 @@ mod sse;
 mod sse_client;
 mod teardown;
 mod tools;
+mod uploads;
 mod web_units;
 mod ws;
