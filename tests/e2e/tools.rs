@@ -11,12 +11,12 @@ const REQUIRE_ENV: &str = "EDGEBUS_REQUIRE_TOOLS";
 /// lacks them.
 const SYSTEM_DIRS: [&str; 2] = ["/usr/sbin", "/usr/bin"];
 
-/// The Debian package that ships `tool`.
-fn debian_package(tool: &str) -> &str {
+/// How to install `tool`: a Debian package, or (the S3 stand-in) PyPI.
+fn install_hint(tool: &str) -> String {
     match tool {
-        "mosquitto" => "mosquitto",
-        "redis-server" | "redis-cli" => "redis-server",
-        other => other,
+        "moto_server" => "pip install 'moto[server]'".to_owned(),
+        "redis-server" | "redis-cli" => "apt-get install redis-server".to_owned(),
+        other => format!("apt-get install {other}"),
     }
 }
 
@@ -34,8 +34,8 @@ pub fn tool_path(tool: &str) -> Option<PathBuf> {
 pub fn installed(tool: &str) -> PathBuf {
     tool_path(tool).unwrap_or_else(|| {
         panic!(
-            "{tool} is not installed (apt-get install {}); call require_tool first",
-            debian_package(tool)
+            "{tool} is not installed ({}); call require_tool first",
+            install_hint(tool)
         )
     })
 }
@@ -47,8 +47,8 @@ pub fn require_tool(tool: &str) -> bool {
         return true;
     }
     let what = format!(
-        "`{tool}` is not installed (apt-get install {}; .ci/run does)",
-        debian_package(tool)
+        "`{tool}` is not installed ({}; .ci/run does)",
+        install_hint(tool)
     );
     if std::env::var_os(REQUIRE_ENV).is_some() {
         panic!("{REQUIRE_ENV} is set but {what}");
