@@ -44,7 +44,10 @@ impl Moto {
             if moto.wait_ready().await {
                 return Some(moto);
             }
-            eprintln!("moto_server did not start on {port}:\n{}", tail(&moto.log, 20));
+            eprintln!(
+                "moto_server did not start on {port}:\n{}",
+                tail(&moto.log, 20)
+            );
         }
         panic!("moto_server could not listen on {PORT_ATTEMPTS} free ports");
     }
@@ -82,7 +85,11 @@ impl Moto {
             .send()
             .await
             .expect("create bucket");
-        assert!(resp.status().is_success(), "create bucket: {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "create bucket: {}",
+            resp.status()
+        );
     }
 
     /// An object's bytes, or `None` when it is absent. Read with boto3
@@ -105,8 +112,15 @@ impl Moto {
         let out = self.boto3(&format!(
             "for o in s3.list_objects_v2(Bucket='{bucket}', Prefix='{prefix}').get('Contents', []):\n    print(o['Key'])\n"
         ));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     fn boto3(&self, body: &str) -> std::process::Output {

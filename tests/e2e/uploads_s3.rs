@@ -26,14 +26,21 @@ async fn a_bucket_gives_the_same_answers_as_a_directory() {
     let body: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
     let sha = sha256(&body);
     let chunks: Vec<Vec<u8>> = body.chunks(1 << 20).map(<[u8]>::to_vec).collect();
-    let got = put_chunked(app.port, "lab-01/big.tar.zst", &[("X-Content-SHA256", &sha)], chunks).await;
+    let got = put_chunked(
+        app.port,
+        "lab-01/big.tar.zst",
+        &[("X-Content-SHA256", &sha)],
+        chunks,
+    )
+    .await;
     assert_eq!(got.status, 201, "{got:?}");
     assert_eq!(
         got.body,
         json!({"status": "stored", "sha256": sha, "size_bytes": body.len()})
     );
     assert_eq!(
-        moto.object(&bucket, "lab-01/big.tar.zst").map(|b| sha256(&b)),
+        moto.object(&bucket, "lab-01/big.tar.zst")
+            .map(|b| sha256(&b)),
         Some(sha.clone())
     );
 
@@ -42,10 +49,25 @@ async fn a_bucket_gives_the_same_answers_as_a_directory() {
     let header = [("X-Content-SHA256", small_sha.as_str())];
     let got = put(app.port, "lab-01/big.tar.zst", &header, small.clone()).await;
     assert_eq!(got.status, 409, "{got:?}");
-    assert_eq!(got.body, json!({"status": "conflict", "existing_sha256": sha}));
-    let got = put(app.port, "lab-01/big.tar.zst", &[("X-Content-SHA256", &sha)], body).await;
+    assert_eq!(
+        got.body,
+        json!({"status": "conflict", "existing_sha256": sha})
+    );
+    let got = put(
+        app.port,
+        "lab-01/big.tar.zst",
+        &[("X-Content-SHA256", &sha)],
+        body,
+    )
+    .await;
     assert_eq!(got.status, 200, "{got:?}");
-    let got = put(app.port, "lab-01/s.tar.zst", &[("X-Content-SHA256", &sha)], small.clone()).await;
+    let got = put(
+        app.port,
+        "lab-01/s.tar.zst",
+        &[("X-Content-SHA256", &sha)],
+        small.clone(),
+    )
+    .await;
     assert_eq!(got.status, 400, "{got:?}");
     assert_eq!(got.body["status"], "sha-mismatch");
     assert_eq!(moto.object(&bucket, "lab-01/s.tar.zst"), None);
@@ -61,8 +83,13 @@ async fn a_bucket_gives_the_same_answers_as_a_directory() {
         let sha = sha256(b);
         let chunks: Vec<Vec<u8>> = b.chunks(10_000).map(<[u8]>::to_vec).collect();
         async move {
-            put_chunked(port, "lab-02/race.tar.zst", &[("X-Content-SHA256", &sha)], chunks)
-                .await
+            put_chunked(
+                port,
+                "lab-02/race.tar.zst",
+                &[("X-Content-SHA256", &sha)],
+                chunks,
+            )
+            .await
         }
     });
     let answers = futures_util::future::join_all(uploads).await;
@@ -70,7 +97,9 @@ async fn a_bucket_gives_the_same_answers_as_a_directory() {
     statuses.sort_unstable();
     assert_eq!(statuses, [201, 409, 409, 409], "{answers:?}");
 
-    let kept = moto.object(&bucket, "lab-02/race.tar.zst").expect("the winner is stored");
+    let kept = moto
+        .object(&bucket, "lab-02/race.tar.zst")
+        .expect("the winner is stored");
     let winner = answers.iter().find(|a| a.status == 201).expect("a winner");
     assert_eq!(winner.body["sha256"], sha256(&kept).as_str());
 
