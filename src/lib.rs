@@ -15,6 +15,7 @@ pub mod simulate;
 pub mod startup;
 pub mod stream_slots;
 pub mod telemetry;
+pub mod uploads;
 pub mod wiring;
 
 pub use edgebus_actors as actors;
