@@ -219,7 +219,7 @@ impl Refusal {
 pub enum GateError {
     #[error("the version gate needs `repo` or `commits_file`")]
     NoSource,
-    #[error("git repository `{}`: {}", path.display(), source.message())]
+    #[error("git repository `{}`: {}{}", path.display(), source.message(), owner_hint(source))]
     Git { path: PathBuf, source: git2::Error },
     #[error("commits file `{}`: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
@@ -227,6 +227,16 @@ pub enum GateError {
     BadLine { path: PathBuf, line: usize },
     #[error("commits file `{}` lists no commit", path.display())]
     Empty { path: PathBuf },
+}
+
+/// libgit2, like git, refuses a repository another user owns; the
+/// maintainer's clone usually is one.
+fn owner_hint(e: &git2::Error) -> &'static str {
+    if e.code() == git2::ErrorCode::Owner {
+        " (add it to `safe.directory` in the git config of the user edgebus runs as, or use `commits_file`)"
+    } else {
+        ""
+    }
 }
 
 /// The accepted commits; never empty, `head` among them.

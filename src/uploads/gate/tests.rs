@@ -443,7 +443,7 @@ fn read_settings(toml: &str) -> Result<GateSettings, config::ConfigError> {
 
 #[test]
 fn a_table_with_no_keys_is_a_disabled_gate_with_the_defaults() {
-    let settings = read_settings("[uploads.version_gate]\nenabled = false\n").unwrap();
+    let settings = read_settings("[uploads.version_gate]\n").unwrap();
 
     assert_eq!(settings, GateSettings::default());
     assert_eq!(settings.window, 50);
@@ -479,4 +479,23 @@ fn every_rule_names_its_key() {
     let valid =
         read_settings("[uploads.version_gate]\nenabled = true\nrepo = \"/r\"\nwindow = 10000\n");
     assert_eq!(valid.unwrap().validate(), Ok(()));
+}
+
+#[test]
+fn a_repository_owned_by_another_user_is_explained() {
+    let refused = GateError::Git {
+        path: PathBuf::from("/srv/clone"),
+        source: git2::Error::new(
+            git2::ErrorCode::Owner,
+            git2::ErrorClass::Config,
+            "repository path '/srv/clone' is not owned by current user",
+        ),
+    };
+
+    let text = refused.to_string();
+    assert!(
+        text.starts_with("git repository `/srv/clone`: repository path"),
+        "{text}"
+    );
+    assert!(text.contains("`safe.directory`"), "{text}");
 }
