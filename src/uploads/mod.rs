@@ -16,6 +16,7 @@
 //! ([`request`]), applies the version gate ([`gate`]) and turns every
 //! outcome into a response and an `uploads/{host}` event.
 
+pub mod gate;
 pub mod index;
 pub mod limits;
 pub mod request;
