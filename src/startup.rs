@@ -319,8 +319,18 @@ impl Application {
         } else {
             None
         };
+        let gate = &settings.uploads.version_gate;
+        let version_gate = if settings.uploads.enabled && gate.enabled {
+            Some(Arc::new(
+                crate::uploads::gate::VersionGate::new(gate)
+                    .context("`uploads.version_gate`: cannot read the allowed commits")?,
+            ))
+        } else {
+            None
+        };
         let state = web::Data::new(AppState {
             uploads,
+            version_gate,
             bus: bus.clone(),
             registry,
             ingest: ingest.clone(),

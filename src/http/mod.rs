@@ -43,6 +43,8 @@ pub struct AppState {
     pub host_health: Arc<crate::host_health::HostHealthStore>,
     /// Fleet uploads (`None` when `uploads.enabled = false`).
     pub uploads: Option<Arc<crate::uploads::Uploads>>,
+    /// `Some` when `uploads.version_gate.enabled`.
+    pub version_gate: Option<Arc<crate::uploads::gate::VersionGate>>,
     /// Cluster mode: the stream writer publishes go to, and the health
     /// `/readyz` reports.
     pub cluster: Option<ClusterState>,

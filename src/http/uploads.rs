@@ -32,6 +32,7 @@ use super::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::host_health::validate_host;
+use crate::uploads::gate;
 use crate::uploads::request::{self, RequestError};
 use crate::uploads::{Outcome, Upload, UploadError};
 
@@ -166,7 +167,7 @@ pub async fn put(
     };
     let (host, file) = path.into_inner();
     let mut seen = Seen::default();
-    let answer = match read(&req, &host, &file, &state, &mut seen) {
+    let answer = match read(&req, &host, &file, &state, &mut seen).await {
         Ok(upload) => match uploads.receive(&upload, body).await {
             Ok(outcome) => Answer::from_outcome(outcome),
             Err(e) => Answer::from_error(e),
@@ -181,7 +182,7 @@ pub async fn put(
 }
 
 /// The request's names and headers, in the seed's order of checks.
-fn read(
+async fn read(
     req: &HttpRequest,
     host: &str,
     file: &str,
@@ -190,18 +191,39 @@ fn read(
 ) -> Result<Upload, Answer> {
     let settings = &state.settings.uploads;
     let headers = req.headers();
-    let commit = request::header(headers, "x-cis490-code-commit")
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty());
+    // A value that is not text is a commit in a bad format, not a missing one.
+    let raw_commit = headers
+        .get(settings.version_gate.header.as_str())
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let commit = gate::normalize_commit(raw_commit);
     seen.stamped = commit.is_some();
-    seen.commit = commit.clone().filter(|c| is_commit(c));
+    seen.commit = commit.clone().filter(|c| gate::is_commit_hex(c));
     let bad = |e: RequestError| Answer::from_error(UploadError::Request(e));
     let (host, episode) = request::parse_names(host, file).map_err(bad)?;
     seen.episode = Some(episode.clone());
     let sha256 = request::parse_sha(headers).map_err(bad)?;
     let schema_version = request::parse_schema_version(headers).map_err(bad)?;
     seen.schema_version = Some(schema_version);
-    // GATE
+    if let Some(gate) = &state.version_gate {
+        let (gate, raw) = (gate.clone(), raw_commit.map(str::to_owned));
+        let checked = web::block(move || gate.check(raw.as_deref()))
+            .await
+            .map_err(|e| Answer::from_error(UploadError::Internal(e.to_string())))?;
+        checked.map_err(|refusal| {
+            log::warn!(
+                "Rejected upload host={host} id={episode} commit={} reason={}.",
+                commit
+                    .as_deref()
+                    .unwrap_or("")
+                    .chars()
+                    .take(12)
+                    .collect::<String>(),
+                refusal.as_str()
+            );
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            Answer::new(status, refusal.as_str(), refusal.body()).with("reason", refusal.error())
+        })?;
+    }
     let label = |name: &str, allowed| match request::closed_label(headers, name, allowed) {
         Ok(value) => value,
         Err(dropped) => {
@@ -224,13 +246,6 @@ fn read(
         episode_type: seen.episode_type.clone(),
         benign_profile: seen.benign_profile.clone(),
     })
-}
-
-/// 40 lowercase hex digits: a commit worth repeating in an event.
-fn is_commit(c: &str) -> bool {
-    c.len() == 40
-        && c.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The answer as an `uploads/{host}` event (`upload.stored`,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{de, invalid, Secret, SettingsError};
+use crate::uploads::gate::GateSettings;
 
 /// Where uploads are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,8 @@ pub struct UploadSettings {
     pub fatal_window: Duration,
     /// Hosts the fleet detectors follow.
     pub max_hosts: usize,
+    /// `[uploads.version_gate]`.
+    pub version_gate: GateSettings,
 }
 
 /// `[uploads]` as written.
@@ -78,6 +81,8 @@ pub(super) struct RawUploads {
     fatal_window: Duration,
     max_hosts: usize,
     s3: S3Settings,
+    #[serde(default)]
+    version_gate: GateSettings,
 }
 
 impl RawUploads {
@@ -121,6 +126,9 @@ impl RawUploads {
         if !(1..=1_000_000).contains(&self.max_hosts) {
             return Err(invalid("uploads.max_hosts", "must be from 1 to 1000000"));
         }
+        self.version_gate
+            .validate()
+            .map_err(|(key, rule)| invalid(key, rule))?;
         let episode_types = closed_set("uploads.episode_types", self.episode_types)?;
         let benign_profiles = closed_set("uploads.benign_profiles", self.benign_profiles)?;
         let store = match self.store.as_str() {
@@ -170,6 +178,7 @@ impl RawUploads {
             silent_after: self.silent_after,
             fatal_window: self.fatal_window,
             max_hosts: self.max_hosts,
+            version_gate: self.version_gate,
         })
     }
 }
