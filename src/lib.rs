@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cis490;
 pub mod cluster_store;
 pub mod error;
 pub mod host_health;

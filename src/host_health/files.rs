@@ -26,12 +26,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use serde::de::IgnoredAny;
-
 use edgebus_actors::frame::DeviceId;
 
 use super::{
-    validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, Stage, MAX_RECORD_BYTES,
+    validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, Shape, Stage,
+    MAX_RECORD_BYTES,
 };
 
 /// Prefix of temporary files: never a valid host id, never listed.
@@ -155,10 +154,14 @@ impl FileStore {
         Ok(())
     }
 
-    /// Starts a listing of every stored report, sorted by host id, for
-    /// `owner`; refused while that owner has one being sent, or while
-    /// `max_concurrent_lists` listings are.
-    pub fn list(self: &Arc<Self>, owner: Arc<str>) -> Result<Listing, HostHealthError> {
+    /// Starts a listing of every stored report in `shape`, sorted by host
+    /// id, for `owner`; refused while that owner has one being sent, or
+    /// while `max_concurrent_lists` listings are.
+    pub fn list(
+        self: &Arc<Self>,
+        owner: Arc<str>,
+        shape: Shape,
+    ) -> Result<Listing, HostHealthError> {
         let slot = self.lists.take(owner)?;
         let hosts: Vec<Box<str>> = self.hosts().iter().cloned().collect();
         Ok(Listing {
@@ -166,16 +169,18 @@ impl FileStore {
             _slot: slot,
             hosts: hosts.into_iter(),
             stage: Stage::Head,
+            shape,
+            record: Vec::new(),
         })
     }
 
-    /// Appends the stored record of `host` to `out`; `false` (and `out`
-    /// unchanged) when it is gone, too large or unreadable. Reads at most
-    /// [`MAX_RECORD_BYTES`] + 1 bytes.
-    fn read_into(&self, host: &str, out: &mut Vec<u8>) -> bool {
-        let start = out.len();
+    /// Appends the stored record of `host`, in `shape`, to `out`; `false`
+    /// (and `out` unchanged) when it is gone, too large or unreadable.
+    /// Reads at most [`MAX_RECORD_BYTES`] + 1 bytes into `record`.
+    fn read_into(&self, host: &str, shape: Shape, record: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+        record.clear();
         let read = File::open(self.path(host))
-            .and_then(|f| f.take(MAX_RECORD_BYTES as u64 + 1).read_to_end(out));
+            .and_then(|f| f.take(MAX_RECORD_BYTES as u64 + 1).read_to_end(record));
         let problem = match read {
             // Written a moment ago and not renamed yet, or removed by hand.
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -184,16 +189,14 @@ impl FileStore {
                 "over {MAX_RECORD_BYTES} bytes (an older edgebus pretty-printed it); \
                  listed again once the host reports"
             )),
-            // Validated without building a tree: memory stays one file.
-            Ok(_) => match serde_json::from_slice::<IgnoredAny>(&out[start..]) {
-                Ok(_) => return true,
-                Err(e) => Some(e.to_string()),
+            Ok(_) => match shape.render(record, out) {
+                Ok(()) => return true,
+                Err(problem) => Some(problem),
             },
         };
         if let Some(problem) = problem {
             log::warn!("Skipped the host-health report of `{host}`: {problem}.");
         }
-        out.truncate(start);
         false
     }
 }
@@ -216,6 +219,9 @@ pub struct Listing {
     _slot: ListSlot,
     hosts: std::vec::IntoIter<Box<str>>,
     stage: Stage,
+    shape: Shape,
+    /// The file being read, reused from one piece to the next.
+    record: Vec<u8>,
 }
 
 impl Listing {
@@ -235,7 +241,10 @@ impl Listing {
             } else {
                 Vec::new()
             };
-            if self.store.read_into(&host, &mut piece) {
+            if self
+                .store
+                .read_into(&host, self.shape, &mut self.record, &mut piece)
+            {
                 self.stage = Stage::Rest;
                 return Some(piece);
             }
@@ -273,7 +282,11 @@ mod tests {
 
     /// The whole body of a listing, parsed.
     fn listed(store: &Arc<FileStore>) -> Value {
-        let mut listing = store.list("test".into()).unwrap();
+        listed_as(store, Shape::Edgebus)
+    }
+
+    fn listed_as(store: &Arc<FileStore>, shape: Shape) -> Value {
+        let mut listing = store.list("test".into(), shape).unwrap();
         let mut body = Vec::new();
         while let Some(piece) = listing.next_piece() {
             body.extend(piece);
@@ -306,6 +319,33 @@ mod tests {
             .filter(|n| n.starts_with(TMP_PREFIX))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cis490_listing_turns_each_record_into_the_receivers_shape() {
+        let dir = temp_dir("cis490");
+        let store = open(&dir, LIMITS);
+        put(
+            &store,
+            "h1",
+            r#"{"disk":"ok","n":[1,2]}"#,
+            1_777_747_711_999,
+        )
+        .unwrap();
+        put(&store, "h0", "{}", 1_000).unwrap();
+        put(&store, "h2", "{}", 1_000).unwrap();
+        fs::write(store.path("h2"), br#"{"host_id":"h2","report":{}}"#).unwrap();
+
+        assert_eq!(
+            listed_as(&store, Shape::Cis490),
+            serde_json::json!({"hosts": [
+                {"host_id": "h0", "received_at_wall": "1970-01-01T00:00:01Z", "doctor": {}},
+                {"host_id": "h1", "received_at_wall": "2026-05-02T18:48:31Z",
+                 "doctor": {"disk": "ok", "n": [1, 2]}},
+            ]}),
+            "h2's record lacks its time: skipped"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -360,7 +400,7 @@ mod tests {
         }
         fs::write(store.path("h3"), b"{not json").unwrap();
 
-        let mut listing = store.list("test".into()).unwrap();
+        let mut listing = store.list("test".into(), Shape::Edgebus).unwrap();
         let mut pieces = vec![listing.next_piece().unwrap()];
         pieces.push(listing.next_piece().unwrap());
         // h1 changes and h2 goes after the listing began: a listing that
@@ -392,28 +432,31 @@ mod tests {
                 ..LIMITS
             },
         );
-        let first = store.list("a".into()).unwrap();
-        let _second = store.list("b".into()).unwrap();
+        let first = store.list("a".into(), Shape::Edgebus).unwrap();
+        let _second = store.list("b".into(), Shape::Edgebus).unwrap();
         assert!(matches!(
-            store.list("c".into()),
+            store.list("c".into(), Shape::Edgebus),
             Err(HostHealthError::Busy(2))
         ));
         drop(first);
-        assert!(store.list("c".into()).is_ok());
+        assert!(store.list("c".into(), Shape::Edgebus).is_ok());
     }
 
     #[test]
     fn a_caller_holds_one_listing_at_a_time_and_never_blocks_another() {
         let dir = temp_dir("owner");
         let store = open(&dir, LIMITS);
-        let stalled = store.list("viewer".into()).unwrap();
+        let stalled = store.list("viewer".into(), Shape::Edgebus).unwrap();
         assert!(matches!(
-            store.list("viewer".into()),
+            store.list("viewer".into(), Shape::Edgebus),
             Err(HostHealthError::AlreadyListing)
         ));
-        assert!(store.list("other".into()).is_ok(), "another caller lists");
+        assert!(
+            store.list("other".into(), Shape::Edgebus).is_ok(),
+            "another caller lists"
+        );
         drop(stalled);
-        assert!(store.list("viewer".into()).is_ok());
+        assert!(store.list("viewer".into(), Shape::Edgebus).is_ok());
         let _ = fs::remove_dir_all(&dir);
     }
 

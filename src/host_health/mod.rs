@@ -15,7 +15,9 @@
 //! - a listing ([`Listing`]) is produced piece by piece as the response
 //!   drains, so one `GET` holds a few reports in memory whatever the number
 //!   of hosts, and at most `host_health.max_concurrent_lists` listings, one
-//!   per caller, are sent at once by each instance.
+//!   per caller, are sent at once by each instance;
+//! - a listing is sent in one of two [`Shape`]s, each record turned into
+//!   its shape as it is read, so the bounds above hold for both.
 
 pub mod files;
 pub mod redis;
@@ -26,6 +28,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use actix_web::web::{self, Bytes};
 use futures_util::stream::{self, LocalBoxStream, StreamExt};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use edgebus_actors::alerts::clock::rfc3339;
 use edgebus_actors::frame::{parse_object, DeviceId, Rejection};
@@ -72,6 +77,8 @@ pub enum HostHealthError {
         "a host-health listing for this caller is already being sent; read it to the end first"
     )]
     AlreadyListing,
+    #[error("unknown format {0:?}: use format=cis490, or no format for edgebus's own shape")]
+    BadFormat(String),
     #[error("storage: {0}")]
     Io(#[from] io::Error),
     /// Redis did not answer in time, or refused for now (loading, down):
@@ -105,6 +112,72 @@ enum Stage {
     First,
     Rest,
     Done,
+}
+
+/// How a listing shows each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// As stored: `{"host_id","received_at","received_at_ms","report"}`.
+    #[default]
+    Edgebus,
+    /// The CIS490 receiver's: `{"host_id","received_at_wall","doctor"}`,
+    /// the time in UTC to the second, so its fleet tools read edgebus's
+    /// listing unchanged.
+    Cis490,
+}
+
+impl Shape {
+    /// `?format=` of a listing: absent is edgebus's own shape.
+    pub fn from_format(format: Option<&str>) -> Result<Self, HostHealthError> {
+        match format {
+            None => Ok(Self::Edgebus),
+            Some("cis490") => Ok(Self::Cis490),
+            Some(other) => Err(HostHealthError::BadFormat(other.chars().take(32).collect())),
+        }
+    }
+
+    /// Appends `record` (a stored record, at most [`MAX_RECORD_BYTES`]) in
+    /// this shape to `out`; on an error (a record this version never writes)
+    /// `out` is unchanged and the error says what is wrong.
+    fn render(self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(format!(
+                "over {MAX_RECORD_BYTES} bytes; listed again once the host reports"
+            ));
+        }
+        match self {
+            // Validated without building a tree: memory stays one record.
+            Self::Edgebus => {
+                serde_json::from_slice::<IgnoredAny>(record).map_err(|e| e.to_string())?;
+                out.extend_from_slice(record);
+            }
+            Self::Cis490 => {
+                let stored: Stored<'_> =
+                    serde_json::from_slice(record).map_err(|e| e.to_string())?;
+                let host = validate_host(&stored.host_id).map_err(|e| e.to_string())?;
+                // Whole seconds, as the receiver's `time.strftime` wrote them.
+                let wall = rfc3339(stored.received_at_ms / 1000 * 1000);
+                out.extend_from_slice(
+                    format!(r#"{{"host_id":"{host}","received_at_wall":"{wall}","doctor":"#)
+                        .as_bytes(),
+                );
+                out.extend_from_slice(stored.report.get().as_bytes());
+                out.push(b'}');
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fields of a stored record a [`Shape::Cis490`] listing reads; the
+/// report is kept as the bytes stored, never parsed into a tree.
+#[derive(Deserialize)]
+struct Stored<'a> {
+    #[serde(borrow)]
+    host_id: std::borrow::Cow<'a, str>,
+    received_at_ms: u64,
+    #[serde(borrow)]
+    report: &'a RawValue,
 }
 
 /// A host id: the device id rule, and no leading dot (those names are ours).
@@ -224,12 +297,12 @@ impl HostHealthStore {
         }
     }
 
-    /// Starts a listing of every stored report, sorted by host id, for
-    /// `owner` (see [`ListSlots::take`] for when it is refused).
-    pub async fn list(&self, owner: Arc<str>) -> Result<Listing, HostHealthError> {
+    /// Starts a listing of every stored report in `shape`, sorted by host
+    /// id, for `owner` (see [`ListSlots::take`] for when it is refused).
+    pub async fn list(&self, owner: Arc<str>, shape: Shape) -> Result<Listing, HostHealthError> {
         match self {
-            Self::Files(store) => store.list(owner).map(Listing::Files),
-            Self::Redis(store) => store.list(owner).await.map(Listing::Redis),
+            Self::Files(store) => store.list(owner, shape).map(Listing::Files),
+            Self::Redis(store) => store.list(owner, shape).await.map(Listing::Redis),
         }
     }
 }
@@ -315,6 +388,56 @@ mod tests {
             parse_report(big.as_bytes()),
             Err(HostHealthError::TooLarge(_))
         ));
+    }
+
+    fn rendered(shape: Shape, record: &[u8]) -> Result<Value, String> {
+        let mut out = b"[".to_vec();
+        shape.render(record, &mut out)?;
+        assert_ne!(out.len(), 1, "something was written");
+        out.push(b']');
+        Ok(serde_json::from_slice::<Value>(&out).unwrap()[0].take())
+    }
+
+    #[test]
+    fn only_a_json_record_within_the_cap_is_listed_in_either_shape() {
+        let host = validate_host("lab-01").unwrap();
+        let stored = record(&host, br#"{"disk":"ok"}"#, 1_777_747_711_999);
+        assert_eq!(
+            rendered(Shape::Edgebus, &stored).unwrap(),
+            serde_json::from_slice::<Value>(&stored).unwrap()
+        );
+        assert_eq!(
+            rendered(Shape::Cis490, &stored).unwrap(),
+            serde_json::json!({"host_id": "lab-01", "received_at_wall": "2026-05-02T18:48:31Z",
+                               "doctor": {"disk": "ok"}})
+        );
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_RECORD_BYTES));
+        for bad in [&b"{not json"[..], big.as_bytes()] {
+            for shape in [Shape::Edgebus, Shape::Cis490] {
+                let mut out = b"kept".to_vec();
+                assert!(shape.render(bad, &mut out).is_err(), "{shape:?}");
+                assert_eq!(out, b"kept", "nothing written on an error");
+            }
+        }
+        // What this version never writes: no time, a host id outside the rule.
+        for odd in [
+            &br#"{"host_id":"h","report":{}}"#[..],
+            br#"{"host_id":"../x","received_at_ms":1,"report":{}}"#,
+        ] {
+            assert!(rendered(Shape::Cis490, odd).is_err());
+        }
+    }
+
+    #[test]
+    fn only_cis490_or_no_format_is_a_listing_shape() {
+        assert_eq!(Shape::from_format(None).unwrap(), Shape::Edgebus);
+        assert_eq!(Shape::from_format(Some("cis490")).unwrap(), Shape::Cis490);
+        for bad in ["", "CIS490", "json", "edgebus"] {
+            assert!(matches!(
+                Shape::from_format(Some(bad)),
+                Err(HostHealthError::BadFormat(_))
+            ));
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!   reconnects by itself on a later call.
 //!
 //! Redis itself is trusted (it holds every report): a record larger than
-//! [`MAX_RECORD_BYTES`] or not JSON, which this version never writes, is
+//! [`super::MAX_RECORD_BYTES`] or not JSON, which this version never writes, is
 //! skipped with a warning, as the file store does.
 
 use std::future::Future;
@@ -24,14 +24,11 @@ use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 use redis::RedisError;
-use serde::de::IgnoredAny;
 
 use edgebus_actors::frame::DeviceId;
 use edgebus_actors::telemetry::Telemetry;
 
-use super::{
-    validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, Stage, MAX_RECORD_BYTES,
-};
+use super::{validate_host, HostHealthError, HostHealthLimits, ListSlot, ListSlots, Shape, Stage};
 
 /// Records fetched per `HMGET` while listing: at most this many reports
 /// (64 KiB each at most) are held per listing, and a thousand hosts cost
@@ -125,10 +122,10 @@ impl RedisStore {
         }
     }
 
-    /// Starts a listing of every stored report, sorted by host id, for
-    /// `owner`. The host names are read now, so a Redis that is down is a
-    /// 503 rather than a body cut short.
-    pub async fn list(&self, owner: Arc<str>) -> Result<Listing, HostHealthError> {
+    /// Starts a listing of every stored report in `shape`, sorted by host
+    /// id, for `owner`. The host names are read now, so a Redis that is down
+    /// is a 503 rather than a body cut short.
+    pub async fn list(&self, owner: Arc<str>, shape: Shape) -> Result<Listing, HostHealthError> {
         let slot = self.lists.take(owner)?;
         let mut conn = self.link.conn().await?;
         let names: Vec<Vec<u8>> = self
@@ -153,6 +150,7 @@ impl RedisStore {
             link: self.link.clone(),
             hosts: hosts.into_iter(),
             stage: Stage::Head,
+            shape,
             _slot: slot,
         })
     }
@@ -166,6 +164,7 @@ pub struct Listing {
     link: Link,
     hosts: std::vec::IntoIter<Box<str>>,
     stage: Stage,
+    shape: Shape,
     _slot: ListSlot,
 }
 
@@ -202,47 +201,22 @@ impl Listing {
             // A host removed since the names were read is simply absent.
             for (host, record) in batch.iter().zip(records) {
                 let Some(record) = record else { continue };
-                if let Err(problem) = check(&record) {
+                let start = piece.len();
+                if self.stage == Stage::Rest {
+                    piece.push(b',');
+                }
+                if let Err(problem) = self.shape.render(&record, &mut piece) {
+                    piece.truncate(start);
                     self.link.redis.telemetry().warn_limited(WARN_KEY, || {
                         format!("Skipped the host-health report of `{host}`: {problem}.")
                     });
                     continue;
                 }
-                if self.stage == Stage::Rest {
-                    piece.push(b',');
-                }
-                piece.extend_from_slice(&record);
                 self.stage = Stage::Rest;
             }
             if !piece.is_empty() {
                 return Ok(Some(piece));
             }
         }
-    }
-}
-
-/// A stored record fit to list: within the size cap and JSON (validated
-/// without building a tree).
-fn check(record: &[u8]) -> Result<(), String> {
-    if record.len() > MAX_RECORD_BYTES {
-        return Err(format!(
-            "over {MAX_RECORD_BYTES} bytes; listed again once the host reports"
-        ));
-    }
-    serde_json::from_slice::<IgnoredAny>(record)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_json_record_within_the_cap_is_listed() {
-        assert!(check(br#"{"host_id":"h","report":{}}"#).is_ok());
-        assert!(check(b"{not json").is_err());
-        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_RECORD_BYTES));
-        assert!(check(big.as_bytes()).is_err());
     }
 }

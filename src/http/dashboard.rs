@@ -52,6 +52,8 @@ pub static ASSETS: &[Asset] = &[
     asset!("/assets/js/fleet.js", "js/fleet.js", JS),
     asset!("/assets/js/device.js", "js/device.js", JS),
     asset!("/assets/js/attacker.js", "js/attacker.js", JS),
+    asset!("/assets/js/uploads.js", "js/uploads.js", JS),
+    asset!("/assets/js/uploads-panel.js", "js/uploads-panel.js", JS),
     asset!("/assets/js/chart.js", "js/chart.js", JS),
     asset!("/assets/js/toasts.js", "js/toasts.js", JS),
     asset!("/assets/js/format.js", "js/format.js", JS),

@@ -1,5 +1,6 @@
-//! `/healthz` (liveness: the process answers) and `/readyz` (readiness: MQTT
-//! subscribed and the actors answering), for load balancers.
+//! `/healthz` (liveness: the process answers; also served as `/v1/health`,
+//! the CIS490 receiver's path) and `/readyz` (readiness: MQTT subscribed and
+//! the actors answering), for load balancers.
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! `PUT /v1/host-health/{host}` (a host's latest health report, any JSON
-//! object up to [`MAX_REPORT_BYTES`]) and `GET /v1/host-health` (all of them,
-//! `{"hosts": [...]}` sorted by host). Stored by [`crate::host_health`], on
+//! object up to [`MAX_REPORT_BYTES`]) and `GET /v1/host-health[?format=cis490]`
+//! (all of them, `{"hosts": [...]}` sorted by host, each record in edgebus's
+//! shape or, with `format=cis490`, in the CIS490 receiver's; see [`Shape`]). Stored by [`crate::host_health`], on
 //! disk or, in cluster mode, in Redis; nothing that gates metrics gates
 //! these, so a sick host can always report.
 //!
@@ -28,15 +29,15 @@ use super::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::host_health::{
-    parse_report, record, validate_host, HostHealthError, MAX_REPORT_BYTES, RETRY_AFTER_SECS,
+    parse_report, record, validate_host, HostHealthError, Shape, MAX_REPORT_BYTES, RETRY_AFTER_SECS,
 };
 
 impl From<HostHealthError> for ApiError {
     fn from(e: HostHealthError) -> Self {
         match e {
-            HostHealthError::BadHost | HostHealthError::BadBody(_) => {
-                ApiError::BadRequest(e.to_string())
-            }
+            HostHealthError::BadHost
+            | HostHealthError::BadBody(_)
+            | HostHealthError::BadFormat(_) => ApiError::BadRequest(e.to_string()),
             HostHealthError::TooLarge(_) => ApiError::PayloadTooLarge(e.to_string()),
             HostHealthError::Full(_) => ApiError::Conflict(e.to_string()),
             HostHealthError::Busy(_) | HostHealthError::AlreadyListing => {
@@ -69,9 +70,10 @@ pub async fn put(
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let identity = state.auth.require(authorization(&req), Role::Viewer)?;
+    let shape = Shape::from_format(format_param(req.query_string())?.as_deref())?;
     let listing = state
         .host_health
-        .list(identity.owner(req.peer_addr().map(|a| a.ip())))
+        .list(identity.owner(req.peer_addr().map(|a| a.ip())), shape)
         .await?;
     // An error midway (the pool gone at shutdown, Redis lost) ends the body
     // short: the client sees a broken response rather than a partial list.
@@ -81,4 +83,16 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .streaming(body))
+}
+
+/// The one `format` parameter of a listing, if any; other parameters
+/// (cache busters) are ignored.
+fn format_param(query: &str) -> Result<Option<String>, ApiError> {
+    let mut format = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key == "format" && format.replace(value.into_owned()).is_some() {
+            return Err(ApiError::BadRequest("format given more than once".into()));
+        }
+    }
+    Ok(format)
 }

@@ -60,6 +60,8 @@ pub struct ClusterState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        // The CIS490 receiver's name for the same liveness probe.
+        .route("/v1/health", web::get().to(health::healthz))
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/v1/ping", web::post().to(tickets::ping))
         .route("/v1/auth/ticket", web::post().to(tickets::ticket))

@@ -1,5 +1,6 @@
 //! `POST /v1/auth/ticket` (a stream ticket for a bearer key) and
-//! `POST /v1/ping` (a smoke test of credentials and clock).
+//! `POST /v1/ping` (a smoke test of credentials and clock, and of what a lab
+//! host calls itself: `host_id` from `X-Lab-Host`, `schema_version`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,6 +10,7 @@ use serde_json::json;
 use super::streams::{authorization, check_origin};
 use super::AppState;
 use crate::auth::Role;
+use crate::cis490::{lab_host, LAB_HOST_HEADER, SCHEMA_VERSION};
 use crate::error::ApiError;
 
 /// A single-use ticket bound to the caller's identity and roles, under the
@@ -41,10 +43,13 @@ pub async fn ping(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
+    let host_id = lab_host(req.headers().get(LAB_HOST_HEADER).map(|v| v.as_bytes()));
     Ok(HttpResponse::Ok().json(json!({
         "ok": true,
         "identity": &*identity.name,
         "roles": identity.roles(),
+        "host_id": host_id,
         "t_wall_ns": t_wall_ns,
+        "schema_version": SCHEMA_VERSION,
     })))
 }

@@ -319,6 +319,179 @@ async fn a_listing_of_many_hosts_is_streamed_and_has_every_one() {
         .collect();
     assert_eq!(ids, hosts, "every host, sorted");
     assert!(listed.iter().all(|h| h["report"]["host"] == h["host_id"]));
+
+    // The same listing in the receiver's shape, streamed the same way.
+    let mut resp = client()
+        .get(app.url("/v1/host-health?format=cis490"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("content-length").is_none());
+    let bytes = resp.body().limit(16 << 20).await.expect("body");
+    let all: Value = serde_json::from_slice(&bytes).expect("one JSON document");
+    let listed = all["hosts"].as_array().expect("hosts");
+    let ids: Vec<&str> = listed
+        .iter()
+        .filter_map(|h| h["host_id"].as_str())
+        .collect();
+    assert_eq!(ids, hosts, "every host, sorted");
+    assert!(listed.iter().all(|h| h["doctor"]["host"] == h["host_id"]
+        && h["received_at_wall"].is_string()
+        && h.as_object().map(|o| o.len()) == Some(3)));
     app.handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn v1_health_answers_exactly_like_healthz() {
+    let app = spawn_app_with("").await;
+
+    let (status, body) = app.get_json("/v1/health").await;
+    let (healthz_status, healthz) = app.get_json("/healthz").await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"status": "ok"}));
+    assert_eq!((status, body), (healthz_status, healthz));
+}
+
+#[actix_web::test]
+async fn ping_names_the_lab_host_when_it_is_a_host_id_and_the_schema_version() {
+    let app = spawn_app_with("").await;
+    let ping = |host: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let headers: Vec<(&str, &str)> = host.map(|h| ("X-Lab-Host", h)).into_iter().collect();
+            let mut answer = app.call("POST", "/v1/ping", &headers, None).await;
+            assert_eq!(answer.status, 200, "{answer:?}");
+            let t = answer.body["t_wall_ns"].take();
+            assert!(t.as_f64().unwrap_or(0.0) > 1.7e18, "wall clock in ns: {t}");
+            answer.body
+        }
+    };
+    let expected = |host_id: Value| {
+        json!({
+            "ok": true,
+            "identity": "anonymous",
+            "roles": ["viewer", "publisher", "admin"],
+            "host_id": host_id,
+            "t_wall_ns": null,
+            "schema_version": 2,
+        })
+    };
+
+    assert_eq!(
+        ping(Some("lab-01.cs_490")).await,
+        expected(json!("lab-01.cs_490"))
+    );
+    assert_eq!(ping(None).await, expected(Value::Null));
+    let long: &'static str = "h".repeat(65).leak();
+    for bad in [
+        "<script>alert(1)</script>",
+        ".hidden",
+        "../etc",
+        "lab 01",
+        "",
+        long,
+    ] {
+        assert_eq!(ping(Some(bad)).await, expected(Value::Null), "{bad:?}");
+    }
+}
+
+/// A stored record as this version writes it, placed before the app starts.
+fn stored_record(dir: &std::path::Path, host: &str, received_ms: u64, report: &str) {
+    let hh = dir.join("host-health");
+    std::fs::create_dir_all(&hh).expect("dir");
+    let at = edgebus::actors::alerts::clock::rfc3339(received_ms);
+    std::fs::write(
+        hh.join(format!("{host}.json")),
+        format!(
+            r#"{{"host_id":"{host}","received_at":"{at}","received_at_ms":{received_ms},"report":{report}}}"#
+        ),
+    )
+    .expect("record");
+}
+
+#[actix_web::test]
+async fn format_cis490_lists_the_receivers_record_shape() {
+    let dir = data_dir();
+    stored_record(
+        &dir,
+        "lab-07",
+        1_777_747_711_999,
+        r#"{"disk":"ok","n":[1,2]}"#,
+    );
+    stored_record(&dir, "lab-02", 1_000, "{}");
+    let app = app_with_data(&dir).await;
+    let report = json!({"checks": [{"name": "ntp", "ok": false}], "note": "<b>\"x\"</b>"});
+    let (status, _) = put(&app, "lab-05", report.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, edgebus) = app.get_json("/v1/host-health").await;
+    let lab05_at = edgebus["hosts"][1]["received_at"].clone();
+
+    let mut resp = client()
+        .get(app.url("/v1/host-health?format=cis490"))
+        .send()
+        .await
+        .expect("GET");
+
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers().get("content-length").is_none(),
+        "still streamed: {:?}",
+        resp.headers()
+    );
+    let bytes = resp.body().limit(1 << 20).await.expect("body");
+    let listed: Value = serde_json::from_slice(&bytes).expect("one JSON document");
+    assert_eq!(
+        listed,
+        json!({"hosts": [
+            {"host_id": "lab-02", "received_at_wall": "1970-01-01T00:00:01Z", "doctor": {}},
+            {"host_id": "lab-05", "received_at_wall": lab05_at, "doctor": report},
+            {"host_id": "lab-07", "received_at_wall": "2026-05-02T18:48:31Z",
+             "doctor": {"disk": "ok", "n": [1, 2]}},
+        ]})
+    );
+    let wall = listed["hosts"][1]["received_at_wall"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        wall.len() == 20 && wall.as_bytes()[10] == b'T' && wall.ends_with('Z'),
+        "%Y-%m-%dT%H:%M:%SZ: {wall}"
+    );
+    let (status, again) = app.get_json("/v1/host-health").await;
+    assert_eq!(
+        (status, again),
+        (StatusCode::OK, edgebus),
+        "no format: today's shape"
+    );
+    app.handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn any_other_listing_format_is_a_400_naming_the_one_known() {
+    let dir = data_dir();
+    let app = app_with_data(&dir).await;
+    for query in [
+        "format=json",
+        "format=CIS490",
+        "format=",
+        "format=cis490&format=cis490",
+        "format=%3Cb%3E",
+    ] {
+        let answer = app
+            .call("GET", &format!("/v1/host-health?{query}"), &[], None)
+            .await;
+        assert_eq!(answer.status, 400, "{query}: {answer:?}");
+        assert!(answer.error().contains("format"), "{query}: {answer:?}");
+    }
+    let answer = app
+        .call("GET", "/v1/host-health?format=json", &[], None)
+        .await;
+    assert_eq!(
+        answer.body,
+        json!({"error": "unknown format \"json\": use format=cis490, or no format for edgebus's own shape"})
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

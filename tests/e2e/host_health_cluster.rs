@@ -225,3 +225,46 @@ async fn a_hung_redis_is_a_503_within_the_deadline_not_a_hung_request() {
         "answered after {took:?}"
     );
 }
+
+#[actix_web::test]
+async fn format_cis490_lists_the_receivers_record_shape_from_redis() {
+    let Some(redis) = RedisServer::start_if_installed() else {
+        return;
+    };
+    let c = cluster(&redis, "").await;
+    let mut conn = redis_conn(&redis).await;
+    // As this version stores it, at a known time; and one it never writes.
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{}:host-health", c.prefix))
+        .arg(&[
+            "lab-07",
+            r#"{"host_id":"lab-07","received_at":"2026-05-02T18:48:31Z","received_at_ms":1777747711999,"report":{"disk":"ok"}}"#,
+            "lab-08",
+            r#"{"host_id":"lab-08","report":{}}"#,
+        ])
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    let stored = put(&c.a, "lab-01", r#"{"n":[1,2]}"#).await;
+    assert_eq!(stored.status, 200, "{stored:?}");
+    let lab01_at = list(&c.a).await.body["hosts"][0]["received_at"].clone();
+
+    let listed =
+        c.b.call("GET", "/v1/host-health?format=cis490", &[], None)
+            .await;
+
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(
+        listed.body,
+        json!({"hosts": [
+            {"host_id": "lab-01", "received_at_wall": lab01_at, "doctor": {"n": [1, 2]}},
+            {"host_id": "lab-07", "received_at_wall": "2026-05-02T18:48:31Z",
+             "doctor": {"disk": "ok"}},
+        ]}),
+        "lab-08 has no receive time: skipped"
+    );
+    let refused =
+        c.b.call("GET", "/v1/host-health?format=xml", &[], None)
+            .await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+}

@@ -70,3 +70,17 @@ export function connLabel(s) {
       return s.detail || s.state;
   }
 }
+
+// A size in bytes: `512 B`, `1.5 KiB`, `12.0 MiB`, `3.2 GiB`.
+export function bytes(n) {
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) return '—';
+  if (n < 1024) return `${Math.round(n)} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return `${v.toFixed(1)} ${units[i]}`;
+}

@@ -7,6 +7,7 @@ import { Store } from './store.js';
 import { FleetView } from './fleet.js';
 import { DeviceView } from './device.js';
 import { AttackerView } from './attacker.js';
+import { UploadsPanel } from './uploads-panel.js';
 import { toast } from './toasts.js';
 
 async function loadConfig() {
@@ -69,6 +70,7 @@ async function main() {
   const fleet = new FleetView(store);
   const device = new DeviceView(store);
   const attacker = new AttackerView(auth);
+  const uploads = new UploadsPanel(store.uploads);
   const signIn = setupSignIn(auth, config.auth_required === true);
 
   // One render per animation frame, however many events arrived.
@@ -78,6 +80,7 @@ async function main() {
     const dirty = store.takeDirty();
     const now = store.now();
     fleet.frame(dirty, now);
+    uploads.frame(dirty, now);
     device.frame(dirty, now);
     attacker.frame(now);
     if (dirty.counts || dirty.added || dirty.devices.size) renderCounts();
@@ -134,7 +137,10 @@ async function main() {
   // Once a second: ages, states, retry countdowns.
   setInterval(() => {
     const now = store.now();
-    if (!$('view-fleet').hidden) fleet.tick(now);
+    if (!$('view-fleet').hidden) {
+      fleet.tick(now);
+      uploads.tick(now);
+    }
     device.tick(now);
     renderCounts();
     if (lastState.state === 'reconnecting') setText(conn, connLabel(lastState));

@@ -1,8 +1,10 @@
-// What the page knows: devices, alerts, notifications, attackers. Envelopes
-// go in through `apply`; views read the maps and the dirty sets once per
-// animation frame, so a burst of hundreds of events costs one render.
+// What the page knows: devices, alerts, notifications, attackers, uploads.
+// Envelopes go in through `apply`; views read the maps and the dirty sets
+// once per animation frame, so a burst of hundreds of events costs one
+// render.
 
 import { levels, level } from './format.js';
+import { Uploads } from './uploads.js';
 
 export const HISTORY_MS = 10 * 60 * 1000; // charts look back this far
 const HISTORY_POINTS = 1200; // at most, per device (one per second bucket)
@@ -53,6 +55,7 @@ export class Store {
     this.alerts = [];
     this.notifications = [];
     this.attackers = new Map();
+    this.uploads = new Uploads();
     this.rejects = 0;
     this.lagged = 0;
     this.seen = new RecentIds(SEEN_CAP);
@@ -70,6 +73,7 @@ export class Store {
       alerts: false,
       notifications: false,
       attackers: false,
+      uploads: false,
       counts: false,
     };
   }
@@ -219,6 +223,11 @@ export class Store {
         this.dirty.attackers = true;
         break;
       }
+      case 'upload.stored':
+      case 'upload.duplicate':
+      case 'upload.refused':
+        if (this.uploads.apply(env, ts)) this.dirty.uploads = true;
+        break;
       default: {
         // Anything else under devices/{id}/ still belongs in that device's log.
         if (lv[0] === 'devices' && lv[1] && this.devices.has(lv[1])) {

@@ -32,6 +32,7 @@ export const FLEET_TOPICS = [
   'edgebus/rejects',
   'attackers/+/scored',
   'attackers/+/fingerprint_rotated',
+  'uploads/#',
 ];
 
 // The per-attacker SSE stream and the event names it sends.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use edgebus::actors::bus::Publish;
+use edgebus::actors::event::{now_ms, Body, Draft};
 use edgebus::simulate::{self, Behaviour, Fleet, FleetConfig, SimulateConfig};
 
 use super::driver::Browser;
@@ -711,5 +713,132 @@ async fn the_demo_fleet_fills_the_dashboard_at_hundreds_of_updates_per_second() 
     browser.screenshot("demo-device").await;
     assert_no_page_errors(&browser).await;
     simulator.abort();
+    app.handle.shutdown().await;
+}
+
+/// Publishes an `uploads/{host}` event as the upload endpoint does: onto
+/// the bus with its explicit event name (no client may publish under
+/// `uploads/`), the payload as the uploads contract spells it.
+async fn publish_upload(app: &TestApp, host: &str, event: &'static str, payload: Value) {
+    let Value::Object(mut fields) = payload else {
+        panic!("an upload payload is an object");
+    };
+    fields.insert("host_id".into(), host.into());
+    fields.insert("schema_version".into(), 2.into());
+    fields.insert("stamped".into(), true.into());
+    let draft = Draft::new(format!("uploads/{host}"), now_ms(), Body::Object(fields))
+        .with_event_name(event);
+    app.handle
+        .bus()
+        .send(Publish(draft))
+        .await
+        .expect("the bus answers");
+}
+
+/// JS: the texts of the uploads panel, row by row.
+const UPLOAD_ROWS: &str = "[...document.querySelectorAll('#uploads-body tr')].map(r => ({\
+    host: r.dataset.uploadHost, outcome: r.dataset.outcome, \
+    episode: r.querySelector('.u-episode').textContent, \
+    status: r.querySelector('.u-status').textContent, \
+    http: r.querySelector('.u-status').dataset.http, \
+    size: r.querySelector('.u-size').textContent, \
+    stored: r.querySelector('.u-stored').textContent, \
+    duplicate: r.querySelector('.u-duplicate').textContent, \
+    refused: r.querySelector('.u-refused').textContent, \
+    refusal: r.querySelector('.u-refusal-status').textContent, \
+    reason: r.querySelector('.u-refusal-reason').textContent}))";
+
+#[actix_web::test]
+async fn the_uploads_panel_keeps_each_hosts_last_upload_counts_and_last_refusal() {
+    let Some(browser) = Browser::start("uploads_panel").await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let sha = "a".repeat(64);
+    // Before the page opens: reaches it in the snapshot.
+    publish_upload(
+        &app,
+        "lab-02",
+        "upload.stored",
+        json!({"episode_id": "ep-0007", "status": "stored", "http_status": 201,
+               "size_bytes": 1536, "sha256": sha}),
+    )
+    .await;
+    open(&browser, &app, "").await;
+    browser
+        .wait_for(
+            "lab-02's upload from the snapshot",
+            "document.querySelector('tr[data-upload-host=\"lab-02\"] .u-status')?.textContent === 'stored'",
+        )
+        .await;
+
+    // Live: a duplicate for lab-02, then a refusal for lab-01 whose reason
+    // carries markup, then a stored upload for lab-01.
+    let evil = r#"<img src=x onerror="window.__pwned=1">sha256 mismatch"#;
+    publish_upload(
+        &app,
+        "lab-02",
+        "upload.duplicate",
+        json!({"episode_id": "ep-0007", "status": "already-present", "http_status": 200,
+               "sha256": sha}),
+    )
+    .await;
+    publish_upload(
+        &app,
+        "lab-01",
+        "upload.refused",
+        json!({"episode_id": "ep-0001", "status": "sha-mismatch", "http_status": 400,
+               "reason": evil, "sha256": sha}),
+    )
+    .await;
+    browser
+        .wait_for(
+            "lab-01's refusal, highlighted",
+            "document.querySelector('tr[data-upload-host=\"lab-01\"]')?.dataset.outcome === 'refused' \
+             && document.querySelector('tr[data-upload-host=\"lab-02\"] .u-duplicate').textContent === '1'",
+        )
+        .await;
+    let highlight = browser
+        .eval(
+            "getComputedStyle(document.querySelector('tr[data-upload-host=\"lab-01\"] .u-status')).color \
+             !== getComputedStyle(document.querySelector('tr[data-upload-host=\"lab-02\"] .u-status')).color",
+        )
+        .await;
+    assert_eq!(highlight, json!(true), "a refusal stands out");
+    browser.screenshot("uploads-refused").await;
+    publish_upload(
+        &app,
+        "lab-01",
+        "upload.stored",
+        json!({"episode_id": "ep-0002", "status": "stored", "http_status": 201,
+               "size_bytes": 12, "sha256": sha}),
+    )
+    .await;
+    browser
+        .wait_for(
+            "lab-01's stored upload",
+            "document.querySelector('tr[data-upload-host=\"lab-01\"] .u-stored')?.textContent === '1'",
+        )
+        .await;
+
+    assert_eq!(
+        browser.eval(UPLOAD_ROWS).await,
+        json!([
+            {"host": "lab-01", "outcome": "stored", "episode": "ep-0002", "status": "stored",
+             "http": "201", "size": "12 B", "stored": "1", "duplicate": "0", "refused": "1",
+             "refusal": "sha-mismatch 400", "reason": evil},
+            {"host": "lab-02", "outcome": "duplicate", "episode": "ep-0007",
+             "status": "already-present", "http": "200", "size": "—", "stored": "1",
+             "duplicate": "1", "refused": "0", "refusal": "—", "reason": ""},
+        ])
+    );
+    assert_eq!(
+        browser
+            .eval("[document.getElementById('uploads-count').textContent, document.getElementById('uploads-empty').hidden, document.querySelectorAll('img').length, window.__pwned ?? null]")
+            .await,
+        json!(["2 hosts", true, 0, null])
+    );
+    browser.screenshot("uploads").await;
+    assert_no_page_errors(&browser).await;
     app.handle.shutdown().await;
 }
