@@ -3,11 +3,11 @@
 //! device presence and security digests.
 //!
 //! It is a subscriber of the bus like any session (`devices/+/metrics`,
-//! `edgebus/rejects`, `uploads/+`, attacker observations and scores), through its own
-//! bounded queue: the bus hands it the same shared event it hands every
-//! session, with a non-blocking `try_send`, so ingest and the registry do no
-//! extra work for alerts, and nothing waits on rule evaluation, which runs
-//! on this actor's thread. Should it fall behind, metrics conflate (it keeps
+//! `edgebus/rejects`, `uploads/+`, attacker observations and scores),
+//! through its own bounded queue: the bus hands it the same shared event it
+//! hands every session, with a non-blocking `try_send`, so ingest and the
+//! registry do no extra work for alerts, and nothing waits on rule
+//! evaluation, which runs on this actor's thread. Should it fall behind, metrics conflate (it keeps
 //! the newest frame per device) like any session's.
 //!
 //! Decisions live in the pure [`Engine`], built of [`rules`] and
