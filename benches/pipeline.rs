@@ -31,7 +31,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use edgebus_actors::alerts::engine::{Engine, Output};
 use edgebus_actors::alerts::rules::{compile_all, RuleSpec};
-use edgebus_actors::alerts::AlertsConfig;
+use edgebus_actors::alerts::{
+    AlertsConfig, DEFAULT_MAX_UPLOAD_HOSTS, DEFAULT_UPLOADS_FATAL_WINDOW,
+    DEFAULT_UPLOADS_SILENT_AFTER,
+};
 use edgebus_actors::bus::{session_queue, Delivery, Offer};
 use edgebus_actors::event::{Draft, Event, EventId, Payload};
 use edgebus_actors::frame::MetricsFrame;
@@ -283,6 +286,9 @@ fn alerts_config(rules: usize) -> AlertsConfig {
         digest_window: Duration::from_secs(300),
         max_digests_per_window: 20,
         max_devices: ALERT_DEVICES,
+        uploads_silent_after: DEFAULT_UPLOADS_SILENT_AFTER,
+        uploads_fatal_window: DEFAULT_UPLOADS_FATAL_WINDOW,
+        max_upload_hosts: DEFAULT_MAX_UPLOAD_HOSTS,
     }
 }
 

@@ -3,6 +3,7 @@
 //! order on SIGTERM/SIGINT (or at once, for tests: [`AppHandle::stop_now`]).
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use actix_web::middleware::Logger;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
-use edgebus_actors::alerts::{self, Alerts, AlertsConfig, Clock, SystemClock};
+use edgebus_actors::alerts::{
+    self, Alerts, AlertsConfig, Clock, Journal, SystemClock, DEFAULT_JOURNAL_MAX_BYTES,
+};
 use edgebus_actors::bus::{self, Bus, BusConfig};
 use edgebus_actors::cluster::{
     leader, voice, ClusterHealth, Leadership, Recovery, StreamReader, StreamWriter, Voice,
@@ -213,8 +216,15 @@ impl Application {
             clock.clone(),
         );
         let s = slack.as_ref().map(|s| s.clone().recipient());
+        // The writer thread ends when the actor (holding the journal) goes.
+        let (journal, _writer) = Journal::open(
+            Path::new(&settings.storage.data_dir),
+            DEFAULT_JOURNAL_MAX_BYTES,
+            telemetry.clone(),
+        )
+        .context("cannot start the alerts.jsonl writer")?;
         let alerts = Alerts::start_in_arbiter(&alerts_thread.handle(), move |_| {
-            let alerts = Alerts::new(config, b, s, t, c);
+            let alerts = Alerts::new(config, b, s, t, c).with_journal(journal);
             match voice {
                 Some(voice) => alerts.stream_fed(voice),
                 None => alerts,

@@ -2,18 +2,19 @@
 //! spelled, the event name each carries, how a slow subscriber is served
 //! (its delivery class), and which ones no publisher may use.
 //!
-//! | family                                   | event name              | class    |
-//! |------------------------------------------|-------------------------|----------|
-//! | `devices/{id}/metrics`                   | `metrics`               | conflate |
-//! | `devices/{id}/presence` (edgebus's own)  | `device.online/offline` | queue    |
-//! | `alerts/{device}/{rule}` (edgebus's own) | `alert`                 | queue    |
-//! | `attackers/{id}/observation/{kind}`      | `observation`           | queue    |
-//! | `attackers/{id}/fingerprint_rotated`     | `fingerprint.rotated`   | queue    |
-//! | `attackers/{id}/scored`                  | `attacker.scored`       | queue    |
-//! | `attribution/profile/{change}`           | the change              | queue    |
-//! | `notifications/{source}`                 | `notification`          | queue    |
-//! | `edgebus/rejects` (reserved prefix)      | `reject`                | queue    |
-//! | anything else                            | `message`               | queue    |
+//! | family                                   | event name                        | class    |
+//! |------------------------------------------|-----------------------------------|----------|
+//! | `devices/{id}/metrics`                   | `metrics`                         | conflate |
+//! | `devices/{id}/presence` (edgebus's own)  | `device.online/offline`           | queue    |
+//! | `alerts/{device}/{rule}` (edgebus's own) | `alert`                           | queue    |
+//! | `uploads/{host}` (edgebus's own)         | `upload.stored/duplicate/refused` | queue    |
+//! | `attackers/{id}/observation/{kind}`      | `observation`                     | queue    |
+//! | `attackers/{id}/fingerprint_rotated`     | `fingerprint.rotated`             | queue    |
+//! | `attackers/{id}/scored`                  | `attacker.scored`                 | queue    |
+//! | `attribution/profile/{change}`           | the change                        | queue    |
+//! | `notifications/{source}`                 | `notification`                    | queue    |
+//! | `edgebus/rejects` (reserved prefix)      | `reject`                          | queue    |
+//! | anything else                            | `message`                         | queue    |
 //!
 //! Metrics go to the registry (which admits devices), everything else
 //! straight to the bus: [`route`].
@@ -29,6 +30,14 @@ pub const ATTACKER_SCORES_FILTER: &str = "attackers/+/scored";
 
 /// Every attribution change.
 pub const ATTRIBUTION_FILTER: &str = "attribution/#";
+
+/// Every host's upload outcomes (`uploads/{host}`).
+pub const UPLOADS_FILTER: &str = "uploads/+";
+
+/// Event names of an upload outcome (one topic, three names, like presence).
+pub const UPLOAD_STORED: &str = "upload.stored";
+pub const UPLOAD_DUPLICATE: &str = "upload.duplicate";
+pub const UPLOAD_REFUSED: &str = "upload.refused";
 
 /// The topic every rejection is published on.
 pub const REJECTS_TOPIC: &str = "edgebus/rejects";
@@ -49,6 +58,17 @@ pub fn presence_topic(device: &str) -> String {
 /// `alerts/{device}/{rule}`.
 pub fn alert_topic(device: &str, rule: &str) -> String {
     format!("alerts/{device}/{rule}")
+}
+
+/// `uploads/{host}`.
+pub fn uploads_topic(host: &str) -> String {
+    format!("uploads/{host}")
+}
+
+/// The `{host}` of an `uploads/{host}` topic.
+pub fn uploads_host(topic: &str) -> Option<&str> {
+    let host = topic.strip_prefix("uploads/")?;
+    (!host.is_empty() && !host.contains('/')).then_some(host)
 }
 
 /// `notifications/{source}`.
@@ -90,10 +110,11 @@ pub fn route(topic: &str) -> Route {
     }
 }
 
-/// `alerts/…` and `devices/{id}/presence`: edgebus's own events, which no
-/// publisher may forge.
-pub fn is_alerts_topic(topic: &str) -> bool {
-    if topic == "alerts" || topic.starts_with("alerts/") {
+/// `alerts/…`, `devices/{id}/presence` and `uploads/…`: edgebus's own
+/// events, which no publisher may forge.
+pub fn is_own_topic(topic: &str) -> bool {
+    let first = topic.split('/').next().unwrap_or(topic);
+    if first == "alerts" || first == "uploads" {
         return true;
     }
     let mut levels = topic.split('/');
@@ -178,9 +199,15 @@ pub fn classify(topic: &str) -> (&'static str, DeliveryClass) {
 }
 
 /// Event names edgebus sets itself where the topic alone cannot tell
-/// (presence: one topic, two names). Cluster mode carries them through the
-/// Redis stream as text and maps them back to these.
-pub const EXPLICIT_EVENT_NAMES: &[&str] = &["device.online", "device.offline"];
+/// (presence: one topic, two names; uploads: three). Cluster mode carries
+/// them through the Redis stream as text and maps them back to these.
+pub const EXPLICIT_EVENT_NAMES: &[&str] = &[
+    "device.online",
+    "device.offline",
+    UPLOAD_STORED,
+    UPLOAD_DUPLICATE,
+    UPLOAD_REFUSED,
+];
 
 /// `name` as one of [`EXPLICIT_EVENT_NAMES`].
 pub fn explicit_event_name(name: &str) -> Option<&'static str> {
@@ -245,6 +272,46 @@ mod tests {
         ] {
             assert_eq!(classify(topic).0, DEFAULT_EVENT_NAME, "{topic}");
         }
+    }
+
+    #[test]
+    fn alert_presence_and_upload_topics_are_edgebus_s_own() {
+        for topic in [
+            "alerts",
+            "alerts/d1/cpu_high",
+            "devices/d1/presence",
+            "uploads",
+            "uploads/lab-01",
+            "uploads/lab-01/extra",
+        ] {
+            assert!(is_own_topic(topic), "{topic}");
+        }
+        for topic in [
+            "alertsx/d1",
+            "uploadsx/lab-01",
+            "devices/d1/metrics",
+            "devices/d1/presence/x",
+            "plant/uploads/x",
+        ] {
+            assert!(!is_own_topic(topic), "{topic}");
+        }
+    }
+
+    #[test]
+    fn upload_topics_name_the_host_and_carry_explicit_names() {
+        assert_eq!(uploads_topic("lab-01"), "uploads/lab-01");
+        assert_eq!(uploads_host("uploads/lab-01"), Some("lab-01"));
+        assert_eq!(uploads_host("uploads/"), None);
+        assert_eq!(uploads_host("uploads/a/b"), None);
+        assert_eq!(uploads_host("alerts/lab-01"), None);
+        for name in [UPLOAD_STORED, UPLOAD_DUPLICATE, UPLOAD_REFUSED] {
+            assert_eq!(explicit_event_name(name), Some(name));
+        }
+        assert_eq!(
+            classify("uploads/lab-01").0,
+            DEFAULT_EVENT_NAME,
+            "the name is set by edgebus, never taken from the topic"
+        );
     }
 
     #[test]

@@ -53,7 +53,9 @@
 //! - [`ingest`]: the Ingest actor (rumqttc), reconnect back-off, TLS; in
 //!   cluster mode a shared subscription acknowledged after the append.
 //! - [`alerts`]: the Alerts actor (a bus subscriber): threshold rules with
-//!   cooldown, silent / rejecting detectors, presence, security digests.
+//!   cooldown, silent / rejecting device detectors, silent / fatal-only /
+//!   unstamped upload detectors (journalled to `alerts.jsonl`), presence,
+//!   security digests.
 //!
 //! Dependencies run one way, from the actors down to plain data and pure
 //! rules; `layers.rs` (a test) fails when a lower module names a higher one:

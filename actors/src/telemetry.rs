@@ -217,9 +217,14 @@ impl ClusterMetrics {
     }
 }
 
-/// Alerts raised by rule.
+/// Alerts raised by rule, and what the upload detectors and the journal
+/// could not take.
 pub struct AlertMetrics {
     raised: IntCounterVec,
+    /// Upload attempts from hosts over `max_upload_hosts`, not looked at.
+    pub upload_hosts_untracked: IntCounter,
+    /// `alerts.jsonl` lines not written, by reason (`full`, `closed`).
+    journal_dropped: IntCounterVec,
 }
 
 impl AlertMetrics {
@@ -232,10 +237,41 @@ impl AlertMetrics {
             &["rule"],
         )
         .expect("static metric definition is valid");
-        registry
-            .register(Box::new(raised.clone()))
-            .expect("metric names are unique");
-        Self { raised }
+        let upload_hosts_untracked = IntCounter::new(
+            "edgebus_alerts_upload_hosts_untracked_total",
+            "Upload attempts from hosts beyond the upload detectors' cap, not looked at.",
+        )
+        .expect("static metric definition is valid");
+        let journal_dropped = IntCounterVec::new(
+            Opts::new(
+                "edgebus_alerts_journal_dropped_total",
+                "Upload firings not appended to alerts.jsonl, by reason (full, closed, write_failed).",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition is valid");
+        for metric in [
+            Box::new(raised.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upload_hosts_untracked.clone()),
+            Box::new(journal_dropped.clone()),
+        ] {
+            registry.register(metric).expect("metric names are unique");
+        }
+        Self {
+            raised,
+            upload_hosts_untracked,
+            journal_dropped,
+        }
+    }
+
+    pub fn journal_dropped(&self, reason: &str) -> u64 {
+        self.journal_dropped.with_label_values(&[reason]).get()
+    }
+
+    /// Counts an `alerts.jsonl` line lost by the writer itself (which logs
+    /// why); [`Telemetry::journal_dropped`] counts and logs one it never got.
+    pub fn journal_lost(&self, reason: &'static str) {
+        self.journal_dropped.with_label_values(&[reason]).inc();
     }
 
     /// Shows `rule` at zero before its first alert.
@@ -556,6 +592,18 @@ impl Telemetry {
     /// An alert was raised (rule labels come from config: bounded).
     pub fn alert_raised(&self, rule: &str) {
         self.alerts.raised.with_label_values(&[rule]).inc();
+    }
+
+    /// An upload firing did not reach the `alerts.jsonl` writer.
+    pub fn journal_dropped(&self, reason: &'static str) {
+        self.alerts.journal_lost(reason);
+        let why = match reason {
+            "full" => "its writer is behind",
+            _ => "its writer has stopped",
+        };
+        self.warn_limited("journal_dropped", || {
+            format!("Dropped an alerts.jsonl line: {why}.")
+        });
     }
 
     /// A Slack message was refused for good.

@@ -8,7 +8,7 @@
 //!
 //! Each fires at most once per (device, symptom, UTC hour bucket), so a
 //! sustained fault is reported once an hour, and its end is announced once
-//! when the device is healthy again. Pure: time is an argument; the actor
+//! when the device is healthy again ([`super::episode`]). Pure: time is an argument; the actor
 //! arms one timer for [`FleetHealth::next_deadline`].
 
 use std::collections::HashMap;
@@ -16,12 +16,7 @@ use std::collections::HashMap;
 use crate::frame::DeviceId;
 
 use super::deadlines::Deadlines;
-
-pub const HOUR_MS: u64 = 3_600_000;
-
-/// Devices quiet this long are forgotten, as the registry forgets them: the
-/// silent detector looks back 24 h.
-pub const FORGET_AFTER_MS: u64 = 24 * HOUR_MS;
+use super::episode::{next_silence_check, Episode, FORGET_AFTER_MS};
 
 /// One rejected frame is a glitch; this many in a row, with none accepted
 /// within the window, is a buggy publisher.
@@ -63,37 +58,6 @@ pub enum HealthNotice {
     Forgotten {
         device: DeviceId,
     },
-}
-
-/// One symptom's episode for one device.
-#[derive(Debug, Default, Clone, Copy)]
-struct Episode {
-    active: bool,
-    announced: bool,
-    last_bucket: Option<u64>,
-}
-
-impl Episode {
-    /// Marks the symptom present; `true` if it should be reported now
-    /// (not yet reported in this hour bucket).
-    fn admit(&mut self, now_ms: u64) -> bool {
-        self.active = true;
-        let bucket = now_ms / HOUR_MS;
-        if self.last_bucket == Some(bucket) {
-            return false;
-        }
-        self.last_bucket = Some(bucket);
-        self.announced = true;
-        true
-    }
-
-    /// The symptom is gone; `true` if its end should be announced.
-    fn clear(&mut self) -> bool {
-        let was = self.active && self.announced;
-        self.active = false;
-        self.announced = false;
-        was
-    }
 }
 
 #[derive(Debug)]
@@ -231,20 +195,14 @@ impl FleetHealth {
                 out.push(HealthNotice::Forgotten { device });
                 continue;
             }
-            let next = if quiet >= self.silent_after_ms {
-                if d.silent.admit(now_ms) {
-                    out.push(HealthNotice::Silent {
-                        device: device.clone(),
-                        last_seen_ms: d.last_seen_ms,
-                    });
-                }
-                // Still silent: look again when the next hour bucket opens.
-                let next_bucket = (now_ms / HOUR_MS + 1) * HOUR_MS;
-                next_bucket.min(d.last_seen_ms + FORGET_AFTER_MS)
-            } else {
-                d.last_seen_ms + self.silent_after_ms
-            };
+            if quiet >= self.silent_after_ms && d.silent.admit(now_ms) {
+                out.push(HealthNotice::Silent {
+                    device: device.clone(),
+                    last_seen_ms: d.last_seen_ms,
+                });
+            }
             d.scheduled = true;
+            let next = next_silence_check(now_ms, d.last_seen_ms, self.silent_after_ms);
             self.deadlines.push(next, device);
         }
     }

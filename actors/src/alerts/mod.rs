@@ -1,31 +1,42 @@
 //! The Alerts actor: threshold rules with cooldown, fleet-health detectors
-//! (silent, rejecting), device presence and security digests.
+//! (silent, rejecting), upload detectors (silent, fatal-only, unstamped),
+//! device presence and security digests.
 //!
 //! It is a subscriber of the bus like any session (`devices/+/metrics`,
-//! `edgebus/rejects`, attacker observations and scores), through its own
-//! bounded queue: the bus hands it the same shared event it hands every
-//! session, with a non-blocking `try_send`, so ingest and the registry do no
-//! extra work for alerts, and nothing waits on rule evaluation, which runs
-//! on this actor's thread. Should it fall behind, metrics conflate (it keeps
+//! `edgebus/rejects`, `uploads/+`, attacker observations and scores),
+//! through its own bounded queue: the bus hands it the same shared event it
+//! hands every session, with a non-blocking `try_send`, so ingest and the
+//! registry do no extra work for alerts, and nothing waits on rule
+//! evaluation, which runs on this actor's thread. Should it fall behind, metrics conflate (it keeps
 //! the newest frame per device) like any session's.
 //!
 //! Decisions live in the pure [`Engine`], built of [`rules`] and
 //! [`cooldown`] (threshold rules), [`health`] (silent, rejecting),
-//! [`presence`] and [`digest`]; its output becomes events ([`record`])
-//! published on the bus (`try_send`) and
-//! Slack notices ([`crate::slack::Enqueue`], `try_send`). Deadlines (offline,
-//! silent, digest windows) share one timer armed for the earliest one.
-//! Time comes from a [`Clock`], so tests can move an hour forward.
+//! [`uploads`] (both on [`episode`]'s once-an-hour rule), [`presence`] and
+//! [`digest`]; its output becomes events ([`record`]) published on the bus
+//! (`try_send`) and Slack notices ([`crate::slack::Enqueue`], `try_send`).
+//! Deadlines (offline, silent, digest windows) share one timer armed for the
+//! earliest one. Time comes from a [`Clock`], so tests can move an hour
+//! forward.
+//!
+//! Upload firings are also appended to `alerts.jsonl` ([`journal`]). The
+//! actor takes them from the bus, subscribed to the upload rules' alert
+//! topics, rather than from its own output: in cluster mode one instance
+//! publishes each alert and every instance reads it back from the stream,
+//! so every instance's journal is complete.
 
 pub mod clock;
 pub mod cooldown;
 pub mod deadlines;
 pub mod digest;
 pub mod engine;
+pub mod episode;
 pub mod health;
+pub mod journal;
 pub mod presence;
 pub mod record;
 pub mod rules;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +57,7 @@ use crate::topic::TopicFilter;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::Engine;
+pub use journal::{Journal, DEFAULT_JOURNAL_MAX_BYTES};
 use record::{Alert, AlertState};
 pub use rules::{Rule, RuleSpec};
 
@@ -59,13 +71,25 @@ pub const ALERTS_QUEUE: usize = 16_384;
 /// costs at most this much alert latency and takes a burst in one pass.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
-/// What the Alerts actor listens to on the bus.
-pub const SUBSCRIPTIONS: [&str; 4] = [
+/// What the Alerts actor listens to on the bus. The last three are its own
+/// upload alerts, read back for the journal.
+pub const SUBSCRIPTIONS: [&str; 8] = [
     families::METRICS_FILTER,
     families::REJECTS_TOPIC,
     families::ATTACKER_OBSERVATIONS_FILTER,
     families::ATTACKER_SCORES_FILTER,
+    families::UPLOADS_FILTER,
+    "alerts/+/uploads-silent",
+    "alerts/+/uploads-fatal-only",
+    "alerts/+/uploads-unstamped",
 ];
+
+/// `uploads.silent_after_seconds` by default.
+pub const DEFAULT_UPLOADS_SILENT_AFTER: Duration = Duration::from_secs(1800);
+/// `uploads.fatal_window_seconds` by default.
+pub const DEFAULT_UPLOADS_FATAL_WINDOW: Duration = Duration::from_secs(1800);
+/// Upload hosts tracked at once by default.
+pub const DEFAULT_MAX_UPLOAD_HOSTS: usize = 10_000;
 
 /// Label for digests in `edgebus_alerts_raised_total`.
 pub const DIGEST_RULE: &str = "security_digest";
@@ -85,6 +109,15 @@ pub struct AlertsConfig {
     pub max_digests_per_window: u32,
     /// `registry.max_devices`: bounds devices known only from rejections.
     pub max_devices: usize,
+    /// `uploads.silent_after_seconds`: a host that uploaded in the last
+    /// 24 h and not since is silent.
+    pub uploads_silent_after: Duration,
+    /// `uploads.fatal_window_seconds`: refusals within it, none stored, are
+    /// fatal-only.
+    pub uploads_fatal_window: Duration,
+    /// Hosts the upload detectors track; attempts from others are counted
+    /// (`edgebus_alerts_upload_hosts_untracked_total`) and ignored.
+    pub max_upload_hosts: usize,
 }
 
 pub struct Alerts {
@@ -105,6 +138,8 @@ pub struct Alerts {
     /// is claimed in Redis, and the instance that wins the claim appends it
     /// to the stream and queues its Slack message in the shared outbox.
     voice: Option<Voice>,
+    /// `alerts.jsonl`, when the service keeps one.
+    journal: Option<Journal>,
 }
 
 /// The share of a cooldown the cluster's mark lasts less than the
@@ -134,6 +169,9 @@ impl Alerts {
         for rule in ["silent", "rejecting", DIGEST_RULE] {
             telemetry.alerts.preregister(rule);
         }
+        for symptom in uploads::UploadSymptom::ALL {
+            telemetry.alerts.preregister(symptom.rule());
+        }
         Self {
             engine: Engine::new(config),
             bus,
@@ -146,7 +184,14 @@ impl Alerts {
             batch: Vec::new(),
             timer: None,
             voice: None,
+            journal: None,
         }
+    }
+
+    /// Appends every upload firing seen on the bus to `journal`.
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Cluster mode: every output is claimed through `voice` (stream and
@@ -171,6 +216,10 @@ impl Alerts {
             return;
         }
         let out = std::mem::take(&mut self.engine.out);
+        self.telemetry
+            .alerts
+            .upload_hosts_untracked
+            .inc_by(out.uploads_untracked);
         if self.voice.is_some() {
             self.claim_all(out, now);
             return;
@@ -322,6 +371,7 @@ impl Alerts {
                             now
                         };
                         self.engine.on_event(&event, at);
+                        self.append_to_journal(&event);
                         handled = true;
                     }
                 }
@@ -333,6 +383,19 @@ impl Alerts {
         if handled {
             self.flush(self.clock.now_ms());
             self.arm(ctx);
+        }
+    }
+
+    /// Hands an upload firing to the journal's writer, never waiting.
+    fn append_to_journal(&self, event: &crate::event::Event) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let Some(line) = record::journal_line(event) else {
+            return;
+        };
+        if let Err(why) = journal.append(&line) {
+            self.telemetry.journal_dropped(why.as_str());
         }
     }
 
@@ -404,6 +467,8 @@ pub struct Stats;
 pub struct AlertsStats {
     pub online: usize,
     pub tracked: usize,
+    /// Hosts the upload detectors track.
+    pub upload_hosts: usize,
 }
 
 impl Handler<Stats> for Alerts {
@@ -413,6 +478,7 @@ impl Handler<Stats> for Alerts {
         MessageResult(AlertsStats {
             online: self.engine.online(),
             tracked: self.engine.tracked(),
+            upload_hosts: self.engine.upload_hosts(),
         })
     }
 }

@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::event::{Body, Draft};
+use crate::event::{Body, Draft, Event};
 use crate::families;
 use crate::frame::{DeviceId, MetricsFrame};
 
 use super::clock::{human_duration, rfc3339};
 use super::digest::DigestReport;
+use super::episode::hour_bucket;
 use super::health::{HealthNotice, Symptom};
+use super::journal::JournalLine;
 use super::presence::PresenceChange;
 use super::rules::Rule;
+use super::uploads::{UploadNotice, UploadSymptom};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlertState {
@@ -165,6 +168,130 @@ pub fn health_alert(notice: &HealthNotice, silent_after: Duration) -> Option<Ale
     })
 }
 
+/// The `source` of an upload detector's alert.
+pub const UPLOADS_SOURCE: &str = "uploads";
+
+/// An upload detector's finding as an alert (`None` for bookkeeping
+/// notices), raised at `now_ms`. Its payload carries what `alerts.jsonl`
+/// needs, so the journal line is read back from the bus event alone:
+/// `symptom`, `source: "uploads"`, `hour_bucket`, `detail`.
+pub fn upload_alert(
+    notice: &UploadNotice,
+    silent_after: Duration,
+    fatal_window: Duration,
+    now_ms: u64,
+) -> Option<Alert> {
+    let mut fields = Map::new();
+    let (host, symptom, state, detail) = match notice {
+        UploadNotice::Silent {
+            host,
+            last_attempt_ms,
+        } => {
+            fields.insert("last_attempt".into(), Value::from(*last_attempt_ms));
+            let detail = format!(
+                "no upload attempt for over {} (last {})",
+                human_duration(silent_after),
+                rfc3339(*last_attempt_ms)
+            );
+            (host, UploadSymptom::Silent, AlertState::Firing, detail)
+        }
+        UploadNotice::FatalOnly {
+            host,
+            refused,
+            http_status,
+            status,
+        } => {
+            fields.insert("refused".into(), Value::from(*refused));
+            fields.insert("http_status".into(), Value::from(*http_status));
+            let last = match status {
+                Some(status) => {
+                    fields.insert("status".into(), Value::from(status.as_str()));
+                    format!("{http_status} {status}")
+                }
+                None => http_status.to_string(),
+            };
+            let uploads = if *refused == 1 { "upload" } else { "uploads" };
+            let detail = format!(
+                "{refused} {uploads} refused, none stored for {} (last: {last})",
+                human_duration(fatal_window)
+            );
+            (host, UploadSymptom::FatalOnly, AlertState::Firing, detail)
+        }
+        UploadNotice::Unstamped { host, http_status } => {
+            fields.insert("http_status".into(), Value::from(*http_status));
+            let detail =
+                format!("uploading without the code commit header (last answer: {http_status})");
+            (host, UploadSymptom::Unstamped, AlertState::Firing, detail)
+        }
+        UploadNotice::Resolved { host, symptom } => {
+            let detail = match symptom {
+                UploadSymptom::Silent => "uploading again",
+                UploadSymptom::FatalOnly => "uploads are stored again",
+                UploadSymptom::Unstamped => "uploads carry the commit header again",
+            };
+            (host, *symptom, AlertState::Resolved, detail.to_owned())
+        }
+        UploadNotice::Forgotten { .. } => return None,
+    };
+    let text = match (state, symptom) {
+        (AlertState::Resolved, _) => format!(
+            ":white_check_mark: {host} {detail} ({} resolved)",
+            symptom.rule()
+        ),
+        (AlertState::Firing, UploadSymptom::Silent) => {
+            format!(":zzz: {host} uploads are silent: {detail}")
+        }
+        (AlertState::Firing, UploadSymptom::FatalOnly) => {
+            format!(":no_entry: {host} uploads are all refused (fatal-only): {detail}")
+        }
+        (AlertState::Firing, UploadSymptom::Unstamped) => {
+            format!(":warning: {host} uploads are unstamped: {detail}")
+        }
+    };
+    fields.insert("symptom".into(), Value::from(symptom.as_str()));
+    fields.insert("source".into(), Value::from(UPLOADS_SOURCE));
+    fields.insert("hour_bucket".into(), Value::from(hour_bucket(now_ms)));
+    fields.insert("detail".into(), Value::from(detail));
+    Some(Alert {
+        device: host.clone(),
+        rule: symptom.rule().to_owned(),
+        state,
+        fields,
+        text,
+        key: String::new(),
+        cooldown_ms: None,
+    })
+}
+
+/// The `alerts.jsonl` line of an upload detector's firing, read from its
+/// alert event as it comes back on the bus; `None` for any other event.
+pub fn journal_line(event: &Event) -> Option<JournalLine> {
+    let mut levels = event.topic.split('/');
+    let (Some("alerts"), Some(_), Some(rule), None) =
+        (levels.next(), levels.next(), levels.next(), levels.next())
+    else {
+        return None;
+    };
+    let symptom = UploadSymptom::from_rule(rule)?;
+    let fields = event.body.fields()?;
+    if fields.str("state")? != AlertState::Firing.as_str()
+        || fields.str("source")? != UPLOADS_SOURCE
+    {
+        return None;
+    }
+    let bucket = fields.f64("hour_bucket")?;
+    if !(bucket.is_finite() && bucket >= 0.0 && bucket.fract() == 0.0) {
+        return None;
+    }
+    Some(JournalLine {
+        ts: rfc3339(event.ts_ms),
+        host: fields.str("device_id")?.to_owned(),
+        symptom: symptom.as_str(),
+        hour_bucket: bucket as u64,
+        detail: fields.str("detail").unwrap_or_default().to_owned(),
+    })
+}
+
 /// `device.online` / `device.offline` on `devices/{id}/presence`.
 pub fn presence_draft(change: &PresenceChange, ts_ms: u64) -> Draft {
     let mut payload = Map::new();
@@ -291,6 +418,120 @@ mod tests {
         .unwrap();
         assert_eq!(resolved.state, AlertState::Resolved);
         assert!(health_alert(&HealthNotice::Forgotten { device: d1 }, Duration::ZERO).is_none());
+    }
+
+    fn upload(notice: &UploadNotice, now_ms: u64) -> Alert {
+        let half_hour = Duration::from_secs(1800);
+        upload_alert(notice, half_hour, half_hour, now_ms).unwrap()
+    }
+
+    #[test]
+    fn upload_findings_are_alerts_under_their_own_rules() {
+        let host = DeviceId::parse("lab-01").unwrap();
+        let now = 1_777_729_711_000; // 13:48:31Z, bucket 493813
+        let fatal = upload(
+            &UploadNotice::FatalOnly {
+                host: host.clone(),
+                refused: 3,
+                http_status: 412,
+                status: Some("stale-commit".into()),
+            },
+            now,
+        );
+        assert_eq!(fatal.topic(), "alerts/lab-01/uploads-fatal-only");
+        assert_eq!(
+            fatal.text,
+            ":no_entry: lab-01 uploads are all refused (fatal-only): 3 uploads refused, none stored for 30 minutes (last: 412 stale-commit)"
+        );
+        let event = Event::from_draft(EventId { epoch: 1, seq: 1 }, fatal.draft(now));
+        assert_eq!(event.name, "alert");
+        let v: Value = serde_json::from_str(&event.envelope).unwrap();
+        let p = &v["payload"];
+        assert_eq!(p["device_id"], "lab-01");
+        assert_eq!(p["rule"], "uploads-fatal-only");
+        assert_eq!(p["state"], "firing");
+        assert_eq!(p["symptom"], "fatal-only");
+        assert_eq!(p["source"], "uploads");
+        assert_eq!(p["hour_bucket"], 493_813);
+        assert_eq!(p["refused"], 3);
+        assert_eq!(p["http_status"], 412);
+        assert_eq!(p["status"], "stale-commit");
+        assert_eq!(
+            journal_line(&event),
+            Some(JournalLine {
+                ts: "2026-05-02T13:48:31Z".into(),
+                host: "lab-01".into(),
+                symptom: "fatal-only",
+                hour_bucket: 493_813,
+                detail: "3 uploads refused, none stored for 30 minutes (last: 412 stale-commit)"
+                    .into(),
+            })
+        );
+
+        let silent = upload(
+            &UploadNotice::Silent {
+                host: host.clone(),
+                last_attempt_ms: now - 1_800_000,
+            },
+            now,
+        );
+        assert_eq!(
+            silent.text,
+            ":zzz: lab-01 uploads are silent: no upload attempt for over 30 minutes (last 2026-05-02T13:18:31Z)"
+        );
+        let unstamped = upload(
+            &UploadNotice::Unstamped {
+                host: host.clone(),
+                http_status: 201,
+            },
+            now,
+        );
+        assert_eq!(unstamped.topic(), "alerts/lab-01/uploads-unstamped");
+        assert_eq!(unstamped.fields["symptom"], "unstamped");
+
+        let resolved = upload(
+            &UploadNotice::Resolved {
+                host: host.clone(),
+                symptom: UploadSymptom::FatalOnly,
+            },
+            now,
+        );
+        assert_eq!(resolved.state, AlertState::Resolved);
+        assert_eq!(
+            resolved.text,
+            ":white_check_mark: lab-01 uploads are stored again (uploads-fatal-only resolved)"
+        );
+        let event = Event::from_draft(EventId { epoch: 1, seq: 2 }, resolved.draft(now));
+        assert_eq!(journal_line(&event), None, "only firings are journalled");
+        assert!(upload_alert(
+            &UploadNotice::Forgotten { host },
+            Duration::ZERO,
+            Duration::ZERO,
+            now
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn only_upload_alerts_are_journalled() {
+        let d1 = DeviceId::parse("d1").unwrap();
+        let silent = health_alert(
+            &HealthNotice::Silent {
+                device: d1,
+                last_seen_ms: 0,
+            },
+            Duration::from_secs(1800),
+        )
+        .unwrap();
+        let event = Event::from_draft(EventId { epoch: 1, seq: 1 }, silent.draft(0));
+        assert_eq!(journal_line(&event), None);
+        // An alert topic with an upload rule's name but not edgebus's payload.
+        let mut forged = Map::new();
+        forged.insert("state".into(), "firing".into());
+        forged.insert("device_id".into(), "x".into());
+        let draft = Draft::new("alerts/x/uploads-silent", 0, Body::Object(forged));
+        let event = Event::from_draft(EventId { epoch: 1, seq: 2 }, draft);
+        assert_eq!(journal_line(&event), None);
     }
 
     #[test]

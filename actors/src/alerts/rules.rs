@@ -7,8 +7,16 @@ use std::time::Duration;
 
 pub use crate::frame::Field;
 
-/// Rule names that fleet-health detectors and digests use for themselves.
-pub const RESERVED_NAMES: [&str; 3] = ["silent", "rejecting", "security_digest"];
+/// Rule names that fleet-health and upload detectors and digests use for
+/// themselves.
+pub const RESERVED_NAMES: [&str; 6] = [
+    "silent",
+    "rejecting",
+    "security_digest",
+    "uploads-silent",
+    "uploads-fatal-only",
+    "uploads-unstamped",
+];
 
 /// A rule as configured (the service shell fills it from settings).
 #[derive(Debug, Clone, PartialEq)]

@@ -71,7 +71,14 @@ async fn rig() -> Rig {
 }
 
 async fn rig_with_digest_budget(max_digests_per_window: u32) -> Rig {
-    let telemetry = Arc::new(Telemetry::new());
+    rig_with(max_digests_per_window, None, Arc::new(Telemetry::new())).await
+}
+
+async fn rig_with(
+    max_digests_per_window: u32,
+    journal: Option<Journal>,
+    telemetry: Arc<Telemetry>,
+) -> Rig {
     let bus = Bus::new(
         BusConfig {
             queue_capacity: 1024,
@@ -93,6 +100,9 @@ async fn rig_with_digest_budget(max_digests_per_window: u32) -> Rig {
         digest_window: 5 * MIN,
         max_digests_per_window,
         max_devices: 100,
+        uploads_silent_after: DEFAULT_UPLOADS_SILENT_AFTER,
+        uploads_fatal_window: DEFAULT_UPLOADS_FATAL_WINDOW,
+        max_upload_hosts: 100,
     };
     let alerts = Alerts::new(
         config,
@@ -100,7 +110,11 @@ async fn rig_with_digest_budget(max_digests_per_window: u32) -> Rig {
         Some(collector.clone().recipient()),
         telemetry.clone(),
         clock.clone(),
-    )
+    );
+    let alerts = match journal {
+        Some(journal) => alerts.with_journal(journal),
+        None => alerts,
+    }
     .start();
     // Started (and joined the bus) before anything is published.
     alerts.send(Stats).await.unwrap();
@@ -134,6 +148,38 @@ fn frame(device: &str, cpu: f64) -> Draft {
     );
     let frame = MetricsFrame::parse(device, json.as_bytes(), 4096).unwrap();
     Draft::new(format!("devices/{device}/metrics"), 0, Body::Metrics(frame))
+}
+
+/// An `uploads/{host}` event as the upload endpoint publishes it.
+fn upload(host: &str, http_status: u16, status: &str) -> Draft {
+    let payload = serde_json::json!({
+        "host_id": host,
+        "episode_id": "ep-0001",
+        "status": status,
+        "http_status": http_status,
+        "stamped": true,
+    });
+    let serde_json::Value::Object(map) = payload else {
+        unreachable!("an object")
+    };
+    let name = if http_status < 300 {
+        families::UPLOAD_STORED
+    } else {
+        families::UPLOAD_REFUSED
+    };
+    Draft::new(families::uploads_topic(host), 0, Body::Object(map)).with_event_name(name)
+}
+
+/// Stops the actor (tests only): its journal goes with it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Shutdown;
+
+impl Handler<Shutdown> for Alerts {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
 }
 
 fn observation(attacker: &str, primitive: &str) -> Draft {
@@ -454,4 +500,104 @@ async fn a_flood_of_attackers_posts_at_most_the_window_s_budget_and_counts_the_r
     rig.clock.advance(5 * MIN);
     rig.check().await;
     assert_eq!(rig.pending_notices().await.len(), 1);
+}
+
+#[actix::test]
+async fn refused_uploads_raise_fatal_only_on_the_bus_in_slack_and_in_the_journal() {
+    let dir = journal::TempDir::new("actor");
+    let telemetry = Arc::new(Telemetry::new());
+    let (journal, writer) =
+        Journal::open(&dir.0, DEFAULT_JOURNAL_MAX_BYTES, telemetry.clone()).unwrap();
+    let mut rig = rig_with(20, Some(journal), telemetry).await;
+    for _ in 0..3 {
+        rig.publish(upload("lab-01", 412, "stale-commit")).await;
+    }
+    let n = rig.notice().await;
+    assert_eq!(
+        n.text,
+        ":no_entry: lab-01 uploads are all refused (fatal-only): 3 uploads refused, none stored for 30 minutes (last: 412 stale-commit)"
+    );
+    // Busy answers say nothing about the host; more refusals in the hour
+    // are not reported again.
+    rig.clock.advance(10 * MIN);
+    rig.publish(upload("lab-01", 429, "busy")).await;
+    rig.publish(upload("lab-01", 412, "stale-commit")).await;
+    assert!(rig.quiet_until_sentinel().await.is_empty());
+    // 14:00, still refused: reported again.
+    rig.clock.set(T0 + 3_600_000);
+    for _ in 0..3 {
+        rig.publish(upload("lab-01", 412, "stale-commit")).await;
+    }
+    assert!(rig
+        .notice()
+        .await
+        .text
+        .contains("lab-01 uploads are all refused"));
+    rig.publish(upload("lab-01", 201, "stored")).await;
+    assert_eq!(
+        rig.notice().await.text,
+        ":white_check_mark: lab-01 uploads are stored again (uploads-fatal-only resolved)"
+    );
+    // Past the sentinel, every alert came back from the bus to the actor.
+    rig.quiet_until_sentinel().await;
+
+    let alerts: Vec<serde_json::Value> = rig
+        .bus_events()
+        .await
+        .into_iter()
+        .filter(|(t, _, _)| t == "alerts/lab-01/uploads-fatal-only")
+        .map(|(_, name, p)| {
+            assert_eq!(name, "alert");
+            p
+        })
+        .collect();
+    let states: Vec<&str> = alerts
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["firing", "firing", "resolved"]);
+    assert!(alerts
+        .iter()
+        .all(|p| p["symptom"] == "fatal-only" && p["source"] == "uploads"));
+    assert_eq!(rig.telemetry.alerts.raised("uploads-fatal-only"), 2);
+    assert_eq!(rig.telemetry.alerts.raised("uploads-silent"), 0);
+    assert_eq!(rig.alerts.send(Stats).await.unwrap().upload_hosts, 1);
+
+    // The actor gone, its journal's writer ends once it has written all.
+    rig.alerts.send(Shutdown).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || writer.join()),
+    )
+    .await
+    .expect("the writer ends with the actor")
+    .unwrap()
+    .unwrap();
+    let text = std::fs::read_to_string(dir.0.join(journal::JOURNAL_FILE)).unwrap();
+    let detail = "3 uploads refused, none stored for 30 minutes (last: 412 stale-commit)";
+    assert_eq!(
+        text,
+        format!(
+            concat!(
+                r#"{{"ts":"2026-05-02T13:00:00Z","host":"lab-01","symptom":"fatal-only","hour_bucket":493813,"detail":"{detail}"}}"#,
+                "\n",
+                r#"{{"ts":"2026-05-02T14:00:00Z","host":"lab-01","symptom":"fatal-only","hour_bucket":493814,"detail":"{detail2}"}}"#,
+                "\n"
+            ),
+            detail = detail,
+            detail2 = "7 uploads refused, none stored for 30 minutes (last: 412 stale-commit)",
+        )
+    );
+    for reason in ["full", "closed", "write_failed"] {
+        assert_eq!(rig.telemetry.alerts.journal_dropped(reason), 0, "{reason}");
+    }
+}
+
+#[test]
+fn the_upload_rules_are_reserved_and_their_alerts_subscribed() {
+    for symptom in uploads::UploadSymptom::ALL {
+        assert!(rules::RESERVED_NAMES.contains(&symptom.rule()));
+        let filter = families::alert_topic("+", symptom.rule());
+        assert!(SUBSCRIPTIONS.contains(&filter.as_str()), "{filter}");
+    }
 }

@@ -377,6 +377,14 @@ impl Fields {
             .and_then(|(kind, v)| (kind == FieldKind::Num).then(|| v.parse().ok())?)
     }
 
+    /// A boolean field.
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        match self.get(key)? {
+            (FieldKind::Bool, v) => Some(v == "true"),
+            _ => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.at.len()
     }

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bus::Publish;
 use crate::cluster::{AppendError, StreamWriter};
 use crate::event::{now_ms, Body, Draft};
-use crate::families::{is_alerts_topic, metrics_device, route, Route, RESERVED_PREFIX};
+use crate::families::{is_own_topic, metrics_device, route, Route, RESERVED_PREFIX};
 use crate::inflight::InflightBytes;
 use crate::registry::Observe;
 use crate::telemetry::{DropReason, Telemetry};
@@ -639,9 +639,9 @@ pub fn accept(
         ))
         .into());
     }
-    if is_alerts_topic(topic) {
+    if is_own_topic(topic) {
         return Err(Rejection::BadTopic(
-            "alert and presence topics are published by edgebus only".into(),
+            "alert, presence and upload topics are published by edgebus only".into(),
         )
         .into());
     }
@@ -728,12 +728,25 @@ mod tests {
         assert_eq!(err.rejection.as_str(), "bad_topic");
         let err = accept("devices/+/metrics", GOOD, 1024, 0).unwrap_err();
         assert_eq!(err.rejection.as_str(), "bad_topic");
-        for forged in ["alerts/d1/cpu_high", "alerts", "devices/d1/presence"] {
+        for forged in [
+            "alerts/d1/cpu_high",
+            "alerts",
+            "devices/d1/presence",
+            "uploads/lab-01",
+        ] {
             let err = accept(forged, b"{}", 1024, 0).unwrap_err();
             assert_eq!(err.rejection.as_str(), "bad_topic", "{forged}");
         }
         assert!(accept("devices/d1/presence/x", b"{}", 1024, 0).is_ok());
         assert!(accept("alertsx/1", b"{}", 1024, 0).is_ok());
+        let err = accept("uploads/lab-01", b"{}", 1024, 0).unwrap_err();
+        assert_eq!(
+            err.rejection.to_string(),
+            Rejection::BadTopic(
+                "alert, presence and upload topics are published by edgebus only".into()
+            )
+            .to_string()
+        );
     }
 
     /// Downstream that takes messages into its mailbox and never handles
