@@ -3,10 +3,7 @@
 
 use anyhow::Context as _;
 
-use edgebus_actors::alerts::{
-    AlertsConfig, DEFAULT_MAX_UPLOAD_HOSTS, DEFAULT_UPLOADS_FATAL_WINDOW,
-    DEFAULT_UPLOADS_SILENT_AFTER,
-};
+use edgebus_actors::alerts::AlertsConfig;
 use edgebus_actors::bus::BusConfig;
 use edgebus_actors::cluster::ClusterConfig;
 use edgebus_actors::ingest::tls::{client_config, TlsFiles};
@@ -53,10 +50,9 @@ impl From<&Settings> for AlertsConfig {
             digest_window: a.digest_window,
             max_digests_per_window: a.max_digests_per_window,
             max_devices: r.max_devices,
-            // The `[uploads]` settings come with the upload endpoint.
-            uploads_silent_after: DEFAULT_UPLOADS_SILENT_AFTER,
-            uploads_fatal_window: DEFAULT_UPLOADS_FATAL_WINDOW,
-            max_upload_hosts: DEFAULT_MAX_UPLOAD_HOSTS,
+            uploads_silent_after: settings.uploads.silent_after,
+            uploads_fatal_window: settings.uploads.fatal_window,
+            max_upload_hosts: settings.uploads.max_hosts,
         }
     }
 }

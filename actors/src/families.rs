@@ -76,11 +76,6 @@ pub fn notification_topic(source: &str) -> String {
     format!("notifications/{source}")
 }
 
-/// `uploads/{host}`.
-pub fn uploads_topic(host: &str) -> String {
-    format!("uploads/{host}")
-}
-
 /// What a device's stream shows: its own topics and its alerts.
 pub fn device_filters(device: &str) -> [String; 2] {
     [format!("devices/{device}/#"), format!("alerts/{device}/#")]

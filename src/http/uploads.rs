@@ -276,9 +276,9 @@ fn publish_event(state: &web::Data<AppState>, host: &DeviceId, seen: &Seen, answ
         payload.insert("benign_profile".into(), p.as_str().into());
     }
     let name = match answer.status {
-        StatusCode::CREATED => "upload.stored",
-        StatusCode::OK => "upload.duplicate",
-        _ => "upload.refused",
+        StatusCode::CREATED => families::UPLOAD_STORED,
+        StatusCode::OK => families::UPLOAD_DUPLICATE,
+        _ => families::UPLOAD_REFUSED,
     };
     let draft = Draft::new(
         families::uploads_topic(host.as_str()),

@@ -13,9 +13,8 @@ use edgebus_actors::frame::DeviceId;
 /// Every upload is a zstd-compressed tarball.
 pub const SUFFIX: &str = ".tar.zst";
 
-/// The schema the seed receiver speaks, and what an upload without
-/// `X-Schema-Version` is taken to be.
-pub const SCHEMA_VERSION: i64 = 2;
+/// What an upload without `X-Schema-Version` is taken to be.
+const SCHEMA_VERSION: i64 = crate::cis490::SCHEMA_VERSION as i64;
 
 /// A refusal of the request itself, with the seed's `error` text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -30,6 +30,7 @@ mod sse_client;
 mod teardown;
 mod tools;
 mod uploads;
+mod uploads_fleet;
 mod uploads_process;
 mod uploads_s3;
 mod web_units;
