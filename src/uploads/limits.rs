@@ -170,7 +170,8 @@ impl KeyLocks {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Ids held or awaited now.
+    pub fn held(&self) -> usize {
         self.keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -239,6 +240,6 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the second waits for the first");
         drop(first);
         waiter.await.unwrap();
-        assert_eq!(locks.len(), 0);
+        assert_eq!(locks.held(), 0);
     }
 }

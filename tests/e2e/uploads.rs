@@ -110,6 +110,16 @@ fn stored(dir: &Path, host: &str, id: &str) -> Option<Vec<u8>> {
     std::fs::read(dir.join(format!("uploads/{host}/{id}.tar.zst"))).ok()
 }
 
+/// One row of the contract: what, path, headers, body, status, exact JSON.
+type Case = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, String)>,
+    Vec<u8>,
+    u16,
+    Value,
+);
+
 async fn app(dir: &Path, extra: &str) -> TestApp {
     spawn_app_with(&config(dir, extra)).await
 }
@@ -133,15 +143,7 @@ async fn the_seed_receivers_contract_status_for_status_and_body_for_body() {
     };
     let with_sha = |s: &str| vec![("X-Content-SHA256", s.to_owned())];
 
-    // (what, path, headers, body, status, exact JSON)
-    let cases: Vec<(
-        &str,
-        &'static str,
-        Vec<(&'static str, String)>,
-        Vec<u8>,
-        u16,
-        Value,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "a new upload is stored",
             "lab-01/ep-1.tar.zst",
