@@ -22,6 +22,9 @@ pub mod limits;
 pub mod request;
 pub mod store;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
