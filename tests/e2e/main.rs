@@ -30,6 +30,7 @@ mod sse_client;
 mod teardown;
 mod tools;
 mod uploads;
+mod uploads_cluster;
 mod uploads_fleet;
 mod uploads_process;
 mod uploads_s3;
