@@ -322,7 +322,7 @@ impl Application {
         };
         let uploads = if settings.uploads.enabled {
             Some(Arc::new(
-                crate::uploads::Uploads::open(&settings)
+                crate::uploads::Uploads::open(&settings, telemetry.registry())
                     .await
                     .context("`uploads`: cannot open the upload store")?,
             ))

@@ -160,25 +160,39 @@ pub async fn put(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.require(authorization(&req), Role::Publisher)?;
-    let Some(uploads) = &state.uploads else {
+    let Some(uploads) = state.uploads.clone() else {
         return Err(ApiError::NotFound(
             "uploads are off (uploads.enabled = false)".into(),
         ));
     };
     let (host, file) = path.into_inner();
     let mut seen = Seen::default();
-    let answer = match read(&req, &host, &file, &state, &mut seen).await {
-        Ok(upload) => match uploads.receive(&upload, body).await {
-            Ok(outcome) => Answer::from_outcome(outcome),
-            Err(e) => Answer::from_error(e),
-        },
-        Err(answer) => answer,
-    };
-    // A host id that is not one names no topic: the answer alone says it.
-    if let Ok(host) = validate_host(&host) {
-        publish_event(&state, &host, &seen, &answer);
-    }
-    Ok(answer.response())
+    let upload = read(&req, &host, &file, &state, &mut seen).await;
+    // Received, answered and published as one task of its own: a client
+    // that hangs up mid-body ends the body (refused, its bytes given back,
+    // its temporary object removed) instead of cancelling the upload
+    // half-way through its bookkeeping.
+    let task = actix_web::rt::spawn(async move {
+        let answer = match upload {
+            Ok(upload) => match uploads.receive(&upload, body).await {
+                Ok(outcome) => Answer::from_outcome(outcome),
+                Err(e) => Answer::from_error(e),
+            },
+            Err(answer) => answer,
+        };
+        uploads.metrics.answered(answer.word);
+        uploads
+            .metrics
+            .stored_bytes
+            .set(uploads.used_bytes() as i64);
+        // A host id that is not one names no topic: the answer alone says it.
+        if let Ok(host) = validate_host(&host) {
+            publish_event(&state, &host, &seen, &answer);
+        }
+        answer.response()
+    });
+    task.await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the upload task failed: {e}")))
 }
 
 /// The request's names and headers, in the seed's order of checks.

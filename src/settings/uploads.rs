@@ -38,7 +38,8 @@ pub struct UploadSettings {
     pub store: UploadStoreSettings,
     /// Largest upload accepted.
     pub max_bytes: u64,
-    /// Everything stored together; an upload that would pass it gets 507.
+    /// Everything stored together (on a shared bucket: counted at start,
+    /// then what this instance adds); an upload that would pass it gets 507.
     pub max_total_bytes: u64,
     /// Uploads being received at once by this instance, all hosts together.
     pub max_concurrent: usize,
@@ -46,6 +47,9 @@ pub struct UploadSettings {
     pub max_concurrent_per_host: usize,
     /// A body that sends nothing for this long is abandoned (408).
     pub idle_timeout: Duration,
+    /// An upload (its wait for another upload of its id included) must be
+    /// done within this (408).
+    pub max_duration: Duration,
     /// `X-Episode-Type` values kept; others are dropped and logged.
     pub episode_types: BTreeSet<String>,
     /// `X-Benign-Profile` values kept; others are dropped and logged.
@@ -60,6 +64,9 @@ pub struct UploadSettings {
     pub version_gate: GateSettings,
 }
 
+/// The largest object S3 copies in one request: the rename into place.
+const S3_MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
 /// `[uploads]` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +80,8 @@ pub(super) struct RawUploads {
     max_concurrent_per_host: usize,
     #[serde(rename = "idle_timeout_seconds", deserialize_with = "de::seconds")]
     idle_timeout: Duration,
+    #[serde(rename = "max_duration_seconds", deserialize_with = "de::seconds")]
+    max_duration: Duration,
     episode_types: Vec<String>,
     benign_profiles: Vec<String>,
     #[serde(rename = "silent_after_seconds", deserialize_with = "de::seconds")]
@@ -111,6 +120,12 @@ impl RawUploads {
                 "must be from 1 to 3600",
             ));
         }
+        if self.max_duration < self.idle_timeout || self.max_duration.as_secs() > 86_400 {
+            return Err(invalid(
+                "uploads.max_duration_seconds",
+                "must be from uploads.idle_timeout_seconds to 86400",
+            ));
+        }
         if self.silent_after.is_zero() {
             return Err(invalid(
                 "uploads.silent_after_seconds",
@@ -140,6 +155,12 @@ impl RawUploads {
                 },
             },
             "s3" => {
+                if self.max_bytes > S3_MAX_COPY_BYTES {
+                    return Err(invalid(
+                        "uploads.max_bytes",
+                        "must be at most 5 GiB with store = \"s3\" (S3 copies an object into place, and a copy is at most 5 GiB)",
+                    ));
+                }
                 if self.s3.bucket.is_empty() {
                     return Err(invalid(
                         "uploads.s3.bucket",
@@ -173,6 +194,7 @@ impl RawUploads {
             max_concurrent: self.max_concurrent,
             max_concurrent_per_host: self.max_concurrent_per_host,
             idle_timeout: self.idle_timeout,
+            max_duration: self.max_duration,
             episode_types,
             benign_profiles,
             silent_after: self.silent_after,

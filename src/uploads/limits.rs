@@ -58,6 +58,11 @@ impl Quota {
             });
     }
 
+    /// Bytes found stored after start (a bucket measured late).
+    pub fn add(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// A body of `size` bytes was stored: it counts for at least the floor,
     /// even past the maximum (the bytes are on disk already).
     pub fn settle(&self, size: u64) {
@@ -67,8 +72,9 @@ impl Quota {
 }
 
 /// Uploads being received: at most `max` at once, `per_host` of them for
-/// one host, so one host (or one client holding bodies open) cannot take
-/// every place.
+/// one host, so one busy host cannot take every place. (A client that
+/// names several hosts can; each place is bounded in time by
+/// `uploads.max_duration_seconds`.)
 #[derive(Debug)]
 pub struct Admission {
     max: usize,
@@ -161,13 +167,16 @@ impl KeyLocks {
             let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
             keys.entry(key.clone()).or_default().clone()
         };
-        let guard = lock.clone().lock_owned().await;
-        KeyGuard {
+        // The guard exists while waiting too: a wait given up (its future
+        // dropped) still removes the entry when it is the last one.
+        let mut held = KeyGuard {
             locks: self,
             key,
-            lock,
-            guard: Some(guard),
-        }
+            lock: lock.clone(),
+            guard: None,
+        };
+        held.guard = Some(lock.lock_owned().await);
+        held
     }
 
     /// Ids held or awaited now.
@@ -240,6 +249,20 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the second waits for the first");
         drop(first);
         waiter.await.unwrap();
+        assert_eq!(locks.held(), 0);
+    }
+
+    #[actix_web::test]
+    async fn a_wait_given_up_leaves_no_entry_behind() {
+        let locks = KeyLocks::default();
+        let first = locks.lock("h/e".into()).await;
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(10),
+            locks.lock("h/e".into()),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        drop(first);
         assert_eq!(locks.held(), 0);
     }
 }

@@ -19,6 +19,7 @@
 pub mod gate;
 pub mod index;
 pub mod limits;
+pub mod metrics;
 pub mod request;
 pub mod store;
 
@@ -26,6 +27,7 @@ pub mod store;
 mod tests;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +40,18 @@ use edgebus_actors::frame::DeviceId;
 
 use self::index::IndexLog;
 use self::limits::{Admission, Crowded, KeyLocks, Quota};
+use self::metrics::UploadMetrics;
 use self::request::RequestError;
 use self::store::{Committed, EpisodeStore, Record, StageLimits};
 use crate::settings::{Settings, UploadSettings, UploadStoreSettings};
+
+/// How often a bucket out of reach at start is tried again.
+const MEASURE_RETRY: Duration = Duration::from_secs(10);
+
+/// A record whose upload is still missing this long after it was made is a
+/// commit a crash interrupted; another upload may take the id. (A commit
+/// takes milliseconds between its record and its rename.)
+const STALE_CLAIM_MS: u64 = 10 * 60 * 1000;
 
 /// In a shared bucket, a temporary object older than this at start was left
 /// by a crash (an upload that sends nothing for `idle_timeout` is abandoned
@@ -98,24 +109,65 @@ pub struct Uploads {
     store: EpisodeStore,
     index: Arc<IndexLog>,
     admission: Arc<Admission>,
-    quota: Quota,
+    quota: Arc<Quota>,
+    /// The store's contents have been counted into the quota (a bucket out
+    /// of reach at start is counted when it answers; uploads wait for it).
+    measured: Arc<AtomicBool>,
+    pub metrics: UploadMetrics,
     keys: KeyLocks,
 }
 
 impl Uploads {
     /// Opens the store, sweeps what a crash left, and counts what is stored.
-    pub async fn open(settings: &Settings) -> Result<Self, UploadError> {
+    pub async fn open(
+        settings: &Settings,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, UploadError> {
         let store = EpisodeStore::open(&settings.uploads.store)?;
-        Self::with_store(settings, store).await
+        Self::with_store(settings, store, registry).await
     }
 
     /// As [`Uploads::open`], over a given store (tests inject faults).
-    pub async fn with_store(settings: &Settings, store: EpisodeStore) -> Result<Self, UploadError> {
+    pub async fn with_store(
+        settings: &Settings,
+        store: EpisodeStore,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, UploadError> {
         let uploads = &settings.uploads;
-        let used = store.sweep_and_measure(STALE_TMP_AFTER).await?;
+        let quota = Arc::new(Quota::new(0, uploads.max_total_bytes));
+        let measured = Arc::new(AtomicBool::new(false));
+        match store.sweep_and_measure(STALE_TMP_AFTER).await {
+            Ok(used) => {
+                quota.add(used);
+                measured.store(true, Ordering::Release);
+            }
+            // A directory that cannot be read is a broken setup: stop.
+            Err(e) if matches!(uploads.store, UploadStoreSettings::Local { .. }) => return Err(e),
+            // A bucket may be briefly out of reach: the rest of edgebus
+            // starts, and uploads answer 503 until it is counted.
+            Err(e) => {
+                log::error!("Uploads: the bucket could not be listed ({e}); retrying.");
+                let (store, quota, measured) = (store.clone(), quota.clone(), measured.clone());
+                actix_web::rt::spawn(async move {
+                    loop {
+                        actix_web::rt::time::sleep(MEASURE_RETRY).await;
+                        if let Ok(used) = store.sweep_and_measure(STALE_TMP_AFTER).await {
+                            quota.add(used);
+                            measured.store(true, Ordering::Release);
+                            log::info!("Uploads: the bucket is counted; uploads are open.");
+                            return;
+                        }
+                    }
+                });
+            }
+        }
         let index_path = index_path(settings);
         let index = IndexLog::open(&index_path)
             .map_err(|e| UploadError::Internal(format!("opening {}: {e}", index_path.display())))?;
+        let metrics = UploadMetrics::register(registry);
+        metrics
+            .stored_bytes
+            .set(i64::try_from(quota.used()).unwrap_or(i64::MAX));
         Ok(Self {
             settings: uploads.clone(),
             store,
@@ -124,7 +176,9 @@ impl Uploads {
                 uploads.max_concurrent,
                 uploads.max_concurrent_per_host,
             )),
-            quota: Quota::new(used, uploads.max_total_bytes),
+            quota,
+            measured,
+            metrics,
             keys: KeyLocks::default(),
         })
     }
@@ -148,16 +202,32 @@ impl Uploads {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        if !self.measured.load(Ordering::Acquire) {
+            return Err(UploadError::Unavailable(
+                "the upload store has not been measured yet".into(),
+            ));
+        }
         let _place = self
             .admission
             .admit(&upload.host)
             .map_err(UploadError::Busy)?;
-        let _id = self
-            .keys
-            .lock(format!("{}/{}", upload.host, upload.episode))
-            .await;
+        self.metrics.receiving.inc();
+        let _receiving = scopeguard(&self.metrics.receiving);
+        let deadline = tokio::time::Instant::now() + self.settings.max_duration;
+        let key = format!("{}/{}", upload.host, upload.episode);
+        let _id = tokio::time::timeout_at(deadline, self.keys.lock(key))
+            .await
+            .map_err(|_| UploadError::Timeout(self.settings.max_duration))?;
         if let Some(existing) = self.store.existing(&upload.host, &upload.episode).await? {
-            let answer = if existing.sha256 != upload.sha256 {
+            let stale_claim =
+                !existing.present && now_ms().saturating_sub(existing.claimed_ms) > STALE_CLAIM_MS;
+            let answer = if stale_claim {
+                // A claim whose upload never landed, long ago: the id is free.
+                self.store
+                    .release_claim(&upload.host, &upload.episode)
+                    .await?;
+                None
+            } else if existing.sha256 != upload.sha256 {
                 Some(Outcome::Conflict {
                     existing_sha256: existing.sha256,
                 })
@@ -169,13 +239,14 @@ impl Uploads {
                 None // a commit a crash interrupted: these bytes finish it
             };
             if let Some(answer) = answer {
-                self.drain(&mut body).await?;
+                self.drain(&mut body, deadline).await?;
                 return Ok(answer);
             }
         }
         let limits = StageLimits {
             max_bytes: self.settings.max_bytes,
             idle_timeout: self.settings.idle_timeout,
+            deadline,
             quota: &self.quota,
         };
         let staged = self.store.stage(body, limits).await?;
@@ -235,14 +306,19 @@ impl Uploads {
     /// Reads a body that will not be kept to its end (within the same
     /// bounds as one that is), so a client that sends its whole body before
     /// reading the answer gets it instead of a reset connection.
-    async fn drain<S, E>(&self, body: &mut S) -> Result<(), UploadError>
+    async fn drain<S, E>(
+        &self,
+        body: &mut S,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let mut size = 0u64;
         loop {
-            match tokio::time::timeout(self.settings.idle_timeout, body.next()).await {
+            let until = (tokio::time::Instant::now() + self.settings.idle_timeout).min(deadline);
+            match tokio::time::timeout_at(until, body.next()).await {
                 Err(_) => return Err(UploadError::Timeout(self.settings.idle_timeout)),
                 Ok(None) => return Ok(()),
                 Ok(Some(Err(e))) => return Err(UploadError::Body(e.to_string())),
@@ -266,4 +342,15 @@ fn index_path(settings: &Settings) -> PathBuf {
             PathBuf::from(&settings.storage.data_dir).join("uploads-index.jsonl")
         }
     }
+}
+
+/// Takes one off `gauge` when dropped, however the upload ends.
+fn scopeguard(gauge: &prometheus::IntGauge) -> impl Drop + '_ {
+    struct Dec<'a>(&'a prometheus::IntGauge);
+    impl Drop for Dec<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Dec(gauge)
 }

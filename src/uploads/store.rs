@@ -13,9 +13,10 @@
 //! at a time: memory per upload is about two parts, whatever its size),
 //! checked against its declared hash and size, then committed: the record is
 //! created, and the temporary object renamed into place. A crash before the
-//! record leaves only a temporary object (swept at start); a crash between
-//! the record and the rename leaves a record without its upload, which the
-//! next upload of the same bytes completes.
+//! record leaves only a temporary object (swept at start; on S3 also an
+//! incomplete multipart upload, for the bucket's lifecycle rule); a crash
+//! between the record and the rename leaves a record without its upload,
+//! which the next upload of the same bytes completes.
 //!
 //! On a local directory every write is fsynced (file and directory) before
 //! it is renamed into place, and the rename is atomic. On S3 the record's
@@ -80,6 +81,8 @@ pub struct Existing {
     /// The upload itself is in place (a record without it is a commit a
     /// crash interrupted).
     pub present: bool,
+    /// When the record was made.
+    pub claimed_ms: u64,
 }
 
 /// A body received whole into a temporary object.
@@ -103,6 +106,8 @@ pub enum Committed {
 pub struct StageLimits<'a> {
     pub max_bytes: u64,
     pub idle_timeout: Duration,
+    /// When the whole body must have arrived.
+    pub deadline: tokio::time::Instant,
     pub quota: &'a Quota,
 }
 
@@ -186,18 +191,101 @@ impl EpisodeStore {
         host: &DeviceId,
         episode: &DeviceId,
     ) -> Result<Option<Existing>, UploadError> {
-        let Some(record) = self.read_record(host, episode).await? else {
-            return Ok(None);
-        };
-        let present = match self.objects.head(&Self::upload_path(host, episode)).await {
+        let record = self.read_record(host, episode).await?;
+        let upload = Self::upload_path(host, episode);
+        let present = match self.objects.head(&upload).await {
             Ok(_) => true,
             Err(object_store::Error::NotFound { .. }) => false,
             Err(e) => return Err(unavailable(e)),
         };
-        Ok(Some(Existing {
-            sha256: record.sha256,
-            present,
-        }))
+        match record {
+            Some(record) => Ok(Some(Existing {
+                sha256: record.sha256,
+                present,
+                claimed_ms: record.received_at_ms,
+            })),
+            // An upload put there without a record (copied in from the
+            // receiver edgebus replaces): hashed once and recorded, so it is
+            // never overwritten.
+            None if present => self.adopt(host, episode).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records an upload found without a record.
+    async fn adopt(&self, host: &DeviceId, episode: &DeviceId) -> Result<Existing, UploadError> {
+        let found = self
+            .objects
+            .get(&Self::upload_path(host, episode))
+            .await
+            .map_err(unavailable)?;
+        let (size, modified) = (found.meta.size, found.meta.last_modified);
+        let mut bytes = found.into_stream();
+        let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        while let Some(chunk) = bytes.next().await {
+            hasher.update(&chunk.map_err(unavailable)?);
+        }
+        let at = u64::try_from(modified.timestamp_millis()).unwrap_or(0);
+        let record = Record {
+            host_id: host.to_string(),
+            episode_id: episode.to_string(),
+            sha256: hex(hasher.finish().as_ref()),
+            size_bytes: size,
+            schema_version: crate::cis490::SCHEMA_VERSION.into(),
+            commit: None,
+            episode_type: None,
+            benign_profile: None,
+            received_at: edgebus_actors::alerts::clock::rfc3339(at),
+            received_at_ms: at,
+        };
+        log::info!("Recorded {host}/{episode}{SUFFIX}, found without a record.");
+        match self.create_record(&record).await {
+            Ok(()) => Ok(Existing {
+                sha256: record.sha256,
+                present: true,
+                claimed_ms: at,
+            }),
+            // Recorded meanwhile by another upload or instance.
+            Err(_) => match self.read_record(host, episode).await? {
+                Some(r) => Ok(Existing {
+                    sha256: r.sha256,
+                    present: true,
+                    claimed_ms: r.received_at_ms,
+                }),
+                None => Err(UploadError::Unavailable(format!(
+                    "the record of {host}/{episode} could not be made"
+                ))),
+            },
+        }
+    }
+
+    async fn create_record(&self, record: &Record) -> Result<(), UploadError> {
+        let (host, episode) = ids(record)?;
+        let bytes = serde_json::to_vec(record).map_err(|e| UploadError::Internal(e.to_string()))?;
+        self.objects
+            .put_opts(
+                &Self::record_path(&host, &episode),
+                PutPayload::from(bytes),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Removes a claim whose upload never landed (see `Uploads::receive`).
+    pub async fn release_claim(
+        &self,
+        host: &DeviceId,
+        episode: &DeviceId,
+    ) -> Result<(), UploadError> {
+        log::warn!(
+            "Releasing the stale claim on {host}/{episode}{SUFFIX}: its upload never landed."
+        );
+        match self.objects.delete(&Self::record_path(host, episode)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     async fn read_record(
@@ -287,7 +375,14 @@ impl EpisodeStore {
         match claimed {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => {
-                match self.existing(&host, &episode).await? {
+                let existing = match self.existing(&host, &episode).await {
+                    Ok(existing) => existing,
+                    Err(e) => {
+                        self.discard(staged).await;
+                        return Err(e);
+                    }
+                };
+                match existing {
                     Some(e) if e.sha256 != staged.sha256 => {
                         self.discard(staged).await;
                         return Ok(Committed::Conflict {
@@ -300,7 +395,17 @@ impl EpisodeStore {
                     }
                     // The id is ours by its hash, but its upload never
                     // landed: these same bytes finish the commit.
-                    Some(Existing { present: false, .. }) | None => {}
+                    Some(Existing { present: false, .. }) => {}
+                    // Someone's create won, and its record cannot be read
+                    // yet (S3 answers a concurrent create with 409 before
+                    // the winner's record is visible): never place bytes
+                    // without owning the id.
+                    None => {
+                        self.discard(staged).await;
+                        return Err(UploadError::Unavailable(format!(
+                            "another upload of {host}/{episode} is being committed; retry"
+                        )));
+                    }
                 }
             }
             Err(e) => {
@@ -308,13 +413,15 @@ impl EpisodeStore {
                 return Err(unavailable(e));
             }
         }
-        let placed = self
-            .objects
-            .rename(&staged.path, &Self::upload_path(&host, &episode))
-            .await;
-        if let Err(e) = placed {
+        let upload = Self::upload_path(&host, &episode);
+        if let Err(e) = self.objects.rename(&staged.path, &upload).await {
+            // A bucket renames by copy then delete: a failed delete leaves
+            // the upload in place, stored.
+            let placed = self.objects.head(&upload).await.is_ok();
             self.discard(staged).await;
-            return Err(unavailable(e));
+            if !placed {
+                return Err(unavailable(e));
+            }
         }
         Ok(Committed::Stored)
     }
@@ -366,7 +473,8 @@ where
     E: std::fmt::Display,
 {
     loop {
-        let chunk = match tokio::time::timeout(limits.idle_timeout, body.next()).await {
+        let until = (tokio::time::Instant::now() + limits.idle_timeout).min(limits.deadline);
+        let chunk = match tokio::time::timeout_at(until, body.next()).await {
             Err(_) => return Err(UploadError::Timeout(limits.idle_timeout)),
             Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => return Err(UploadError::Body(e.to_string())),

@@ -122,7 +122,12 @@ async fn uploads(dir: &std::path::Path, fail_renames: bool) -> (Uploads, Arc<Fau
         fail_renames: AtomicBool::new(fail_renames),
     });
     let store = EpisodeStore::with_objects(faulty.clone(), 1024);
-    (Uploads::with_store(&settings, store).await.unwrap(), faulty)
+    (
+        Uploads::with_store(&settings, store, &prometheus::Registry::new())
+            .await
+            .unwrap(),
+        faulty,
+    )
 }
 
 fn upload(bytes: &[u8]) -> Upload {
@@ -233,5 +238,67 @@ async fn only_stored_uploads_count_against_the_quota_and_a_restart_counts_them_a
     drop(uploads_now);
     let (restarted, _) = uploads(&dir, false).await;
     assert_eq!(restarted.used_bytes(), 10_000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn an_upload_found_without_a_record_is_recorded_and_never_overwritten() {
+    let dir = temp_dir();
+    let bytes = vec![3u8; 2_000];
+    std::fs::create_dir_all(dir.join("uploads/lab-01")).unwrap();
+    std::fs::write(dir.join("uploads/lab-01/ep.tar.zst"), &bytes).unwrap();
+    let (uploads_now, _) = uploads(&dir, false).await;
+    let other = vec![4u8; 2_000];
+    let answer = uploads_now
+        .receive(&upload(&other), body(&other))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, Outcome::Conflict { existing_sha256 } if *existing_sha256 == upload(&bytes).sha256),
+        "{answer:?}"
+    );
+    let answer = uploads_now
+        .receive(&upload(&bytes), body(&bytes))
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, Outcome::AlreadyPresent { .. }),
+        "{answer:?}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("uploads/lab-01/ep.tar.zst")).unwrap(),
+        bytes
+    );
+    assert!(dir.join("uploads/.records/lab-01/ep.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn a_claim_whose_upload_never_landed_frees_its_id_after_a_while() {
+    let dir = temp_dir();
+    let bytes = vec![5u8; 3_000];
+    let (crashing, _) = uploads(&dir, true).await;
+    assert!(crashing
+        .receive(&upload(&bytes), body(&bytes))
+        .await
+        .is_err());
+    drop(crashing);
+    // Age the claim past the stale limit.
+    let path = dir.join("uploads/.records/lab-01/ep.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    record["received_at_ms"] = (edgebus_actors::event::now_ms() - super::STALE_CLAIM_MS - 1).into();
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let (restarted, _) = uploads(&dir, false).await;
+    let other = vec![6u8; 3_000];
+    let answer = restarted
+        .receive(&upload(&other), body(&other))
+        .await
+        .unwrap();
+    assert!(matches!(answer, Outcome::Stored { .. }), "{answer:?}");
+    assert_eq!(
+        std::fs::read(dir.join("uploads/lab-01/ep.tar.zst")).unwrap(),
+        other
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

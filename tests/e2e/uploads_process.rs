@@ -150,3 +150,61 @@ fn tokio_stream_of(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[actix_web::test]
+async fn a_client_that_hangs_up_mid_body_gives_back_every_byte_and_place() {
+    let dir = data_dir();
+    let service = service(&dir).await;
+    let stored_before = service.metric("edgebus_uploads_stored_bytes").await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    for _ in 0..4 {
+        tx.send(Ok(Bytes::from(chunk(0)))).await.expect("queued");
+    }
+    let url = format!(
+        "http://127.0.0.1:{}/v1/episodes/lab-01/gone.tar.zst",
+        service.port
+    );
+    let sha = "0".repeat(64);
+    let upload = actix_web::rt::spawn(async move {
+        awc::Client::default()
+            .put(url)
+            .insert_header(("X-Content-SHA256", sha.as_str()))
+            .send_stream(tokio_stream_of(rx))
+            .await
+            .map(|r| r.status())
+    });
+    let tmp = dir.join("uploads/.tmp");
+    let deadline = Instant::now() + WAIT;
+    while temp_bytes(&tmp) < 2 * MIB as u64 {
+        assert!(Instant::now() < deadline, "the body never reached the disk");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client goes away with the body half sent.
+    upload.abort();
+    drop(tx);
+    // Answered (to nobody) and counted: the upload's bookkeeping is done.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut answered = 0.0;
+        for status in edgebus::uploads::metrics::STATUSES {
+            answered += service
+                .metric(&format!("edgebus_uploads_total{{status=\"{status}\"}}"))
+                .await;
+        }
+        if answered >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned upload was never answered"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(service.metric("edgebus_uploads_receiving").await, 0.0);
+    assert_eq!(
+        service.metric("edgebus_uploads_stored_bytes").await,
+        stored_before,
+        "the half body's bytes are given back"
+    );
+    assert_eq!(temp_bytes(&tmp), 0, "its temporary file is removed");
+}
