@@ -3,6 +3,12 @@
 //! symptom is reported at most once per (subject, symptom, UTC hour bucket),
 //! its end is announced once, and a subject quiet for a day is forgotten.
 
+use std::collections::HashMap;
+
+use crate::frame::DeviceId;
+
+use super::deadlines::Deadlines;
+
 pub const HOUR_MS: u64 = 3_600_000;
 
 /// Subjects quiet this long are forgotten: the silent detectors look back
@@ -56,6 +62,109 @@ pub fn next_silence_check(now_ms: u64, last_seen_ms: u64, silent_after_ms: u64) 
         next_bucket.min(last_seen_ms + FORGET_AFTER_MS)
     } else {
         last_seen_ms + silent_after_ms
+    }
+}
+
+/// One watched thing's silence: when it was last heard from, its silent
+/// episode, and whether a check for it is queued.
+#[derive(Debug, Clone, Copy)]
+pub struct Silence {
+    pub last_seen_ms: u64,
+    pub episode: Episode,
+    scheduled: bool,
+}
+
+impl Silence {
+    pub fn new(now_ms: u64) -> Self {
+        Self {
+            last_seen_ms: now_ms,
+            episode: Episode::default(),
+            scheduled: false,
+        }
+    }
+}
+
+/// What the silence checks found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// Quiet for the threshold; reported once per hour bucket.
+    Silent { last_seen_ms: u64 },
+    /// Quiet for [`FORGET_AFTER_MS`]: removed from the map.
+    Forgotten,
+}
+
+/// A watched thing with a [`Silence`] (a device, an uploading host).
+pub trait Watched {
+    fn silence(&mut self) -> &mut Silence;
+}
+
+/// The silence deadlines of many watched things, one timer queue for all:
+/// the rule both fleet detectors (devices, uploading hosts) share.
+#[derive(Debug)]
+pub struct SilenceWatch {
+    deadlines: Deadlines<DeviceId>,
+    silent_after_ms: u64,
+}
+
+impl SilenceWatch {
+    pub fn new(silent_after_ms: u64) -> Self {
+        Self {
+            deadlines: Deadlines::default(),
+            silent_after_ms: silent_after_ms.max(1),
+        }
+    }
+
+    /// Something from `id` at `now_ms`: refreshes its last-seen time and
+    /// makes sure a check is queued. `true` when this ends a reported
+    /// silence (its end is to be announced).
+    pub fn heard(&mut self, id: &DeviceId, silence: &mut Silence, now_ms: u64) -> bool {
+        silence.last_seen_ms = silence.last_seen_ms.max(now_ms);
+        let ended = silence.episode.clear();
+        if !silence.scheduled {
+            silence.scheduled = true;
+            self.deadlines
+                .push(silence.last_seen_ms + self.silent_after_ms, id.clone());
+        }
+        ended
+    }
+
+    /// Runs every check due at `now_ms` over `watched`, reporting what it
+    /// finds (a forgotten one is removed from the map first).
+    pub fn due<T: Watched>(
+        &mut self,
+        now_ms: u64,
+        watched: &mut HashMap<DeviceId, T>,
+        mut report: impl FnMut(DeviceId, Quiet),
+    ) {
+        while let Some(id) = self.deadlines.pop_due(now_ms) {
+            let Some(thing) = watched.get_mut(id.as_str()) else {
+                continue;
+            };
+            let silence = thing.silence();
+            silence.scheduled = false;
+            let quiet = now_ms.saturating_sub(silence.last_seen_ms);
+            if quiet >= FORGET_AFTER_MS {
+                watched.remove(id.as_str());
+                report(id, Quiet::Forgotten);
+                continue;
+            }
+            if quiet >= self.silent_after_ms && silence.episode.admit(now_ms) {
+                let last_seen_ms = silence.last_seen_ms;
+                report(id.clone(), Quiet::Silent { last_seen_ms });
+            }
+            silence.scheduled = true;
+            let next = next_silence_check(now_ms, silence.last_seen_ms, self.silent_after_ms);
+            self.deadlines.push(next, id);
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.next()
+    }
+
+    /// Checks queued (at most one per watched thing).
+    pub fn queued(&self) -> usize {
+        self.deadlines.len()
     }
 }
 

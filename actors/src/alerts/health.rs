@@ -15,8 +15,7 @@ use std::collections::HashMap;
 
 use crate::frame::DeviceId;
 
-use super::deadlines::Deadlines;
-use super::episode::{next_silence_check, Episode, FORGET_AFTER_MS};
+use super::episode::{Episode, Quiet, Silence, SilenceWatch, Watched};
 
 /// One rejected frame is a glitch; this many in a row, with none accepted
 /// within the window, is a buggy publisher.
@@ -62,21 +61,23 @@ pub enum HealthNotice {
 
 #[derive(Debug)]
 struct DeviceHealth {
-    last_seen_ms: u64,
+    silence: Silence,
     last_accepted_ms: Option<u64>,
     streak: u64,
     streak_last_ms: u64,
-    silent: Episode,
     rejecting: Episode,
-    /// A deadline for this device is in the queue.
-    scheduled: bool,
+}
+
+impl Watched for DeviceHealth {
+    fn silence(&mut self) -> &mut Silence {
+        &mut self.silence
+    }
 }
 
 #[derive(Debug)]
 pub struct FleetHealth {
     devices: HashMap<DeviceId, DeviceHealth>,
-    deadlines: Deadlines<DeviceId>,
-    silent_after_ms: u64,
+    watch: SilenceWatch,
     rejecting_window_ms: u64,
     /// Bound on devices known only from rejected frames (topics are chosen by
     /// publishers, so their number is not bounded by the registry's cap).
@@ -87,8 +88,7 @@ impl FleetHealth {
     pub fn new(silent_after_ms: u64, rejecting_window_ms: u64, max_devices: usize) -> Self {
         Self {
             devices: HashMap::new(),
-            deadlines: Deadlines::default(),
-            silent_after_ms: silent_after_ms.max(1),
+            watch: SilenceWatch::new(silent_after_ms),
             rejecting_window_ms,
             max_devices,
         }
@@ -155,60 +155,38 @@ impl FleetHealth {
             self.devices.insert(
                 device.clone(),
                 DeviceHealth {
-                    last_seen_ms: now_ms,
+                    silence: Silence::new(now_ms),
                     last_accepted_ms: None,
                     streak: 0,
                     streak_last_ms: now_ms,
-                    silent: Episode::default(),
                     rejecting: Episode::default(),
-                    scheduled: false,
                 },
             );
         }
-        let silent_after = self.silent_after_ms;
         let d = self.devices.get_mut(device.as_str())?;
-        d.last_seen_ms = d.last_seen_ms.max(now_ms);
-        if d.silent.clear() {
+        if self.watch.heard(device, &mut d.silence, now_ms) {
             out.push(HealthNotice::Resolved {
                 device: device.clone(),
                 symptom: Symptom::Silent,
             });
-        }
-        if !d.scheduled {
-            d.scheduled = true;
-            self.deadlines
-                .push(d.last_seen_ms + silent_after, device.clone());
         }
         Some(d)
     }
 
     /// Runs every check due at `now_ms`.
     pub fn due(&mut self, now_ms: u64, out: &mut Vec<HealthNotice>) {
-        while let Some(device) = self.deadlines.pop_due(now_ms) {
-            let Some(d) = self.devices.get_mut(device.as_str()) else {
-                continue;
-            };
-            d.scheduled = false;
-            let quiet = now_ms.saturating_sub(d.last_seen_ms);
-            if quiet >= FORGET_AFTER_MS {
-                self.devices.remove(device.as_str());
-                out.push(HealthNotice::Forgotten { device });
-                continue;
-            }
-            if quiet >= self.silent_after_ms && d.silent.admit(now_ms) {
-                out.push(HealthNotice::Silent {
-                    device: device.clone(),
-                    last_seen_ms: d.last_seen_ms,
-                });
-            }
-            d.scheduled = true;
-            let next = next_silence_check(now_ms, d.last_seen_ms, self.silent_after_ms);
-            self.deadlines.push(next, device);
-        }
+        self.watch
+            .due(now_ms, &mut self.devices, |device, quiet| match quiet {
+                Quiet::Forgotten => out.push(HealthNotice::Forgotten { device }),
+                Quiet::Silent { last_seen_ms } => out.push(HealthNotice::Silent {
+                    device,
+                    last_seen_ms,
+                }),
+            });
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.next()
+        self.watch.next_deadline()
     }
 
     pub fn len(&self) -> usize {
@@ -223,6 +201,7 @@ impl FleetHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerts::episode::FORGET_AFTER_MS;
 
     const MIN: u64 = 60_000;
     /// 2026-05-02T13:00:00Z: the start of an hour bucket.
@@ -278,7 +257,7 @@ mod tests {
         }
         assert!(out.is_empty(), "{out:?}");
         assert!(
-            h.deadlines.len() <= 1,
+            h.watch.queued() <= 1,
             "one deadline per device, not one per frame"
         );
         assert_eq!(

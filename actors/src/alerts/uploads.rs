@@ -19,8 +19,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::frame::DeviceId;
 
-use super::deadlines::Deadlines;
-use super::episode::{next_silence_check, Episode, FORGET_AFTER_MS};
+use super::episode::{Episode, Quiet, Silence, SilenceWatch, Watched};
 
 /// One refused upload is a glitch; this many within the window, with none
 /// stored, is a host that cannot ship.
@@ -138,30 +137,31 @@ const MAX_STATUS_CHARS: usize = 32;
 
 #[derive(Debug)]
 struct HostUploads {
-    last_attempt_ms: u64,
+    silence: Silence,
     last_ok_ms: Option<u64>,
     /// The last [`FATAL_MIN_ATTEMPTS`] host refusals since the last 2xx,
     /// oldest first.
     recent_refusals: VecDeque<u64>,
     refused: u64,
-    silent: Episode,
     fatal_only: Episode,
     unstamped: Episode,
-    /// A deadline for this host is in the queue.
-    scheduled: bool,
+}
+
+impl Watched for HostUploads {
+    fn silence(&mut self) -> &mut Silence {
+        &mut self.silence
+    }
 }
 
 impl HostUploads {
     fn new(now_ms: u64) -> Self {
         Self {
-            last_attempt_ms: now_ms,
+            silence: Silence::new(now_ms),
             last_ok_ms: None,
             recent_refusals: VecDeque::with_capacity(FATAL_MIN_ATTEMPTS),
             refused: 0,
-            silent: Episode::default(),
             fatal_only: Episode::default(),
             unstamped: Episode::default(),
-            scheduled: false,
         }
     }
 }
@@ -169,8 +169,7 @@ impl HostUploads {
 #[derive(Debug)]
 pub struct Uploads {
     hosts: HashMap<DeviceId, HostUploads>,
-    deadlines: Deadlines<DeviceId>,
-    silent_after_ms: u64,
+    watch: SilenceWatch,
     fatal_window_ms: u64,
     /// Hosts tracked at once: host ids come from authenticated publishers,
     /// but their number is still theirs to choose.
@@ -183,8 +182,7 @@ impl Uploads {
     pub fn new(silent_after_ms: u64, fatal_window_ms: u64, max_hosts: usize) -> Self {
         Self {
             hosts: HashMap::new(),
-            deadlines: Deadlines::default(),
-            silent_after_ms: silent_after_ms.max(1),
+            watch: SilenceWatch::new(silent_after_ms),
             fatal_window_ms,
             max_hosts,
             untracked: 0,
@@ -266,50 +264,30 @@ impl Uploads {
             }
             self.hosts.insert(host.clone(), HostUploads::new(now_ms));
         }
-        let silent_after = self.silent_after_ms;
         let h = self.hosts.get_mut(host.as_str())?;
-        h.last_attempt_ms = h.last_attempt_ms.max(now_ms);
-        if h.silent.clear() {
+        if self.watch.heard(host, &mut h.silence, now_ms) {
             out.push(UploadNotice::Resolved {
                 host: host.clone(),
                 symptom: UploadSymptom::Silent,
             });
-        }
-        if !h.scheduled {
-            h.scheduled = true;
-            self.deadlines
-                .push(h.last_attempt_ms + silent_after, host.clone());
         }
         Some(h)
     }
 
     /// Runs every check due at `now_ms`.
     pub fn due(&mut self, now_ms: u64, out: &mut Vec<UploadNotice>) {
-        while let Some(host) = self.deadlines.pop_due(now_ms) {
-            let Some(h) = self.hosts.get_mut(host.as_str()) else {
-                continue;
-            };
-            h.scheduled = false;
-            let quiet = now_ms.saturating_sub(h.last_attempt_ms);
-            if quiet >= FORGET_AFTER_MS {
-                self.hosts.remove(host.as_str());
-                out.push(UploadNotice::Forgotten { host });
-                continue;
-            }
-            if quiet >= self.silent_after_ms && h.silent.admit(now_ms) {
-                out.push(UploadNotice::Silent {
-                    host: host.clone(),
-                    last_attempt_ms: h.last_attempt_ms,
-                });
-            }
-            h.scheduled = true;
-            let next = next_silence_check(now_ms, h.last_attempt_ms, self.silent_after_ms);
-            self.deadlines.push(next, host);
-        }
+        self.watch
+            .due(now_ms, &mut self.hosts, |host, quiet| match quiet {
+                Quiet::Forgotten => out.push(UploadNotice::Forgotten { host }),
+                Quiet::Silent { last_seen_ms } => out.push(UploadNotice::Silent {
+                    host,
+                    last_attempt_ms: last_seen_ms,
+                }),
+            });
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.next()
+        self.watch.next_deadline()
     }
 
     /// Hosts tracked now.
@@ -330,6 +308,7 @@ impl Uploads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerts::episode::FORGET_AFTER_MS;
     use crate::alerts::episode::HOUR_MS;
 
     const MIN: u64 = 60_000;
