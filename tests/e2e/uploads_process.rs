@@ -74,37 +74,11 @@ async fn a_crash_mid_upload_leaves_nothing_visible_and_the_upload_stores_after_r
     let body: Vec<u8> = (0..16).flat_map(chunk).collect();
     let sha = sha256(&body);
 
-    // Half the body, then the client waits (the upload stays open).
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    for piece in body[..8 * MIB].chunks(MIB) {
-        tx.send(Ok(Bytes::copy_from_slice(piece)))
-            .await
-            .expect("queued");
-    }
-    let url = format!(
-        "http://127.0.0.1:{}/v1/episodes/lab-01/ep.tar.zst",
-        service.port
-    );
-    let upload = actix_web::rt::spawn({
-        let sha = sha.clone();
-        async move {
-            awc::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .finish()
-                .put(url)
-                .insert_header(("X-Content-SHA256", sha.as_str()))
-                .send_stream(tokio_stream_of(rx))
-                .await
-                .map(|r| r.status())
-        }
-    });
-    // Wait until the first half is on disk, in the temporary area.
+    // Half the body, then the client waits (the upload stays open) until
+    // the first half is on disk, in the temporary area.
     let tmp = dir.join("uploads/.tmp");
-    let deadline = Instant::now() + WAIT;
-    while temp_bytes(&tmp) < 4 * MIB as u64 {
-        assert!(Instant::now() < deadline, "the body never reached the disk");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (tx, upload) = open_upload(service.port, "lab-01/ep.tar.zst", &sha, &body[..8 * MIB]).await;
+    wait_for_temp_bytes(&tmp, 4 * MIB as u64).await;
     service.kill();
     drop(tx);
     let _ = upload.await;
@@ -132,6 +106,49 @@ async fn a_crash_mid_upload_leaves_nothing_visible_and_the_upload_stores_after_r
     );
 }
 
+type BodySender = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// An upload of `path` that has sent `sent` and stays open for more (sent
+/// through the returned sender); its answer's status comes from the task.
+async fn open_upload(
+    port: u16,
+    path: &str,
+    sha: &str,
+    sent: &[u8],
+) -> (
+    BodySender,
+    actix_web::rt::task::JoinHandle<Result<awc::http::StatusCode, awc::error::SendRequestError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(sent.len() / MIB + 2);
+    for piece in sent.chunks(MIB) {
+        tx.send(Ok(Bytes::copy_from_slice(piece)))
+            .await
+            .expect("queued");
+    }
+    let url = format!("http://127.0.0.1:{port}/v1/episodes/{path}");
+    let sha = sha.to_owned();
+    let upload = actix_web::rt::spawn(async move {
+        awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .finish()
+            .put(url)
+            .insert_header(("X-Content-SHA256", sha.as_str()))
+            .send_stream(tokio_stream_of(rx))
+            .await
+            .map(|r| r.status())
+    });
+    (tx, upload)
+}
+
+/// Waits until the temporary area holds at least `bytes`.
+async fn wait_for_temp_bytes(tmp: &Path, bytes: u64) {
+    let deadline = Instant::now() + WAIT;
+    while temp_bytes(tmp) < bytes {
+        assert!(Instant::now() < deadline, "the body never reached the disk");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Bytes in the temporary area (staging files included).
 fn temp_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -156,29 +173,11 @@ async fn a_client_that_hangs_up_mid_body_gives_back_every_byte_and_place() {
     let dir = data_dir();
     let service = service(&dir).await;
     let stored_before = service.metric("edgebus_uploads_stored_bytes").await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    for _ in 0..4 {
-        tx.send(Ok(Bytes::from(chunk(0)))).await.expect("queued");
-    }
-    let url = format!(
-        "http://127.0.0.1:{}/v1/episodes/lab-01/gone.tar.zst",
-        service.port
-    );
     let sha = "0".repeat(64);
-    let upload = actix_web::rt::spawn(async move {
-        awc::Client::default()
-            .put(url)
-            .insert_header(("X-Content-SHA256", sha.as_str()))
-            .send_stream(tokio_stream_of(rx))
-            .await
-            .map(|r| r.status())
-    });
+    let half: Vec<u8> = (0..4).flat_map(|_| chunk(0)).collect();
+    let (tx, upload) = open_upload(service.port, "lab-01/gone.tar.zst", &sha, &half).await;
     let tmp = dir.join("uploads/.tmp");
-    let deadline = Instant::now() + WAIT;
-    while temp_bytes(&tmp) < 2 * MIB as u64 {
-        assert!(Instant::now() < deadline, "the body never reached the disk");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_temp_bytes(&tmp, 2 * MIB as u64).await;
     // The client goes away with the body half sent.
     upload.abort();
     drop(tx);
