@@ -16,6 +16,7 @@ mod auth;
 mod bus;
 mod cluster;
 mod http;
+mod jwt;
 mod mqtt;
 mod registry;
 mod sessions;
@@ -31,10 +32,11 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 pub use alerts::AlertSettings;
-pub use auth::{ApiKey, AuthSettings, Role};
+pub use auth::{ApiKey, AuthSettings, Role, JWT_NAME_PREFIX};
 pub use bus::BusSettings;
 pub use cluster::ClusterSettings;
 pub use http::HttpSettings;
+pub use jwt::{JwtKey, JwtSettings, MIN_HS256_SECRET};
 pub use mqtt::{BrokerUrl, MqttCredential, MqttMode, MqttSettings, MAX_PAYLOAD_LIMIT};
 pub use registry::RegistrySettings;
 pub use sessions::SessionSettings;
@@ -204,6 +206,8 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("mqtt.topics")
             .with_list_parse_key("http.allowed_origins")
+            .with_list_parse_key("http.cors_origins")
+            .with_list_parse_key("auth.jwt.algorithms")
             .with_list_parse_key("uploads.episode_types")
             .with_list_parse_key("uploads.benign_profiles")
             .source(sources.env.clone());
