@@ -713,9 +713,7 @@ impl Auth {
     /// A `?token=` on a stream that is to be verified as a JWT: one with a
     /// JWT's shape, when JWTs are on, that is not the legacy token.
     fn url_jwt<'a>(&self, token: Option<&'a str>) -> Option<&'a str> {
-        token.filter(|t| {
-            self.jwt.is_some() && jwt::is_shaped(t) && !same_secret(t, &self.ws_token)
-        })
+        token.filter(|t| self.jwt.is_some() && jwt::is_shaped(t) && !same_secret(t, &self.ws_token))
     }
 
     /// `GET /metrics`: open in open mode; otherwise `http.metrics_token`,
@@ -1248,6 +1246,122 @@ api_keys = [
         for bad in ["", "1", "9kops", "1xops"] {
             assert_eq!(Identity::from_record(bad), None, "{bad:?}");
         }
+    }
+
+    const JWT_SECRET: &str = "unit-hs256-secret-of-at-least-32-bytes";
+
+    fn jwt_auth(extra: &str) -> Auth {
+        from_toml(&format!(
+            "[auth.jwt]\nhs256_secret = \"{JWT_SECRET}\"\nissuer = \"i\"\naudience = \"a\"\n{extra}"
+        ))
+    }
+
+    fn jwt_for(sub: &str, roles: &[&str]) -> String {
+        let claims = serde_json::json!({
+            "sub": sub, "iss": "i", "aud": "a", "exp": 600, "roles": roles,
+        });
+        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn a_jwt_alone_locks_the_service_and_stands_beside_keys() {
+        let a = jwt_auth("");
+        assert_eq!(a.mode(), Mode::Keys, "JWTs alone are no open mode");
+        assert_eq!(a.require(None, Role::Viewer), Err(AuthError::Missing));
+        let viewer = a
+            .require(
+                Some(&format!("Bearer {}", jwt_for("alice", &["viewer"]))),
+                Role::Viewer,
+            )
+            .unwrap();
+        assert_eq!((&*viewer.name, viewer.proof), ("jwt:alice", Proof::Jwt));
+        assert_eq!(
+            a.require(
+                Some(&format!("Bearer {}", jwt_for("alice", &["viewer"]))),
+                Role::Publisher
+            ),
+            Err(AuthError::Forbidden(Role::Publisher))
+        );
+        assert!(matches!(
+            a.identify(Some("Bearer a.b.c")),
+            Err(AuthError::Jwt(JwtError::Malformed))
+        ));
+        assert_eq!(
+            a.identify(Some("Bearer not-a-key-nor-a-jwt")),
+            Err(AuthError::InvalidKey)
+        );
+        // Beside keys: the key is tried first, then the JWT.
+        let both = from_toml(&format!(
+            "[auth]\napi_keys = [{{ name = \"ops\", key = \"{KEY}\", roles = [\"viewer\"] }}]\n\
+             [auth.jwt]\nhs256_secret = \"{JWT_SECRET}\"\nissuer = \"i\"\naudience = \"a\""
+        ));
+        assert_eq!(&*ops(&both).name, "ops");
+        let jwt = both
+            .identify(Some(&format!("Bearer {}", jwt_for("ops", &[]))))
+            .unwrap();
+        assert_eq!(&*jwt.name, "jwt:ops", "a subject never takes a key's name");
+    }
+
+    #[test]
+    fn a_jwt_identity_round_trips_a_shared_ticket_and_is_capped_by_name() {
+        let a = jwt_auth("");
+        let alice = a
+            .identify(Some(&format!("Bearer {}", jwt_for("alice", &["viewer"]))))
+            .unwrap();
+        assert!(alice.is_named());
+        assert_eq!(
+            &*alice.owner(Some("10.0.0.1".parse().unwrap())),
+            "jwt:alice"
+        );
+        let record = alice.to_record();
+        assert_eq!(Identity::from_record(&record), Some(alice.clone()));
+        let t = a.issue_ticket(&alice, None).unwrap();
+        let creds = StreamCredentials {
+            ticket: Some(&t),
+            ..Default::default()
+        };
+        let redeemed = granted(a.stream(&creds, false));
+        assert_eq!(
+            (&*redeemed.name, redeemed.proof),
+            ("jwt:alice", Proof::Ticket)
+        );
+    }
+
+    #[test]
+    fn a_jwt_in_a_url_opens_sse_only_behind_the_flag() {
+        let token = jwt_for("alice", &["viewer"]);
+        let query = format!("topic=a&token={token}");
+        let sse = StreamCredentials {
+            token: Some(&token),
+            ..Default::default()
+        };
+        let strict = jwt_auth("");
+        assert_eq!(strict.refuse_keys_in_url(&query), Err(AuthError::JwtInUrl));
+        assert_eq!(strict.stream(&sse, false), Err(AuthError::JwtInUrl));
+
+        let compat = jwt_auth("allow_query_token_on_streams = true");
+        assert!(compat.refuse_keys_in_url(&query).is_ok());
+        assert_eq!(&*granted(compat.stream(&sse, false)).name, "jwt:alice");
+        assert_eq!(
+            compat.stream(&sse, true),
+            Err(AuthError::JwtInUrl),
+            "not WebSockets"
+        );
+        assert_eq!(
+            compat.refuse_keys_in_url(&format!("access_token={token}")),
+            Err(AuthError::JwtInUrl),
+            "only ?token="
+        );
+        let nobody = jwt_for("eve", &[]);
+        let no_role = StreamCredentials {
+            token: Some(&nobody),
+            ..Default::default()
+        };
+        assert_eq!(
+            compat.stream(&no_role, false),
+            Err(AuthError::Forbidden(Role::Viewer))
+        );
     }
 
     #[test]

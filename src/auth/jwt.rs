@@ -350,14 +350,19 @@ mod tests {
             (json!({ "sub": "a\nb" }), JwtError::Claim("sub".into())),
             (json!({ "sub": 42 }), JwtError::Claim("sub".into())),
             (json!({ "roles": 7 }), JwtError::Claim("roles".into())),
-            (json!({ "roles": ["viewer", 7] }), JwtError::Claim("roles".into())),
+            (
+                json!({ "roles": ["viewer", 7] }),
+                JwtError::Claim("roles".into()),
+            ),
         ];
         for (changes, expected) in table {
             let token = sign_hs(&with(changes.clone()));
             assert_eq!(v.verify(&token), Err(expected), "{changes}");
         }
         // An audience list naming edgebus among others is fine.
-        assert!(v.verify(&sign_hs(&with(json!({ "aud": ["x", "edgebus"] })))).is_ok());
+        assert!(v
+            .verify(&sign_hs(&with(json!({ "aud": ["x", "edgebus"] }))))
+            .is_ok());
     }
 
     #[test]
@@ -478,7 +483,10 @@ mod tests {
         .unwrap();
         let jwt = file.auth.jwt.unwrap();
         assert_eq!(jwt.algorithms, vec![Algorithm::RS256]);
-        assert!(!format!("{jwt:?}").contains("MII"), "no key material in Debug");
+        assert!(
+            !format!("{jwt:?}").contains("MII"),
+            "no key material in Debug"
+        );
         let hs = Settings::from_toml(&format!("{base}hs256_secret = \"{SECRET}\"")).unwrap();
         assert!(!format!("{hs:?}").contains(SECRET));
     }

@@ -29,11 +29,8 @@ const ALLOWED_HEADERS: [&str; 9] = [
 ];
 
 /// Response headers a page may read beyond the CORS-safelisted ones.
-const EXPOSED_HEADERS: [header::HeaderName; 3] = [
-    header::RETRY_AFTER,
-    header::WWW_AUTHENTICATE,
-    header::ETAG,
-];
+const EXPOSED_HEADERS: [header::HeaderName; 3] =
+    [header::RETRY_AFTER, header::WWW_AUTHENTICATE, header::ETAG];
 
 /// The CORS middleware for `settings`, enabled only when
 /// `http.cors_origins` names an origin (or is `["*"]`).

@@ -104,12 +104,17 @@ fn cors_origins(written: Vec<String>) -> Result<Vec<String>, SettingsError> {
     let mut out: Vec<String> = Vec::with_capacity(written.len());
     for origin in written {
         let trimmed = origin.trim().trim_end_matches('/');
-        let bad = || invalid(key, format!("{origin:?} must be a scheme://host[:port] origin, or \"*\""));
-        let uri = trimmed
-            .parse::<actix_web::http::Uri>()
-            .map_err(|_| bad())?;
+        let bad = || {
+            invalid(
+                key,
+                format!("{origin:?} must be a scheme://host[:port] origin, or \"*\""),
+            )
+        };
+        let uri = trimmed.parse::<actix_web::http::Uri>().map_err(|_| bad())?;
         let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
-        let bare = uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/");
+        let bare = uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/");
         if !scheme_ok || uri.host().is_none() || !bare || trimmed.contains('@') {
             return Err(bad());
         }

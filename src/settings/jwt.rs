@@ -147,7 +147,8 @@ impl RawJwt {
         } else {
             let setting = "auth.jwt.public_key_file";
             let path = &self.public_key_file;
-            let unreadable = |e: std::io::Error| invalid(setting, format!("cannot read {path}: {e}"));
+            let unreadable =
+                |e: std::io::Error| invalid(setting, format!("cannot read {path}: {e}"));
             let size = std::fs::metadata(path).map_err(unreadable)?.len();
             if size > MAX_KEY_FILE_BYTES {
                 return Err(invalid(

@@ -429,6 +429,58 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins_are_origins_or_a_lone_star_also_from_the_environment() {
+        assert!(Settings::from_toml("")
+            .unwrap()
+            .http
+            .cors_origins
+            .is_empty());
+        let s = Settings::from_toml(
+            "[http]\ncors_origins = [\"https://gui.example/\", \"http://10.0.0.5:5173\", \"https://gui.example\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            s.http.cors_origins,
+            vec!["https://gui.example", "http://10.0.0.5:5173"]
+        );
+        let star = Settings::from_toml("[http]\ncors_origins = [\"*\"]").unwrap();
+        assert_eq!(star.http.cors_origins, vec!["*"]);
+        for bad in [
+            "[\"*\", \"https://a.example\"]",
+            "[\"gui.example\"]",
+            "[\"https://gui.example/app\"]",
+            "[\"ftp://gui.example\"]",
+            "[\"https://u@gui.example\"]",
+        ] {
+            let line = error_line(&format!("[http]\ncors_origins = {bad}"));
+            assert!(line.contains("`http.cors_origins`"), "{bad}: {line}");
+        }
+        let from_env = Settings::load(SettingsSources {
+            env: Some(env(&[
+                (
+                    "EDGEBUS__HTTP__CORS_ORIGINS",
+                    "https://a.example,https://b.example",
+                ),
+                (
+                    "EDGEBUS__AUTH__JWT__HS256_SECRET",
+                    "env-hs256-secret-of-at-least-32-bytes",
+                ),
+                ("EDGEBUS__AUTH__JWT__ISSUER", "https://idp.example"),
+                ("EDGEBUS__AUTH__JWT__AUDIENCE", "edgebus"),
+                ("EDGEBUS__AUTH__JWT__ALGORITHMS", "HS256,HS512"),
+            ])),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(from_env.http.cors_origins.len(), 2);
+        let jwt = from_env.auth.jwt.unwrap();
+        assert_eq!(jwt.algorithms.len(), 2);
+        assert_eq!(jwt.issuer, "https://idp.example");
+        assert!(error_line("[http]\ncors_max_age_seconds = 100000")
+            .contains("`http.cors_max_age_seconds`"));
+    }
+
+    #[test]
     fn the_active_window_is_read_in_seconds() {
         let s = Settings::from_toml("[registry]\nactive_window_seconds = 12").unwrap();
         assert_eq!(s.registry.active_window, Duration::from_secs(12));

@@ -2,8 +2,8 @@
 //! and requests get the headers, an unlisted one's do not; `*` only when
 //! written.
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 use crate::helpers::Answer;
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 
 const GUI: &str = "https://gui.example";
 
@@ -25,7 +25,11 @@ async fn preflight(app: &TestApp, origin: &str, method: &str, headers: &str) -> 
 async fn cors_is_off_by_default() {
     let app = spawn_app().await;
     let answer = preflight(&app, GUI, "POST", "content-type").await;
-    assert_eq!(answer.header("access-control-allow-origin"), None, "{answer:?}");
+    assert_eq!(
+        answer.header("access-control-allow-origin"),
+        None,
+        "{answer:?}"
+    );
     let get = app
         .call("GET", "/v1/devices", &[("Origin", GUI)], None)
         .await;
@@ -49,16 +53,30 @@ async fn a_listed_origin_gets_the_headers_and_another_does_not() {
         assert!(methods.contains(method), "{methods}");
     }
     let headers = ok.header("access-control-allow-headers").unwrap_or("");
-    for header in ["authorization", "content-type", "last-event-id", "idempotency-key", "x-content-sha256"] {
+    for header in [
+        "authorization",
+        "content-type",
+        "last-event-id",
+        "idempotency-key",
+        "x-content-sha256",
+    ] {
         assert!(headers.contains(header), "{header} in {headers}");
     }
     assert_eq!(ok.header("access-control-max-age"), Some("600"));
     assert_eq!(ok.header("access-control-allow-credentials"), None);
 
     let refused = preflight(&app, "https://evil.example", "POST", "content-type").await;
-    assert_eq!(refused.header("access-control-allow-origin"), None, "{refused:?}");
+    assert_eq!(
+        refused.header("access-control-allow-origin"),
+        None,
+        "{refused:?}"
+    );
     let delete = preflight(&app, GUI, "DELETE", "content-type").await;
-    assert_eq!(delete.header("access-control-allow-origin"), None, "{delete:?}");
+    assert_eq!(
+        delete.header("access-control-allow-origin"),
+        None,
+        "{delete:?}"
+    );
 
     // The requests themselves: the GUI may read, the other origin's page not.
     let post = app
@@ -69,10 +87,18 @@ async fn a_listed_origin_gets_the_headers_and_another_does_not() {
             Some(r#"{"level":"info","message":"from the GUI"}"#),
         )
         .await;
-    assert_eq!(post.status, 201, "a CORS origin also passes the Origin check: {post:?}");
+    assert_eq!(
+        post.status, 201,
+        "a CORS origin also passes the Origin check: {post:?}"
+    );
     assert_eq!(post.header("access-control-allow-origin"), Some(GUI));
     let other = app
-        .call("GET", "/v1/devices", &[("Origin", "https://evil.example")], None)
+        .call(
+            "GET",
+            "/v1/devices",
+            &[("Origin", "https://evil.example")],
+            None,
+        )
         .await;
     assert_eq!(other.header("access-control-allow-origin"), None);
     let own = format!("http://127.0.0.1:{}", app.port);
@@ -98,6 +124,10 @@ async fn a_listed_origin_gets_the_headers_and_another_does_not() {
 async fn any_origin_only_when_written() {
     let app = spawn_app_with("[http]\ncors_origins = [\"*\"]").await;
     let answer = preflight(&app, "https://anywhere.example", "GET", "last-event-id").await;
-    assert_eq!(answer.header("access-control-allow-origin"), Some("*"), "{answer:?}");
+    assert_eq!(
+        answer.header("access-control-allow-origin"),
+        Some("*"),
+        "{answer:?}"
+    );
     assert_eq!(answer.header("access-control-allow-credentials"), None);
 }

@@ -129,7 +129,12 @@ async fn a_bearer_jwt_opens_what_its_roles_allow_everywhere_a_key_does() {
 
     // API keys still work beside JWTs.
     let key = app
-        .call("GET", "/v1/devices", &[("Authorization", &bearer(VIEWER))], None)
+        .call(
+            "GET",
+            "/v1/devices",
+            &[("Authorization", &bearer(VIEWER))],
+            None,
+        )
         .await;
     assert_eq!(key.status, 200);
 }
@@ -144,7 +149,9 @@ async fn a_jwt_identity_gets_tickets_for_browser_streams() {
         .await
         .expect("the ticket opens a stream");
     stream.snapshot().await;
-    let mut ws = app.ws(&format!("?ticket={}", app.ticket(Some(&viewer)).await)).await;
+    let mut ws = app
+        .ws(&format!("?ticket={}", app.ticket(Some(&viewer)).await))
+        .await;
     ws.snapshot().await;
 }
 
@@ -185,7 +192,10 @@ async fn expired_forged_and_misaddressed_tokens_are_401_with_the_reason() {
     // Valid now; past exp plus the 30 s leeway on the injected clock, not.
     let auth = bearer(&expiring);
     let headers = [("Authorization", auth.as_str())];
-    assert_eq!(app.call("GET", "/v1/devices", &headers, None).await.status, 200);
+    assert_eq!(
+        app.call("GET", "/v1/devices", &headers, None).await.status,
+        200
+    );
     clock.advance(Duration::from_secs(330));
     let expired = app.call("GET", "/v1/devices", &headers, None).await;
     assert_eq!(expired.status, 401);
@@ -211,7 +221,10 @@ async fn a_jwt_in_the_url_opens_sse_only_behind_the_compatibility_flag() {
             .err()
             .expect("a JWT in a URL never authenticates by default");
         assert_eq!(refused.status, 401, "{param}");
-        assert!(refused.body["error"].as_str().unwrap().contains("URL"), "{param}");
+        assert!(
+            refused.body["error"].as_str().unwrap().contains("URL"),
+            "{param}"
+        );
     }
 
     let (compat, clock) = jwt_app("allow_query_token_on_streams = true").await;
@@ -306,10 +319,9 @@ async fn an_es256_public_key_file_verifies_tokens_of_its_private_key() {
         "sub": "svc", "iss": ISSUER, "aud": [AUDIENCE], "exp": now_s + 300, "roles": ["admin"],
     });
     let sign_with = |pem: &str| {
-        let key = EncodingKey::from_ec_pem(
-            &std::fs::read(format!("{fixtures}/{pem}")).expect("fixture"),
-        )
-        .expect("key");
+        let key =
+            EncodingKey::from_ec_pem(&std::fs::read(format!("{fixtures}/{pem}")).expect("fixture"))
+                .expect("key");
         bearer(&encode(&Header::new(Algorithm::ES256), &body, &key).expect("signed"))
     };
     let good = sign_with("es256_private.pem");
