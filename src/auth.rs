@@ -4,6 +4,11 @@
 //!   presented as `Authorization: Bearer KEY`. Every stored key is compared
 //!   against the SHA-256 of the presented one in constant time, and every key
 //!   is always compared, so timing tells nothing about which came close.
+//! - JWTs (`[auth.jwt]`), wherever an API key goes: a bearer that is no
+//!   key and has a JWT's shape is verified as one ([`jwt`]). Its identity
+//!   is `jwt:` and its identity claim, its roles what its roles claim names.
+//!   In a URL a JWT never authenticates, except `?token=` on SSE streams
+//!   when `auth.jwt.allow_query_token_on_streams` asks for it.
 //! - Stream tickets: `POST /v1/auth/ticket` trades a bearer credential for an
 //!   opaque, random, single-use ticket that expires after
 //!   `sessions.ticket_ttl_seconds` on the injected [`Clock`]. Browsers pass it
@@ -12,11 +17,13 @@
 //! - Per-identity caps on concurrent streams and outstanding tickets. Where
 //!   callers share one identity (open mode, the legacy token) the caps count
 //!   per source address instead, so one caller at its cap never blocks another.
-//! - Three modes ([`Mode`]): API keys; the seed bridge's shared `ws_token`
+//! - Three modes ([`Mode`]): API keys and/or JWTs; the seed bridge's shared `ws_token`
 //!   alone, which then guards every stream and API call (its users set it to
 //!   keep their data private, not to guard one path of several); and, with
 //!   neither, open dev mode: every caller is the anonymous identity with every
 //!   role.
+
+pub mod jwt;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -31,6 +38,8 @@ use edgebus_actors::alerts::Clock;
 use crate::cluster_store::tickets::SharedTickets;
 use crate::cluster_store::StoreError;
 use crate::settings::{AuthSettings, Settings};
+
+use self::jwt::{JwtError, JwtVerifier};
 
 /// Query parameters a confused client might carry a key in. A value there
 /// that is a valid API key is refused, never accepted.
@@ -59,9 +68,11 @@ fn role_bit(role: Role) -> u8 {
 pub enum Mode {
     /// No key and no token: anyone who reaches the port may do anything.
     Open,
-    /// `auth.ws_token` and no API key: the token guards everything.
+    /// `auth.ws_token` and neither API keys nor JWTs: the token guards
+    /// everything.
     Legacy,
-    /// `auth.api_keys` (the token, if also set, opens WebSockets only).
+    /// `auth.api_keys` and/or `[auth.jwt]` (the token, if also set, opens
+    /// WebSockets only).
     Keys,
 }
 
@@ -69,6 +80,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proof {
     ApiKey,
+    /// A verified JWT (`Authorization: Bearer`, or `?token=` where allowed).
+    Jwt,
     Ticket,
     /// The seed bridge's shared WebSocket token (legacy mode).
     LegacyToken,
@@ -120,6 +133,7 @@ impl Identity {
     pub(crate) fn to_record(&self) -> String {
         let proof = match self.proof {
             Proof::ApiKey => 'k',
+            Proof::Jwt => 'j',
             Proof::Ticket => 't',
             Proof::LegacyToken => 'l',
             Proof::Open => 'o',
@@ -133,6 +147,7 @@ impl Identity {
         let roles = u8::try_from(chars.next()?.to_digit(8)?).ok()?;
         let proof = match chars.next()? {
             'k' => Proof::ApiKey,
+            'j' => Proof::Jwt,
             't' => Proof::Ticket,
             'l' => Proof::LegacyToken,
             'o' => Proof::Open,
@@ -145,20 +160,31 @@ impl Identity {
         })
     }
 
-    /// The identity a redeemed ticket stands for: a key's ticket is that
-    /// key; the shared token's stays shared.
+    /// The identity a redeemed ticket stands for: a key's or a JWT's
+    /// ticket is that key or token's identity; the shared token's stays
+    /// shared.
     pub(crate) fn redeemed(self) -> Self {
         let proof = match self.proof {
-            Proof::ApiKey => Proof::Ticket,
+            Proof::ApiKey | Proof::Jwt => Proof::Ticket,
             other => other,
         };
         Self { proof, ..self }
     }
 
-    /// Named keys are capped by name. Open mode and the legacy shared token
-    /// have no name that tells callers apart, so they are capped by address.
-    fn is_named(&self) -> bool {
-        matches!(self.proof, Proof::ApiKey | Proof::Ticket)
+    /// A verified JWT's bearer.
+    fn from_jwt(bearer: jwt::Bearer) -> Self {
+        Self {
+            name: bearer.name.into(),
+            roles: bearer.roles.iter().fold(0, |acc, r| acc | role_bit(*r)),
+            proof: Proof::Jwt,
+        }
+    }
+
+    /// Named keys and JWT subjects are capped by name. Open mode and the
+    /// legacy shared token have no name that tells callers apart, so they
+    /// are capped by address.
+    pub fn is_named(&self) -> bool {
+        matches!(self.proof, Proof::ApiKey | Proof::Jwt | Proof::Ticket)
     }
 
     /// Whom a per-caller cap counts against: the key's name, or for a shared
@@ -189,6 +215,10 @@ pub enum AuthError {
     Malformed,
     #[error("an API key is never accepted in a URL; exchange it at POST /v1/auth/ticket and pass ?ticket=")]
     KeyInUrl,
+    #[error("a JWT in a URL does not authenticate here; send it as Authorization: Bearer, or exchange it at POST /v1/auth/ticket and pass ?ticket=")]
+    JwtInUrl,
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
     #[error("ticket unknown, already used or expired: get a new one at POST /v1/auth/ticket")]
     BadTicket,
     #[error("only one {0} parameter is allowed")]
@@ -560,6 +590,8 @@ pub struct Auth {
     pub total: Arc<StreamLimits>,
     /// Stream opens per owner, under `sessions.stream_opens_per_second`.
     pub opens: OpenRate,
+    /// `Some` when `[auth.jwt]` configures a key.
+    pub jwt: Option<JwtVerifier>,
     ws_token: String,
     metrics_token: String,
     mode: Mode,
@@ -587,8 +619,13 @@ impl Auth {
     pub fn new(settings: &Settings, clock: Arc<dyn Clock>) -> Self {
         let s = &settings.sessions;
         let keys = KeyRing::new(&settings.auth);
+        let jwt = settings
+            .auth
+            .jwt
+            .as_ref()
+            .map(|j| JwtVerifier::new(j, clock.clone()));
         let ws_token = settings.auth.ws_token.expose().to_owned();
-        let mode = match (keys.is_empty(), ws_token.is_empty()) {
+        let mode = match (keys.is_empty() && jwt.is_none(), ws_token.is_empty()) {
             (false, _) => Mode::Keys,
             (true, false) => Mode::Legacy,
             (true, true) => Mode::Open,
@@ -618,6 +655,7 @@ impl Auth {
                 s.max_streams.saturating_mul(4).max(1024),
                 clock,
             ),
+            jwt,
             ws_token,
             metrics_token: settings.http.metrics_token.expose().to_owned(),
             mode,
@@ -662,8 +700,20 @@ impl Auth {
         match self.mode {
             Mode::Legacy if same_secret(secret, &self.ws_token) => Ok(Identity::legacy()),
             Mode::Legacy => Err(AuthError::InvalidToken),
-            _ => self.keys.verify(secret).ok_or(AuthError::InvalidKey),
+            _ => match (self.keys.verify(secret), &self.jwt) {
+                (Some(identity), _) => Ok(identity),
+                (None, Some(verifier)) if jwt::is_shaped(secret) => {
+                    Ok(Identity::from_jwt(verifier.verify(secret)?))
+                }
+                (None, _) => Err(AuthError::InvalidKey),
+            },
         }
+    }
+
+    /// A `?token=` on a stream that is to be verified as a JWT: one with a
+    /// JWT's shape, when JWTs are on, that is not the legacy token.
+    fn url_jwt<'a>(&self, token: Option<&'a str>) -> Option<&'a str> {
+        token.filter(|t| self.jwt.is_some() && jwt::is_shaped(t) && !same_secret(t, &self.ws_token))
     }
 
     /// `GET /metrics`: open in open mode; otherwise `http.metrics_token`,
@@ -760,23 +810,35 @@ impl Auth {
         Ok(permit)
     }
 
-    /// Refuses a request whose URL carries a valid API key in any of the
-    /// parameters a key might be pasted into.
+    /// Refuses a request whose URL carries a valid API key, or (JWTs on) a
+    /// JWT, in any of the parameters a credential might be pasted into; a
+    /// JWT in `?token=` passes only when
+    /// `auth.jwt.allow_query_token_on_streams` admits it (SSE; see
+    /// [`Auth::stream`]).
     pub fn refuse_keys_in_url(&self, query: &str) -> Result<(), AuthError> {
         if self.mode != Mode::Keys {
             return Ok(());
         }
+        let query_jwt_ok = self.jwt.as_ref().is_some_and(|j| j.query_token_on_streams);
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            if URL_SECRET_PARAMS.contains(&name.as_ref()) && self.keys.verify(&value).is_some() {
+            if !URL_SECRET_PARAMS.contains(&name.as_ref()) {
+                continue;
+            }
+            if self.keys.verify(&value).is_some() {
                 return Err(AuthError::KeyInUrl);
+            }
+            if self.url_jwt(Some(&value)).is_some() && !(query_jwt_ok && name == "token") {
+                return Err(AuthError::JwtInUrl);
             }
         }
         Ok(())
     }
 
-    /// A stream (SSE or WebSocket): a bearer header, a ticket, or the legacy
-    /// shared token as `?token=` (WebSockets whenever it is set; every stream
-    /// in legacy mode). Needs `viewer`.
+    /// A stream (SSE or WebSocket): a bearer header, a ticket, a JWT as
+    /// `?token=` (SSE, and only when `auth.jwt.allow_query_token_on_streams`
+    /// asks for it: older DECNET frontends), or the legacy shared token as
+    /// `?token=` (WebSockets whenever it is set; every stream in legacy
+    /// mode). Needs `viewer`.
     pub fn stream(
         &self,
         creds: &StreamCredentials<'_>,
@@ -787,6 +849,13 @@ impl Auth {
             self.bearer(header)?
         } else if let Some(ticket) = creds.ticket.filter(|_| !self.is_open()) {
             self.tickets.redeem(ticket)?
+        } else if let Some(token) = self.url_jwt(creds.token) {
+            match &self.jwt {
+                Some(verifier) if verifier.query_token_on_streams && !websocket => {
+                    Identity::from_jwt(verifier.verify(token)?)
+                }
+                _ => return Err(AuthError::JwtInUrl),
+            }
         } else if token_opens {
             match creds.token {
                 Some(presented) if same_secret(presented, &self.ws_token) => Identity::legacy(),
@@ -1177,6 +1246,122 @@ api_keys = [
         for bad in ["", "1", "9kops", "1xops"] {
             assert_eq!(Identity::from_record(bad), None, "{bad:?}");
         }
+    }
+
+    const JWT_SECRET: &str = "unit-hs256-secret-of-at-least-32-bytes";
+
+    fn jwt_auth(extra: &str) -> Auth {
+        from_toml(&format!(
+            "[auth.jwt]\nhs256_secret = \"{JWT_SECRET}\"\nissuer = \"i\"\naudience = \"a\"\n{extra}"
+        ))
+    }
+
+    fn jwt_for(sub: &str, roles: &[&str]) -> String {
+        let claims = serde_json::json!({
+            "sub": sub, "iss": "i", "aud": "a", "exp": 600, "roles": roles,
+        });
+        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn a_jwt_alone_locks_the_service_and_stands_beside_keys() {
+        let a = jwt_auth("");
+        assert_eq!(a.mode(), Mode::Keys, "JWTs alone are no open mode");
+        assert_eq!(a.require(None, Role::Viewer), Err(AuthError::Missing));
+        let viewer = a
+            .require(
+                Some(&format!("Bearer {}", jwt_for("alice", &["viewer"]))),
+                Role::Viewer,
+            )
+            .unwrap();
+        assert_eq!((&*viewer.name, viewer.proof), ("jwt:alice", Proof::Jwt));
+        assert_eq!(
+            a.require(
+                Some(&format!("Bearer {}", jwt_for("alice", &["viewer"]))),
+                Role::Publisher
+            ),
+            Err(AuthError::Forbidden(Role::Publisher))
+        );
+        assert!(matches!(
+            a.identify(Some("Bearer a.b.c")),
+            Err(AuthError::Jwt(JwtError::Malformed))
+        ));
+        assert_eq!(
+            a.identify(Some("Bearer not-a-key-nor-a-jwt")),
+            Err(AuthError::InvalidKey)
+        );
+        // Beside keys: the key is tried first, then the JWT.
+        let both = from_toml(&format!(
+            "[auth]\napi_keys = [{{ name = \"ops\", key = \"{KEY}\", roles = [\"viewer\"] }}]\n\
+             [auth.jwt]\nhs256_secret = \"{JWT_SECRET}\"\nissuer = \"i\"\naudience = \"a\""
+        ));
+        assert_eq!(&*ops(&both).name, "ops");
+        let jwt = both
+            .identify(Some(&format!("Bearer {}", jwt_for("ops", &[]))))
+            .unwrap();
+        assert_eq!(&*jwt.name, "jwt:ops", "a subject never takes a key's name");
+    }
+
+    #[test]
+    fn a_jwt_identity_round_trips_a_shared_ticket_and_is_capped_by_name() {
+        let a = jwt_auth("");
+        let alice = a
+            .identify(Some(&format!("Bearer {}", jwt_for("alice", &["viewer"]))))
+            .unwrap();
+        assert!(alice.is_named());
+        assert_eq!(
+            &*alice.owner(Some("10.0.0.1".parse().unwrap())),
+            "jwt:alice"
+        );
+        let record = alice.to_record();
+        assert_eq!(Identity::from_record(&record), Some(alice.clone()));
+        let t = a.issue_ticket(&alice, None).unwrap();
+        let creds = StreamCredentials {
+            ticket: Some(&t),
+            ..Default::default()
+        };
+        let redeemed = granted(a.stream(&creds, false));
+        assert_eq!(
+            (&*redeemed.name, redeemed.proof),
+            ("jwt:alice", Proof::Ticket)
+        );
+    }
+
+    #[test]
+    fn a_jwt_in_a_url_opens_sse_only_behind_the_flag() {
+        let token = jwt_for("alice", &["viewer"]);
+        let query = format!("topic=a&token={token}");
+        let sse = StreamCredentials {
+            token: Some(&token),
+            ..Default::default()
+        };
+        let strict = jwt_auth("");
+        assert_eq!(strict.refuse_keys_in_url(&query), Err(AuthError::JwtInUrl));
+        assert_eq!(strict.stream(&sse, false), Err(AuthError::JwtInUrl));
+
+        let compat = jwt_auth("allow_query_token_on_streams = true");
+        assert!(compat.refuse_keys_in_url(&query).is_ok());
+        assert_eq!(&*granted(compat.stream(&sse, false)).name, "jwt:alice");
+        assert_eq!(
+            compat.stream(&sse, true),
+            Err(AuthError::JwtInUrl),
+            "not WebSockets"
+        );
+        assert_eq!(
+            compat.refuse_keys_in_url(&format!("access_token={token}")),
+            Err(AuthError::JwtInUrl),
+            "only ?token="
+        );
+        let nobody = jwt_for("eve", &[]);
+        let no_role = StreamCredentials {
+            token: Some(&nobody),
+            ..Default::default()
+        };
+        assert_eq!(
+            compat.stream(&no_role, false),
+            Err(AuthError::Forbidden(Role::Viewer))
+        );
     }
 
     #[test]

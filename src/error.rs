@@ -101,6 +101,8 @@ impl From<AuthError> for ApiError {
             | AuthError::InvalidKey
             | AuthError::Malformed
             | AuthError::KeyInUrl
+            | AuthError::JwtInUrl
+            | AuthError::Jwt(_)
             | AuthError::BadTicket => ApiError::Unauthorized(text),
         }
     }

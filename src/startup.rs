@@ -300,6 +300,21 @@ impl Application {
                  read every stream and publish. Configure API keys before exposing edgebus."
             );
         }
+        if let Some(jwt) = &settings.auth.jwt {
+            log::info!(
+                "JWTs accepted beside API keys: alg {:?}, issuer {:?}, audience {:?}.",
+                jwt.algorithms,
+                jwt.issuer,
+                jwt.audience
+            );
+            if jwt.allow_query_token_on_streams {
+                log::warn!(
+                    "auth.jwt.allow_query_token_on_streams is on: a JWT in `?token=` opens SSE \
+                     streams, and every proxy or server log that keeps URLs keeps it. Move \
+                     clients to POST /v1/auth/ticket and `?ticket=`."
+                );
+            }
+        }
         if auth.mode() == crate::auth::Mode::Legacy {
             log::info!(
                 "Legacy token mode: auth.ws_token guards every stream and API call \
@@ -363,8 +378,10 @@ impl Application {
             ),
         });
         let unacked_timeout = settings.sessions.write_timeout.saturating_mul(2);
+        let cors_settings = settings.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(http::cors::cors(&cors_settings))
                 .wrap(access_log())
                 .app_data(state.clone())
                 .configure(http::configure)

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 
 use edgebus_actors::telemetry::Telemetry;
 
-use crate::auth::{Identity, Proof, StreamPermit};
+use crate::auth::{Identity, StreamPermit};
 use crate::error::ApiError;
 use crate::settings::ClusterSettings;
 
@@ -246,15 +246,15 @@ impl ClusterStreamSlots {
         held.get(key.as_str()).map_or(0, HashSet::len)
     }
 
-    /// Takes a cluster-wide slot for a named identity (an API key, or a
-    /// ticket minted with one) after `local` was taken; shared identities
+    /// Takes a cluster-wide slot for a named identity (an API key, a JWT
+    /// subject, or a ticket minted with either) after `local` was taken; shared identities
     /// keep only their local slot.
     pub async fn acquire(
         &self,
         identity: &Identity,
         local: StreamPermit,
     ) -> Result<StreamHold, SlotError> {
-        if !matches!(identity.proof, Proof::ApiKey | Proof::Ticket) {
+        if !identity.is_named() {
             return Ok(StreamHold::local(local));
         }
         let inner = &self.inner;

@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per endpoint family, wired in [`configure`].
 
 mod body;
+pub mod cors;
 mod dashboard;
 mod devices;
 mod health;

@@ -165,18 +165,22 @@ fn same_origin(req: &HttpRequest, origin: &str) -> bool {
 /// The `Origin` check (cross-site WebSocket hijacking, cross-site POSTs).
 /// Requests without an `Origin` (curl, devices: not browsers) and requests
 /// from edgebus's own page always pass. Other origins pass when listed in
-/// `http.allowed_origins`; with the list empty they pass only once
+/// `http.allowed_origins` or named in `http.cors_origins` (a GUI given CORS
+/// must also be able to post); with both lists empty they pass only once
 /// credentials are configured, since then a page elsewhere has nothing to
 /// ride on (keys travel in headers, never cookies). In open mode an empty
 /// list means "this origin only": otherwise any page the operator visits
-/// could publish to, or read from, a local edgebus.
+/// could publish to, or read from, a local edgebus. A CORS `*` is no
+/// listing here.
 pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("");
-    let allowed = &state.settings.http.allowed_origins;
-    if same_origin(req, origin) || allowed.iter().any(|a| a.trim_end_matches('/') == origin) {
+    let http = &state.settings.http;
+    let allowed = &http.allowed_origins;
+    let listed = |list: &[String]| list.iter().any(|a| a.trim_end_matches('/') == origin);
+    if same_origin(req, origin) || listed(allowed) || listed(&http.cors_origins) {
         return Ok(());
     }
     if allowed.is_empty() && !state.auth.is_open() {

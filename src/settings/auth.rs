@@ -1,8 +1,14 @@
-//! `[auth]`: API keys and their roles, or the legacy shared token.
+//! `[auth]`: API keys and their roles, JWTs (`[auth.jwt]`), or the legacy
+//! shared token.
 
 use serde::Deserialize;
 
+use super::jwt::{JwtSettings, RawJwt};
 use super::{invalid, parse_sha256_hex, Digest, Secret, SettingsError};
+
+/// Names of JWT identities start with this, so a token's subject can
+/// never share an API key's caps or `Idempotency-Key`s.
+pub const JWT_NAME_PREFIX: &str = "jwt:";
 
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +27,7 @@ impl Role {
         }
     }
 
-    fn parse(name: &str) -> Option<Self> {
+    pub fn parse(name: &str) -> Option<Self> {
         match name {
             "viewer" => Some(Role::Viewer),
             "publisher" => Some(Role::Publisher),
@@ -37,6 +43,7 @@ impl Role {
 pub(super) struct RawAuth {
     ws_token: Secret,
     api_keys: Vec<RawApiKey>,
+    jwt: RawJwt,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +60,8 @@ pub struct AuthSettings {
     /// The seed bridge's shared token; empty = none.
     pub ws_token: Secret,
     pub api_keys: Vec<ApiKey>,
+    /// `Some` when `[auth.jwt]` configures a key.
+    pub jwt: Option<JwtSettings>,
 }
 
 /// One configured API key.
@@ -75,6 +84,12 @@ impl RawAuth {
             let at = |field: &str| format!("auth.api_keys[{i}].{field}");
             if key.name.is_empty() || !names.insert(key.name.as_str()) {
                 return Err(invalid(at("name"), "must be non-empty and unique"));
+            }
+            if key.name.starts_with(JWT_NAME_PREFIX) {
+                return Err(invalid(
+                    at("name"),
+                    format!("must not start with {JWT_NAME_PREFIX:?} (kept for JWT identities)"),
+                ));
             }
             let secret = key.key.expose();
             let key_sha256 = match secret.strip_prefix("sha256:") {
@@ -111,6 +126,7 @@ impl RawAuth {
         Ok(AuthSettings {
             ws_token: self.ws_token,
             api_keys,
+            jwt: self.jwt.validate()?,
         })
     }
 }

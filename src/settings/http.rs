@@ -12,6 +12,8 @@ use super::{in_range, invalid, Secret, SettingsError};
 pub(super) struct RawHttp {
     bind: String,
     allowed_origins: Vec<String>,
+    cors_origins: Vec<String>,
+    cors_max_age_seconds: usize,
     workers: usize,
     metrics_token: Secret,
     idempotency_keys_per_identity: usize,
@@ -22,6 +24,11 @@ pub(super) struct RawHttp {
 pub struct HttpSettings {
     pub bind: SocketAddr,
     pub allowed_origins: Vec<String>,
+    /// Origins whose pages may call the HTTP API and read SSE (CORS);
+    /// empty = CORS off, `["*"]` = any origin.
+    pub cors_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    pub cors_max_age_seconds: usize,
     /// 0 = one per core.
     pub workers: usize,
     /// Bearer token a scraper may present to `/metrics` instead of a key.
@@ -46,6 +53,13 @@ impl RawHttp {
                 ));
             }
         }
+        let cors_origins = cors_origins(self.cors_origins)?;
+        if self.cors_max_age_seconds > 86_400 {
+            return Err(invalid(
+                "http.cors_max_age_seconds",
+                "must be at most 86400 (browsers cap it lower anyway)",
+            ));
+        }
         let metrics_token = self.metrics_token.expose();
         if !metrics_token.is_empty() && metrics_token.len() < 16 {
             return Err(invalid(
@@ -66,12 +80,49 @@ impl RawHttp {
         Ok(HttpSettings {
             bind,
             allowed_origins: self.allowed_origins,
+            cors_origins,
+            cors_max_age_seconds: self.cors_max_age_seconds,
             workers: self.workers,
             metrics_token: self.metrics_token,
             idempotency_keys_per_identity: self.idempotency_keys_per_identity,
             idempotency_max_keys: self.idempotency_max_keys,
         })
     }
+}
+
+/// `http.cors_origins`, each as a browser sends it in `Origin`
+/// (`scheme://host[:port]`, no trailing slash), or `*` alone.
+fn cors_origins(written: Vec<String>) -> Result<Vec<String>, SettingsError> {
+    let key = "http.cors_origins";
+    if written.iter().any(|o| o == "*") {
+        return if written.len() == 1 {
+            Ok(written)
+        } else {
+            Err(invalid(key, "\"*\" (any origin) must be the only entry"))
+        };
+    }
+    let mut out: Vec<String> = Vec::with_capacity(written.len());
+    for origin in written {
+        let trimmed = origin.trim().trim_end_matches('/');
+        let bad = || {
+            invalid(
+                key,
+                format!("{origin:?} must be a scheme://host[:port] origin, or \"*\""),
+            )
+        };
+        let uri = trimmed.parse::<actix_web::http::Uri>().map_err(|_| bad())?;
+        let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+        let bare = uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/");
+        if !scheme_ok || uri.host().is_none() || !bare || trimmed.contains('@') {
+            return Err(bad());
+        }
+        if !out.iter().any(|o| o == trimmed) {
+            out.push(trimmed.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 impl HttpSettings {

@@ -16,6 +16,7 @@ mod auth;
 mod bus;
 mod cluster;
 mod http;
+mod jwt;
 mod mqtt;
 mod registry;
 mod sessions;
@@ -31,10 +32,11 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 pub use alerts::AlertSettings;
-pub use auth::{ApiKey, AuthSettings, Role};
+pub use auth::{ApiKey, AuthSettings, Role, JWT_NAME_PREFIX};
 pub use bus::BusSettings;
 pub use cluster::ClusterSettings;
 pub use http::HttpSettings;
+pub use jwt::{JwtKey, JwtSettings, MIN_HS256_SECRET};
 pub use mqtt::{BrokerUrl, MqttCredential, MqttMode, MqttSettings, MAX_PAYLOAD_LIMIT};
 pub use registry::RegistrySettings;
 pub use sessions::SessionSettings;
@@ -204,6 +206,8 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("mqtt.topics")
             .with_list_parse_key("http.allowed_origins")
+            .with_list_parse_key("http.cors_origins")
+            .with_list_parse_key("auth.jwt.algorithms")
             .with_list_parse_key("uploads.episode_types")
             .with_list_parse_key("uploads.benign_profiles")
             .source(sources.env.clone());
@@ -422,6 +426,58 @@ mod tests {
             assert!(line.contains(&format!("`{key}`")), "{toml:?} gave {line:?}");
             assert!(!line.contains('\n'), "one line: {line:?}");
         }
+    }
+
+    #[test]
+    fn cors_origins_are_origins_or_a_lone_star_also_from_the_environment() {
+        assert!(Settings::from_toml("")
+            .unwrap()
+            .http
+            .cors_origins
+            .is_empty());
+        let s = Settings::from_toml(
+            "[http]\ncors_origins = [\"https://gui.example/\", \"http://10.0.0.5:5173\", \"https://gui.example\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            s.http.cors_origins,
+            vec!["https://gui.example", "http://10.0.0.5:5173"]
+        );
+        let star = Settings::from_toml("[http]\ncors_origins = [\"*\"]").unwrap();
+        assert_eq!(star.http.cors_origins, vec!["*"]);
+        for bad in [
+            "[\"*\", \"https://a.example\"]",
+            "[\"gui.example\"]",
+            "[\"https://gui.example/app\"]",
+            "[\"ftp://gui.example\"]",
+            "[\"https://u@gui.example\"]",
+        ] {
+            let line = error_line(&format!("[http]\ncors_origins = {bad}"));
+            assert!(line.contains("`http.cors_origins`"), "{bad}: {line}");
+        }
+        let from_env = Settings::load(SettingsSources {
+            env: Some(env(&[
+                (
+                    "EDGEBUS__HTTP__CORS_ORIGINS",
+                    "https://a.example,https://b.example",
+                ),
+                (
+                    "EDGEBUS__AUTH__JWT__HS256_SECRET",
+                    "env-hs256-secret-of-at-least-32-bytes",
+                ),
+                ("EDGEBUS__AUTH__JWT__ISSUER", "https://idp.example"),
+                ("EDGEBUS__AUTH__JWT__AUDIENCE", "edgebus"),
+                ("EDGEBUS__AUTH__JWT__ALGORITHMS", "HS256,HS512"),
+            ])),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(from_env.http.cors_origins.len(), 2);
+        let jwt = from_env.auth.jwt.unwrap();
+        assert_eq!(jwt.algorithms.len(), 2);
+        assert_eq!(jwt.issuer, "https://idp.example");
+        assert!(error_line("[http]\ncors_max_age_seconds = 100000")
+            .contains("`http.cors_max_age_seconds`"));
     }
 
     #[test]
