@@ -19,6 +19,7 @@ mod host_health;
 mod host_health_cluster;
 mod http;
 mod moto;
+mod nats;
 mod node;
 mod pipeline;
 mod publish;
