@@ -27,7 +27,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let bus_ok = tokio::time::timeout(PROBE_TIMEOUT, state.bus.send(edgebus_actors::bus::Stats))
         .await
         .is_ok_and(|r| r.is_ok());
-    let mut body = json!({ "mqtt": state_text(mqtt), "bus": if bus_ok { "ok" } else { "unresponsive" } });
+    let mut body =
+        json!({ "mqtt": state_text(mqtt), "bus": if bus_ok { "ok" } else { "unresponsive" } });
     // The NATS source, when configured, is needed as much as MQTT.
     let nats_ok = match &state.nats {
         None => true,

@@ -462,6 +462,15 @@ mod tests {
             edgebus_actors::ingest::subject::DECNET_SUBJECTS.map(String::from)
         );
         assert!(!format!("{nats:?}").contains("s3cret"));
+
+        let s = Settings::from_toml(
+            "[nats]\nurl = \"nats://127.0.0.1:4300\"\nuser = \"edge\"\npassword = \"pw\"\n\
+             [[nats.map]]\nsubject = \"plant.*.>\"\ntopic = \"plants/{1}/{>}\"",
+        )
+        .unwrap();
+        let nats = s.nats.unwrap();
+        assert_eq!(nats.map.len(), 1);
+        assert!(matches!(nats.login, NatsLogin::UserPassword { .. }));
     }
 
     #[test]

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::broker::Mosquitto;
 use crate::helpers::{
-    free_port, spawn_app_unready, spawn_app_with, unique, TestApp, PORT_ATTEMPTS, WAIT,
+    free_port, spawn_app_unready, spawn_app_with, unique, TestApp, WsClient, PORT_ATTEMPTS, WAIT,
 };
+use crate::node::Node;
+use crate::redis_proc::RedisServer;
 use crate::tools::{installed, require_tool, tail};
 
 /// A nats-server on a free port of its own, killed on drop.
@@ -51,7 +54,10 @@ impl NatsServer {
             match server.spawn() {
                 Ok(()) => return server,
                 Err(log) if log.contains("in use") => {
-                    eprintln!("nats-server could not listen on {}; trying another.", server.port);
+                    eprintln!(
+                        "nats-server could not listen on {}; trying another.",
+                        server.port
+                    );
                 }
                 Err(log) => panic!("nats-server exited at start-up:\n{log}"),
             }
@@ -161,9 +167,7 @@ async fn decnet_events_on_nats_reach_streams_on_edgebus_topics() {
     let app = app_on(&server).await;
     let (_, ready) = app.get_json("/readyz").await;
     assert_eq!(ready["nats"], "subscribed", "{ready}");
-    let mut ws = app
-        .ws("?topic=attackers/%23&topic=attribution/%23")
-        .await;
+    let mut ws = app.ws("?topic=attackers/%23&topic=attribution/%23").await;
     ws.snapshot().await;
     let client = publisher(&server).await;
     let attacker = unique("att");
@@ -241,10 +245,16 @@ async fn a_bad_nats_frame_is_rejected_counted_and_reported() {
     assert_eq!(first["payload"]["reason"], "bad_topic");
     assert_eq!(first["payload"]["topic"], "attacker/scored");
     let detail = first["payload"].to_string();
-    assert!(detail.contains("attacker_uuid"), "the reason names the field: {detail}");
+    assert!(
+        detail.contains("attacker_uuid"),
+        "the reason names the field: {detail}"
+    );
     let second = ws.next_event().await;
     assert_eq!(second["payload"]["reason"], "not_object");
-    assert_eq!(second["payload"]["topic"], "attribution/profile/state_changed");
+    assert_eq!(
+        second["payload"]["topic"],
+        "attribution/profile/state_changed"
+    );
     app.wait_metric(r#"edgebus_frames_rejected_total{reason="bad_topic"}"#, 1.0)
         .await;
     app.wait_metric(r#"edgebus_frames_rejected_total{reason="not_object"}"#, 1.0)
@@ -265,7 +275,9 @@ async fn readiness_follows_the_nats_server_from_start_through_a_crash() {
     assert_eq!(ready["nats"], "connecting", "{ready}");
     assert_eq!(app.metric("edgebus_nats_connected").await, 0.0);
 
-    server.spawn().expect("nats-server starts on the reserved port");
+    server
+        .spawn()
+        .expect("nats-server starts on the reserved port");
     app.wait_until_ready(true).await;
     let mut ws = app.ws("?topic=attackers/%23").await;
     ws.snapshot().await;
@@ -288,4 +300,69 @@ async fn readiness_follows_the_nats_server_from_start_through_a_crash() {
     assert_eq!(got["topic"], format!("attackers/{attacker}/scored"));
     assert_eq!(got["payload"], again);
     assert!(app.metric("edgebus_nats_reconnects_total").await >= 1.0);
+}
+
+/// One series of a node's `/metrics`; absent counts as 0.
+async fn node_metric(node: &Node, series: &str) -> f64 {
+    let (status, text) = node.get("/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[actix_web::test]
+async fn in_cluster_mode_each_nats_message_is_taken_once_and_seen_on_every_instance() {
+    if !require_tool("nats-server") || !require_tool("mosquitto") || !require_tool("redis-server") {
+        return;
+    }
+    let server = NatsServer::start();
+    let (_broker, mqtt_port) = Mosquitto::on_free_port();
+    let redis = RedisServer::start();
+    let url = server.url();
+    let env = [("EDGEBUS__NATS__URL", url.as_str())];
+    // Ready = queue-subscribed on NATS, so nothing published below is missed.
+    let nodes = [
+        Node::cluster(mqtt_port, &redis.url(), "a", &env).await,
+        Node::cluster(mqtt_port, &redis.url(), "b", &env).await,
+    ];
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut ws = WsClient::connect(&format!(
+            "ws://127.0.0.1:{}/v1/ws?topic=attackers/%23",
+            node.port()
+        ))
+        .await;
+        ws.snapshot().await;
+        clients.push(ws);
+    }
+    let attacker = unique("att");
+    let client = publisher(&server).await;
+    const COUNT: u64 = 20;
+    for score in 0..COUNT {
+        let payload = json!({ "attacker_uuid": attacker, "score": score });
+        publish(&client, "attacker.scored", &payload).await;
+    }
+
+    let mut orders = Vec::new();
+    for ws in &mut clients {
+        let mut scores = Vec::new();
+        for _ in 0..COUNT {
+            let event = ws.next_event().await;
+            assert_eq!(event["topic"], format!("attackers/{attacker}/scored"));
+            scores.push(event["payload"]["score"].as_u64().expect("a score"));
+        }
+        orders.push(scores);
+    }
+    // One stream, one order everywhere; every message exactly once.
+    assert_eq!(orders[0], orders[1]);
+    let mut sorted = orders[0].clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..COUNT).collect::<Vec<_>>());
+    // The queue group gave each message to one instance only.
+    let mut taken = 0.0;
+    for node in &nodes {
+        taken += node_metric(node, "edgebus_frames_accepted_total").await;
+    }
+    assert_eq!(taken, COUNT as f64);
 }
