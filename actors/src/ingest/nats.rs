@@ -24,7 +24,7 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
 use super::subject::SubjectMap;
-use super::{ConnectionState, Rejected, RecentFrames, Sink};
+use super::{ConnectionState, RecentFrames, Rejected, Sink};
 use crate::bus::Publish;
 use crate::cluster::StreamWriter;
 use crate::event::now_ms;
@@ -220,7 +220,10 @@ struct NatsPump {
 }
 
 impl NatsPump {
-    async fn options(&self, events: mpsc::UnboundedSender<NatsEvent>) -> std::io::Result<ConnectOptions> {
+    async fn options(
+        &self,
+        events: mpsc::UnboundedSender<NatsEvent>,
+    ) -> std::io::Result<ConnectOptions> {
         let c = &self.config;
         let mut options = match &c.auth {
             NatsAuth::None => ConnectOptions::new(),
@@ -253,17 +256,26 @@ impl NatsPump {
         let options = match self.options(events_tx).await {
             Ok(options) => options,
             Err(error) => {
-                log::error!("NATS: cannot read `nats.creds_file`: {error}. The NATS source stays down.");
+                log::error!(
+                    "NATS: cannot read `nats.creds_file`: {error}. The NATS source stays down."
+                );
                 self.me.do_send(StateChanged(ConnectionState::Stopped));
                 return;
             }
         };
-        log::info!("Connecting to NATS `{}` as `{}`.", self.config.url, self.config.name);
+        log::info!(
+            "Connecting to NATS `{}` as `{}`.",
+            self.config.url,
+            self.config.name
+        );
         // Returns at once: the first connection is retried in the background.
         let client = match options.connect(self.config.url.as_str()).await {
             Ok(client) => client,
             Err(error) => {
-                log::error!("NATS: `nats.url` `{}` is unusable: {error}.", self.config.url);
+                log::error!(
+                    "NATS: `nats.url` `{}` is unusable: {error}.",
+                    self.config.url
+                );
                 self.me.do_send(StateChanged(ConnectionState::Stopped));
                 return;
             }
@@ -337,7 +349,10 @@ impl NatsPump {
             }
             NatsEvent::Disconnected => {
                 self.telemetry.nats_reconnects.inc();
-                log::warn!("NATS connection to `{}` lost; reconnecting.", self.config.url);
+                log::warn!(
+                    "NATS connection to `{}` lost; reconnecting.",
+                    self.config.url
+                );
                 self.me.do_send(StateChanged(ConnectionState::Disconnected));
             }
             NatsEvent::Closed => {

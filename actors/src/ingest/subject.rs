@@ -128,7 +128,11 @@ impl Rule {
                 {
                     Part::Field(name.to_owned())
                 }
-                _ => return Err(bad(format!("`{{{name}}}` is not a field name, index or `>`"))),
+                _ => {
+                    return Err(bad(format!(
+                        "`{{{name}}}` is not a field name, index or `>`"
+                    )))
+                }
             });
             rest = &rest[close + 1..];
         }
@@ -210,7 +214,11 @@ impl SubjectMap {
     /// The topic for a message on `subject` carrying `payload`.
     pub fn topic(&self, subject: &str, payload: &[u8]) -> Result<String, MapError> {
         let tokens: Vec<&str> = subject.split('.').collect();
-        let topic = match self.rules.iter().find_map(|r| Some((r, r.matches(&tokens)?))) {
+        let topic = match self
+            .rules
+            .iter()
+            .find_map(|r| Some((r, r.matches(&tokens)?)))
+        {
             Some((rule, tail)) => fill(rule, subject, &tokens, tail, payload)?,
             None => tokens.join("/"),
         };
@@ -276,12 +284,13 @@ fn fill(
                 continue;
             }
             Part::Field(name) => {
-                let value = object.as_ref().and_then(|o| field(o, name)).ok_or_else(|| {
-                    MapError::MissingField {
+                let value = object
+                    .as_ref()
+                    .and_then(|o| field(o, name))
+                    .ok_or_else(|| MapError::MissingField {
                         subject: subject.to_owned(),
                         field: name.clone(),
-                    }
-                })?;
+                    })?;
                 (name.clone(), value)
             }
         };
@@ -347,7 +356,8 @@ mod tests {
             "attackers/a-1/fingerprint_rotated"
         );
         assert_eq!(
-            map.topic("attribution.profile.state_changed", b"{}").unwrap(),
+            map.topic("attribution.profile.state_changed", b"{}")
+                .unwrap(),
             "attribution/profile/state_changed"
         );
     }
@@ -373,7 +383,9 @@ mod tests {
         }
         for bad in ["a/b", "#", "+", "", "a\nb"] {
             let payload = serde_json::json!({ "attacker_uuid": bad }).to_string();
-            let err = map.topic("attacker.scored", payload.as_bytes()).unwrap_err();
+            let err = map
+                .topic("attacker.scored", payload.as_bytes())
+                .unwrap_err();
             assert!(matches!(err, MapError::BadLevel { .. }), "{bad:?}: {err}");
         }
         let err = map.topic("attacker.scored", b"{}").unwrap_err();
@@ -386,10 +398,7 @@ mod tests {
     #[test]
     fn unmapped_subjects_become_slashes_and_must_be_allowed() {
         let map = decnet();
-        assert_eq!(
-            map.topic("attribution.x", b"{}").unwrap(),
-            "attribution/x"
-        );
+        assert_eq!(map.topic("attribution.x", b"{}").unwrap(), "attribution/x");
         assert!(matches!(
             map.topic("plant.boiler", b"{}"),
             Err(MapError::NotAllowed { .. })
@@ -447,7 +456,10 @@ mod tests {
 
     #[test]
     fn reject_reports_name_a_safe_topic() {
-        assert_eq!(SubjectMap::reject_topic("attacker.scored"), "attacker/scored");
+        assert_eq!(
+            SubjectMap::reject_topic("attacker.scored"),
+            "attacker/scored"
+        );
         assert_eq!(SubjectMap::reject_topic("a.#.+"), "a/_/_");
     }
 }
