@@ -20,6 +20,7 @@ use edgebus_actors::bus::{self, Bus, BusConfig};
 use edgebus_actors::cluster::{
     leader, voice, ClusterHealth, Leadership, Recovery, StreamReader, StreamWriter, Voice,
 };
+use edgebus_actors::ingest::nats::{NatsIngest, NatsStop};
 use edgebus_actors::ingest::{self, Ingest, LocalLink};
 use edgebus_actors::registry::{Registry, RegistryConfig};
 use edgebus_actors::slack::{self, Slack};
@@ -60,6 +61,7 @@ pub struct AppHandle {
     server: ServerHandle,
     bus: Addr<Bus>,
     ingest: Addr<Ingest>,
+    nats: Option<Addr<NatsIngest>>,
     alerts: Addr<Alerts>,
     slack: Option<Addr<Slack>>,
     slack_flush: Duration,
@@ -91,6 +93,7 @@ impl Application {
             (Some(link), Some(Arc::new(listener)))
         });
         let ingest_config = wiring::ingest_config(&settings, &mqtt)?;
+        let nats_config = wiring::nats_config(&settings);
 
         // The bus and registry share one thread; ingest (MQTT polling and
         // validation) gets its own, so parsing runs beside fan-out. Alert
@@ -252,6 +255,22 @@ impl Application {
                 telemetry.clone(),
             );
         }
+        // The NATS source shares ingest's thread: parsing stays off the bus's.
+        let nats = nats_config.map(|config| {
+            let (t, r, b) = (
+                telemetry.clone(),
+                registry.clone().recipient(),
+                bus.clone().recipient(),
+            );
+            let w = cluster.as_ref().map(|(_, _, writer, _)| writer.clone());
+            NatsIngest::start_in_arbiter(&ingest_thread.handle(), move |_| {
+                let nats = NatsIngest::new(config, r, b, t);
+                match w {
+                    Some(writer) => nats.stream_fed(writer),
+                    None => nats,
+                }
+            })
+        });
         let w = cluster.as_ref().map(|(_, _, writer, _)| writer.clone());
         let ingest = Ingest::start_in_arbiter(&ingest_thread.handle(), move |_| {
             let mut ingest = Ingest::new(ingest_config, r, b, t);
@@ -359,6 +378,7 @@ impl Application {
             bus: bus.clone(),
             registry,
             ingest: ingest.clone(),
+            nats: nats.clone(),
             telemetry: telemetry.clone(),
             settings: settings.clone(),
             auth,
@@ -415,6 +435,7 @@ impl Application {
             server: server.handle(),
             bus,
             ingest,
+            nats,
             alerts,
             slack,
             slack_flush: settings.slack.shutdown_flush,
@@ -485,6 +506,9 @@ impl AppHandle {
     pub async fn shutdown(&self) {
         self.server.pause().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ingest.send(ingest::Stop)).await;
+        if let Some(nats) = &self.nats {
+            let _ = tokio::time::timeout(Duration::from_secs(5), nats.send(NatsStop)).await;
+        }
         if let Ok(Ok(n)) =
             tokio::time::timeout(Duration::from_secs(2), self.bus.send(bus::Shutdown)).await
         {

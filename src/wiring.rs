@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use edgebus_actors::alerts::AlertsConfig;
 use edgebus_actors::bus::BusConfig;
 use edgebus_actors::cluster::ClusterConfig;
+use edgebus_actors::ingest::nats::{NatsAuth, NatsConfig};
+use edgebus_actors::ingest::subject::SubjectMap;
 use edgebus_actors::ingest::tls::{client_config, TlsFiles};
 use edgebus_actors::ingest::IngestConfig;
 use edgebus_actors::registry::RegistryConfig;
@@ -13,7 +15,7 @@ use edgebus_actors::session::{OpLimits, SseSessionConfig, WireFormat, WsSessionC
 use edgebus_actors::slack::SlackConfig;
 
 use crate::host_health::HostHealthLimits;
-use crate::settings::{HostHealthSettings, RegistrySettings, Settings, SlackSettings};
+use crate::settings::{HostHealthSettings, NatsLogin, RegistrySettings, Settings, SlackSettings};
 use crate::startup::MqttEndpoint;
 
 impl From<&Settings> for BusConfig {
@@ -190,5 +192,43 @@ pub fn cluster_config(settings: &Settings) -> Option<ClusterConfig> {
         history: settings.bus.history,
         history_bytes: settings.bus.history_bytes,
         max_reader_lag: c.max_reader_lag,
+    })
+}
+
+/// The NATS source's config; `None` when `nats.url` is empty. A NATS frame
+/// may land on `mqtt.topics` (the configured families) or `nats.allow_topics`.
+pub fn nats_config(settings: &Settings) -> Option<NatsConfig> {
+    let n = settings.nats.as_ref()?;
+    let auth = match &n.login {
+        NatsLogin::None => NatsAuth::None,
+        NatsLogin::UserPassword { user, password } => {
+            NatsAuth::UserPassword(user.clone(), password.expose().to_owned())
+        }
+        NatsLogin::Token(token) => NatsAuth::Token(token.expose().to_owned()),
+        NatsLogin::CredsFile(path) => NatsAuth::CredsFile(path.clone()),
+    };
+    let mut allowed = settings.mqtt.topics.clone();
+    allowed.extend(n.allow_topics.iter().cloned());
+    // Cluster mode: one queue group over all instances, as MQTT's shared
+    // subscription: each message is taken by one of them.
+    let (queue_group, name) = match &settings.cluster {
+        Some(c) => (
+            Some(c.group.clone()),
+            format!("{}-{}", settings.mqtt.client_id, c.instance_id),
+        ),
+        None => (None, settings.mqtt.client_id.clone()),
+    };
+    Some(NatsConfig {
+        url: n.url.clone(),
+        auth,
+        ca_cert: n.ca_cert.clone(),
+        subjects: n.subjects.clone(),
+        map: SubjectMap::new(n.map.clone(), allowed),
+        queue_group,
+        name,
+        backoff_min: n.backoff_min,
+        backoff_max: n.backoff_max,
+        max_payload_bytes: settings.mqtt.max_payload_bytes,
+        inflight_bytes: settings.bus.inflight_bytes,
     })
 }

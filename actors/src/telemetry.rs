@@ -47,6 +47,9 @@ pub struct Telemetry {
     sessions_open: IntGaugeVec,
     pub mqtt_connected: IntGauge,
     pub mqtt_reconnects: IntCounter,
+    /// The NATS source (`[nats]`): 1 while subscribed.
+    pub nats_connected: IntGauge,
+    pub nats_reconnects: IntCounter,
     broker_overruns: IntCounter,
     pub devices_known: IntGauge,
     /// Alerts raised.
@@ -485,6 +488,14 @@ impl Telemetry {
             mqtt_reconnects: counter(
                 "edgebus_mqtt_reconnects_total",
                 "Times the MQTT connection was lost and retried.",
+            ),
+            nats_connected: gauge(
+                "edgebus_nats_connected",
+                "1 while the NATS source is connected and subscribed.",
+            ),
+            nats_reconnects: counter(
+                "edgebus_nats_reconnects_total",
+                "Times the NATS connection was lost.",
             ),
             broker_overruns: counter(
                 "edgebus_mqtt_broker_overruns_total",

@@ -22,6 +22,7 @@ use actix_web::web;
 
 use edgebus_actors::bus::Bus;
 use edgebus_actors::cluster::{ClusterHealth, StreamWriter};
+use edgebus_actors::ingest::nats::NatsIngest;
 use edgebus_actors::ingest::Ingest;
 use edgebus_actors::registry::Registry;
 use edgebus_actors::telemetry::Telemetry;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub bus: Addr<Bus>,
     pub registry: Addr<Registry>,
     pub ingest: Addr<Ingest>,
+    /// The NATS source, when `nats.url` is set.
+    pub nats: Option<Addr<NatsIngest>>,
     pub telemetry: Arc<Telemetry>,
     pub settings: Arc<Settings>,
     pub auth: Arc<Auth>,

@@ -18,6 +18,7 @@ mod cluster;
 mod http;
 mod jwt;
 mod mqtt;
+mod nats;
 mod registry;
 mod sessions;
 mod slack;
@@ -38,6 +39,7 @@ pub use cluster::ClusterSettings;
 pub use http::HttpSettings;
 pub use jwt::{JwtKey, JwtSettings, MIN_HS256_SECRET};
 pub use mqtt::{BrokerUrl, MqttCredential, MqttMode, MqttSettings, MAX_PAYLOAD_LIMIT};
+pub use nats::{NatsLogin, NatsSettings};
 pub use registry::RegistrySettings;
 pub use sessions::SessionSettings;
 pub use slack::SlackSettings;
@@ -155,6 +157,8 @@ pub struct Settings {
     pub uploads: UploadSettings,
     /// `Some` in cluster mode (`cluster.redis_url` set).
     pub cluster: Option<ClusterSettings>,
+    /// `Some` when the NATS source is on (`nats.url` set).
+    pub nats: Option<NatsSettings>,
     /// Deprecated keys in use, one sentence each: logged as WARN at start.
     pub warnings: Vec<String>,
 }
@@ -175,6 +179,7 @@ struct RawSettings {
     host_health: HostHealthSettings,
     uploads: uploads::RawUploads,
     cluster: cluster::RawCluster,
+    nats: nats::RawNats,
 }
 
 /// Where settings come from. `Default` = embedded defaults + process env.
@@ -210,6 +215,8 @@ impl Settings {
             .with_list_parse_key("auth.jwt.algorithms")
             .with_list_parse_key("uploads.episode_types")
             .with_list_parse_key("uploads.benign_profiles")
+            .with_list_parse_key("nats.subjects")
+            .with_list_parse_key("nats.allow_topics")
             .source(sources.env.clone());
         let written = builder.add_source(env).build()?;
         let sets = |key: &str| written.get::<config::Value>(key).is_ok();
@@ -251,6 +258,7 @@ impl RawSettings {
         self.host_health.validate()?;
         let uploads = self.uploads.validate(&self.storage.data_dir)?;
         let cluster = self.cluster.validate(mqtt.mode)?;
+        let nats = self.nats.validate()?;
         Ok(Settings {
             http,
             mqtt,
@@ -264,6 +272,7 @@ impl RawSettings {
             host_health: self.host_health,
             uploads,
             cluster,
+            nats,
             warnings,
         })
     }
@@ -420,6 +429,16 @@ mod tests {
             ("[slack]\ndigest_outbox_capacity = 0", "slack.digest_outbox_capacity"),
             ("[host_health]\nmax_hosts = 0", "host_health.max_hosts"),
             ("[host_health]\nmax_concurrent_lists = 0", "host_health.max_concurrent_lists"),
+            ("[nats]\nurl = \"http://x\"", "nats.url"),
+            ("[nats]\nurl = \"nats://u:p@x\"", "nats.url"),
+            ("[nats]\nurl = \"nats://x\"\nuser = \"u\"", "nats.password"),
+            ("[nats]\nurl = \"nats://x\"\ntoken = \"t\"\ncreds_file = \"c\"", "nats.token"),
+            ("[nats]\nurl = \"nats://x\"\nca_cert = \"ca.pem\"", "nats.ca_cert"),
+            ("[nats]\nurl = \"nats://x\"\nsubjects = []", "nats.subjects"),
+            ("[nats]\nurl = \"nats://x\"\nsubjects = [\"a.>.b\"]", "nats.subjects"),
+            ("[nats]\nurl = \"nats://x\"\nallow_topics = [\"a/#/b\"]", "nats.allow_topics"),
+            ("[nats]\nurl = \"nats://x\"\nbackoff_min_seconds = 0", "nats.backoff_min_seconds"),
+            ("[nats]\nurl = \"nats://x\"\n[[nats.map]]\nsubject = \"a.b\"\ntopic = \"x/{3}\"", "nats.map[0]"),
         ];
         for (toml, key) in table {
             let line = error_line(toml);
@@ -478,6 +497,36 @@ mod tests {
         assert_eq!(jwt.issuer, "https://idp.example");
         assert!(error_line("[http]\ncors_max_age_seconds = 100000")
             .contains("`http.cors_max_age_seconds`"));
+    }
+
+    #[test]
+    fn the_nats_source_is_off_by_default_and_defaults_to_decnet_subjects() {
+        assert!(Settings::from_toml("").unwrap().nats.is_none());
+        let s = Settings::load(SettingsSources {
+            env: Some(env(&[
+                ("EDGEBUS__NATS__URL", "tls://nats.example:4443"),
+                ("EDGEBUS__NATS__TOKEN", "s3cret-token"),
+            ])),
+            ..Default::default()
+        })
+        .unwrap();
+        let nats = s.nats.unwrap();
+        assert_eq!(nats.url, "tls://nats.example:4443");
+        assert_eq!(nats.login, NatsLogin::Token(Secret::new("s3cret-token")));
+        assert_eq!(
+            nats.subjects,
+            edgebus_actors::ingest::subject::DECNET_SUBJECTS.map(String::from)
+        );
+        assert!(!format!("{nats:?}").contains("s3cret"));
+
+        let s = Settings::from_toml(
+            "[nats]\nurl = \"nats://127.0.0.1:4300\"\nuser = \"edge\"\npassword = \"pw\"\n\
+             [[nats.map]]\nsubject = \"plant.*.>\"\ntopic = \"plants/{1}/{>}\"",
+        )
+        .unwrap();
+        let nats = s.nats.unwrap();
+        assert_eq!(nats.map.len(), 1);
+        assert!(matches!(nats.login, NatsLogin::UserPassword { .. }));
     }
 
     #[test]

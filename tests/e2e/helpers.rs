@@ -104,6 +104,18 @@ pub async fn spawn_app_with(extra: &str) -> TestApp {
 /// Like [`spawn_app_with`], with the alert rules' clock injected.
 /// The embedded broker binds its port itself: on a conflict, another port.
 pub async fn spawn_app_with_clock(extra: &str, clock: Option<Arc<dyn Clock>>) -> TestApp {
+    let app = spawn_embedded(extra, clock).await;
+    app.wait_until_ready(true).await;
+    app
+}
+
+/// Like [`spawn_app_with`], without waiting for `/readyz`: for a test
+/// whose app starts while something it needs (a NATS server) is down.
+pub async fn spawn_app_unready(extra: &str) -> TestApp {
+    spawn_embedded(extra, None).await
+}
+
+async fn spawn_embedded(extra: &str, clock: Option<Arc<dyn Clock>>) -> TestApp {
     let client_id = unique("edgebus");
     let mut attempt = 0;
     loop {
@@ -115,7 +127,7 @@ pub async fn spawn_app_with_clock(extra: &str, clock: Option<Arc<dyn Clock>>) ->
              backoff_min_seconds = 1\nbackoff_max_seconds = 2\n"
         );
         match build(&merge(&toml, extra), clock.clone()).await {
-            Ok((app, metrics_auth)) => return start(app, mqtt_port, metrics_auth).await,
+            Ok((app, metrics_auth)) => return serve(app, mqtt_port, metrics_auth),
             Err(e) if attempt < PORT_ATTEMPTS && broker_port_taken(&e) => {
                 eprintln!("MQTT port {mqtt_port} was taken ({e:#}); trying another.");
             }
@@ -201,18 +213,22 @@ async fn build(
 
 /// Serves `app` and waits until it is ready.
 async fn start(app: Application, mqtt_port: u16, metrics_auth: Option<String>) -> TestApp {
+    let app = serve(app, mqtt_port, metrics_auth);
+    app.wait_until_ready(true).await;
+    app
+}
+
+fn serve(app: Application, mqtt_port: u16, metrics_auth: Option<String>) -> TestApp {
     let port = app.port();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
-    let app = TestApp {
+    TestApp {
         port,
         mqtt_port,
         handle,
         http: awc::Client::builder().timeout(WAIT).finish(),
         metrics_auth,
-    };
-    app.wait_until_ready(true).await;
-    app
+    }
 }
 
 impl Drop for TestApp {

@@ -21,6 +21,7 @@ mod host_health_cluster;
 mod http;
 mod jwt;
 mod moto;
+mod nats;
 mod node;
 mod pipeline;
 mod publish;

@@ -13,10 +13,13 @@
 //!
 //! With the embedded broker, a [`LocalLink`] (`link`) replaces rumqttc: the
 //! router hands publishes over in-process. Both sources end in one
-//! per-publish function, `Sink::on_publish`.
+//! per-publish function, `Sink::on_publish`. The NATS source ([`nats`]) is a
+//! third, with its own actor, ending there too.
 
 pub mod backoff;
 mod link;
+pub mod nats;
+pub mod subject;
 pub mod tls;
 
 use std::collections::{HashSet, VecDeque};
