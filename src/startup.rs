@@ -49,6 +49,8 @@ pub struct MqttEndpoint {
 
 pub struct Application {
     port: u16,
+    /// The SecureTea Socket.IO listener's port, when `[compat.securetea]` is on.
+    socketio_port: Option<u16>,
     mqtt: MqttEndpoint,
     server: Server,
     handle: AppHandle,
@@ -268,6 +270,16 @@ impl Application {
         let listener = TcpListener::bind(bind)
             .with_context(|| format!("`http.bind`: cannot listen on {bind}"))?;
         let port = listener.local_addr()?.port();
+        let socketio = if settings.compat.securetea.enabled {
+            Some(crate::securetea::socketio::start(
+                &settings.compat.securetea,
+                bus.clone(),
+                telemetry.clone(),
+                settings.bus.queue_capacity,
+            )?)
+        } else {
+            None
+        };
         let mut auth = Auth::new(&settings, clock.clone());
         // Cluster mode: tickets and Idempotency-Keys hold across instances.
         let idempotency = match &settings.cluster {
@@ -402,16 +414,20 @@ impl Application {
             slack,
             slack_flush: settings.slack.shutdown_flush,
             telemetry,
-            arbiters: vec![
+            arbiters: [
                 core.handle(),
                 ingest_thread.handle(),
                 alerts_thread.handle(),
                 cluster_thread.handle(),
-            ],
+            ]
+            .into_iter()
+            .chain(socketio.as_ref().map(|s| s.arbiter.handle()))
+            .collect(),
             broker,
         };
         Ok(Self {
             port,
+            socketio_port: socketio.map(|s| s.port),
             mqtt,
             server,
             handle,
@@ -420,6 +436,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The SecureTea Socket.IO listener's port (`compat.securetea.enabled`).
+    pub fn socketio_port(&self) -> Option<u16> {
+        self.socketio_port
     }
 
     pub fn mqtt(&self) -> &MqttEndpoint {

@@ -15,6 +15,7 @@ mod alerts;
 mod auth;
 mod bus;
 mod cluster;
+mod compat;
 mod http;
 mod mqtt;
 mod registry;
@@ -34,6 +35,7 @@ pub use alerts::AlertSettings;
 pub use auth::{ApiKey, AuthSettings, Role};
 pub use bus::BusSettings;
 pub use cluster::ClusterSettings;
+pub use compat::{CompatSettings, CorsOrigins, IpNet, SecureTeaSettings};
 pub use http::HttpSettings;
 pub use mqtt::{BrokerUrl, MqttCredential, MqttMode, MqttSettings, MAX_PAYLOAD_LIMIT};
 pub use registry::RegistrySettings;
@@ -151,6 +153,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub host_health: HostHealthSettings,
     pub uploads: UploadSettings,
+    pub compat: CompatSettings,
     /// `Some` in cluster mode (`cluster.redis_url` set).
     pub cluster: Option<ClusterSettings>,
     /// Deprecated keys in use, one sentence each: logged as WARN at start.
@@ -172,6 +175,7 @@ struct RawSettings {
     storage: StorageSettings,
     host_health: HostHealthSettings,
     uploads: uploads::RawUploads,
+    compat: compat::RawCompat,
     cluster: cluster::RawCluster,
 }
 
@@ -206,6 +210,8 @@ impl Settings {
             .with_list_parse_key("http.allowed_origins")
             .with_list_parse_key("uploads.episode_types")
             .with_list_parse_key("uploads.benign_profiles")
+            .with_list_parse_key("compat.securetea.allowed_sources")
+            .with_list_parse_key("compat.securetea.socketio_cors_origins")
             .source(sources.env.clone());
         let written = builder.add_source(env).build()?;
         let sets = |key: &str| written.get::<config::Value>(key).is_ok();
@@ -246,6 +252,7 @@ impl RawSettings {
         self.storage.validate()?;
         self.host_health.validate()?;
         let uploads = self.uploads.validate(&self.storage.data_dir)?;
+        let compat = self.compat.validate()?;
         let cluster = self.cluster.validate(mqtt.mode)?;
         Ok(Settings {
             http,
@@ -259,6 +266,7 @@ impl RawSettings {
             storage: self.storage,
             host_health: self.host_health,
             uploads,
+            compat,
             cluster,
             warnings,
         })

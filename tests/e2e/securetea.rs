@@ -1,0 +1,252 @@
+//! The SecureTea profile (`[compat.securetea]`): the core's `GET /notifs`
+//! from an allowed address or with a key, and the GUI's real
+//! `socket.io-client` (2.x, as the GUI had when it gained notifications,
+//! and 4.x, as it has now) receiving `newmessage`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::auth::{bearer, keys_toml, PUBLISHER, VIEWER};
+use crate::helpers::{spawn_app_with, TestApp, WAIT};
+use crate::tools::require_tool;
+
+fn profile(allowed: &str) -> String {
+    format!(
+        "[compat.securetea]\nenabled = true\nallowed_sources = [{allowed}]\n\
+         socketio_bind = \"127.0.0.1:0\"\n"
+    )
+}
+
+async fn app(allowed: &str) -> TestApp {
+    spawn_app_with(&format!("{}{}", keys_toml(), profile(allowed))).await
+}
+
+/// `GET target` from the local address `from`, as plain HTTP/1.1 (the
+/// core's `requests.get`): status and body text.
+async fn get_from(port: u16, from: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut stream = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let mut request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut answer))
+        .await
+        .expect("an answer within the wait")
+        .unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[actix_web::test]
+async fn the_cores_call_is_a_notification_from_an_allowed_address_or_with_a_key() {
+    let app = app("\"127.0.0.1\"").await;
+    let mut stream = app
+        .sse(
+            "/v1/events?topic=notifications/securetea",
+            &[("Authorization", &bearer(VIEWER))],
+        )
+        .await
+        .expect("200");
+    stream.snapshot().await;
+
+    let (status, body) = get_from(app.port, "127.0.0.1", "/notifs?msg=Whello", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "Notif sent"));
+    let event = stream.next_event().await;
+    assert_eq!(event.event, "notification");
+    let payload = &event.json()["payload"];
+    assert_eq!(payload["level"], "warning");
+    assert_eq!(payload["message"], "hello");
+    assert_eq!(payload["source"], "securetea");
+
+    // Another address: a publisher key, not a viewer's, and not none.
+    let other = "127.0.0.2";
+    let (status, body) = get_from(app.port, other, "/notifs?msg=Whello", &[]).await;
+    assert_eq!(status, 401, "{body}");
+    let viewer = bearer(VIEWER);
+    let (status, _) = get_from(app.port, other, "/notifs?msg=Whello", &[("Authorization", &viewer)]).await;
+    assert_eq!(status, 403);
+    let publisher = bearer(PUBLISHER);
+    let (status, body) = get_from(
+        app.port,
+        other,
+        "/notifs?msg=Edisk%20full",
+        &[("Authorization", &publisher)],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "Notif sent"));
+    let payload = stream.next_event().await.json()["payload"].clone();
+    assert_eq!((payload["level"].as_str(), payload["message"].as_str()), (Some("error"), Some("disk full")));
+
+    // A browser page on the allowed machine is not the core.
+    let (status, _) = get_from(
+        app.port,
+        "127.0.0.1",
+        "/notifs?msg=Whello",
+        &[("Sec-Fetch-Site", "cross-site")],
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // The bounds of POST /v1/notifications, and the letter.
+    for (target, says) in [
+        ("/notifs", "missing"),
+        ("/notifs?msg=", "missing"),
+        ("/notifs?msg=W", "no text"),
+        ("/notifs?msg=Xhello", "must start with"),
+    ] {
+        let (status, body) = get_from(app.port, "127.0.0.1", target, &[]).await;
+        assert_eq!(status, 400, "{target}: {body}");
+        assert!(body.contains(says), "{target}: {body}");
+    }
+    let long = format!("/notifs?msg=S{}", "x".repeat(2001));
+    let (status, body) = get_from(app.port, "127.0.0.1", &long, &[]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("1 to 2000 characters"), "{body}");
+}
+
+#[actix_web::test]
+async fn without_allowed_sources_every_call_needs_a_key_and_without_the_profile_there_is_none() {
+    let app = app("").await;
+    let (status, _) = get_from(app.port, "127.0.0.1", "/notifs?msg=Whello", &[]).await;
+    assert_eq!(status, 401);
+    drop(app);
+    let off = spawn_app_with(&keys_toml()).await;
+    assert_eq!(off.socketio_port, None);
+    let publisher = bearer(PUBLISHER);
+    let (status, _) = get_from(off.port, "127.0.0.1", "/notifs?msg=Whello", &[("Authorization", &publisher)]).await;
+    assert_eq!(status, 404);
+}
+
+/// `socket.io-client@version` under the test's target dir, installed from
+/// npm once and reused after.
+fn socketio_client(version: &str) -> PathBuf {
+    let prefix = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("securetea-npm")
+        .join(version);
+    let module = prefix.join("node_modules").join("socket.io-client");
+    if module.join("package.json").is_file() {
+        return module;
+    }
+    let output = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+        .arg(&prefix)
+        .arg(format!("socket.io-client@{version}"))
+        .output()
+        .expect("npm runs");
+    assert!(
+        output.status.success(),
+        "npm install socket.io-client@{version} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    module
+}
+
+/// The GUI client in a node process; killed when dropped.
+struct Gui {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<Value>,
+}
+
+impl Gui {
+    fn start(module: &Path, port: u16, count: usize) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/securetea/gui_client.js");
+        let mut child = Command::new("node")
+            .arg(script)
+            .arg(module)
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg(count.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(WAIT * 3, self.lines.recv())
+            .await
+            .expect("the GUI client printed within the wait")
+            .expect("the GUI client printed before exiting")
+    }
+}
+
+impl Drop for Gui {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn the_gui_gets_newmessage_with_its_level_letter(version: &str) {
+    if !require_tool("node") || !require_tool("npm") {
+        return;
+    }
+    let module = socketio_client(version);
+    let app = app("\"127.0.0.1\"").await;
+    let port = app.socketio_port.expect("the Socket.IO listener");
+    let mut gui = Gui::start(&module, port, 2);
+    let connected = gui.next().await;
+    assert_eq!(connected["connected"], true, "{connected}");
+
+    let (status, _) = get_from(app.port, "127.0.0.1", "/notifs?msg=Whello", &[]).await;
+    assert_eq!(status, 200);
+    // Any notification reaches the GUI, info as the `S` its toasts know.
+    let answer = app
+        .call(
+            "POST",
+            "/v1/notifications",
+            &[("Authorization", &bearer(PUBLISHER))],
+            Some(r#"{"level":"info","message":"from the API","source":"ci"}"#),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+
+    assert_eq!(gui.next().await["newmessage"]["message"], "Whello");
+    assert_eq!(gui.next().await["newmessage"]["message"], "Sfrom the API");
+    let status = gui.child.wait().expect("node exits");
+    assert!(status.success(), "{status}");
+}
+
+#[actix_web::test]
+async fn the_seed_guis_socketio_client_2_gets_newmessage() {
+    // The GUI's package.json had "socket.io-client": "^2.3.0".
+    the_gui_gets_newmessage_with_its_level_letter("2.5.0").await;
+}
+
+#[actix_web::test]
+async fn todays_guis_socketio_client_4_gets_newmessage() {
+    // Later the GUI moved to "~4.4.0", then "~4.5.1".
+    the_gui_gets_newmessage_with_its_level_letter("4.5.4").await;
+}
