@@ -209,7 +209,8 @@ impl Drop for Gui {
     }
 }
 
-async fn the_gui_gets_newmessage_with_its_level_letter(version: &str) {
+/// `eio`: the Engine.IO protocol version the client speaks.
+async fn the_gui_gets_newmessage_with_its_level_letter(version: &str, eio: &str) {
     if !require_tool("node") || !require_tool("npm") {
         return;
     }
@@ -219,6 +220,8 @@ async fn the_gui_gets_newmessage_with_its_level_letter(version: &str) {
     let mut gui = Gui::start(&module, port, 2);
     let connected = gui.next().await;
     assert_eq!(connected["connected"], true, "{connected}");
+    assert_eq!(connected["transport"], "websocket", "{connected}");
+    assert_eq!(connected["eio"], eio, "{connected}");
 
     let (status, _) = get_from(app.port, "127.0.0.1", "/notifs?msg=Whello", &[]).await;
     assert_eq!(status, 200);
@@ -242,11 +245,11 @@ async fn the_gui_gets_newmessage_with_its_level_letter(version: &str) {
 #[actix_web::test]
 async fn the_seed_guis_socketio_client_2_gets_newmessage() {
     // The GUI's package.json had "socket.io-client": "^2.3.0".
-    the_gui_gets_newmessage_with_its_level_letter("2.5.0").await;
+    the_gui_gets_newmessage_with_its_level_letter("2.5.0", "3").await;
 }
 
 #[actix_web::test]
 async fn todays_guis_socketio_client_4_gets_newmessage() {
     // Later the GUI moved to "~4.4.0", then "~4.5.1".
-    the_gui_gets_newmessage_with_its_level_letter("4.5.4").await;
+    the_gui_gets_newmessage_with_its_level_letter("4.5.4", "4").await;
 }

@@ -11,9 +11,18 @@ const want = Number(count);
 const seen = [];
 const socket = io(url, { reconnection: false });
 const print = (line) => process.stdout.write(JSON.stringify(line) + '\n');
+// The GUI connects by long-polling, then upgrades to a WebSocket: report
+// once on the WebSocket, with the Engine.IO protocol version in use.
+let reported = false;
+const report = () => {
+  const engine = socket.io.engine;
+  if (reported || engine.transport.name !== 'websocket') return;
+  reported = true;
+  print({ connected: true, transport: engine.transport.name, eio: String(engine.transport.query.EIO) });
+};
 socket.on('connect', () => {
-  // 2.x sets engine.transport late; name whichever transport is in use.
-  print({ connected: true, transport: socket.io.engine.transport.name });
+  report();
+  socket.io.engine.on('upgrade', report);
 });
 socket.on('newmessage', (msg) => {
   seen.push(msg);
