@@ -270,16 +270,6 @@ impl Application {
         let listener = TcpListener::bind(bind)
             .with_context(|| format!("`http.bind`: cannot listen on {bind}"))?;
         let port = listener.local_addr()?.port();
-        let socketio = if settings.compat.securetea.enabled {
-            Some(crate::securetea::socketio::start(
-                &settings.compat.securetea,
-                bus.clone(),
-                telemetry.clone(),
-                settings.bus.queue_capacity,
-            )?)
-        } else {
-            None
-        };
         let mut auth = Auth::new(&settings, clock.clone());
         // Cluster mode: tickets and Idempotency-Keys hold across instances.
         let idempotency = match &settings.cluster {
@@ -374,6 +364,11 @@ impl Application {
                 },
             ),
         });
+        let socketio = if settings.compat.securetea.enabled {
+            Some(crate::securetea::socketio::start(state.clone())?)
+        } else {
+            None
+        };
         let unacked_timeout = settings.sessions.write_timeout.saturating_mul(2);
         let server = HttpServer::new(move || {
             App::new()

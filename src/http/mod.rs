@@ -8,7 +8,7 @@ mod host_health;
 pub mod idempotency;
 mod metrics;
 mod publish;
-mod securetea;
+pub mod securetea;
 mod sse;
 pub mod streams;
 mod tickets;

@@ -13,16 +13,18 @@
 //! SecureTea GUI used when it gained notifications), polling and WebSocket.
 
 use std::convert::Infallible;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Arbiter};
+use actix_web::{web, ResponseError as _};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
-    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, AUTHORIZATION, CONTENT_TYPE, ORIGIN,
+    VARY, WWW_AUTHENTICATE,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -40,7 +42,10 @@ use edgebus_actors::telemetry::{DropReason, Telemetry};
 use edgebus_actors::topic::TopicFilter;
 
 use super::gui_message_of;
-use crate::settings::{CorsOrigins, SecureTeaSettings};
+use crate::error::ApiError;
+use crate::http::securetea::{accept_notif, NotifsCall, SENT};
+use crate::http::AppState;
+use crate::settings::CorsOrigins;
 
 /// Messages buffered per GUI connection before it loses them.
 pub const SOCKET_BUFFER: usize = 128;
@@ -58,93 +63,142 @@ pub struct SocketIoListener {
 
 /// Binds `compat.securetea.socketio_bind` now, so a taken port stops the
 /// start, then serves on a thread of its own.
-pub fn start(
-    settings: &SecureTeaSettings,
-    bus: Addr<Bus>,
-    telemetry: Arc<Telemetry>,
-    queue_capacity: usize,
-) -> anyhow::Result<SocketIoListener> {
+pub fn start(state: web::Data<AppState>) -> anyhow::Result<SocketIoListener> {
+    let settings = &state.settings.compat.securetea;
     let bind = settings.socketio_bind;
     let listener = TcpListener::bind(bind)
         .with_context(|| format!("`compat.securetea.socketio_bind`: cannot listen on {bind}"))?;
     listener.set_nonblocking(true)?;
     let port = listener.local_addr()?.port();
-    let origins = settings.socketio_cors_origins.clone();
     let arbiter = Arbiter::new();
-    arbiter.spawn(async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(e) => {
-                log::error!("SecureTea Socket.IO listener: {e}");
-                return;
-            }
-        };
-        let (service, io) = SocketIo::builder()
-            .max_buffer_size(SOCKET_BUFFER)
-            .build_svc();
-        // The GUI only listens; connecting is all it does.
-        io.ns("/", async |_: SocketRef| {});
-        // Joined before the first GUI can connect: a GUI that is connected
-        // gets every notification published after it.
-        let Some(subscriber) = join(&bus, queue_capacity) else {
-            return;
-        };
-        tokio::spawn(relay(io, bus, subscriber, telemetry, queue_capacity));
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    log::warn!("SecureTea Socket.IO listener: accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            let service = service.clone();
-            let origins = origins.clone();
-            tokio::spawn(async move {
-                let per_request = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let service = service.clone();
-                    let origins = origins.clone();
-                    async move {
-                        let origin = req
-                            .headers()
-                            .get(ORIGIN)
-                            .and_then(|o| o.to_str().ok())
-                            .map(str::to_owned);
-                        match cors(origin.as_deref(), req.method(), &origins) {
-                            Cors::Refuse => return Ok(plain(StatusCode::FORBIDDEN, "origin not allowed")),
-                            Cors::Preflight => {
-                                let mut resp = plain(StatusCode::NO_CONTENT, "");
-                                allow(&mut resp, origin.as_deref());
-                                let h = resp.headers_mut();
-                                h.insert(
-                                    ACCESS_CONTROL_ALLOW_METHODS,
-                                    HeaderValue::from_static("GET, POST, OPTIONS"),
-                                );
-                                h.insert(
-                                    ACCESS_CONTROL_ALLOW_HEADERS,
-                                    HeaderValue::from_static("content-type"),
-                                );
-                                return Ok(resp);
-                            }
-                            Cors::Pass => {}
-                        }
-                        let mut resp = service.call(req).await?.map(Either::Left);
-                        allow(&mut resp, origin.as_deref());
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), per_request)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    log::debug!("SecureTea Socket.IO connection: {e}");
-                }
-            });
-        }
-    });
+    arbiter.spawn(serve(listener, state));
     log::info!("SecureTea Socket.IO listening on {}:{port}.", bind.ip());
     Ok(SocketIoListener { port, arbiter })
+}
+
+async fn serve(listener: TcpListener, state: web::Data<AppState>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            log::error!("SecureTea Socket.IO listener: {e}");
+            return;
+        }
+    };
+    let (service, io) = SocketIo::builder()
+        .max_buffer_size(SOCKET_BUFFER)
+        .build_svc();
+    // The GUI only listens; connecting is all it does.
+    io.ns("/", async |_: SocketRef| {});
+    let capacity = state.settings.bus.queue_capacity;
+    // Joined before the first GUI can connect: a GUI that is connected
+    // gets every notification published after it.
+    let Some(subscriber) = join(&state.bus, capacity) else {
+        return;
+    };
+    tokio::spawn(relay(
+        io,
+        state.bus.clone(),
+        subscriber,
+        state.telemetry.clone(),
+        capacity,
+    ));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                log::warn!("SecureTea Socket.IO listener: accept failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        let state = state.clone();
+        // Local: the core's `/notifs` goes through the publish path, whose
+        // futures stay on the thread that polls them.
+        actix_web::rt::spawn(async move {
+            let per_request = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let service = service.clone();
+                let state = state.clone();
+                async move {
+                    let origin = req
+                        .headers()
+                        .get(ORIGIN)
+                        .and_then(|o| o.to_str().ok())
+                        .map(str::to_owned);
+                    let origins = &state.settings.compat.securetea.socketio_cors_origins;
+                    match cors(origin.as_deref(), req.method(), origins) {
+                        Cors::Refuse => {
+                            return Ok(error(StatusCode::FORBIDDEN, "origin not allowed"));
+                        }
+                        Cors::Preflight => {
+                            let mut resp = reply(StatusCode::NO_CONTENT, "text/plain", String::new());
+                            allow(&mut resp, origin.as_deref());
+                            let h = resp.headers_mut();
+                            h.insert(
+                                ACCESS_CONTROL_ALLOW_METHODS,
+                                HeaderValue::from_static("GET, POST, OPTIONS"),
+                            );
+                            h.insert(
+                                ACCESS_CONTROL_ALLOW_HEADERS,
+                                HeaderValue::from_static("content-type"),
+                            );
+                            return Ok(resp);
+                        }
+                        Cors::Pass => {}
+                    }
+                    let mut resp = if req.uri().path() == "/notifs" && req.method() == Method::GET {
+                        notifs(&state, peer.ip(), &req).await
+                    } else {
+                        service.call(req).await?.map(Either::Left)
+                    };
+                    allow(&mut resp, origin.as_deref());
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), per_request)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                log::debug!("SecureTea Socket.IO connection: {e}");
+            }
+        });
+    }
+}
+
+/// The core's call on the port it calls by default, answered as on the
+/// HTTP listener.
+async fn notifs<L>(
+    state: &AppState,
+    peer: IpAddr,
+    req: &Request<Incoming>,
+) -> Response<Either<L, Full<Bytes>>> {
+    let headers = req.headers();
+    let call = NotifsCall {
+        peer: Some(peer),
+        authorization: headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        fetch_site: headers.get("sec-fetch-site").map(|v| v.as_bytes()),
+        query: req.uri().query().unwrap_or(""),
+    };
+    match accept_notif(state, call).await {
+        Ok(()) => reply(StatusCode::OK, "text/html; charset=utf-8", SENT.to_owned()),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status_code().as_u16())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let text = match e {
+                ApiError::Internal(cause) => {
+                    log::error!("SecureTea /notifs failed: {cause:#}.");
+                    "internal error".to_owned()
+                }
+                e => e.to_string(),
+            };
+            let mut resp = error(status, &text);
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            resp
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -180,12 +234,18 @@ fn allow<B>(resp: &mut Response<B>, origin: Option<&str>) {
     h.insert(VARY, HeaderValue::from_static("Origin"));
 }
 
-fn plain<L>(status: StatusCode, text: &'static str) -> Response<Either<L, Full<Bytes>>> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
-        text.as_bytes(),
-    ))));
+fn reply<L>(status: StatusCode, content_type: &'static str, body: String) -> Response<Either<L, Full<Bytes>>> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+/// edgebus's error body, `{"error": "…"}`.
+fn error<L>(status: StatusCode, text: &str) -> Response<Either<L, Full<Bytes>>> {
+    let body = serde_json::json!({ "error": text }).to_string();
+    reply(status, "application/json", body)
 }
 
 /// Subscribes to `notifications/#` as a session does.

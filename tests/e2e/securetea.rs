@@ -29,6 +29,17 @@ async fn app(allowed: &str) -> TestApp {
 /// `GET target` from the local address `from`, as plain HTTP/1.1 (the
 /// core's `requests.get`): status and body text.
 async fn get_from(port: u16, from: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let (status, _, body) = get_raw(port, from, target, headers).await;
+    (status, body)
+}
+
+/// [`get_from`] with the head too (status line and headers, as sent).
+async fn get_raw(
+    port: u16,
+    from: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
     let mut stream = socket
@@ -51,11 +62,8 @@ async fn get_from(port: u16, from: &str, target: &str, headers: &[(&str, &str)])
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("a status line");
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 #[actix_web::test]
@@ -98,6 +106,18 @@ async fn the_cores_call_is_a_notification_from_an_allowed_address_or_with_a_key(
     let payload = stream.next_event().await.json()["payload"].clone();
     assert_eq!((payload["level"].as_str(), payload["message"].as_str()), (Some("error"), Some("disk full")));
 
+    // The port the core calls by default (the ServerApp's) answers alike.
+    let socketio = app.socketio_port.expect("the Socket.IO listener");
+    let (status, body) = get_from(socketio, "127.0.0.1", "/notifs?msg=Sstarted", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "Notif sent"));
+    let payload = stream.next_event().await.json()["payload"].clone();
+    assert_eq!((payload["level"].as_str(), payload["message"].as_str()), (Some("success"), Some("started")));
+    let (status, body) = get_from(socketio, other, "/notifs?msg=Sstarted", &[]).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let (status, body) = get_from(socketio, "127.0.0.1", "/notifs?msg=Qx", &[]).await;
+    assert_eq!(status, 400, "{body}");
+
     // A browser page on the allowed machine is not the core.
     let (status, _) = get_from(
         app.port,
@@ -136,6 +156,28 @@ async fn without_allowed_sources_every_call_needs_a_key_and_without_the_profile_
     let publisher = bearer(PUBLISHER);
     let (status, _) = get_from(off.port, "127.0.0.1", "/notifs?msg=Whello", &[("Authorization", &publisher)]).await;
     assert_eq!(status, 404);
+}
+
+#[actix_web::test]
+async fn browsers_reach_the_socketio_listener_only_from_the_allowed_origins() {
+    let gui = "http://gui.example:4200";
+    let app = spawn_app_with(&format!(
+        "{}socketio_cors_origins = [\"{gui}\"]\n",
+        profile("")
+    ))
+    .await;
+    let port = app.socketio_port.expect("the Socket.IO listener");
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let (status, head, body) = get_raw(port, "127.0.0.1", handshake, &[("Origin", gui)]).await;
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(head.contains(&format!("access-control-allow-origin: {gui}")), "{head}");
+    assert!(body.contains("\"sid\""), "an Engine.IO open packet: {body}");
+    let (status, _, body) = get_raw(port, "127.0.0.1", handshake, &[("Origin", "http://evil.example")]).await;
+    assert_eq!(status, 403, "{body}");
+    // Not a browser: no Origin, no CORS.
+    let (status, head, _) = get_raw(port, "127.0.0.1", handshake, &[]).await;
+    assert_eq!(status, 200);
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
 }
 
 /// `socket.io-client@version` under the test's target dir, installed from
