@@ -26,7 +26,10 @@ pub struct NotifsCall<'a> {
     pub query: &'a str,
 }
 
-pub async fn notifs(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn notifs(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     accept_notif(
         &state,
         NotifsCall {
@@ -66,7 +69,10 @@ pub async fn accept_notif(state: &AppState, call: NotifsCall<'_>) -> Result<(), 
 /// The ServerApp's address check. A browser page the user opens can make
 /// the same GET from the same machine; browsers mark such a request
 /// `Sec-Fetch-Site: cross-site` (or `same-site`), and it needs a key.
-fn from_allowed_source(call: &NotifsCall<'_>, profile: &crate::settings::SecureTeaSettings) -> bool {
+fn from_allowed_source(
+    call: &NotifsCall<'_>,
+    profile: &crate::settings::SecureTeaSettings,
+) -> bool {
     let cross_site = call
         .fetch_site
         .is_some_and(|v| v != b"none" && v != b"same-origin");

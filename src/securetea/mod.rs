@@ -102,10 +102,7 @@ mod tests {
         assert_eq!(gui_message("info", "i"), "Si");
         assert_eq!(gui_message("error", "e"), "Ee");
         let envelope = r#"{"id":"a-1","topic":"notifications/ci","event":"notification","ts":1,"payload":{"level":"warning","message":"disk \"full\"","source":"ci"}}"#;
-        assert_eq!(
-            gui_message_of(envelope).as_deref(),
-            Some("Wdisk \"full\"")
-        );
+        assert_eq!(gui_message_of(envelope).as_deref(), Some("Wdisk \"full\""));
         assert_eq!(gui_message_of(r#"{"payload":{"cpu":1}}"#), None);
     }
 }

@@ -131,7 +131,8 @@ async fn serve(listener: TcpListener, state: web::Data<AppState>) {
                             return Ok(error(StatusCode::FORBIDDEN, "origin not allowed"));
                         }
                         Cors::Preflight => {
-                            let mut resp = reply(StatusCode::NO_CONTENT, "text/plain", String::new());
+                            let mut resp =
+                                reply(StatusCode::NO_CONTENT, "text/plain", String::new());
                             allow(&mut resp, origin.as_deref());
                             let h = resp.headers_mut();
                             h.insert(
@@ -234,7 +235,11 @@ fn allow<B>(resp: &mut Response<B>, origin: Option<&str>) {
     h.insert(VARY, HeaderValue::from_static("Origin"));
 }
 
-fn reply<L>(status: StatusCode, content_type: &'static str, body: String) -> Response<Either<L, Full<Bytes>>> {
+fn reply<L>(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Either<L, Full<Bytes>>> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -316,13 +321,19 @@ mod tests {
         let list = CorsOrigins::List(vec!["http://gui.example:4200".into()]);
         let get = Method::GET;
         assert_eq!(cors(None, &get, &list), Cors::Pass);
-        assert_eq!(cors(Some("http://gui.example:4200"), &get, &list), Cors::Pass);
+        assert_eq!(
+            cors(Some("http://gui.example:4200"), &get, &list),
+            Cors::Pass
+        );
         assert_eq!(cors(Some("http://evil.example"), &get, &list), Cors::Refuse);
         assert_eq!(
             cors(Some("http://gui.example:4200"), &Method::OPTIONS, &list),
             Cors::Preflight
         );
-        assert_eq!(cors(Some("http://any"), &get, &CorsOrigins::Any), Cors::Pass);
+        assert_eq!(
+            cors(Some("http://any"), &get, &CorsOrigins::Any),
+            Cors::Pass
+        );
         assert_eq!(
             cors(Some("http://any"), &get, &CorsOrigins::List(vec![])),
             Cors::Refuse

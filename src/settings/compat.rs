@@ -184,4 +184,44 @@ mod tests {
         assert!(IpNet::parse("10.0.0.0/33").is_none());
         assert!(IpNet::parse("localhost").is_none());
     }
+
+    fn error_line(toml: &str) -> String {
+        crate::settings::Settings::from_toml(toml)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_profile_is_off_by_default_and_bad_values_name_their_key() {
+        let s = crate::settings::Settings::from_toml("").unwrap();
+        let st = &s.compat.securetea;
+        assert!(!st.enabled);
+        assert!(st.allowed_sources.is_empty());
+        assert_eq!(st.socketio_bind, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(st.socketio_cors_origins, CorsOrigins::List(vec![]));
+        let any = crate::settings::Settings::from_toml(
+            "[compat.securetea]\nsocketio_cors_origins = [\"*\"]\nallowed_sources = [\"10.0.0.0/8\", \"::1\"]",
+        )
+        .unwrap();
+        assert_eq!(any.compat.securetea.socketio_cors_origins, CorsOrigins::Any);
+        assert_eq!(any.compat.securetea.allowed_sources.len(), 2);
+        for (toml, key) in [
+            ("allowed_sources = [\"10.0.0.0/40\"]", "allowed_sources"),
+            ("socketio_bind = \"5000\"", "socketio_bind"),
+            (
+                "socketio_cors_origins = [\"gui.example\"]",
+                "socketio_cors_origins",
+            ),
+            (
+                "socketio_cors_origins = [\"*\", \"http://a\"]",
+                "socketio_cors_origins",
+            ),
+        ] {
+            let line = error_line(&format!("[compat.securetea]\n{toml}"));
+            assert!(
+                line.starts_with(&format!("invalid setting `compat.securetea.{key}`")),
+                "{line}"
+            );
+        }
+    }
 }

@@ -46,7 +46,8 @@ async fn get_raw(
         .connect(format!("127.0.0.1:{port}").parse().unwrap())
         .await
         .unwrap();
-    let mut request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut request =
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -92,7 +93,13 @@ async fn the_cores_call_is_a_notification_from_an_allowed_address_or_with_a_key(
     let (status, body) = get_from(app.port, other, "/notifs?msg=Whello", &[]).await;
     assert_eq!(status, 401, "{body}");
     let viewer = bearer(VIEWER);
-    let (status, _) = get_from(app.port, other, "/notifs?msg=Whello", &[("Authorization", &viewer)]).await;
+    let (status, _) = get_from(
+        app.port,
+        other,
+        "/notifs?msg=Whello",
+        &[("Authorization", &viewer)],
+    )
+    .await;
     assert_eq!(status, 403);
     let publisher = bearer(PUBLISHER);
     let (status, body) = get_from(
@@ -104,14 +111,20 @@ async fn the_cores_call_is_a_notification_from_an_allowed_address_or_with_a_key(
     .await;
     assert_eq!((status, body.as_str()), (200, "Notif sent"));
     let payload = stream.next_event().await.json()["payload"].clone();
-    assert_eq!((payload["level"].as_str(), payload["message"].as_str()), (Some("error"), Some("disk full")));
+    assert_eq!(
+        (payload["level"].as_str(), payload["message"].as_str()),
+        (Some("error"), Some("disk full"))
+    );
 
     // The port the core calls by default (the ServerApp's) answers alike.
     let socketio = app.socketio_port.expect("the Socket.IO listener");
     let (status, body) = get_from(socketio, "127.0.0.1", "/notifs?msg=Sstarted", &[]).await;
     assert_eq!((status, body.as_str()), (200, "Notif sent"));
     let payload = stream.next_event().await.json()["payload"].clone();
-    assert_eq!((payload["level"].as_str(), payload["message"].as_str()), (Some("success"), Some("started")));
+    assert_eq!(
+        (payload["level"].as_str(), payload["message"].as_str()),
+        (Some("success"), Some("started"))
+    );
     let (status, body) = get_from(socketio, other, "/notifs?msg=Sstarted", &[]).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("\"error\""), "{body}");
@@ -154,7 +167,13 @@ async fn without_allowed_sources_every_call_needs_a_key_and_without_the_profile_
     let off = spawn_app_with(&keys_toml()).await;
     assert_eq!(off.socketio_port, None);
     let publisher = bearer(PUBLISHER);
-    let (status, _) = get_from(off.port, "127.0.0.1", "/notifs?msg=Whello", &[("Authorization", &publisher)]).await;
+    let (status, _) = get_from(
+        off.port,
+        "127.0.0.1",
+        "/notifs?msg=Whello",
+        &[("Authorization", &publisher)],
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
@@ -170,9 +189,18 @@ async fn browsers_reach_the_socketio_listener_only_from_the_allowed_origins() {
     let handshake = "/socket.io/?EIO=4&transport=polling";
     let (status, head, body) = get_raw(port, "127.0.0.1", handshake, &[("Origin", gui)]).await;
     assert_eq!(status, 200, "{head}\n{body}");
-    assert!(head.contains(&format!("access-control-allow-origin: {gui}")), "{head}");
+    assert!(
+        head.contains(&format!("access-control-allow-origin: {gui}")),
+        "{head}"
+    );
     assert!(body.contains("\"sid\""), "an Engine.IO open packet: {body}");
-    let (status, _, body) = get_raw(port, "127.0.0.1", handshake, &[("Origin", "http://evil.example")]).await;
+    let (status, _, body) = get_raw(
+        port,
+        "127.0.0.1",
+        handshake,
+        &[("Origin", "http://evil.example")],
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     // Not a browser: no Origin, no CORS.
     let (status, head, _) = get_raw(port, "127.0.0.1", handshake, &[]).await;
