@@ -40,24 +40,25 @@ async fn get_raw(
     target: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String, String) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let mut stream = socket
-        .connect(format!("127.0.0.1:{port}").parse().unwrap())
-        .await
-        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    let local = format!("{from}:0").parse().expect("an address");
+    socket
+        .bind(local)
+        .expect("any 127/8 address binds on Linux");
+    let server = format!("127.0.0.1:{port}").parse().expect("an address");
+    let mut stream = socket.connect(server).await.expect("connects");
     let mut request =
         format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.expect("sends");
     let mut answer = String::new();
     tokio::time::timeout(WAIT, stream.read_to_string(&mut answer))
         .await
         .expect("an answer within the wait")
-        .unwrap();
+        .expect("reads the answer");
     let status = answer
         .split(' ')
         .nth(1)
