@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 use hyper::service::Service as _;
 use hyper_util::rt::TokioIo;
 use socketioxide::extract::SocketRef;
-use socketioxide::SocketIo;
+use socketioxide::{BroadcastError, SocketError, SocketIo};
 
 use edgebus_actors::bus::{
     self, session_queue, Bus, Delivery, SessionId, SessionInbox, Taken, CONTROL_RESERVE,
@@ -305,10 +305,17 @@ async fn relay(
 
 async fn emit(io: &SocketIo, message: String, telemetry: &Telemetry) {
     let data = serde_json::json!({ "message": message });
-    if let Err(e) = io.emit("newmessage", &data).await {
-        // Only the GUIs whose buffer was full (or that just went away) miss it.
-        log::debug!("SecureTea Socket.IO: {e}");
-        telemetry.events_dropped(DropReason::SlowSession, 1);
+    match io.emit("newmessage", &data).await {
+        Ok(()) => {}
+        // Only the GUIs whose buffer was full miss it; the others have it.
+        Err(BroadcastError::Socket(errors)) => {
+            let full = errors
+                .iter()
+                .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                .count();
+            telemetry.events_dropped(DropReason::SlowSession, full as u64);
+        }
+        Err(e) => log::warn!("SecureTea Socket.IO: cannot emit: {e}"),
     }
 }
 

@@ -324,3 +324,88 @@ async fn todays_guis_socketio_client_4_gets_newmessage() {
     // Later the GUI moved to "~4.4.0", then "~4.5.1".
     the_gui_gets_newmessage_with_its_level_letter("4.5.4", "4").await;
 }
+
+/// A GUI that connects by WebSocket (Engine.IO 4), joins the namespace and
+/// then never reads again, with a small receive buffer so it stalls soon.
+async fn stalled_gui(port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("a small buffer");
+    let server = format!("127.0.0.1:{port}").parse().expect("an address");
+    let mut stream = socket.connect(server).await.expect("connects");
+    let upgrade = format!(
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(upgrade.as_bytes()).await.expect("sends");
+    read_until(&mut stream, b"0{").await;
+    // "40": join "/", in a masked text frame as clients must send.
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"40".iter().zip(mask).map(|(b, m)| b ^ m));
+    stream.write_all(&frame).await.expect("sends");
+    read_until(&mut stream, b"40{").await;
+    stream
+}
+
+async fn read_until(stream: &mut tokio::net::TcpStream, needle: &[u8]) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("the server answers within the wait")
+            .expect("reads");
+        assert!(n > 0, "closed before {:?}", String::from_utf8_lossy(needle));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[actix_web::test]
+async fn a_stalled_gui_loses_its_own_messages_and_slows_no_other() {
+    if !require_tool("node") || !require_tool("npm") {
+        return;
+    }
+    let module = socketio_client("4.5.4");
+    let app = app("").await;
+    let port = app.socketio_port.expect("the Socket.IO listener");
+    let _stalled = stalled_gui(port).await;
+    let mut gui = Gui::start(&module, port, 1_000_000);
+    assert_eq!(gui.next().await["connected"], true);
+
+    let drops = r#"edgebus_events_dropped_total{reason="slow_session"}"#;
+    let before = app.metric(drops).await;
+    let filler = "x".repeat(1900);
+    let key = bearer(PUBLISHER);
+    let mut sent = 0u32;
+    // Batches the live GUI reads in full before the next: it never holds
+    // more than a batch, while the stalled one only piles up.
+    while app.metric(drops).await == before {
+        assert!(sent < 20_000, "the stalled GUI never filled its buffer");
+        let first = sent;
+        for _ in 0..32 {
+            let body =
+                serde_json::json!({"level": "warning", "message": format!("{sent} {filler}")});
+            let answer = app
+                .call(
+                    "POST",
+                    "/v1/notifications",
+                    &[("Authorization", &key)],
+                    Some(&body.to_string()),
+                )
+                .await;
+            assert_eq!(answer.status, 201, "{answer:?}");
+            sent += 1;
+        }
+        for n in first..sent {
+            let line = gui.next().await;
+            let message = line["newmessage"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with(&format!("W{n} ")),
+                "message {n} reached the live GUI in order: {:.40}",
+                message
+            );
+        }
+    }
+}
