@@ -8,6 +8,9 @@
 //! whose buffer is full loses that message (counted as a slow-session drop)
 //! while the others get it.
 //!
+//! It also answers the core's `GET /notifs`, which the core sends to this
+//! port (the ServerApp's) by default.
+//!
 //! Served: Socket.IO protocol 5 over Engine.IO 4 (socket.io-client 3.x and
 //! 4.x) and protocol 4 over Engine.IO 3 (socket.io-client 2.x, which the
 //! SecureTea GUI used when it gained notifications), polling and WebSocket.

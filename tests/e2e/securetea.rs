@@ -212,6 +212,10 @@ async fn browsers_reach_the_socketio_listener_only_from_the_allowed_origins() {
 /// `socket.io-client@version` under the test's target dir, installed from
 /// npm once and reused after.
 fn socketio_client(version: &str) -> PathBuf {
+    // Tests asking for the same version at once must not run two installs
+    // into one directory.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let prefix = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("securetea-npm")
         .join(version);
