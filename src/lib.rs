@@ -11,6 +11,7 @@ pub mod error;
 pub mod host_health;
 pub mod http;
 pub mod redis_link;
+pub mod securetea;
 pub mod settings;
 pub mod simulate;
 pub mod startup;

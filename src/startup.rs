@@ -50,6 +50,8 @@ pub struct MqttEndpoint {
 
 pub struct Application {
     port: u16,
+    /// The SecureTea Socket.IO listener's port, when `[compat.securetea]` is on.
+    socketio_port: Option<u16>,
     mqtt: MqttEndpoint,
     server: Server,
     handle: AppHandle,
@@ -397,6 +399,11 @@ impl Application {
                 },
             ),
         });
+        let socketio = if settings.compat.securetea.enabled {
+            Some(crate::securetea::socketio::start(state.clone())?)
+        } else {
+            None
+        };
         let unacked_timeout = settings.sessions.write_timeout.saturating_mul(2);
         let cors_settings = settings.clone();
         let server = HttpServer::new(move || {
@@ -440,16 +447,20 @@ impl Application {
             slack,
             slack_flush: settings.slack.shutdown_flush,
             telemetry,
-            arbiters: vec![
+            arbiters: [
                 core.handle(),
                 ingest_thread.handle(),
                 alerts_thread.handle(),
                 cluster_thread.handle(),
-            ],
+            ]
+            .into_iter()
+            .chain(socketio.as_ref().map(|s| s.arbiter.handle()))
+            .collect(),
             broker,
         };
         Ok(Self {
             port,
+            socketio_port: socketio.map(|s| s.port),
             mqtt,
             server,
             handle,
@@ -458,6 +469,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The SecureTea Socket.IO listener's port (`compat.securetea.enabled`).
+    pub fn socketio_port(&self) -> Option<u16> {
+        self.socketio_port
     }
 
     pub fn mqtt(&self) -> &MqttEndpoint {

@@ -9,6 +9,7 @@ mod host_health;
 pub mod idempotency;
 mod metrics;
 mod publish;
+pub mod securetea;
 mod sse;
 pub mod streams;
 mod tickets;
@@ -80,6 +81,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/publish/{topic:.+}", web::post().to(publish::publish))
         .route("/v1/notifications", web::post().to(publish::notify))
         .route("/v1/ws", web::get().to(ws::ws))
+        .route("/notifs", web::get().to(securetea::notifs))
         .route("/", web::get().to(dashboard::index))
         .route("/assets/config.json", web::get().to(dashboard::config))
         .route("/assets/{file:.*}", web::get().to(dashboard::asset))

@@ -212,33 +212,42 @@ pub async fn notify(
     let body = read_capped(&req, payload, state.settings.mqtt.max_payload_bytes).await?;
     let note: Notification = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("bad notification: {e}")))?;
-    if !matches!(
-        note.level.as_str(),
-        "info" | "success" | "warning" | "error"
-    ) {
+    let source = note.source.unwrap_or_else(|| "api".to_owned());
+    let (topic, draft) = notification_draft(&note.level, note.message, &source)?;
+    let id = put_on_bus(&state, draft).await?.id;
+    Ok(HttpResponse::Created().json(json!({"status": "created", "topic": topic, "id": id})))
+}
+
+/// The event a notification becomes, on `notifications/{source}`, once its
+/// level, message length and source pass: the one rule for every way in
+/// (`POST /v1/notifications`, SecureTea's `GET /notifs`).
+pub(super) fn notification_draft(
+    level: &str,
+    message: String,
+    source: &str,
+) -> Result<(String, Draft), ApiError> {
+    if !matches!(level, "info" | "success" | "warning" | "error") {
         return Err(ApiError::BadRequest(format!(
             "level {:?} is not one of info, success, warning, error",
-            note.level.chars().take(32).collect::<String>()
+            level.chars().take(32).collect::<String>()
         )));
     }
-    let chars = note.message.chars().count();
+    let chars = message.chars().count();
     if chars == 0 || chars > MAX_MESSAGE_CHARS {
         return Err(ApiError::BadRequest(format!(
             "message must be 1 to {MAX_MESSAGE_CHARS} characters (got {chars})"
         )));
     }
-    let source = note.source.unwrap_or_else(|| "api".to_owned());
-    if !is_safe_id(&source) {
+    if !is_safe_id(source) {
         return Err(ApiError::BadRequest(
             "source must match ^[A-Za-z0-9._-]{1,64}$".into(),
         ));
     }
-    let topic = families::notification_topic(&source);
+    let topic = families::notification_topic(source);
     let mut map = Map::new();
-    map.insert("level".into(), note.level.into());
-    map.insert("message".into(), note.message.into());
+    map.insert("level".into(), level.into());
+    map.insert("message".into(), message.into());
     map.insert("source".into(), source.into());
     let draft = Draft::new(topic.as_str(), now_ms(), Body::Object(map));
-    let id = put_on_bus(&state, draft).await?.id;
-    Ok(HttpResponse::Created().json(json!({"status": "created", "topic": topic, "id": id})))
+    Ok((topic, draft))
 }

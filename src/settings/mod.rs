@@ -15,6 +15,7 @@ mod alerts;
 mod auth;
 mod bus;
 mod cluster;
+mod compat;
 mod http;
 mod jwt;
 mod mqtt;
@@ -36,6 +37,7 @@ pub use alerts::AlertSettings;
 pub use auth::{ApiKey, AuthSettings, Role, JWT_NAME_PREFIX};
 pub use bus::BusSettings;
 pub use cluster::ClusterSettings;
+pub use compat::{CompatSettings, CorsOrigins, IpNet, SecureTeaSettings};
 pub use http::HttpSettings;
 pub use jwt::{JwtKey, JwtSettings, MIN_HS256_SECRET};
 pub use mqtt::{BrokerUrl, MqttCredential, MqttMode, MqttSettings, MAX_PAYLOAD_LIMIT};
@@ -155,6 +157,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub host_health: HostHealthSettings,
     pub uploads: UploadSettings,
+    pub compat: CompatSettings,
     /// `Some` in cluster mode (`cluster.redis_url` set).
     pub cluster: Option<ClusterSettings>,
     /// `Some` when the NATS source is on (`nats.url` set).
@@ -178,6 +181,7 @@ struct RawSettings {
     storage: StorageSettings,
     host_health: HostHealthSettings,
     uploads: uploads::RawUploads,
+    compat: compat::RawCompat,
     cluster: cluster::RawCluster,
     nats: nats::RawNats,
 }
@@ -217,6 +221,8 @@ impl Settings {
             .with_list_parse_key("uploads.benign_profiles")
             .with_list_parse_key("nats.subjects")
             .with_list_parse_key("nats.allow_topics")
+            .with_list_parse_key("compat.securetea.allowed_sources")
+            .with_list_parse_key("compat.securetea.socketio_cors_origins")
             .source(sources.env.clone());
         let written = builder.add_source(env).build()?;
         let sets = |key: &str| written.get::<config::Value>(key).is_ok();
@@ -257,6 +263,7 @@ impl RawSettings {
         self.storage.validate()?;
         self.host_health.validate()?;
         let uploads = self.uploads.validate(&self.storage.data_dir)?;
+        let compat = self.compat.validate()?;
         let cluster = self.cluster.validate(mqtt.mode)?;
         let nats = self.nats.validate()?;
         Ok(Settings {
@@ -271,6 +278,7 @@ impl RawSettings {
             storage: self.storage,
             host_health: self.host_health,
             uploads,
+            compat,
             cluster,
             nats,
             warnings,

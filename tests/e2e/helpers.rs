@@ -66,6 +66,8 @@ fn series_value(text: &str, series: &str) -> f64 {
 
 pub struct TestApp {
     pub port: u16,
+    /// The SecureTea Socket.IO listener (`compat.securetea.enabled`).
+    pub socketio_port: Option<u16>,
     pub mqtt_port: u16,
     pub handle: AppHandle,
     http: awc::Client,
@@ -220,10 +222,12 @@ async fn start(app: Application, mqtt_port: u16, metrics_auth: Option<String>) -
 
 fn serve(app: Application, mqtt_port: u16, metrics_auth: Option<String>) -> TestApp {
     let port = app.port();
+    let socketio_port = app.socketio_port();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         port,
+        socketio_port,
         mqtt_port,
         handle,
         http: awc::Client::builder().timeout(WAIT).finish(),

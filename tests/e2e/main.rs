@@ -26,6 +26,7 @@ mod node;
 mod pipeline;
 mod publish;
 mod redis_proc;
+mod securetea;
 mod slack;
 mod slack_mock;
 mod sse;
