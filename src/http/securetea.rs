@@ -23,6 +23,9 @@ pub struct NotifsCall<'a> {
     pub authorization: Option<&'a str>,
     /// The request's `Sec-Fetch-Site`, if a browser sent one.
     pub fetch_site: Option<&'a [u8]>,
+    /// The request came through a proxy (`Forwarded`, `X-Forwarded-For` or
+    /// `X-Real-IP`): its peer address is the proxy's, not the caller's.
+    pub proxied: bool,
     pub query: &'a str,
 }
 
@@ -36,6 +39,7 @@ pub async fn notifs(
             peer: req.peer_addr().map(|a| a.ip()),
             authorization: authorization(&req),
             fetch_site: req.headers().get("sec-fetch-site").map(|v| v.as_bytes()),
+            proxied: proxied(|h| req.headers().contains_key(h)),
             query: req.query_string(),
         },
     )
@@ -66,9 +70,20 @@ pub async fn accept_notif(state: &AppState, call: NotifsCall<'_>) -> Result<(), 
     Ok(())
 }
 
+/// Whether a proxy forwarded the request (so its peer address says nothing
+/// of the caller).
+/// `has` tells whether the request carries a header (either server's map).
+pub fn proxied(has: impl Fn(&str) -> bool) -> bool {
+    ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .into_iter()
+        .any(has)
+}
+
 /// The ServerApp's address check. A browser page the user opens can make
 /// the same GET from the same machine; browsers mark such a request
-/// `Sec-Fetch-Site: cross-site` (or `same-site`), and it needs a key.
+/// `Sec-Fetch-Site: cross-site` (or `same-site`), and it needs a key. A
+/// proxied request needs one too: behind a proxy on the same host, every
+/// caller would come from an allowed address.
 fn from_allowed_source(
     call: &NotifsCall<'_>,
     profile: &crate::settings::SecureTeaSettings,
@@ -79,5 +94,5 @@ fn from_allowed_source(
     let Some(peer) = call.peer else {
         return false;
     };
-    !cross_site && profile.allowed_sources.iter().any(|net| net.contains(peer))
+    !cross_site && !call.proxied && profile.allowed_sources.iter().any(|net| net.contains(peer))
 }

@@ -46,7 +46,7 @@ use edgebus_actors::topic::TopicFilter;
 
 use super::gui_message_of;
 use crate::error::ApiError;
-use crate::http::securetea::{accept_notif, NotifsCall, SENT};
+use crate::http::securetea::{accept_notif, proxied, NotifsCall, SENT};
 use crate::http::AppState;
 use crate::settings::CorsOrigins;
 
@@ -181,6 +181,7 @@ async fn notifs<L>(
         peer: Some(peer),
         authorization: headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()),
         fetch_site: headers.get("sec-fetch-site").map(|v| v.as_bytes()),
+        proxied: proxied(|h| headers.contains_key(h)),
         query: req.uri().query().unwrap_or(""),
     };
     match accept_notif(state, call).await {

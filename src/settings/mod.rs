@@ -258,6 +258,16 @@ impl RawSettings {
         self.bus.validate(mqtt.max_payload_bytes)?;
         self.sessions.validate()?;
         let auth = self.auth.validate()?;
+        // With no credentials configured every GET answers anyone: `*` would
+        // let any web page a user visits read this edgebus through their
+        // browser.
+        let open = auth.api_keys.is_empty() && auth.ws_token.is_empty() && auth.jwt.is_none();
+        if open && http.cors_origins.iter().any(|o| o == "*") {
+            return Err(invalid(
+                "http.cors_origins",
+                "\"*\" needs credentials (auth.api_keys, auth.ws_token or auth.jwt): in open dev mode any site could read every stream; list the GUI's origin instead",
+            ));
+        }
         let alerts = self.alerts.validate()?;
         self.slack.validate()?;
         self.storage.validate()?;
@@ -470,7 +480,7 @@ mod tests {
             s.http.cors_origins,
             vec!["https://gui.example", "http://10.0.0.5:5173"]
         );
-        let star = Settings::from_toml("[http]\ncors_origins = [\"*\"]").unwrap();
+        let star = Settings::from_toml(&format!("[http]\ncors_origins = [\"*\"]\n{KEYS}")).unwrap();
         assert_eq!(star.http.cors_origins, vec!["*"]);
         for bad in [
             "[\"*\", \"https://a.example\"]",
@@ -505,6 +515,17 @@ mod tests {
         assert_eq!(jwt.issuer, "https://idp.example");
         assert!(error_line("[http]\ncors_max_age_seconds = 100000")
             .contains("`http.cors_max_age_seconds`"));
+    }
+
+    const KEYS: &str =
+        "[auth]\napi_keys = [{ name = \"gui\", key = \"settings-test-key-0123456789\", roles = [\"viewer\"] }]";
+
+    #[test]
+    fn cors_for_any_origin_needs_credentials() {
+        let line = error_line("[http]\ncors_origins = [\"*\"]");
+        assert!(line.contains("`http.cors_origins`"), "{line}");
+        let with_keys = Settings::from_toml(&format!("[http]\ncors_origins = [\"*\"]\n{KEYS}"));
+        assert!(with_keys.is_ok(), "{with_keys:?}");
     }
 
     #[test]

@@ -122,7 +122,11 @@ async fn a_listed_origin_gets_the_headers_and_another_does_not() {
 
 #[actix_web::test]
 async fn any_origin_only_when_written() {
-    let app = spawn_app_with("[http]\ncors_origins = [\"*\"]").await;
+    // `*` needs credentials: without them any page could read everything.
+    let app = spawn_app_with(
+        "[http]\ncors_origins = [\"*\"]\n[auth]\napi_keys = [{ name = \"gui\", key = \"cors-test-key-0123456789\", roles = [\"viewer\"] }]",
+    )
+    .await;
     let answer = preflight(&app, "https://anywhere.example", "GET", "last-event-id").await;
     assert_eq!(
         answer.header("access-control-allow-origin"),

@@ -141,6 +141,15 @@ async fn the_cores_call_is_a_notification_from_an_allowed_address_or_with_a_key(
     )
     .await;
     assert_eq!(status, 401);
+    // Nor is anyone behind a proxy on the allowed machine, on either port.
+    for (port, header) in [
+        (app.port, ("X-Forwarded-For", "203.0.113.9")),
+        (socketio, ("Forwarded", "for=203.0.113.9")),
+        (app.port, ("X-Real-IP", "203.0.113.9")),
+    ] {
+        let (status, _) = get_from(port, "127.0.0.1", "/notifs?msg=Whello", &[header]).await;
+        assert_eq!(status, 401, "{header:?}");
+    }
 
     // The bounds of POST /v1/notifications, and the letter.
     for (target, says) in [

@@ -31,7 +31,7 @@ use crate::event::now_ms;
 use crate::frame::Rejection;
 use crate::inflight::InflightBytes;
 use crate::registry::Observe;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{DropReason, Telemetry};
 
 /// How long a clean close may take at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -75,6 +75,17 @@ pub struct NatsConfig {
     pub backoff_max: Duration,
     pub max_payload_bytes: usize,
     pub inflight_bytes: usize,
+}
+
+/// Messages the client may hold per subscription before it drops them (a
+/// slow consumer): what `bus.inflight_bytes` holds of the largest frames,
+/// spread over the subjects, within sane limits. async-nats's own default
+/// (65,536 per subscription, of up to the server's max_payload each) would
+/// let a stalled ingest buffer gigabytes.
+fn subscription_capacity(c: &NatsConfig) -> usize {
+    let per_frame = c.max_payload_bytes.max(1);
+    let subjects = c.subjects.len().max(1);
+    (c.inflight_bytes / per_frame / subjects).clamp(64, 4096)
 }
 
 /// The pause before reconnect attempt `attempts` (1 = the first): none for
@@ -241,6 +252,7 @@ impl NatsPump {
         }
         let (min, max) = (c.backoff_min, c.backoff_max);
         Ok(options
+            .subscription_capacity(subscription_capacity(c))
             .name(c.name.clone())
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -358,8 +370,10 @@ impl NatsPump {
             NatsEvent::Closed => {
                 self.me.do_send(StateChanged(ConnectionState::Stopped));
             }
+            // The client's bounded buffer was full: it dropped messages.
+            // Counted (and logged at a limited rate) as overload drops.
             NatsEvent::SlowConsumer(_) => {
-                log::warn!("NATS: edgebus is a slow consumer; the client dropped messages.");
+                self.telemetry.events_dropped(DropReason::Overload, 1);
             }
             other => log::warn!("NATS: {other}."),
         }
@@ -368,6 +382,15 @@ impl NatsPump {
 
     fn on_message(&mut self, message: &async_nats::Message) {
         let subject = message.subject.as_str();
+        // Too large to be read for its topic: refused by its size alone,
+        // before any parsing, under its subject spelled as a topic.
+        if message.payload.len() > self.config.max_payload_bytes {
+            let topic = subject.replace('.', "/");
+            let _ = self
+                .sink
+                .on_publish(&topic, &message.payload, QoS::AtMostOnce, false);
+            return;
+        }
         match self.config.map.topic(subject, &message.payload) {
             // Core NATS has no acknowledgements: in cluster mode the append
             // is not waited for.
