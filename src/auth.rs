@@ -733,7 +733,12 @@ impl Auth {
             return Ok(());
         }
         match authorization {
-            Some(header) => self.bearer(header).map(drop),
+            // Any edgebus role: a JWT that carries none is only a caller
+            // the issuer knows, not one this service granted anything.
+            Some(header) => match self.bearer(header)? {
+                identity if identity.roles == 0 => Err(AuthError::Forbidden(Role::Viewer)),
+                _ => Ok(()),
+            },
             None if self.mode == Mode::Legacy => Err(AuthError::MissingToken),
             None => Err(AuthError::Missing),
         }

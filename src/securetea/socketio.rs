@@ -53,6 +53,13 @@ use crate::settings::CorsOrigins;
 /// Messages buffered per GUI connection before it loses them.
 pub const SOCKET_BUFFER: usize = 128;
 
+/// Connections the Socket.IO listener holds at once (GUIs and the core's
+/// `/notifs` calls together).
+const MAX_CONNECTIONS: usize = 1024;
+
+/// A connection that has not sent its request head within this is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Pause after a failed accept (out of file descriptors): retrying at once
 /// would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -105,6 +112,7 @@ async fn serve(listener: TcpListener, state: web::Data<AppState>) {
         state.telemetry.clone(),
         capacity,
     ));
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -113,6 +121,12 @@ async fn serve(listener: TcpListener, state: web::Data<AppState>) {
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
+        };
+        // Past the cap a connection is closed at once: file descriptors are
+        // shared with the HTTP listener and the broker.
+        let Ok(place) = connections.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
         };
         let service = service.clone();
         let state = state.clone();
@@ -160,11 +174,14 @@ async fn serve(listener: TcpListener, state: web::Data<AppState>) {
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), per_request)
                 .with_upgrades();
             if let Err(e) = conn.await {
                 log::debug!("SecureTea Socket.IO connection: {e}");
             }
+            drop(place);
         });
     }
 }

@@ -113,7 +113,11 @@ async fn a_bearer_jwt_opens_what_its_roles_allow_everywhere_a_key_does() {
         .await;
     assert_eq!(viewer_publishing.status, 403);
     assert!(viewer_publishing.error().contains("publisher"));
-    for (method, path) in [("GET", "/v1/devices"), ("POST", "/v1/auth/ticket")] {
+    for (method, path) in [
+        ("GET", "/v1/devices"),
+        ("POST", "/v1/auth/ticket"),
+        ("GET", "/metrics"),
+    ] {
         let refused = app
             .call(method, path, &[("Authorization", &nobody)], None)
             .await;

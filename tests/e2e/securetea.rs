@@ -422,3 +422,23 @@ async fn a_stalled_gui_loses_its_own_messages_and_slows_no_other() {
         }
     }
 }
+
+#[actix_web::test]
+async fn a_connection_that_never_sends_its_request_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let app = app("\"127.0.0.1\"").await;
+    let port = app.socketio_port.expect("the Socket.IO listener");
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    // The listener's header timeout is 10 s: closed well within three waits.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(crate::helpers::WAIT * 3, idle.read(&mut buf))
+        .await
+        .expect("the idle connection is closed by the server");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed, not answered: {read:?}"
+    );
+    app.handle.stop_now();
+}
