@@ -111,13 +111,67 @@ pub enum ConnectionState {
     Stopped,
 }
 
+/// What a source actor (MQTT, NATS) keeps of its pump: the connection
+/// state `/readyz` asks for, the gauge that mirrors it, and how to stop the
+/// pump. One place for the rules both sources follow: a stopped source stays
+/// stopped, and stopping waits for the pump's goodbye within a grace.
+pub(crate) struct SourceState {
+    state: ConnectionState,
+    gauge: prometheus::IntGauge,
+    stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+}
+
+impl SourceState {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Self {
+        Self {
+            state: ConnectionState::Connecting,
+            gauge,
+            stop: None,
+        }
+    }
+
+    pub(crate) fn state(&self) -> ConnectionState {
+        self.state
+    }
+
+    /// A new pump; it ends when asked through the returned receiver.
+    pub(crate) fn started(&mut self) -> oneshot::Receiver<oneshot::Sender<()>> {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        self.stop = Some(stop_tx);
+        stop_rx
+    }
+
+    /// The pump reports `state` (ignored once stopped).
+    pub(crate) fn changed(&mut self, state: ConnectionState) {
+        if self.state == ConnectionState::Stopped {
+            return;
+        }
+        self.state = state;
+        self.gauge
+            .set(i64::from(state == ConnectionState::Subscribed));
+    }
+
+    /// Marks the source stopped and asks the pump to end; the future
+    /// resolves when it has, or after `grace`.
+    pub(crate) fn stop(&mut self, grace: Duration) -> impl Future<Output = ()> + 'static {
+        self.state = ConnectionState::Stopped;
+        self.gauge.set(0);
+        let (done_tx, done_rx) = oneshot::channel();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(done_tx);
+        }
+        async move {
+            let _ = tokio::time::timeout(grace, done_rx).await;
+        }
+    }
+}
+
 pub struct Ingest {
     config: IngestConfig,
     registry: Recipient<Observe>,
     bus: Recipient<Publish>,
     telemetry: Arc<Telemetry>,
-    state: ConnectionState,
-    stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+    source: SourceState,
     /// The embedded broker's in-process link, used instead of rumqttc.
     link: Option<LocalLink>,
     /// Shared by every connection this actor makes.
@@ -139,9 +193,8 @@ impl Ingest {
             config,
             registry,
             bus,
+            source: SourceState::new(telemetry.mqtt_connected.clone()),
             telemetry,
-            state: ConnectionState::Connecting,
-            stop: None,
             link: None,
             stream: None,
         }
@@ -179,8 +232,7 @@ impl Actor for Ingest {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let (stop_tx, stop_rx) = oneshot::channel();
-        self.stop = Some(stop_tx);
+        let stop_rx = self.source.started();
         if let Some(link) = self.link.take() {
             log::info!(
                 "Reading the embedded MQTT broker through its local link as `{}`.",
@@ -240,12 +292,7 @@ impl Handler<StateChanged> for Ingest {
     type Result = ();
 
     fn handle(&mut self, msg: StateChanged, _: &mut Context<Self>) {
-        if self.state == ConnectionState::Stopped {
-            return;
-        }
-        self.state = msg.0;
-        let up = i64::from(self.state == ConnectionState::Subscribed);
-        self.telemetry.mqtt_connected.set(up);
+        self.source.changed(msg.0);
     }
 }
 
@@ -258,7 +305,7 @@ impl Handler<Status> for Ingest {
     type Result = MessageResult<Status>;
 
     fn handle(&mut self, _: Status, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state)
+        MessageResult(self.source.state())
     }
 }
 
@@ -272,18 +319,11 @@ impl Handler<Stop> for Ingest {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Stop, _: &mut Context<Self>) -> Self::Result {
-        self.state = ConnectionState::Stopped;
-        self.telemetry.mqtt_connected.set(0);
-        let (done_tx, done_rx) = oneshot::channel();
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(done_tx);
-        }
         Box::pin(
-            async move {
-                let _ = tokio::time::timeout(DISCONNECT_GRACE * 2, done_rx).await;
-            }
-            .into_actor(self)
-            .map(|(), _, ctx| ctx.stop()),
+            self.source
+                .stop(DISCONNECT_GRACE * 2)
+                .into_actor(self)
+                .map(|(), _, ctx| ctx.stop()),
         )
     }
 }

@@ -24,6 +24,7 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
 use super::subject::SubjectMap;
+use super::SourceState;
 use super::{ConnectionState, RecentFrames, Rejected, Sink};
 use crate::bus::Publish;
 use crate::cluster::StreamWriter;
@@ -104,8 +105,7 @@ pub struct NatsIngest {
     bus: Recipient<Publish>,
     telemetry: Arc<Telemetry>,
     stream: Option<StreamWriter>,
-    state: ConnectionState,
-    stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+    source: SourceState,
 }
 
 impl NatsIngest {
@@ -119,10 +119,9 @@ impl NatsIngest {
             config,
             registry,
             bus,
+            source: SourceState::new(telemetry.nats_connected.clone()),
             telemetry,
             stream: None,
-            state: ConnectionState::Connecting,
-            stop: None,
         }
     }
 
@@ -150,8 +149,7 @@ impl Actor for NatsIngest {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let (stop_tx, stop_rx) = oneshot::channel();
-        self.stop = Some(stop_tx);
+        let stop_rx = self.source.started();
         let pump = NatsPump {
             config: self.config.clone(),
             sink: self.sink(),
@@ -174,12 +172,7 @@ impl Handler<StateChanged> for NatsIngest {
     type Result = ();
 
     fn handle(&mut self, msg: StateChanged, _: &mut Context<Self>) {
-        if self.state == ConnectionState::Stopped {
-            return;
-        }
-        self.state = msg.0;
-        let up = i64::from(self.state == ConnectionState::Subscribed);
-        self.telemetry.nats_connected.set(up);
+        self.source.changed(msg.0);
     }
 }
 
@@ -192,7 +185,7 @@ impl Handler<NatsStatus> for NatsIngest {
     type Result = MessageResult<NatsStatus>;
 
     fn handle(&mut self, _: NatsStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state)
+        MessageResult(self.source.state())
     }
 }
 
@@ -205,18 +198,11 @@ impl Handler<NatsStop> for NatsIngest {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: NatsStop, _: &mut Context<Self>) -> Self::Result {
-        self.state = ConnectionState::Stopped;
-        self.telemetry.nats_connected.set(0);
-        let (done_tx, done_rx) = oneshot::channel();
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(done_tx);
-        }
         Box::pin(
-            async move {
-                let _ = tokio::time::timeout(CLOSE_GRACE * 2, done_rx).await;
-            }
-            .into_actor(self)
-            .map(|(), _, ctx| ctx.stop()),
+            self.source
+                .stop(CLOSE_GRACE * 2)
+                .into_actor(self)
+                .map(|(), _, ctx| ctx.stop()),
         )
     }
 }
