@@ -49,7 +49,7 @@ RATE="${RATE:-200000}"
 CLIENTS="${CLIENTS:-1}"
 DURATION="${DURATION:-10}"              # seconds of publishing per scenario
 DEVICES="${DEVICES:-1000}"              # distinct devices, round-robin
-QUEUE_CAPACITY="${QUEUE_CAPACITY:-65536}"
+QUEUE_CAPACITY="${QUEUE_CAPACITY:-}"     # bus.queue_capacity; empty = edgebus's default
 PUBLISHER="${PUBLISHER:-raw}"           # raw (QoS 0, batched writes) | rumqttc
 QOS="${QOS:-0}"                         # 0 | 1 (1 needs PUBLISHER=rumqttc)
 THREADS="${THREADS:-}"                  # WebSocket client threads; empty = min(clients, 2)
@@ -213,12 +213,14 @@ run_scenario() {
 
   echo
   echo "### scenario $label: $clients client(s), $rate frames/s, ${DURATION}s (http $http_port, mqtt $mqtt_port)"
-  start_edgebus \
-    EDGEBUS__BUS__QUEUE_CAPACITY="$QUEUE_CAPACITY" \
+  local extra=()
+  [ -n "$QUEUE_CAPACITY" ] && extra+=(EDGEBUS__BUS__QUEUE_CAPACITY="$QUEUE_CAPACITY")
+  start_edgebus "${extra[@]}" \
     EDGEBUS__REGISTRY__MAX_DEVICES="$(( DEVICES > 1000 ? DEVICES : 1000 ))" || return 1
 
-  local before after
+  local before after broker_before=0 broker_after=0
   before=$(thread_ticks "$EDGEBUS_PID")
+  [ -n "$MOSQUITTO_PID" ] && broker_before=$(proc_ticks "$MOSQUITTO_PID")
   local started=$SECONDS perf_pid=""
   if [ "$PERF" = "1" ] && command -v perf >/dev/null 2>&1; then
     # Starts with the load client: covers connecting (short) and publishing.
@@ -239,6 +241,7 @@ run_scenario() {
   BENCH_DRAIN_S="$DRAIN" \
     "$LOAD_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
   after=$(thread_ticks "$EDGEBUS_PID")
+  [ -n "$MOSQUITTO_PID" ] && broker_after=$(proc_ticks "$MOSQUITTO_PID")
   local wall=$(( SECONDS - started > 0 ? SECONDS - started : 1 ))
 
   if [ -n "$perf_pid" ]; then
@@ -254,9 +257,25 @@ run_scenario() {
   cpu_report "$before" "$after" "$wall"
   grep -m 5 -E 'WARN|ERROR' "$log" | sed 's/^/  log: /' || true
 
-  RESULTS+=("$(grep '^RESULT' "$LOG_DIR/load-$label.txt" || echo "RESULT label=$label (no result)")")
+  local hz result edgebus_ticks delivered
+  hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+  edgebus_ticks=$(echo "$after" | awk '{ s += $2 } END { print s + 0 }')
+  edgebus_ticks=$(( edgebus_ticks - $(echo "$before" | awk '{ s += $2 } END { print s + 0 }') ))
+  result=$(grep '^RESULT' "$LOG_DIR/load-$label.txt" || echo "RESULT label=$label (no result)")
+  delivered=$(echo "$result" | grep -o ' delivered=[0-9]*' | cut -d= -f2)
+  RESULTS+=("$result broker=$BROKER $(awk -v e="$edgebus_ticks" -v b=$(( broker_after - broker_before )) \
+    -v hz="$hz" -v d="${delivered:-0}" -v rss="$(peak_rss_kib "$EDGEBUS_PID")" \
+    -v brss="$( [ -n "$MOSQUITTO_PID" ] && peak_rss_kib "$MOSQUITTO_PID" || echo 0)" 'BEGIN {
+      per = d > 0 ? 1e6 / d : 0
+      printf "cpu_s_edgebus=%.2f cpu_s_broker=%.2f us_per_delivery_edgebus=%.2f us_per_delivery_broker=%.2f peak_rss_mib_edgebus=%.1f peak_rss_mib_broker=%.1f",
+        e / hz, b / hz, e / hz * per, b / hz * per, rss / 1024, brss / 1024 }')")
   stop_edgebus
   rm -rf "$data_dir"
+}
+
+# Peak resident set (VmHWM) of a process, KiB.
+peak_rss_kib() {
+  awk '/^VmHWM:/ { print $2 }' /proc/"$1"/status 2>/dev/null || echo 0
 }
 
 # The simulated fleet (`edgebus simulate`) against a release edgebus: what the
@@ -392,7 +411,7 @@ run_cluster_scenario() {
       EDGEBUS__MQTT__CLIENT_ID="bench-$label" \
       EDGEBUS__CLUSTER__INSTANCE_ID="i$i" \
       EDGEBUS__STORAGE__DATA_DIR="$dir/data-$i" \
-      EDGEBUS__BUS__QUEUE_CAPACITY="$QUEUE_CAPACITY" \
+      ${QUEUE_CAPACITY:+EDGEBUS__BUS__QUEUE_CAPACITY="$QUEUE_CAPACITY"} \
       EDGEBUS__REGISTRY__MAX_DEVICES="$(( DEVICES > 1000 ? DEVICES : 1000 ))" \
       EDGEBUS__SESSIONS__MAX_STREAMS_PER_ADDRESS=1000000 \
       EDGEBUS__SESSIONS__MAX_STREAMS=1000000 \
@@ -498,6 +517,6 @@ if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
   echo
   sse_settings=""
   [ -n "$SSE_BIN" ] && sse_settings="; sse: SSE_STREAMS=$SSE_STREAMS SSE_EVENTS=$SSE_EVENTS SSE_GAP_MS=$SSE_GAP_MS SSE_QUEUE_CAPACITY=${SSE_QUEUE_CAPACITY:-default}"
-  echo "### summary (PUBLISHER=$PUBLISHER QOS=$QOS DEVICES=$DEVICES DURATION=${DURATION}s QUEUE_CAPACITY=$QUEUE_CAPACITY$sse_settings)"
+  echo "### summary (PUBLISHER=$PUBLISHER QOS=$QOS DEVICES=$DEVICES DURATION=${DURATION}s QUEUE_CAPACITY=${QUEUE_CAPACITY:-default}$sse_settings)"
   printf '%s\n' "${RESULTS[@]}"
 fi
