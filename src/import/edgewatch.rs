@@ -271,7 +271,8 @@ pub fn to_toml(vars: &Vars) -> Result<String, ImportError> {
             .ok_or_else(|| refuse("CPU_ALERT_TH", t, "must be a number from 0 to 100"))?,
     };
     let webhook = text(vars, "SLACK_WEBHOOK_URL").unwrap_or("");
-    if !webhook.is_empty() && !(webhook.starts_with("https://") || webhook.starts_with("http://")) {
+    let is_http = webhook.starts_with("https://") || webhook.starts_with("http://");
+    if !(webhook.is_empty() || is_http) {
         return Err(refuse(
             "SLACK_WEBHOOK_URL",
             "[redacted]",
@@ -294,7 +295,7 @@ pub fn to_toml(vars: &Vars) -> Result<String, ImportError> {
         "INFO" => "info",
         "WARNING" | "WARN" => "warn",
         "ERROR" | "CRITICAL" | "FATAL" => "error",
-        "NOTSET" => "trace",
+        "NOTSET" => "debug",
         _ => {
             return Err(refuse(
                 "LOG_LEVEL",
