@@ -116,6 +116,17 @@ impl Identity {
         }
     }
 
+    /// A dashboard on the EdgeWatch listener (`[compat.edgewatch]`): it
+    /// reads metrics and nothing else, and, the bridge's token being shared,
+    /// its streams are capped by address.
+    pub fn edgewatch() -> Self {
+        Self {
+            name: "edgewatch".into(),
+            roles: role_bit(Role::Viewer),
+            proof: Proof::LegacyToken,
+        }
+    }
+
     /// Admin may do everything; other roles are exactly what they say.
     pub fn has(&self, role: Role) -> bool {
         self.roles & (role_bit(role) | role_bit(Role::Admin)) != 0

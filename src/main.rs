@@ -1,11 +1,14 @@
 //! `edgebus [--config PATH]`: runs the service until SIGTERM/SIGINT.
 //! `edgebus demo`: the service plus a simulated fleet feeding its dashboard.
 //! `edgebus simulate --url mqtt://…`: the simulated fleet alone, for any broker.
+//! `edgebus import edgewatch [--env-file PATH]`: the EdgeWatch bridge's
+//! settings as edgebus TOML, on stdout.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use edgebus::settings::{BrokerUrl, Settings, SettingsSources, DEFAULT_TOML};
@@ -58,6 +61,23 @@ enum Command {
         username: Option<String>,
         #[command(flatten)]
         fleet: FleetArgs,
+    },
+    /// Print the edgebus configuration equivalent to a seed system's
+    /// settings (TOML, on stdout), for `--config`.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportFrom {
+    /// The EdgeWatch bridge: its variables from the environment, over its
+    /// `.env` file, read as its pydantic settings read them.
+    Edgewatch {
+        /// The bridge's .env file (default: ./.env, when there is one).
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
     },
 }
 
@@ -140,6 +160,23 @@ fn try_main() -> anyhow::Result<()> {
         settings
     };
     match cli.command {
+        Some(Command::Import {
+            from: ImportFrom::Edgewatch { env_file },
+        }) => {
+            use edgebus::import::edgewatch;
+            // Names and values that are not UTF-8 are none of the bridge's.
+            let env = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+            let vars =
+                edgewatch::read_vars(env_file.as_deref(), env).with_context(
+                    || match &env_file {
+                        Some(path) => format!("`--env-file`: cannot read {}", path.display()),
+                        None => "cannot read ./.env".to_owned(),
+                    },
+                )?;
+            print!("{}", edgewatch::to_toml(&vars)?);
+            Ok(())
+        }
         None => {
             let settings = load(cli.config)?;
             actix_web::rt::System::new().block_on(async move {

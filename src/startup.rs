@@ -52,6 +52,8 @@ pub struct Application {
     port: u16,
     /// The SecureTea Socket.IO listener's port, when `[compat.securetea]` is on.
     socketio_port: Option<u16>,
+    /// The EdgeWatch dashboards' listener's port, when `[compat.edgewatch]` is on.
+    edgewatch_port: Option<u16>,
     mqtt: MqttEndpoint,
     server: Server,
     handle: AppHandle,
@@ -61,6 +63,8 @@ pub struct Application {
 #[derive(Clone)]
 pub struct AppHandle {
     server: ServerHandle,
+    /// The EdgeWatch dashboards' listener (`[compat.edgewatch]`).
+    edgewatch: Option<ServerHandle>,
     bus: Addr<Bus>,
     ingest: Addr<Ingest>,
     nats: Option<Addr<NatsIngest>>,
@@ -404,6 +408,22 @@ impl Application {
         } else {
             None
         };
+        let edgewatch = if settings.compat.edgewatch.enabled {
+            let rules = wiring::frame_rules(&settings);
+            if rules.lax {
+                log::info!(
+                    "EdgeWatch lax frames: numbers as strings, whole floats and booleans are                      coerced as the bridge's model did (edgebus_frames_coerced_total)."
+                );
+            }
+            if rules.device_id_from_payload {
+                log::warn!(
+                    "EdgeWatch device_id_from_payload is on: a frame's device_id decides its                      device whatever its topic, so any publisher can speak for any device."
+                );
+            }
+            Some(crate::edgewatch::start(state.clone())?)
+        } else {
+            None
+        };
         let unacked_timeout = settings.sessions.write_timeout.saturating_mul(2);
         let cors_settings = settings.clone();
         let server = HttpServer::new(move || {
@@ -440,6 +460,7 @@ impl Application {
 
         let handle = AppHandle {
             server: server.handle(),
+            edgewatch: edgewatch.as_ref().map(|e| e.server.clone()),
             bus,
             ingest,
             nats,
@@ -461,6 +482,7 @@ impl Application {
         Ok(Self {
             port,
             socketio_port: socketio.map(|s| s.port),
+            edgewatch_port: edgewatch.map(|e| e.port),
             mqtt,
             server,
             handle,
@@ -474,6 +496,11 @@ impl Application {
     /// The SecureTea Socket.IO listener's port (`compat.securetea.enabled`).
     pub fn socketio_port(&self) -> Option<u16> {
         self.socketio_port
+    }
+
+    /// The EdgeWatch dashboards' listener's port (`compat.edgewatch.enabled`).
+    pub fn edgewatch_port(&self) -> Option<u16> {
+        self.edgewatch_port
     }
 
     pub fn mqtt(&self) -> &MqttEndpoint {
@@ -521,6 +548,9 @@ impl AppHandle {
     /// and last close the embedded broker's listener and device connections.
     pub async fn shutdown(&self) {
         self.server.pause().await;
+        if let Some(edgewatch) = &self.edgewatch {
+            edgewatch.pause().await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ingest.send(ingest::Stop)).await;
         if let Some(nats) = &self.nats {
             let _ = tokio::time::timeout(Duration::from_secs(5), nats.send(NatsStop)).await;
@@ -545,7 +575,12 @@ impl AppHandle {
                 _ => log::warn!("Slack did not report before the shutdown deadline."),
             }
         };
-        tokio::join!(self.server.stop(true), flush);
+        let edgewatch = async {
+            if let Some(edgewatch) = &self.edgewatch {
+                edgewatch.stop(true).await;
+            }
+        };
+        tokio::join!(self.server.stop(true), edgewatch, flush);
         for arbiter in &self.arbiters {
             arbiter.stop();
         }
@@ -564,6 +599,9 @@ impl AppHandle {
         // Sent at once; the server's own task does the rest, or its `Drop`
         // when the runtime that polls it ends first.
         drop(self.server.stop(false));
+        if let Some(edgewatch) = &self.edgewatch {
+            drop(edgewatch.stop(false));
+        }
         for arbiter in &self.arbiters {
             arbiter.stop();
         }

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use edgebus_actors::alerts::AlertsConfig;
 use edgebus_actors::bus::BusConfig;
 use edgebus_actors::cluster::ClusterConfig;
+use edgebus_actors::frame::FrameRules;
 use edgebus_actors::ingest::nats::{NatsAuth, NatsConfig};
 use edgebus_actors::ingest::subject::SubjectMap;
 use edgebus_actors::ingest::tls::{client_config, TlsFiles};
@@ -141,7 +142,18 @@ pub fn ingest_config(settings: &Settings, broker: &MqttEndpoint) -> anyhow::Resu
         // sessions only.
         persistent_session: m.persistent_session && !broker.embedded && settings.cluster.is_none(),
         inflight_bytes: settings.bus.inflight_bytes,
+        frame_rules: frame_rules(settings),
     })
+}
+
+/// The metrics frame rules MQTT ingest applies: strict, unless
+/// `[compat.edgewatch]` is on and loosens them for the bridge's publishers.
+pub fn frame_rules(settings: &Settings) -> FrameRules {
+    let ew = &settings.compat.edgewatch;
+    FrameRules {
+        lax: ew.enabled && ew.lax_frames,
+        device_id_from_payload: ew.enabled && ew.device_id_from_payload,
+    }
 }
 
 /// A WebSocket session's config, in the wire format the client asked for.

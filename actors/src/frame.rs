@@ -13,6 +13,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::lax::{self, Coercion, Coercions, LaxInt};
+
 /// Longest key quoted back in a rejection, so a hostile key cannot bloat logs.
 const KEY_EXCERPT: usize = 32;
 
@@ -160,20 +162,56 @@ pub struct MetricsFrame {
     pub agent_mem_mb: Option<f64>,
 }
 
+/// What a metrics frame may bend. The default is DESIGN.md's strict rules;
+/// `[compat.edgewatch]` may loosen two of them for the bridge's publishers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameRules {
+    /// Accept the coercions pydantic's lax mode applied ([`crate::lax`]).
+    pub lax: bool,
+    /// The payload's `device_id` names the device, whatever the topic's
+    /// device level says.
+    pub device_id_from_payload: bool,
+}
+
+/// A frame accepted under [`FrameRules`], and what it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub frame: MetricsFrame,
+    pub coercions: Coercions,
+    /// The payload's `device_id` differed from the topic's device level.
+    pub device_id_differs: bool,
+}
+
 impl MetricsFrame {
     /// Validates `payload` published on `devices/{topic_device}/metrics`.
     pub fn parse(topic_device: &str, payload: &[u8], max_bytes: usize) -> Result<Self, Rejection> {
+        Self::parse_with(topic_device, payload, max_bytes, FrameRules::default()).map(|a| a.frame)
+    }
+
+    /// [`MetricsFrame::parse`] under `rules`.
+    pub fn parse_with(
+        topic_device: &str,
+        payload: &[u8],
+        max_bytes: usize,
+        rules: FrameRules,
+    ) -> Result<Accepted, Rejection> {
         let text = precheck(payload, max_bytes)?;
         let mut de = serde_json::Deserializer::from_str(text);
         let fields = de
-            .deserialize_map(FrameVisitor)
+            .deserialize_map(FrameVisitor { lax: rules.lax })
             .map_err(|e| Rejection::BadJson(e.to_string()))?;
         de.end().map_err(|e| Rejection::BadJson(e.to_string()))?;
+        let coercions = fields.coercions;
         let frame = fields.finish()?;
-        if frame.device_id.as_str() != topic_device {
+        let device_id_differs = frame.device_id.as_str() != topic_device;
+        if device_id_differs && !rules.device_id_from_payload {
             return Err(Rejection::DeviceIdMismatch);
         }
-        Ok(frame)
+        Ok(Accepted {
+            frame,
+            coercions,
+            device_id_differs,
+        })
     }
 }
 
@@ -323,7 +361,7 @@ impl<'de> de::Deserialize<'de> for FrameKey {
 /// Any JSON value, classified just enough to validate a field.
 enum Scalar {
     Null,
-    Bool,
+    Bool(bool),
     Unsigned(u64),
     Signed(i64),
     Float(f64),
@@ -345,8 +383,8 @@ impl<'de> de::Deserialize<'de> for Scalar {
             fn visit_none<E>(self) -> Result<Scalar, E> {
                 Ok(Scalar::Null)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
-                Ok(Scalar::Bool)
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
             }
             fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
                 Ok(Scalar::Unsigned(v))
@@ -382,6 +420,9 @@ struct Fields {
     /// Indexed by `Field as usize`.
     numbers: [Option<f64>; Field::ALL.len()],
     first_error: Option<Rejection>,
+    /// Lax rules ([`crate::lax`]) on.
+    lax: bool,
+    coercions: Coercions,
 }
 
 impl Fields {
@@ -409,6 +450,19 @@ impl Fields {
             },
             Key::Timestamp => match value {
                 Scalar::Unsigned(t) => self.timestamp = Some(t),
+                Scalar::Bool(b) if self.lax => self.coerced(Coercion::NumberFromBool, u64::from(b)),
+                Scalar::Float(f) if self.lax => match lax::int_from_float(f) {
+                    LaxInt::Value(t) => self.coerced(Coercion::IntFromFloat, t),
+                    _ => self.fail(Rejection::BadTimestamp),
+                },
+                Scalar::Str(s) if self.lax => match lax::int_from_str(&s) {
+                    LaxInt::Value(t) => self.coerced(Coercion::IntFromString, t),
+                    LaxInt::Negative | LaxInt::TooLarge => self.fail(Rejection::BadTimestamp),
+                    LaxInt::NotAnInt => self.fail(Rejection::WrongType {
+                        field,
+                        expected: "an integer",
+                    }),
+                },
                 Scalar::Signed(_) | Scalar::Float(_) => self.fail(Rejection::BadTimestamp),
                 _ => self.fail(Rejection::WrongType {
                     field,
@@ -420,6 +474,22 @@ impl Fields {
                     Scalar::Unsigned(v) => v as f64,
                     Scalar::Signed(v) => v as f64,
                     Scalar::Float(v) => v,
+                    Scalar::Bool(b) if self.lax => {
+                        self.coercions.add(Coercion::NumberFromBool);
+                        f64::from(u8::from(b))
+                    }
+                    Scalar::Str(s) if self.lax => match lax::float_from_str(&s) {
+                        Some(v) => {
+                            self.coercions.add(Coercion::NumberFromString);
+                            v
+                        }
+                        None => {
+                            return self.fail(Rejection::WrongType {
+                                field,
+                                expected: "a number",
+                            })
+                        }
+                    },
                     // Optional metrics may be sent as null by agents that
                     // lack the sensor (the seed bridge accepted that too).
                     Scalar::Null if numeric.is_optional() => return,
@@ -444,6 +514,11 @@ impl Fields {
         }
     }
 
+    fn coerced(&mut self, coercion: Coercion, timestamp: u64) {
+        self.coercions.add(coercion);
+        self.timestamp = Some(timestamp);
+    }
+
     fn finish(self) -> Result<MetricsFrame, Rejection> {
         if let Some(r) = self.first_error {
             return Err(r);
@@ -462,7 +537,9 @@ impl Fields {
     }
 }
 
-struct FrameVisitor;
+struct FrameVisitor {
+    lax: bool,
+}
 
 impl<'de> Visitor<'de> for FrameVisitor {
     type Value = Fields;
@@ -472,7 +549,10 @@ impl<'de> Visitor<'de> for FrameVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-        let mut fields = Fields::default();
+        let mut fields = Fields {
+            lax: self.lax,
+            ..Fields::default()
+        };
         while let Some(key) = map.next_key::<FrameKey>()? {
             match key {
                 FrameKey::Known(k) => {
@@ -727,6 +807,118 @@ mod tests {
         for (json, want) in table {
             assert_eq!(reason(json), *want, "for {json}");
         }
+    }
+
+    /// A valid frame with `field` set to the JSON `value` (added if new).
+    fn frame_with(field: &str, value: &str) -> String {
+        let mut parts: Vec<(String, String)> = [
+            ("device_id", r#""d1""#),
+            ("timestamp", "1"),
+            ("cpu_percent", "1"),
+            ("mem_percent", "1"),
+            ("disk_percent", "1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        match parts.iter_mut().find(|(k, _)| k == field) {
+            Some(part) => part.1 = value.to_owned(),
+            None => parts.push((field.to_owned(), value.to_owned())),
+        }
+        let body: Vec<String> = parts.iter().map(|(k, v)| format!(r#""{k}":{v}"#)).collect();
+        format!("{{{}}}", body.join(","))
+    }
+
+    const LAX: FrameRules = FrameRules {
+        lax: true,
+        device_id_from_payload: false,
+    };
+
+    fn lax(json: &str) -> Result<Accepted, Rejection> {
+        MetricsFrame::parse_with("d1", json.as_bytes(), MAX, LAX)
+    }
+
+    #[test]
+    fn lax_rules_take_what_the_bridges_model_coerced_and_say_which() {
+        let json = r#"{"device_id":"d1","timestamp":1700000000.0,"cpu_percent":"42.5","mem_percent":true,"disk_percent":" 7 ","gpu_percent":"1_0","agent_mem_mb":false}"#;
+        assert_eq!(reason(json), "bad_timestamp", "strict rules refuse it");
+        let accepted = lax(json).unwrap();
+        let frame = &accepted.frame;
+        assert_eq!(frame.timestamp, 1_700_000_000);
+        assert_eq!(
+            (frame.cpu_percent, frame.mem_percent, frame.disk_percent),
+            (42.5, 1.0, 7.0)
+        );
+        assert_eq!(frame.gpu_percent, Some(10.0));
+        assert_eq!(frame.agent_mem_mb, Some(0.0));
+        let c = accepted.coercions;
+        assert_eq!(c.count(Coercion::NumberFromString), 3);
+        assert_eq!(c.count(Coercion::NumberFromBool), 2);
+        assert_eq!(c.count(Coercion::IntFromFloat), 1);
+        assert_eq!(c.count(Coercion::IntFromString), 0);
+        let ts = lax(&frame_with("timestamp", r#""1_700_000_000""#)).unwrap();
+        assert_eq!(ts.frame.timestamp, 1_700_000_000);
+        assert_eq!(ts.coercions.count(Coercion::IntFromString), 1);
+        assert_eq!(
+            lax(&frame_with("timestamp", "true"))
+                .unwrap()
+                .frame
+                .timestamp,
+            1
+        );
+        // A frame that needed nothing reports nothing.
+        assert!(lax(GOOD).unwrap().coercions.is_empty());
+    }
+
+    #[test]
+    fn lax_rules_still_refuse_what_the_strict_ones_stand_for() {
+        for (field, value, want) in [
+            ("cpu_percent", r#""nan""#, "out_of_range"),
+            ("cpu_percent", r#""101""#, "out_of_range"),
+            ("cpu_percent", r#""-1""#, "out_of_range"),
+            ("agent_mem_mb", r#""inf""#, "out_of_range"),
+            ("agent_mem_mb", r#""1e400""#, "out_of_range"),
+            ("cpu_percent", r#""""#, "wrong_type"),
+            ("cpu_percent", r#""0x10""#, "wrong_type"),
+            ("cpu_percent", "null", "wrong_type"),
+            ("cpu_percent", "[1]", "wrong_type"),
+            ("gpu_percent", r#""<script>""#, "wrong_type"),
+            ("timestamp", "1.5", "bad_timestamp"),
+            ("timestamp", "1e20", "bad_timestamp"),
+            ("timestamp", "-1", "bad_timestamp"),
+            ("timestamp", r#""-1""#, "bad_timestamp"),
+            ("timestamp", r#""18446744073709551616""#, "bad_timestamp"),
+            ("timestamp", r#""1.5""#, "wrong_type"),
+            ("timestamp", r#""1e3""#, "wrong_type"),
+            ("timestamp", "null", "wrong_type"),
+            ("device_id", "5", "wrong_type"),
+            ("device_id", r#""d1 ""#, "bad_device_id"),
+            ("evil", r#""<!channel>""#, "unknown_key"),
+        ] {
+            let json = frame_with(field, value);
+            assert_eq!(lax(&json).unwrap_err().as_str(), want, "{json}");
+        }
+        assert_eq!(
+            lax(r#"{"device_id":"d1","timestamp":1,"cpu_percent":1,"cpu_percent":"1","mem_percent":1,"disk_percent":1}"#)
+                .unwrap_err()
+                .as_str(),
+            "duplicate_key"
+        );
+    }
+
+    #[test]
+    fn the_payloads_device_id_may_win_over_the_topics_only_when_asked() {
+        let json = GOOD.replace("\"d1\"", "\"d9\"");
+        assert_eq!(reason(&json), "device_id_mismatch");
+        let rules = FrameRules {
+            device_id_from_payload: true,
+            ..FrameRules::default()
+        };
+        let accepted = MetricsFrame::parse_with("d1", json.as_bytes(), MAX, rules).unwrap();
+        assert_eq!(accepted.frame.device_id.as_str(), "d9");
+        assert!(accepted.device_id_differs);
+        let same = MetricsFrame::parse_with("d1", GOOD.as_bytes(), MAX, rules).unwrap();
+        assert!(!same.device_id_differs);
     }
 
     #[test]

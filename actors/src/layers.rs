@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first. A module may use the modules of any layer before its own.
 const LAYERS: &[&[&str]] = &[
+    // Text-to-number rules the frame rules call (the EdgeWatch bridge's
+    // lax coercions).
+    &["lax"],
     // Plain data and pure rules, with no dependency inside the crate: topic
     // names and filters, the topic families, the domain types (frame, device
     // id, rejection), the in-flight byte budget, Slack's message and labels.

@@ -22,7 +22,10 @@
 //!   (metrics to the registry, everything else to the bus).
 //! - [`frame`]: the domain types: metrics frames and their [`frame::Field`]s,
 //!   device ids (and the safe-id rule attacker ids and sources follow too),
-//!   rejections, and the strict frame rules.
+//!   rejections, and the strict frame rules (and the lax ones under
+//!   [`frame::FrameRules`]).
+//! - [`lax`]: the coercions the EdgeWatch bridge's pydantic model applied,
+//!   for `[compat.edgewatch] lax_frames`.
 //! - [`inflight`]: the byte budget of accepted events on their way to the
 //!   bus (what its mailboxes may hold).
 //! - [`notice`]: the Slack message the Alerts actor hands the Slack actor,
@@ -83,6 +86,7 @@ pub mod families;
 pub mod frame;
 pub mod inflight;
 pub mod ingest;
+pub mod lax;
 #[cfg(test)]
 mod layers;
 pub mod notice;

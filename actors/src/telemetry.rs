@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 use crate::frame::Rejection;
+use crate::lax::{Coercion, Coercions};
 use crate::notice::{NoticeKind, DROP_REASONS, PERMANENT_REASONS};
 
 /// Log targets an operator filters on (`RUST_LOG=edgebus::rejects=off`),
@@ -32,6 +33,11 @@ pub struct Telemetry {
     pub frames_accepted: IntCounter,
     frames_rejected: IntCounterVec,
     pub frames_duplicate: IntCounter,
+    /// `[compat.edgewatch] lax_frames`: fields accepted by a coercion.
+    frames_coerced: IntCounterVec,
+    /// `[compat.edgewatch] device_id_from_payload`: frames whose payload
+    /// named another device than their topic.
+    frames_device_from_payload: IntCounter,
     pub events_published: IntCounter,
     pub events_routed: IntCounter,
     /// Accounted bytes of the bus's history and last values (each under
@@ -433,7 +439,18 @@ impl Telemetry {
         for result in WS_OP_RESULTS {
             ws_ops.with_label_values(&[result]);
         }
-        for c in [&frames_rejected, &events_dropped, &ws_ops] {
+        let frames_coerced = IntCounterVec::new(
+            Opts::new(
+                "edgebus_frames_coerced_total",
+                "Fields of accepted frames that needed a lax coercion ([compat.edgewatch] lax_frames), by coercion.",
+            ),
+            &["coercion"],
+        )
+        .expect("static metric definition is valid");
+        for coercion in Coercion::ALL {
+            frames_coerced.with_label_values(&[coercion.as_str()]);
+        }
+        for c in [&frames_rejected, &events_dropped, &ws_ops, &frames_coerced] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("metric names are unique");
@@ -460,6 +477,11 @@ impl Telemetry {
             frames_duplicate: counter(
                 "edgebus_frames_duplicate_total",
                 "MQTT redeliveries recognised as duplicates and not fanned out again.",
+            ),
+            frames_coerced,
+            frames_device_from_payload: counter(
+                "edgebus_frames_device_from_payload_total",
+                "Frames accepted whose device_id differs from their topic's device level ([compat.edgewatch] device_id_from_payload); filed under the payload's device.",
             ),
             events_published: counter(
                 "edgebus_events_published_total",
@@ -541,6 +563,25 @@ impl Telemetry {
                 log::warn!(target: REJECTS_LOG, "Rejected frame on `{topic}`: {rejection}.");
             }
         }
+    }
+
+    /// An accepted frame needed lax rules: count each coercion, and a
+    /// device id taken from the payload over the topic's.
+    pub fn frame_bent(&self, coercions: &Coercions, device_id_differs: bool) {
+        for (coercion, n) in coercions.iter() {
+            self.frames_coerced
+                .with_label_values(&[coercion.as_str()])
+                .inc_by(u64::from(n));
+        }
+        if device_id_differs {
+            self.frames_device_from_payload.inc();
+        }
+    }
+
+    pub fn frames_coerced(&self, coercion: Coercion) -> u64 {
+        self.frames_coerced
+            .with_label_values(&[coercion.as_str()])
+            .get()
     }
 
     pub fn frames_rejected(&self, reason: &str) -> u64 {

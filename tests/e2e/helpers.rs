@@ -68,6 +68,8 @@ pub struct TestApp {
     pub port: u16,
     /// The SecureTea Socket.IO listener (`compat.securetea.enabled`).
     pub socketio_port: Option<u16>,
+    /// The EdgeWatch dashboards' listener (`compat.edgewatch.enabled`).
+    pub edgewatch_port: Option<u16>,
     pub mqtt_port: u16,
     pub handle: AppHandle,
     http: awc::Client,
@@ -223,11 +225,13 @@ async fn start(app: Application, mqtt_port: u16, metrics_auth: Option<String>) -
 fn serve(app: Application, mqtt_port: u16, metrics_auth: Option<String>) -> TestApp {
     let port = app.port();
     let socketio_port = app.socketio_port();
+    let edgewatch_port = app.edgewatch_port();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         port,
         socketio_port,
+        edgewatch_port,
         mqtt_port,
         handle,
         http: awc::Client::builder().timeout(WAIT).finish(),

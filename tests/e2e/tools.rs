@@ -15,6 +15,7 @@ const SYSTEM_DIRS: [&str; 2] = ["/usr/sbin", "/usr/bin"];
 fn install_hint(tool: &str) -> String {
     match tool {
         "moto_server" => "pip install 'moto[server]'".to_owned(),
+        "pydantic" => "pip install pydantic".to_owned(),
         "redis-server" | "redis-cli" => "apt-get install redis-server".to_owned(),
         other => format!("apt-get install {other}"),
     }
@@ -54,6 +55,34 @@ pub fn require_tool(tool: &str) -> bool {
         panic!("{REQUIRE_ENV} is set but {what}");
     }
     // The test harness names each test's thread after the test.
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("?");
+    eprintln!(
+        "\n########\n# SKIPPED test `{test}`: {what}.\n# Set {REQUIRE_ENV}=1 to make this a failure.\n########\n"
+    );
+    false
+}
+
+/// `true` when `python3` can import `module`. Otherwise the test should
+/// return at once: this has printed why (or panicked, under
+/// `EDGEBUS_REQUIRE_TOOLS`).
+pub fn require_python_module(module: &str) -> bool {
+    let imported = tool_path("python3").is_some_and(|python| {
+        std::process::Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    });
+    if imported {
+        return true;
+    }
+    let what = format!(
+        "python3 cannot import `{module}` ({}; .ci/run does)",
+        install_hint(module)
+    );
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        panic!("{REQUIRE_ENV} is set but {what}");
+    }
     let current = std::thread::current();
     let test = current.name().unwrap_or("?");
     eprintln!(

@@ -94,6 +94,10 @@ async fn the_edgewatch_format_speaks_the_seed_dashboards_language() {
     let frame = ws.next_json().await;
     assert_eq!(frame.as_object().unwrap().len(), 1);
     assert_eq!(frame[&device]["cpu_percent"], 13.0);
+    // Every field of the seed's model, `null` where the frame had none.
+    let fields = frame[&device].as_object().unwrap();
+    assert_eq!(fields.len(), 8, "{frame}");
+    assert!(fields["gpu_percent"].is_null() && fields["agent_mem_mb"].is_null());
 }
 
 #[actix_web::test]

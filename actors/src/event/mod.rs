@@ -542,8 +542,7 @@ impl Event {
         self.edgewatch
             .get_or_init(|| {
                 let frame = self.body.as_metrics()?;
-                let json = serde_json::to_string(frame).ok()?;
-                Some(format!("{{{}:{json}}}", json_string(frame.device_id.as_str())).into())
+                Some(wire::edgewatch_message(&[frame]).into())
             })
             .as_ref()
     }
@@ -569,10 +568,6 @@ fn joined_bytes(parts: &[&[u8]]) -> Bytes {
 /// cannot fail.
 fn joined(parts: &[&[u8]]) -> ByteString {
     ByteString::try_from(joined_bytes(parts)).unwrap_or_default()
-}
-
-fn json_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
 #[cfg(test)]

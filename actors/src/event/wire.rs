@@ -9,6 +9,7 @@ use bytes::{BufMut, BytesMut};
 use bytestring::ByteString;
 
 use super::{Event, EventId};
+use crate::frame::MetricsFrame;
 
 /// `{"type":"lagged","dropped":n}`: this many events were dropped.
 pub fn ws_lagged(n: u64) -> ByteString {
@@ -199,16 +200,115 @@ pub fn push_envelopes(out: &mut String, events: &[Arc<Event>]) {
 /// The seed's snapshot: one object of every active device's frame, or
 /// nothing when there is none (the seed sent nothing then either).
 pub fn edgewatch_snapshot(events: &[Arc<Event>]) -> Option<ByteString> {
-    let mut map = serde_json::Map::new();
-    for e in events {
-        if let Some(frame) = e.body.as_metrics() {
-            map.insert(
-                frame.device_id.to_string(),
-                serde_json::to_value(frame).ok()?,
-            );
+    let frames: Vec<&MetricsFrame> = events.iter().filter_map(|e| e.body.as_metrics()).collect();
+    (!frames.is_empty()).then(|| edgewatch_message(&frames).into())
+}
+
+/// `{"d1": {…}, "d2": {…}}`: frames keyed by device, as the EdgeWatch
+/// bridge wrote them with Python's `json.dumps` (its separators included,
+/// so a dashboard that compares text sees the bridge's bytes).
+pub fn edgewatch_message(frames: &[&MetricsFrame]) -> String {
+    let mut out = String::with_capacity(frames.len() * 200 + 2);
+    out.push('{');
+    for (i, frame) in frames.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        push_str_json(&mut out, frame.device_id.as_str());
+        out.push_str(": ");
+        push_edgewatch_frame(&mut out, frame);
+    }
+    out.push('}');
+    out
+}
+
+/// One frame as the bridge's `Metrics.model_dump()` came out of
+/// `json.dumps`: every field of its model in the model's order, `null` for
+/// an absent optional one (dashboards test `=== null`), floats as Python
+/// prints them (`42.0` for a 42 sent as an integer).
+fn push_edgewatch_frame(out: &mut String, frame: &MetricsFrame) {
+    out.push_str("{\"device_id\": ");
+    push_str_json(out, frame.device_id.as_str());
+    out.push_str(", \"timestamp\": ");
+    out.push_str(&frame.timestamp.to_string());
+    let fields = [
+        ("cpu_percent", Some(frame.cpu_percent)),
+        ("mem_percent", Some(frame.mem_percent)),
+        ("disk_percent", Some(frame.disk_percent)),
+        ("gpu_percent", frame.gpu_percent),
+        ("agent_cpu_percent", frame.agent_cpu_percent),
+        ("agent_mem_mb", frame.agent_mem_mb),
+    ];
+    for (name, value) in fields {
+        out.push_str(", \"");
+        out.push_str(name);
+        out.push_str("\": ");
+        match value {
+            Some(v) => push_py_float(out, v),
+            None => out.push_str("null"),
         }
     }
-    (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string().into())
+    out.push('}');
+}
+
+fn push_str_json(out: &mut String, text: &str) {
+    // A device id is a safe id: nothing in it needs escaping, but a string
+    // literal is written as one all the same.
+    out.push_str(&serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned()));
+}
+
+/// `value` as Python's `repr(float)`: the shortest digits that read back
+/// as the same double (Rust's `{:e}` finds the same ones), in positional
+/// form while the decimal point sits within 16 places of the first digit,
+/// else `d.ddde±XX`. A validated frame holds no NaN or infinity; were
+/// one there, it would go out as `null` rather than as invalid JSON.
+fn push_py_float(out: &mut String, value: f64) {
+    if !value.is_finite() {
+        out.push_str("null");
+        return;
+    }
+    if value.is_sign_negative() {
+        out.push('-');
+    }
+    if value == 0.0 {
+        out.push_str("0.0");
+        return;
+    }
+    let sci = format!("{:e}", value.abs());
+    let Some((mantissa, exp)) = sci.split_once('e') else {
+        out.push_str("null");
+        return;
+    };
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    // Python's `decpt`: the value is 0.DIGITS × 10^decpt.
+    let decpt = exp + 1;
+    let n = digits.len() as i32;
+    if decpt <= -4 || decpt > 16 {
+        out.push_str(&digits[..1]);
+        if n > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push_str(&format!(
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        ));
+    } else if decpt <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', decpt.unsigned_abs() as usize));
+        out.push_str(&digits);
+    } else if decpt < n {
+        let (int, frac) = digits.split_at(decpt as usize);
+        out.push_str(int);
+        out.push('.');
+        out.push_str(frac);
+    } else {
+        out.push_str(&digits);
+        out.extend(std::iter::repeat_n('0', (decpt - n) as usize));
+        out.push_str(".0");
+    }
 }
 
 /// The SSE `snapshot` event: `{"events":[envelope,…],"last_id":…,"reset":…}`
@@ -306,6 +406,53 @@ mod tests {
         assert_eq!(id.as_deref(), Some("1event: evil"));
         assert_eq!(name, "xdata: injected");
         assert_eq!(data, "line1\ndata: fake\n\n\nevent: evil\nend");
+    }
+
+    fn py(value: f64) -> String {
+        let mut out = String::new();
+        push_py_float(&mut out, value);
+        out
+    }
+
+    #[test]
+    fn floats_print_as_python_prints_them() {
+        for (value, python) in [
+            (42.0, "42.0"),
+            (42.5, "42.5"),
+            (0.1, "0.1"),
+            (100.0, "100.0"),
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1234567890123456.0, "1234567890123456.0"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (1e22, "1e+22"),
+            (123456.789, "123456.789"),
+            (1e-300, "1e-300"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (33.333333333333336, "33.333333333333336"),
+        ] {
+            assert_eq!(py(value), python, "{value:e}");
+        }
+    }
+
+    #[test]
+    fn the_edgewatch_form_has_every_field_in_the_models_order() {
+        let frame = crate::frame::MetricsFrame::parse(
+            "d1",
+            br#"{"device_id":"d1","timestamp":5,"cpu_percent":42,"mem_percent":0.5,"disk_percent":3,"agent_cpu_percent":150}"#,
+            4096,
+        )
+        .unwrap();
+        assert_eq!(
+            edgewatch_message(&[&frame]),
+            r#"{"d1": {"device_id": "d1", "timestamp": 5, "cpu_percent": 42.0, "mem_percent": 0.5, "disk_percent": 3.0, "gpu_percent": null, "agent_cpu_percent": 150.0, "agent_mem_mb": null}}"#
+        );
+        let two = edgewatch_message(&[&frame, &frame]);
+        assert!(two.contains("}, \"d1\": {"), "{two}");
+        assert_eq!(edgewatch_snapshot(&[]), None);
     }
 
     #[test]

@@ -274,6 +274,7 @@ mod tests {
             keep_alive: Duration::from_secs(30),
             persistent_session: false,
             inflight_bytes: 1 << 20,
+            frame_rules: crate::frame::FrameRules::default(),
         }
     }
 
@@ -386,6 +387,7 @@ mod tests {
         let (bus, registry, telemetry) = downstream();
         let mut sink = super::Sink {
             max_payload_bytes: 1024,
+            rules: crate::frame::FrameRules::default(),
             inflight: crate::inflight::InflightBytes::new(1 << 20),
             registry: registry.recipient(),
             bus: bus.recipient(),

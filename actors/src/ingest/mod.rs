@@ -46,7 +46,8 @@ use crate::registry::Observe;
 use crate::telemetry::{DropReason, Telemetry};
 use crate::topic::validate_topic;
 
-use crate::frame::{parse_object, DeviceId, MetricsFrame, Rejection};
+use crate::frame::{parse_object, DeviceId, FrameRules, MetricsFrame, Rejection};
+use crate::lax::Coercions;
 use crate::reject::reject_draft;
 pub use backoff::Backoff;
 pub use link::LocalLink;
@@ -80,6 +81,8 @@ pub struct IngestConfig {
     pub persistent_session: bool,
     /// Bytes of accepted frames that may wait for the registry and the bus.
     pub inflight_bytes: usize,
+    /// What a metrics frame may bend (`[compat.edgewatch]`); strict by default.
+    pub frame_rules: FrameRules,
 }
 
 impl IngestConfig {
@@ -218,6 +221,7 @@ impl Ingest {
     fn sink(&self) -> Sink {
         Sink {
             max_payload_bytes: self.config.max_payload_bytes,
+            rules: self.config.frame_rules,
             inflight: self.inflight.clone(),
             registry: self.registry.clone(),
             bus: self.bus.clone(),
@@ -558,6 +562,7 @@ impl Pump {
 /// the bus, or a counted rejection.
 struct Sink {
     max_payload_bytes: usize,
+    rules: FrameRules,
     inflight: Arc<InflightBytes>,
     registry: Recipient<Observe>,
     bus: Recipient<Publish>,
@@ -579,8 +584,10 @@ impl Sink {
                 return AckAfter::Now;
             }
         }
-        match accept(topic, payload, self.max_payload_bytes, ts_ms) {
-            Ok(draft) => {
+        match accept_with(topic, payload, self.max_payload_bytes, ts_ms, self.rules) {
+            Ok((draft, leniency)) => {
+                self.telemetry
+                    .frame_bent(&leniency.coercions, leniency.device_id_differs);
                 let Some(draft) = draft.reserve(&self.inflight) else {
                     self.telemetry.events_dropped(DropReason::Overload, 1);
                     return AckAfter::Never;
@@ -668,13 +675,35 @@ impl From<Rejection> for Rejected {
 }
 
 /// The acceptance rule for one publish, whatever its source (MQTT or HTTP):
-/// topic checks, then the metrics rules or the generic object rules.
+/// topic checks, then the strict metrics rules or the generic object rules.
 pub fn accept(
     topic: &str,
     payload: &[u8],
     max_bytes: usize,
     ts_ms: u64,
 ) -> Result<Draft, Rejected> {
+    accept_with(topic, payload, max_bytes, ts_ms, FrameRules::default()).map(|(draft, _)| draft)
+}
+
+/// What lax frame rules took to accept a frame (nothing under strict ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leniency {
+    pub coercions: Coercions,
+    /// Filed under the payload's device, not the topic's.
+    pub device_id_differs: bool,
+}
+
+/// [`accept`] with the metrics frames under `rules`. A frame whose payload
+/// names another device (allowed by `rules`) becomes an event of that
+/// device's topic, `devices/{device_id}/metrics`: per-device streams, the
+/// registry and the alerts all follow the payload.
+pub fn accept_with(
+    topic: &str,
+    payload: &[u8],
+    max_bytes: usize,
+    ts_ms: u64,
+    rules: FrameRules,
+) -> Result<(Draft, Leniency), Rejected> {
     validate_topic(topic).map_err(|e| Rejection::BadTopic(e.to_string()))?;
     if topic.starts_with(RESERVED_PREFIX) {
         return Err(Rejection::BadTopic(format!(
@@ -689,15 +718,31 @@ pub fn accept(
         .into());
     }
     if let Some(device) = metrics_device(topic) {
-        let frame =
-            MetricsFrame::parse(device, payload, max_bytes).map_err(|rejection| Rejected {
-                rejection,
-                device: DeviceId::parse(device).ok(),
+        let accepted =
+            MetricsFrame::parse_with(device, payload, max_bytes, rules).map_err(|rejection| {
+                Rejected {
+                    rejection,
+                    device: DeviceId::parse(device).ok(),
+                }
             })?;
-        return Ok(Draft::new(topic, ts_ms, Body::Metrics(frame)));
+        let leniency = Leniency {
+            coercions: accepted.coercions,
+            device_id_differs: accepted.device_id_differs,
+        };
+        let frame = accepted.frame;
+        let draft = if leniency.device_id_differs {
+            let topic = format!("devices/{}/metrics", frame.device_id);
+            Draft::new(topic, ts_ms, Body::Metrics(frame))
+        } else {
+            Draft::new(topic, ts_ms, Body::Metrics(frame))
+        };
+        return Ok((draft, leniency));
     }
     let object = parse_object(payload, max_bytes)?;
-    Ok(Draft::new(topic, ts_ms, Body::Object(object)))
+    Ok((
+        Draft::new(topic, ts_ms, Body::Object(object)),
+        Leniency::default(),
+    ))
 }
 
 /// Fingerprints of recent QoS 1 publishes, to recognise a redelivery.
@@ -755,6 +800,24 @@ mod tests {
         let err = accept("devices/d2/metrics", GOOD, 1024, 7).unwrap_err();
         assert_eq!(err.rejection, Rejection::DeviceIdMismatch);
         assert_eq!(err.device.unwrap().as_str(), "d2");
+    }
+
+    #[test]
+    fn a_payloads_device_id_files_the_frame_under_its_device_when_allowed() {
+        let rules = FrameRules {
+            device_id_from_payload: true,
+            lax: true,
+        };
+        let lax = br#"{"device_id":"d1","timestamp":"1","cpu_percent":1,"mem_percent":2,"disk_percent":3}"#;
+        let (draft, leniency) = accept_with("devices/d2/metrics", lax, 1024, 7, rules).unwrap();
+        assert_eq!(&*draft.topic, "devices/d1/metrics");
+        assert!(leniency.device_id_differs);
+        assert_eq!(leniency.coercions.iter().count(), 1);
+        assert!(draft.payload_json().contains(r#""timestamp":1,"#));
+        let (same, leniency) = accept_with("devices/d1/metrics", GOOD, 1024, 7, rules).unwrap();
+        assert_eq!(&*same.topic, "devices/d1/metrics");
+        assert_eq!(leniency, Leniency::default());
+        assert!(accept("devices/d1/metrics", lax, 1024, 7).is_err());
     }
 
     #[test]
@@ -824,6 +887,7 @@ mod tests {
         let budget = InflightBytes::new(1 << 20);
         let mut sink = Sink {
             max_payload_bytes: 16 * 1024,
+            rules: FrameRules::default(),
             inflight: budget.clone(),
             registry: stalled.clone().recipient(),
             bus: stalled.recipient(),

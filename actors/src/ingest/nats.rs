@@ -134,6 +134,8 @@ impl NatsIngest {
     fn sink(&self) -> Sink {
         Sink {
             max_payload_bytes: self.config.max_payload_bytes,
+            // The EdgeWatch bridge's leniencies are for its MQTT publishers.
+            rules: crate::frame::FrameRules::default(),
             inflight: InflightBytes::new(self.config.inflight_bytes),
             registry: self.registry.clone(),
             bus: self.bus.clone(),

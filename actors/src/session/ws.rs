@@ -308,6 +308,8 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for WsSes
         self.last_heard = Instant::now();
         match msg {
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
+            // The seed bridge read and ignored whatever a dashboard sent.
+            Ok(AggregatedMessage::Binary(_)) if self.config.format == WireFormat::Edgewatch => {}
             Ok(AggregatedMessage::Binary(_)) => self.close(
                 ctx,
                 CloseCode::Unsupported,

@@ -1,0 +1,163 @@
+//! The EdgeWatch bridge's dashboard WebSocket, spoken by edgebus
+//! (`[compat.edgewatch]`).
+//!
+//! The bridge served one WebSocket on `WS_HOST:WS_PORT`, any path. A
+//! dashboard connected with `?token=` (when `WS_AUTH_TOKEN` was set),
+//! received one `{device_id: frame, …}` message of the devices seen within
+//! `PRUNE_SECONDS` (none when there was none), then `{device_id: frame}`
+//! for every accepted frame; what it sent was read and ignored. A wrong or
+//! missing token got the handshake, then close 1008 `unauthorized`.
+//!
+//! Here the listener is its own HTTP server (one worker) on
+//! `compat.edgewatch.bind`, and every dashboard is an ordinary WebSocket
+//! session in the edgewatch wire format: the bus's snapshot (devices in
+//! `registry.active_window_seconds`), the session's bounded queue with
+//! metrics conflated for a slow reader, heartbeats, the write deadline,
+//! and the stream caps of a shared identity (per address). Stopped with
+//! the application.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_ws::{CloseCode, CloseReason};
+use anyhow::Context as _;
+use subtle::ConstantTimeEq;
+
+use edgebus_actors::families;
+use edgebus_actors::session::{SessionStart, WireFormat, WsSession};
+use edgebus_actors::subscription::Subscription;
+use edgebus_actors::topic::TopicFilter;
+
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::http::{streams, AppState};
+
+/// How long in-flight upgrades get at shutdown.
+const SHUTDOWN: Duration = Duration::from_secs(2);
+
+/// The running listener: its port, and how to stop it.
+pub struct EdgeWatchListener {
+    pub port: u16,
+    pub server: ServerHandle,
+}
+
+/// Binds `compat.edgewatch.bind` now, so a taken port stops the start,
+/// then serves on a worker thread of its own.
+pub fn start(state: web::Data<AppState>) -> anyhow::Result<EdgeWatchListener> {
+    let settings = &state.settings.compat.edgewatch;
+    let bind = settings.bind;
+    let listener = TcpListener::bind(bind)
+        .with_context(|| format!("`compat.edgewatch.bind`: cannot listen on {bind}"))?;
+    let port = listener.local_addr()?.port();
+    if settings.token.is_empty() {
+        log::warn!(
+            "EdgeWatch listener on {}:{port} has no `compat.edgewatch.token`: anyone who can \
+             reach it reads every device's metrics.",
+            bind.ip()
+        );
+    }
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .default_service(web::to(dashboard))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN.as_secs())
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    log::info!(
+        "EdgeWatch dashboards' WebSocket listening on {}:{port}.",
+        bind.ip()
+    );
+    Ok(EdgeWatchListener {
+        port,
+        server: handle,
+    })
+}
+
+/// Any path: the upgrade, then the session or the close 1008.
+async fn dashboard(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let expected = state.settings.compat.edgewatch.token.expose();
+    let permit = if token_ok(req.query_string(), expected) {
+        Some(streams::permit(&req, &state, &Identity::edgewatch()).await?)
+    } else {
+        None
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let Some(permit) = permit else {
+        // The bridge closed inside its handler, after the handshake.
+        state.telemetry.warn_limited("edgewatch_unauthorized", || {
+            format!(
+                "Refused an EdgeWatch dashboard from {}: missing or wrong token.",
+                streams::peer(&req)
+            )
+        });
+        actix::spawn(async move {
+            let reason = CloseReason {
+                code: CloseCode::Policy,
+                description: Some("unauthorized".into()),
+            };
+            let _ = session.close(Some(reason)).await;
+        });
+        return Ok(response);
+    };
+    let filter = TopicFilter::parse(families::METRICS_FILTER)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the metrics filter: {e}")))?;
+    let start = SessionStart {
+        subscriptions: vec![Subscription::topic(filter)],
+        resume: None,
+        guard: Some(Box::new(permit)),
+    };
+    let config = crate::wiring::ws_session_config(&state.settings, WireFormat::Edgewatch);
+    WsSession::new(
+        session,
+        stream,
+        state.bus.clone(),
+        start,
+        config,
+        state.telemetry.clone(),
+    )
+    .start();
+    Ok(response)
+}
+
+/// The bridge's check: with no token configured anyone passes; otherwise
+/// the first non-empty `token` in the query (Python's `parse_qs` drops
+/// empty ones) must equal it, compared in constant time.
+pub fn token_ok(query: &str, expected: &str) -> bool {
+    if expected.is_empty() {
+        return true;
+    }
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, value)| name == "token" && !value.is_empty())
+        .is_some_and(|(_, presented)| bool::from(presented.as_bytes().ct_eq(expected.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_the_first_non_empty_one_and_must_match() {
+        assert!(token_ok("", ""));
+        assert!(token_ok("token=anything", ""));
+        assert!(token_ok("token=s3cret", "s3cret"));
+        assert!(token_ok("x=1&token=&token=s3cret", "s3cret"));
+        assert!(token_ok("token=s3%63ret", "s3cret"), "percent-decoded");
+        assert!(!token_ok("token=s3cret&token=other", "other"));
+        assert!(!token_ok("", "s3cret"));
+        assert!(!token_ok("token=", "s3cret"));
+        assert!(!token_ok("token=s3cre", "s3cret"));
+        assert!(!token_ok("TOKEN=s3cret", "s3cret"));
+    }
+}

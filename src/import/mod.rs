@@ -1,0 +1,3 @@
+//! `edgebus import …`: a seed system's configuration, written as edgebus's.
+
+pub mod edgewatch;
