@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::frame::MetricsFrame;
+pub mod decnet;
 #[cfg(test)]
 pub mod testing;
 pub mod wire;
