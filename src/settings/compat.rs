@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
 
+use super::decnet::{DecnetSettings, RawDecnet};
 use super::{invalid, SettingsError};
 
 /// `[compat]` as written.
@@ -13,6 +14,7 @@ use super::{invalid, SettingsError};
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCompat {
     securetea: RawSecureTea,
+    decnet: RawDecnet,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +29,7 @@ struct RawSecureTea {
 #[derive(Debug, Clone)]
 pub struct CompatSettings {
     pub securetea: SecureTeaSettings,
+    pub decnet: DecnetSettings,
 }
 
 /// `[compat.securetea]`: SecureTea-Core's `GET /notifs` and a Socket.IO
@@ -62,6 +65,7 @@ impl RawCompat {
     pub(super) fn validate(self) -> Result<CompatSettings, SettingsError> {
         Ok(CompatSettings {
             securetea: self.securetea.validate()?,
+            decnet: self.decnet.validate()?,
         })
     }
 }
