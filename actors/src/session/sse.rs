@@ -459,7 +459,8 @@ fn render(item: &Delivery, out: &mut BytesMut, form: &SseForm) {
 mod tests {
     use super::*;
     use crate::event::testing::parse_sse as parse;
-    use crate::event::{Body, Draft, Event, EventId};
+    use crate::event::{Body, Draft, EventId};
+    use serde_json::Value;
 
     #[test]
     fn the_watchdog_ends_only_a_session_whose_items_waited_a_whole_round() {
@@ -471,6 +472,40 @@ mod tests {
         assert!(!stuck(true, 7, 3, 8));
         // Drained by now.
         assert!(!stuck(true, 7, 0, 7));
+    }
+
+    #[test]
+    fn the_decnet_form_renames_events_and_reshapes_snapshots_only() {
+        let Value::Object(map) = serde_json::json!({"attacker_uuid": "a1", "value": 2}) else {
+            unreachable!()
+        };
+        let draft = Draft::new("attackers/a1/observation/dns", 5, Body::Object(map));
+        let event = Arc::new(Event::from_draft(EventId { epoch: 36, seq: 9 }, draft));
+        let form = SseForm::Decnet {
+            attacker: "a1".into(),
+        };
+        let snapshot = Box::new(Snapshot {
+            events: vec![event.clone()],
+            last_id: event.id,
+            reset: false,
+            truncated: false,
+        });
+        let mut out = BytesMut::new();
+        for item in [
+            Delivery::Snapshot(snapshot),
+            Delivery::Event(event.clone()),
+            Delivery::Lagged(3),
+        ] {
+            render(&item, &mut out, &form);
+        }
+        let events = parse(std::str::from_utf8(&out).unwrap());
+        let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
+        assert_eq!(names, ["snapshot", "observation", "lagged"]);
+        let snapshot: Value = serde_json::from_str(&events[0].2).unwrap();
+        assert_eq!(snapshot["observations"][0]["primitive"], "dns");
+        let live: Value = serde_json::from_str(&events[1].2).unwrap();
+        assert_eq!(live["topic"], "attacker.observation.dns");
+        assert_eq!(events[1].0.as_deref(), Some("10-9"));
     }
 
     #[test]
