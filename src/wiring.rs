@@ -12,7 +12,7 @@ use edgebus_actors::ingest::subject::SubjectMap;
 use edgebus_actors::ingest::tls::{client_config, TlsFiles};
 use edgebus_actors::ingest::IngestConfig;
 use edgebus_actors::registry::RegistryConfig;
-use edgebus_actors::session::{OpLimits, SseSessionConfig, WireFormat, WsSessionConfig};
+use edgebus_actors::session::{OpLimits, SseForm, SseSessionConfig, WireFormat, WsSessionConfig};
 use edgebus_actors::slack::SlackConfig;
 
 use crate::host_health::HostHealthLimits;
@@ -184,6 +184,7 @@ impl From<&Settings> for SseSessionConfig {
             write_deadline: s.write_timeout,
             queue_capacity: settings.bus.queue_capacity,
             retry: s.sse_retry,
+            form: SseForm::Envelope,
         }
     }
 }

@@ -33,7 +33,8 @@
 //! - [`event`]: event ids (epoch + seq, or a stream entry id), drafts, numbered events and their
 //!   per-event wire forms, serialised once; no parsed payload tree is kept.
 //!   [`event::wire`] has every other form (WS control frames and snapshots,
-//!   SSE framing and snapshots, edgewatch), each written in one place.
+//!   SSE framing and snapshots, edgewatch), each written in one place;
+//!   [`event::decnet`] DECNET's per-attacker SSE form (`[compat.decnet]`).
 //! - [`telemetry`]: Prometheus metrics and rate-limited log lines, together
 //!   (alerts and Slack delivery counted apart: `AlertMetrics`, `SlackMetrics`).
 //! - [`devices`]: what the registry tells others about a device

@@ -3,6 +3,7 @@
 mod body;
 pub mod cors;
 mod dashboard;
+mod decnet;
 mod devices;
 mod health;
 mod host_health;
@@ -82,6 +83,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/notifications", web::post().to(publish::notify))
         .route("/v1/ws", web::get().to(ws::ws))
         .route("/notifs", web::get().to(securetea::notifs))
+        .route("/auth/sse-ticket", web::post().to(decnet::sse_ticket))
+        .route(
+            "/api/v1/auth/sse-ticket",
+            web::post().to(decnet::sse_ticket),
+        )
+        .route(
+            "/api/v1/attackers/{uuid}/events",
+            web::get().to(decnet::attacker_events),
+        )
         .route("/", web::get().to(dashboard::index))
         .route("/assets/config.json", web::get().to(dashboard::config))
         .route("/assets/{file:.*}", web::get().to(dashboard::asset))

@@ -14,7 +14,7 @@ use edgebus_actors::bus::FindAttacker;
 use edgebus_actors::families;
 use edgebus_actors::frame::{is_safe_id, DeviceId};
 use edgebus_actors::registry::GetDevice;
-use edgebus_actors::session::{SessionStart, SseSession, SseSessionConfig};
+use edgebus_actors::session::{SessionStart, SseForm, SseSession, SseSessionConfig};
 use edgebus_actors::subscription::{Predicate, Subscription};
 use edgebus_actors::topic::TopicFilter;
 
@@ -79,18 +79,37 @@ pub async fn attacker_events(
     state: web::Data<AppState>,
     uuid: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    attacker_stream(&req, &state, &uuid, AttackerForm::Edgebus).await
+}
+
+/// How an attacker's stream is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttackerForm {
+    /// edgebus's envelopes (`/v1/attackers/{uuid}/events`).
+    Edgebus,
+    /// DECNET's dashboard stream (`[compat.decnet]`).
+    Decnet,
+}
+
+/// An attacker's stream, whoever asked: the same checks, subscriptions
+/// and session in either form.
+pub async fn attacker_stream(
+    req: &HttpRequest,
+    state: &AppState,
+    uuid: &str,
+    form: AttackerForm,
+) -> Result<HttpResponse, ApiError> {
     let query = StreamQuery::parse(req.query_string())?;
-    let identity = identity(&req, &state, &query).await?;
+    let identity = identity(req, state, &query).await?;
     // The caps and the open rate come before the lookup: a caller over them
     // costs the bus nothing.
-    let permit = streams::permit(&req, &state, &identity).await?;
+    let permit = streams::permit(req, state, &identity).await?;
     // Attacker ids follow the device id rule: one safe topic level.
-    if !is_safe_id(&uuid) {
+    if !is_safe_id(uuid) {
         return Err(ApiError::BadRequest(
             "attacker id must match ^[A-Za-z0-9._-]{1,64}$".into(),
         ));
     }
-    let uuid = uuid.as_str();
     let Some(info) = state.bus.send(FindAttacker(uuid.to_owned())).await? else {
         return Err(ApiError::NotFound(format!("unknown attacker {uuid:?}")));
     };
@@ -105,7 +124,13 @@ pub async fn attacker_events(
                 .map_err(|e| ApiError::Internal(e.into()))?,
         );
     }
-    start(&req, &state, &query, permit, subscriptions)
+    let form = match form {
+        AttackerForm::Edgebus => SseForm::Envelope,
+        AttackerForm::Decnet => SseForm::Decnet {
+            attacker: uuid.into(),
+        },
+    };
+    start_in(req, state, &query, permit, subscriptions, form)
 }
 
 fn topic(filter: &str) -> Result<Subscription, ApiError> {
@@ -146,7 +171,22 @@ fn start(
     permit: StreamHold,
     subscriptions: Vec<Subscription>,
 ) -> Result<HttpResponse, ApiError> {
-    let config = SseSessionConfig::from(&*state.settings);
+    start_in(req, state, query, permit, subscriptions, SseForm::Envelope)
+}
+
+/// [`start`], writing `form`.
+fn start_in(
+    req: &HttpRequest,
+    state: &AppState,
+    query: &StreamQuery,
+    permit: StreamHold,
+    subscriptions: Vec<Subscription>,
+    form: SseForm,
+) -> Result<HttpResponse, ApiError> {
+    let config = SseSessionConfig {
+        form,
+        ..SseSessionConfig::from(&*state.settings)
+    };
     let start = SessionStart {
         subscriptions,
         resume: query.resume(req),

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
 
+use super::decnet::{DecnetSettings, RawDecnet};
 use super::edgewatch::{EdgeWatchSettings, RawEdgeWatch};
 use super::{invalid, SettingsError};
 
@@ -14,6 +15,7 @@ use super::{invalid, SettingsError};
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCompat {
     securetea: RawSecureTea,
+    decnet: RawDecnet,
     edgewatch: RawEdgeWatch,
 }
 
@@ -29,6 +31,7 @@ struct RawSecureTea {
 #[derive(Debug, Clone)]
 pub struct CompatSettings {
     pub securetea: SecureTeaSettings,
+    pub decnet: DecnetSettings,
     pub edgewatch: EdgeWatchSettings,
 }
 
@@ -65,6 +68,7 @@ impl RawCompat {
     pub(super) fn validate(self) -> Result<CompatSettings, SettingsError> {
         Ok(CompatSettings {
             securetea: self.securetea.validate()?,
+            decnet: self.decnet.validate()?,
             edgewatch: self.edgewatch.validate()?,
         })
     }

@@ -22,7 +22,7 @@ const AUDIENCE: &str = "edgebus";
 const STREAM: &str = "/v1/events?topic=notifications/%23";
 const NOTIFICATION: &str = r#"{"level":"info","message":"from a JWT"}"#;
 
-fn jwt_toml(extra: &str) -> String {
+pub fn jwt_toml(extra: &str) -> String {
     format!(
         "{}[auth.jwt]\nhs256_secret = \"{SECRET}\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n{extra}",
         keys_toml()
@@ -51,7 +51,7 @@ fn sign(claims: &Value) -> String {
     encode(&Header::new(Algorithm::HS256), claims, &key).expect("signed")
 }
 
-fn token(clock: &ManualClock, sub: &str, roles: Value) -> String {
+pub fn token(clock: &ManualClock, sub: &str, roles: Value) -> String {
     sign(&claims(clock, sub, roles))
 }
 

@@ -14,6 +14,7 @@ mod cluster_redis_url;
 mod cluster_stream_caps;
 mod cluster_tickets;
 mod cors;
+mod decnet;
 mod edgewatch;
 mod haproxy;
 mod helpers;

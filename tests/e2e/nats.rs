@@ -21,7 +21,7 @@ use crate::redis_proc::RedisServer;
 use crate::tools::{installed, require_tool, tail};
 
 /// A nats-server on a free port of its own, killed on drop.
-struct NatsServer {
+pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
@@ -48,7 +48,7 @@ impl NatsServer {
 
     /// Started and answering. nats-server binds the port itself, so a port
     /// taken since [`free_port`] chose it makes it exit: another is tried.
-    fn start() -> Self {
+    pub fn start() -> Self {
         for _ in 0..PORT_ATTEMPTS {
             let mut server = Self::reserve();
             match server.spawn() {
@@ -65,7 +65,7 @@ impl NatsServer {
         panic!("nats-server could not listen on {PORT_ATTEMPTS} free ports");
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -124,13 +124,13 @@ fn greets(port: u16) -> bool {
 }
 
 /// A publisher as DECNET's bus is one: JSON on a subject, fire and forget.
-async fn publisher(server: &NatsServer) -> async_nats::Client {
+pub async fn publisher(server: &NatsServer) -> async_nats::Client {
     async_nats::connect(server.url())
         .await
         .expect("the test publisher connects")
 }
 
-async fn publish(client: &async_nats::Client, subject: &str, payload: &Value) {
+pub async fn publish(client: &async_nats::Client, subject: &str, payload: &Value) {
     client
         .publish(subject.to_owned(), payload.to_string().into())
         .await
@@ -139,7 +139,7 @@ async fn publish(client: &async_nats::Client, subject: &str, payload: &Value) {
 }
 
 /// DECNET's bus envelope (`Event.to_dict()`), as its publishers send it.
-fn envelope(subject: &str, kind: &str, payload: Value) -> Value {
+pub fn envelope(subject: &str, kind: &str, payload: Value) -> Value {
     json!({
         "v": 1,
         "id": unique("evt").replace('-', ""),
@@ -150,7 +150,7 @@ fn envelope(subject: &str, kind: &str, payload: Value) -> Value {
     })
 }
 
-fn nats_toml(url: &str) -> String {
+pub fn nats_toml(url: &str) -> String {
     format!("[nats]\nurl = \"{url}\"\nbackoff_min_seconds = 1\nbackoff_max_seconds = 1\n")
 }
 

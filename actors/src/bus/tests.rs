@@ -522,6 +522,37 @@ async fn predicates_and_attacker_lookups_read_the_kept_fields() {
     }
 }
 
+#[actix::test]
+async fn an_identity_inside_a_decnet_envelope_is_found_and_filtered_on() {
+    let (bus, _) = bus(16);
+    bus.send(object(
+        "attackers/e1/scored",
+        json!({"v": 1, "type": "scored", "ts": 1.5,
+               "payload": {"attacker_uuid": "e1", "identity_uuid": "i-9"}}),
+    ))
+    .await
+    .unwrap();
+    let info = bus.send(FindAttacker("e1".into())).await.unwrap();
+    assert_eq!(info.unwrap().identity_uuid.as_deref(), Some("i-9"));
+    let by_identity = Subscription::with_predicates(
+        TopicFilter::parse("attribution/#").unwrap(),
+        vec![Predicate::parse("identity_uuid:i-9").unwrap()],
+    )
+    .unwrap();
+    let (_, mut inbox) = join_with(&bus, 16, vec![by_identity], None).await;
+    drain(&mut inbox);
+    for identity in ["i-8", "i-9"] {
+        bus.send(object(
+            "attribution/profile/state_changed",
+            json!({"v": 1, "payload": {"identity_uuid": identity}}),
+        ))
+        .await
+        .unwrap();
+    }
+    let seqs = event_seqs(&drain(&mut inbox));
+    assert_eq!(seqs.len(), 1, "only i-9's change: {seqs:?}");
+}
+
 /// Cluster mode's recovery, as a test double: answers every backfill with
 /// what `stream` holds after the asked id, and remembers what was asked.
 struct FakeStream {

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::frame::MetricsFrame;
+pub mod decnet;
 #[cfg(test)]
 pub mod testing;
 pub mod wire;
@@ -287,6 +288,13 @@ pub enum FieldKind {
 /// keys and values back to back and one small entry per field, sorted by
 /// key. Numbers are kept as serde_json writes them, so `score:42` matches
 /// `42` and not `42.5`, as it did against the parsed tree.
+///
+/// A payload whose `payload` member is an object (a DECNET bus envelope,
+/// `{"v","id","topic","type","ts","payload":{…}}`) also keeps the scalar
+/// fields of that object that the top level does not have: DECNET stamps
+/// `attacker_uuid` and `identity_uuid` inside, and predicates must see
+/// them there. This is the rule the NATS source's `{field}` template
+/// follows, so a field that can name a topic can also filter one.
 #[derive(Debug, Default)]
 pub struct Fields {
     text: Box<str>,
@@ -294,29 +302,44 @@ pub struct Fields {
     at: Box<[(u32, u32, FieldKind)]>,
 }
 
+/// A payload member as a kept field's kind and text; `None` for what is
+/// never kept (objects, arrays, null, empty or over-long strings).
+fn scalar(value: &Value) -> Option<(FieldKind, Cow<'_, str>)> {
+    match value {
+        Value::String(s)
+            if !s.is_empty()
+                && s.len() <= 4 * MAX_FIELD_VALUE_CHARS
+                && s.chars().count() <= MAX_FIELD_VALUE_CHARS =>
+        {
+            Some((FieldKind::Str, Cow::Borrowed(s.as_str())))
+        }
+        Value::Number(n) => Some((FieldKind::Num, Cow::Owned(n.to_string()))),
+        Value::Bool(b) => Some((
+            FieldKind::Bool,
+            Cow::Borrowed(if *b { "true" } else { "false" }),
+        )),
+        _ => None,
+    }
+}
+
 impl Fields {
     pub fn from_map(map: &Map<String, Value>) -> Self {
         let mut kept: Vec<(&str, FieldKind, Cow<'_, str>)> = Vec::new();
-        for (key, value) in map {
+        let inner = match map.get("payload") {
+            Some(Value::Object(inner)) => Some(inner),
+            _ => None,
+        };
+        let enveloped = inner
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| !map.contains_key(*key));
+        for (key, value) in map.iter().chain(enveloped) {
             if !is_field_key(key) {
                 continue;
             }
-            let (kind, text) = match value {
-                Value::String(s)
-                    if !s.is_empty()
-                        && s.len() <= 4 * MAX_FIELD_VALUE_CHARS
-                        && s.chars().count() <= MAX_FIELD_VALUE_CHARS =>
-                {
-                    (FieldKind::Str, Cow::Borrowed(s.as_str()))
-                }
-                Value::Number(n) => (FieldKind::Num, Cow::Owned(n.to_string())),
-                Value::Bool(b) => (
-                    FieldKind::Bool,
-                    Cow::Borrowed(if *b { "true" } else { "false" }),
-                ),
-                _ => continue,
-            };
-            kept.push((key, kind, text));
+            if let Some((kind, text)) = scalar(value) {
+                kept.push((key, kind, text));
+            }
         }
         kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let size: usize = kept.iter().map(|(k, _, v)| k.len() + v.len()).sum();
@@ -755,5 +778,29 @@ mod tests {
             assert_eq!(f.get(missing), None, "{missing}");
         }
         assert_eq!(f.len(), 4);
+    }
+
+    #[test]
+    fn an_envelope_s_inner_fields_are_kept_unless_the_top_level_has_them() {
+        let Value::Object(map) = serde_json::json!({
+            "v": 1, "type": "profile.state_changed", "ts": 1.5,
+            "payload": {"identity_uuid": "i-1", "ts": 9, "type": "inner", "nested": {"a": "b"}}
+        }) else {
+            unreachable!()
+        };
+        let f = Fields::from_map(&map);
+        assert_eq!(f.str("identity_uuid"), Some("i-1"));
+        assert_eq!(
+            f.str("type"),
+            Some("profile.state_changed"),
+            "top level wins"
+        );
+        assert_eq!(f.f64("ts"), Some(1.5));
+        assert_eq!(f.get("nested"), None);
+        assert_eq!(f.get("a"), None, "only one level down");
+        let Value::Object(flat) = serde_json::json!({"payload": "text", "k": 1}) else {
+            unreachable!()
+        };
+        assert_eq!(Fields::from_map(&flat).len(), 2, "no envelope: as before");
     }
 }

@@ -11,7 +11,10 @@
 //!   is a DECNET bus envelope (`{"v":…,"payload":{…}}`) is looked into when
 //!   the field is not at the top;
 //! - `{0}`, `{1}`, …: the subject's token at that index (0 = the first);
-//! - `{>}`: the tokens the pattern's `>` matched, joined with `/`.
+//! - `{>}`: the tokens the pattern's `>` matched, joined with `/`;
+//! - `{>.}`: the same tokens joined with `.`, as one topic level (DECNET's
+//!   dotted primitives: `attacker.observation.motor.input_modality` →
+//!   `…/observation/motor.input_modality`).
 //!
 //! A substituted value must be one valid topic level (not empty, no `/`,
 //! `+`, `#` or control character): a payload cannot inject levels.
@@ -82,6 +85,8 @@ enum Part {
     Field(String),
     Token(usize),
     Tail,
+    /// The tail as one level, its tokens joined with dots.
+    DottedTail,
 }
 
 /// One rule: a subject pattern and the template of its topic.
@@ -109,7 +114,10 @@ impl Rule {
             let name = &rest[open + 1..close];
             template.push(match name {
                 ">" if pattern.last().is_some_and(|t| t == ">") => Part::Tail,
-                ">" => return Err(bad("`{>}` needs a subject ending in `>`".into())),
+                ">." if pattern.last().is_some_and(|t| t == ">") => Part::DottedTail,
+                ">" | ">." => {
+                    return Err(bad(format!("`{{{name}}}` needs a subject ending in `>`")))
+                }
                 "" => return Err(bad("empty `{}`".into())),
                 _ if name.bytes().all(|b| b.is_ascii_digit()) => {
                     let index: usize = name.parse().map_err(|_| bad(format!("`{{{name}}}`")))?;
@@ -171,11 +179,12 @@ impl Rule {
 
 /// The rules DECNET's publishers need to land on edgebus's attacker
 /// families. Attribution subjects need none: `attribution.profile.x` →
-/// `attribution/profile/x` by the default rule.
+/// `attribution/profile/x` by the default rule. A primitive may have dots
+/// of its own (`motor.input_modality`): it stays one level.
 pub const DECNET_RULES: [(&str, &str); 3] = [
     (
-        "attacker.observation.*",
-        "attackers/{attacker_uuid}/observation/{2}",
+        "attacker.observation.>",
+        "attackers/{attacker_uuid}/observation/{>.}",
     ),
     (
         "attacker.fingerprint_rotated",
@@ -281,6 +290,18 @@ fn fill(
             Part::Token(i) => (i.to_string(), tokens.get(*i).copied().unwrap_or_default()),
             Part::Tail => {
                 topic.push_str(&tail.join("/"));
+                continue;
+            }
+            Part::DottedTail => {
+                let value = tail.join(".");
+                if !is_level(&value) {
+                    return Err(MapError::BadLevel {
+                        subject: subject.to_owned(),
+                        placeholder: ">.".into(),
+                        value: value.chars().take(64).collect(),
+                    });
+                }
+                topic.push_str(&value);
                 continue;
             }
             Part::Field(name) => {
@@ -403,13 +424,23 @@ mod tests {
             map.topic("plant.boiler", b"{}"),
             Err(MapError::NotAllowed { .. })
         ));
-        // More observation tokens than the rule's `*`: the default rule,
+        // A dotted primitive (DECNET's `motor.input_modality`) is one level.
+        assert_eq!(
+            map.topic("attacker.observation.motor.input_modality", SCORED)
+                .unwrap(),
+            "attackers/a-1/observation/motor.input_modality"
+        );
+        assert!(matches!(
+            map.topic("attacker.observation.a/b.c", SCORED),
+            Err(MapError::BadLevel { .. })
+        ));
+        // `attacker.observation` alone has no primitive: the default rule,
         // which lands outside attackers/{id}/….
         assert_eq!(
-            map.topic("attacker.observation.a.b", SCORED).unwrap_err(),
+            map.topic("attacker.observation", SCORED).unwrap_err(),
             MapError::NotAllowed {
-                subject: "attacker.observation.a.b".into(),
-                topic: "attacker/observation/a/b".into()
+                subject: "attacker.observation".into(),
+                topic: "attacker/observation".into()
             }
         );
     }
@@ -452,6 +483,8 @@ mod tests {
             assert!(Rule::parse(subject, topic).is_err(), "{subject} → {topic}");
         }
         assert!(Rule::parse("a.*.>", "x/{0}/{1}/{>}/{f}").is_ok());
+        assert!(Rule::parse("a.>", "x/{>.}").is_ok());
+        assert!(Rule::parse("a.b", "x/{>.}").is_err());
     }
 
     #[test]

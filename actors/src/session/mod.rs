@@ -8,7 +8,7 @@ pub mod ws;
 use crate::subscription::Subscription;
 
 pub use budget::OpLimits;
-pub use sse::{SseBody, SseSession, SseSessionConfig};
+pub use sse::{SseBody, SseForm, SseSession, SseSessionConfig};
 pub use ws::{WireFormat, WsSession, WsSessionConfig};
 
 /// What a new session starts with, whatever its transport.

@@ -27,6 +27,9 @@
 //!
 //! Framing is [`crate::event::wire`]'s: `id:`, `event:`, `data:` lines, a
 //! blank line after each event, with no way for a payload to forge a field.
+//! A session speaks edgebus's envelopes, or DECNET's per-attacker form
+//! ([`SseForm::Decnet`], [`crate::event::decnet`]) for its dashboard: the
+//! same queue, caps, keepalives and resume, other bytes.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -45,7 +48,9 @@ use crate::bus::{
     self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Snapshot,
     Taken,
 };
+use crate::event::decnet::{self, DecnetSnapshot};
 use crate::event::wire::{self, SnapshotCursor, SnapshotForm, SnapshotView, SNAPSHOT_PIECE_BYTES};
+use crate::event::Event;
 use crate::telemetry::{DropReason, Telemetry};
 
 /// Items taken from the queue per body read, written as one chunk.
@@ -66,6 +71,17 @@ pub struct SseSessionConfig {
     pub queue_capacity: usize,
     /// The `retry:` hint: how long a browser waits before reconnecting.
     pub retry: Duration,
+    pub form: SseForm,
+}
+
+/// What a session writes for events and snapshots (the rest, `lagged`,
+/// `error` and `close`, is the same in both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseForm {
+    /// edgebus's envelopes: the shared frame of each event.
+    Envelope,
+    /// DECNET's per-attacker stream, for this attacker.
+    Decnet { attacker: Arc<str> },
 }
 
 pub struct SseSession {
@@ -95,6 +111,7 @@ impl SseSession {
         let ctx = Context::new();
         let guard = start.guard.take();
         let body = SseBody {
+            form: config.form,
             inbox,
             batch: Vec::new(),
             seen: HashSet::new(),
@@ -199,6 +216,7 @@ impl Handler<Drained> for SseSession {
 
 /// The response body: the session queue, rendered as actix-web reads it.
 pub struct SseBody {
+    form: SseForm,
     inbox: SessionInbox,
     /// Grown on demand and released after a burst: an idle stream should
     /// hold as little as possible.
@@ -218,29 +236,61 @@ pub struct SseBody {
 
 /// A snapshot larger than one piece, part written.
 struct PendingSnapshot {
-    snapshot: Box<Snapshot>,
-    cursor: SnapshotCursor,
+    writer: SnapshotWriter,
     /// Items taken with it, written once it is.
     rest: Vec<Delivery>,
+}
+
+/// A snapshot being rendered, in the session's form.
+enum SnapshotWriter {
+    Envelope {
+        snapshot: Box<Snapshot>,
+        cursor: SnapshotCursor,
+    },
+    Decnet(DecnetSnapshot),
+}
+
+impl SnapshotWriter {
+    fn new(snapshot: Box<Snapshot>, form: &SseForm) -> Self {
+        match form {
+            SseForm::Envelope => Self::Envelope {
+                snapshot,
+                cursor: SnapshotCursor::default(),
+            },
+            SseForm::Decnet { attacker } => Self::Decnet(DecnetSnapshot::new(
+                attacker.clone(),
+                &snapshot.events,
+                snapshot.last_id,
+            )),
+        }
+    }
 }
 
 impl PendingSnapshot {
     /// Appends its next piece to `out`; `true` once the last is written.
     fn write_piece(&mut self, out: &mut BytesMut) -> bool {
-        let s = &self.snapshot;
-        let view = SnapshotView {
-            events: &s.events,
-            last_id: s.last_id,
-            reset: s.reset,
-            truncated: s.truncated,
-        };
-        if let Some(piece) = self
-            .cursor
-            .next_piece(&view, SnapshotForm::Sse, SNAPSHOT_PIECE_BYTES)
-        {
-            out.put_slice(piece.as_bytes());
+        match &mut self.writer {
+            SnapshotWriter::Envelope { snapshot, cursor } => {
+                let view = SnapshotView {
+                    events: &snapshot.events,
+                    last_id: snapshot.last_id,
+                    reset: snapshot.reset,
+                    truncated: snapshot.truncated,
+                };
+                if let Some(piece) =
+                    cursor.next_piece(&view, SnapshotForm::Sse, SNAPSHOT_PIECE_BYTES)
+                {
+                    out.put_slice(piece.as_bytes());
+                }
+                cursor.is_finished()
+            }
+            SnapshotWriter::Decnet(snapshot) => {
+                if let Some(piece) = snapshot.next_piece(SNAPSHOT_PIECE_BYTES) {
+                    out.put_slice(piece.as_bytes());
+                }
+                snapshot.is_finished()
+            }
         }
-        self.cursor.is_finished()
     }
 }
 
@@ -270,7 +320,7 @@ impl SseBody {
             }
         }
         let chunk = match self.batch.as_slice() {
-            [Delivery::Event(e)] => e.sse_frame().clone(),
+            [Delivery::Event(e)] if self.form == SseForm::Envelope => e.sse_frame().clone(),
             _ => {
                 let mut chunk = BytesMut::new();
                 let items = std::mem::take(&mut self.batch);
@@ -293,8 +343,7 @@ impl SseBody {
             match item {
                 Delivery::Snapshot(snapshot) => {
                     let mut pending = Box::new(PendingSnapshot {
-                        snapshot,
-                        cursor: SnapshotCursor::default(),
+                        writer: SnapshotWriter::new(snapshot, &self.form),
                         rest: Vec::new(),
                     });
                     if !pending.write_piece(out) {
@@ -304,10 +353,10 @@ impl SseBody {
                     }
                 }
                 Delivery::Close => {
-                    render(&Delivery::Close, out);
+                    render(&Delivery::Close, out, &self.form);
                     self.done = true;
                 }
-                other => render(&other, out),
+                other => render(&other, out, &self.form),
             }
         }
     }
@@ -370,21 +419,34 @@ impl Drop for SseBody {
 }
 
 /// Appends the SSE form of one queued item.
-fn render(item: &Delivery, out: &mut BytesMut) {
+fn render(item: &Delivery, out: &mut BytesMut, form: &SseForm) {
+    let event = |e: &Event, out: &mut BytesMut| match form {
+        SseForm::Envelope => out.put_slice(e.sse_frame()),
+        SseForm::Decnet { .. } => decnet::sse_event(out, e),
+    };
     match item {
-        Delivery::Event(e) => out.put_slice(e.sse_frame()),
+        Delivery::Event(e) => event(e, out),
         Delivery::Replay(events) => {
             for e in events.iter() {
-                out.put_slice(e.sse_frame());
+                event(e, out);
             }
         }
-        Delivery::Snapshot(snapshot) => wire::sse_snapshot(
-            out,
-            &snapshot.events,
-            snapshot.last_id,
-            snapshot.reset,
-            snapshot.truncated,
-        ),
+        Delivery::Snapshot(snapshot) => match form {
+            SseForm::Envelope => wire::sse_snapshot(
+                out,
+                &snapshot.events,
+                snapshot.last_id,
+                snapshot.reset,
+                snapshot.truncated,
+            ),
+            SseForm::Decnet { attacker } => {
+                let mut snapshot =
+                    DecnetSnapshot::new(attacker.clone(), &snapshot.events, snapshot.last_id);
+                while let Some(piece) = snapshot.next_piece(usize::MAX) {
+                    out.put_slice(piece.as_bytes());
+                }
+            }
+        },
         Delivery::Lagged(n) => wire::sse_lagged(out, *n),
         Delivery::Error(error) => wire::sse_error(out, error),
         Delivery::Close => wire::sse_close(out),
@@ -397,7 +459,8 @@ fn render(item: &Delivery, out: &mut BytesMut) {
 mod tests {
     use super::*;
     use crate::event::testing::parse_sse as parse;
-    use crate::event::{Body, Draft, Event, EventId};
+    use crate::event::{Body, Draft, EventId};
+    use serde_json::Value;
 
     #[test]
     fn the_watchdog_ends_only_a_session_whose_items_waited_a_whole_round() {
@@ -409,6 +472,40 @@ mod tests {
         assert!(!stuck(true, 7, 3, 8));
         // Drained by now.
         assert!(!stuck(true, 7, 0, 7));
+    }
+
+    #[test]
+    fn the_decnet_form_renames_events_and_reshapes_snapshots_only() {
+        let Value::Object(map) = serde_json::json!({"attacker_uuid": "a1", "value": 2}) else {
+            unreachable!()
+        };
+        let draft = Draft::new("attackers/a1/observation/dns", 5, Body::Object(map));
+        let event = Arc::new(Event::from_draft(EventId { epoch: 36, seq: 9 }, draft));
+        let form = SseForm::Decnet {
+            attacker: "a1".into(),
+        };
+        let snapshot = Box::new(Snapshot {
+            events: vec![event.clone()],
+            last_id: event.id,
+            reset: false,
+            truncated: false,
+        });
+        let mut out = BytesMut::new();
+        for item in [
+            Delivery::Snapshot(snapshot),
+            Delivery::Event(event.clone()),
+            Delivery::Lagged(3),
+        ] {
+            render(&item, &mut out, &form);
+        }
+        let events = parse(std::str::from_utf8(&out).unwrap());
+        let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
+        assert_eq!(names, ["snapshot", "observation", "lagged"]);
+        let snapshot: Value = serde_json::from_str(&events[0].2).unwrap();
+        assert_eq!(snapshot["observations"][0]["primitive"], "dns");
+        let live: Value = serde_json::from_str(&events[1].2).unwrap();
+        assert_eq!(live["topic"], "attacker.observation.dns");
+        assert_eq!(events[1].0.as_deref(), Some("10-9"));
     }
 
     #[test]
