@@ -118,7 +118,8 @@ async fn dashboard(
         resume: None,
         guard: Some(Box::new(permit)),
     };
-    let config = crate::wiring::ws_session_config(&state.settings, WireFormat::Edgewatch);
+    let config =
+        crate::wiring::ws_session_config(&state.settings, &state.queues, WireFormat::Edgewatch);
     WsSession::new(
         session,
         stream,

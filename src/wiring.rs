@@ -1,10 +1,12 @@
 //! From settings to each component's config: one translation per config,
 //! so startup only starts things and wires them together.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 
 use edgebus_actors::alerts::AlertsConfig;
-use edgebus_actors::bus::BusConfig;
+use edgebus_actors::bus::{BusConfig, QueueLimits, QueuePool};
 use edgebus_actors::cluster::ClusterConfig;
 use edgebus_actors::frame::FrameRules;
 use edgebus_actors::ingest::nats::{NatsAuth, NatsConfig};
@@ -157,13 +159,29 @@ pub fn frame_rules(settings: &Settings) -> FrameRules {
 }
 
 /// A WebSocket session's config, in the wire format the client asked for.
-pub fn ws_session_config(settings: &Settings, format: WireFormat) -> WsSessionConfig {
+/// Every session queue's bounds, with the one pool they share: built once
+/// at start and handed to each session.
+pub fn queue_limits(settings: &Settings) -> QueueLimits {
+    let b = &settings.bus;
+    QueueLimits::new(
+        b.queue_capacity,
+        b.queue_bytes,
+        b.queue_reserved_bytes,
+        Arc::new(QueuePool::new(b.queue_pool_bytes)),
+    )
+}
+
+pub fn ws_session_config(
+    settings: &Settings,
+    queue: &QueueLimits,
+    format: WireFormat,
+) -> WsSessionConfig {
     let s = &settings.sessions;
     WsSessionConfig {
         heartbeat: s.ws_heartbeat,
         timeout: s.ws_timeout,
         write_deadline: s.write_timeout,
-        queue_capacity: settings.bus.queue_capacity,
+        queue: queue.clone(),
         format,
         limits: OpLimits {
             ops_per_second: s.ws_ops_per_second,
@@ -176,16 +194,15 @@ pub fn ws_session_config(settings: &Settings, format: WireFormat) -> WsSessionCo
     }
 }
 
-impl From<&Settings> for SseSessionConfig {
-    fn from(settings: &Settings) -> Self {
-        let s = &settings.sessions;
-        Self {
-            keepalive: s.keepalive,
-            write_deadline: s.write_timeout,
-            queue_capacity: settings.bus.queue_capacity,
-            retry: s.sse_retry,
-            form: SseForm::Envelope,
-        }
+/// An SSE session's config, in edgebus's own form.
+pub fn sse_session_config(settings: &Settings, queue: &QueueLimits) -> SseSessionConfig {
+    let s = &settings.sessions;
+    SseSessionConfig {
+        keepalive: s.keepalive,
+        write_deadline: s.write_timeout,
+        queue: queue.clone(),
+        retry: s.sse_retry,
+        form: SseForm::Envelope,
     }
 }
 

@@ -41,6 +41,8 @@ pub struct AppState {
     pub nats: Option<Addr<NatsIngest>>,
     pub telemetry: Arc<Telemetry>,
     pub settings: Arc<Settings>,
+    /// Every session queue's bounds and the pool they share.
+    pub queues: edgebus_actors::bus::QueueLimits,
     pub auth: Arc<Auth>,
     /// `Idempotency-Key`s: in process, or in Redis in cluster mode.
     pub idempotency: idempotency::IdempotencyStore,

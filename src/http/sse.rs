@@ -185,7 +185,7 @@ fn start_in(
 ) -> Result<HttpResponse, ApiError> {
     let config = SseSessionConfig {
         form,
-        ..SseSessionConfig::from(&*state.settings)
+        ..crate::wiring::sse_session_config(&state.settings, &state.queues)
     };
     let start = SessionStart {
         subscriptions,

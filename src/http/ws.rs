@@ -66,7 +66,7 @@ pub async fn ws(
         });
         return Ok(response);
     };
-    let config = crate::wiring::ws_session_config(&state.settings, format);
+    let config = crate::wiring::ws_session_config(&state.settings, &state.queues, format);
     let start = SessionStart {
         subscriptions,
         resume: query.resume(&req),

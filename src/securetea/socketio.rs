@@ -38,7 +38,8 @@ use socketioxide::extract::SocketRef;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
 
 use edgebus_actors::bus::{
-    self, session_queue, Bus, Delivery, SessionId, SessionInbox, Taken, CONTROL_RESERVE,
+    self, session_queue, Bus, Delivery, QueueLimits, SessionId, SessionInbox, Taken,
+    CONTROL_RESERVE,
 };
 use edgebus_actors::subscription::Subscription;
 use edgebus_actors::telemetry::{DropReason, Telemetry};
@@ -102,7 +103,7 @@ async fn serve(listener: TcpListener, state: web::Data<AppState>) {
     let capacity = state.settings.bus.queue_capacity;
     // Joined before the first GUI can connect: a GUI that is connected
     // gets every notification published after it.
-    let Some(subscriber) = join(&state.bus, capacity) else {
+    let Some(subscriber) = join(&state.bus, state.queues.clone()) else {
         return;
     };
     tokio::spawn(relay(
@@ -275,10 +276,10 @@ fn error<L>(status: StatusCode, text: &str) -> Response<Either<L, Full<Bytes>>> 
 }
 
 /// Subscribes to `notifications/#` as a session does.
-fn join(bus: &Addr<Bus>, capacity: usize) -> Option<(SessionId, SessionInbox)> {
+fn join(bus: &Addr<Bus>, limits: QueueLimits) -> Option<(SessionId, SessionInbox)> {
     let filter = TopicFilter::parse("notifications/#").ok()?;
     let session = SessionId::next();
-    let (queue, inbox) = session_queue(capacity);
+    let (queue, inbox) = session_queue(limits);
     bus.do_send(bus::Join {
         session,
         queue,

@@ -336,7 +336,10 @@ mod tests {
     fn the_default_config_parses_and_validates() {
         let s = Settings::from_toml("").unwrap();
         assert_eq!(s.mqtt.mode, MqttMode::Auto);
-        assert_eq!(s.bus.queue_capacity, 256);
+        assert_eq!(s.bus.queue_capacity, 65_536);
+        assert_eq!(s.bus.queue_bytes, 16 << 20);
+        assert_eq!(s.bus.queue_reserved_bytes, 256 << 10);
+        assert_eq!(s.bus.queue_pool_bytes, 64 << 20);
         assert_eq!(s.alerts.rules[0].above, Some(90.0));
         assert_eq!(
             s.mqtt.url,
@@ -390,6 +393,9 @@ mod tests {
         let table = [
             ("[bus]\nqueue_capacity = 0", "bus.queue_capacity"),
             ("[bus]\nhistory_bytes = 1000", "bus.history_bytes"),
+            ("[bus]\nqueue_reserved_bytes = 1000", "bus.queue_reserved_bytes"),
+            ("[bus]\nqueue_reserved_bytes = 262144\nqueue_bytes = 100000", "bus.queue_bytes"),
+            ("[bus]\nqueue_pool_bytes = 2000000000000", "bus.queue_pool_bytes"),
             ("[bus]\ninflight_bytes = 1000", "bus.inflight_bytes"),
             ("[bus]\ninflight_bytes = 2000000\n[mqtt]\nmax_payload_bytes = 1000000", "bus.inflight_bytes"),
             ("[bus]\nlast_values_bytes = 0", "bus.last_values_bytes"),

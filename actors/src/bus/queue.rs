@@ -1,10 +1,22 @@
 //! A session's bounded queue: the bus offers, the session's writer takes.
 //!
-//! `bus.queue_capacity` events plus [`CONTROL_RESERVE`] slots for control
-//! items (snapshot, lagged notice, close) that must never be lost to a full
-//! queue. Offers never block and never allocate per item once the ring has
-//! grown; a full queue refuses, and the bus decides what that means for the
-//! event (conflate or drop, see `bus`).
+//! A queue holds events up to a byte bound ([`QueueLimits`]), plus
+//! [`CONTROL_RESERVE`] slots for control items (snapshot, lagged notice,
+//! close) that must never be lost to a full queue. Offers never block and
+//! never allocate per item once the ring has grown; a full queue refuses,
+//! and the bus decides what that means for the event (conflate or drop, see
+//! `bus`).
+//!
+//! Why bytes and a shared pool, not a small count: a client that keeps up
+//! on average still pauses (a scheduling hiccup, a GC in the browser, a
+//! busy network for 20 ms), and at 100,000 frames/s a 256-event queue holds
+//! under 3 ms of traffic, so a paused client was treated as a slow one and
+//! conflated. Each queue may hold `bus.queue_reserved_bytes` on its own and
+//! grow to `bus.queue_bytes` by drawing on one pool of
+//! `bus.queue_pool_bytes` that every queue shares: a pause is absorbed,
+//! only a client that stays behind is conflated, and many stalled clients
+//! together cannot hold more than the pool beyond their reserves. An idle
+//! queue keeps only a few slots.
 //!
 //! Why a ring behind a per-session mutex and not a channel: an idle stream
 //! must cost little, and 10,000 idle SSE streams are normal. A tokio mpsc
@@ -18,6 +30,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -65,6 +78,91 @@ fn replay_piece_len(events: &[Arc<Event>]) -> usize {
     n
 }
 
+/// How much a session's queue may hold: events by count and by bytes (each
+/// event's estimated heap size, [`Event::heap_bytes`]), and the pool the
+/// bytes beyond its reserve come from. Cloned into every session; the pool
+/// is one for the process.
+#[derive(Debug, Clone)]
+pub struct QueueLimits {
+    /// Most events queued at once (`bus.queue_capacity`).
+    pub events: usize,
+    /// Most bytes of events queued at once (`bus.queue_bytes`).
+    pub bytes: usize,
+    /// Bytes a queue holds without drawing on the pool
+    /// (`bus.queue_reserved_bytes`): a client that keeps up never waits
+    /// for the pool that stalled clients use.
+    pub reserved_bytes: usize,
+    pub pool: Arc<QueuePool>,
+}
+
+impl QueueLimits {
+    pub fn new(events: usize, bytes: usize, reserved_bytes: usize, pool: Arc<QueuePool>) -> Self {
+        Self {
+            events: events.max(1),
+            bytes,
+            reserved_bytes: reserved_bytes.min(bytes),
+            pool,
+        }
+    }
+
+    /// A queue bounded by its event count only (the Alerts actor's, which
+    /// must see every event it can; tests).
+    pub fn events(events: usize) -> Self {
+        Self::new(events, usize::MAX, usize::MAX, Arc::new(QueuePool::new(0)))
+    }
+}
+
+impl From<usize> for QueueLimits {
+    fn from(events: usize) -> Self {
+        Self::events(events)
+    }
+}
+
+/// Bytes every session queue together may hold beyond their reserves
+/// (`bus.queue_pool_bytes`).
+#[derive(Debug)]
+pub struct QueuePool {
+    used: AtomicUsize,
+    capacity: usize,
+}
+
+impl QueuePool {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    /// Bytes drawn from the pool now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_draw(&self, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&n| n <= self.capacity)
+            })
+            .is_ok()
+    }
+
+    fn force_draw(&self, bytes: usize) {
+        if bytes > 0 {
+            self.used.fetch_add(bytes, Ordering::AcqRel);
+        }
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Result of offering an item to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
@@ -91,6 +189,8 @@ struct State {
     items: VecDeque<Delivery>,
     /// Events (not control items) in `items`, against the capacity.
     events: usize,
+    /// Their estimated heap bytes, against the byte bound.
+    bytes: usize,
     /// The writer waiting for items (or for `behind`).
     waker: Option<Waker>,
     /// The bus holds items for this session; reported once the ring is empty.
@@ -113,6 +213,7 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     capacity: usize,
+    limits: QueueLimits,
 }
 
 impl Shared {
@@ -120,6 +221,37 @@ impl Shared {
         // Nothing panics while holding it; if something did, the ring is
         // still a valid ring.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The part of `bytes` held on the pool's account.
+    fn pooled(&self, bytes: usize) -> usize {
+        bytes.saturating_sub(self.limits.reserved_bytes)
+    }
+
+    /// Whether `state` may take `cost` more bytes of events; draws what
+    /// goes beyond the reserve from the pool. An empty queue always takes
+    /// one event, whatever its size and however full the pool (so the pool
+    /// may run over by at most one event per queue).
+    fn admit(&self, state: &mut State, cost: usize) -> bool {
+        let after = state.bytes.saturating_add(cost);
+        let draw = self.pooled(after) - self.pooled(state.bytes);
+        if state.events == 0 {
+            self.limits.pool.force_draw(draw);
+        } else if after > self.limits.bytes || !self.limits.pool.try_draw(draw) {
+            return false;
+        }
+        state.bytes = after;
+        true
+    }
+
+    /// `cost` bytes of events left the queue: gives back to the pool what
+    /// no longer goes beyond the reserve.
+    fn release(&self, state: &mut State, cost: usize) {
+        let before = state.bytes;
+        state.bytes = before.saturating_sub(cost);
+        self.limits
+            .pool
+            .give_back(self.pooled(before) - self.pooled(state.bytes));
     }
 }
 
@@ -147,12 +279,14 @@ impl std::fmt::Debug for SessionInbox {
     }
 }
 
-/// A queue for `capacity` events plus the control reserve.
-pub fn session_queue(capacity: usize) -> (SessionQueue, SessionInbox) {
+/// A queue within `limits`, plus the control reserve.
+pub fn session_queue(limits: impl Into<QueueLimits>) -> (SessionQueue, SessionInbox) {
+    let limits = limits.into();
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
             events: 0,
+            bytes: 0,
             waker: None,
             behind: false,
             lagging: false,
@@ -162,7 +296,8 @@ pub fn session_queue(capacity: usize) -> (SessionQueue, SessionInbox) {
             snapshot_events: 0,
             notices: 0,
         }),
-        capacity: capacity.max(1),
+        capacity: limits.events,
+        limits,
     });
     (
         SessionQueue {
@@ -207,6 +342,7 @@ impl SessionQueue {
         }
         if state.events >= self.shared.capacity
             || state.items.len() >= self.shared.capacity + CONTROL_RESERVE
+            || !self.shared.admit(&mut state, event.heap_bytes())
         {
             return Offer::Full;
         }
@@ -279,6 +415,8 @@ impl SessionQueue {
             let mut state = self.shared.lock();
             state.closed = true;
             state.events = 0;
+            let bytes = state.bytes;
+            self.shared.release(&mut state, bytes);
             (std::mem::take(&mut state.items), state.waker.take())
         };
         drop(items);
@@ -308,6 +446,8 @@ impl Drop for SessionInbox {
             let mut state = self.shared.lock();
             state.closed = true;
             state.events = 0;
+            let bytes = state.bytes;
+            self.shared.release(&mut state, bytes);
             std::mem::take(&mut state.items)
         };
         drop(items);
@@ -396,7 +536,7 @@ impl SessionInbox {
         limit: usize,
     ) -> Poll<Take> {
         let mut state = self.shared.lock();
-        if let Some(take) = take_locked(&mut state, batch, limit) {
+        if let Some(take) = take_locked(&self.shared, &mut state, batch, limit) {
             return Poll::Ready(take);
         }
         match &state.waker {
@@ -414,7 +554,7 @@ impl SessionInbox {
     /// Like [`SessionInbox::take`], without waiting: `None` when there is
     /// nothing to report yet.
     pub fn try_take(&mut self, batch: &mut Vec<Delivery>, limit: usize) -> Option<Take> {
-        take_locked(&mut self.shared.lock(), batch, limit)
+        take_locked(&self.shared, &mut self.shared.lock(), batch, limit)
     }
 
     /// The next item, waiting for one; `None` once closed. (Tests.)
@@ -433,7 +573,7 @@ impl SessionInbox {
     pub fn try_recv(&mut self) -> Option<Delivery> {
         let mut state = self.shared.lock();
         let item = state.items.pop_front()?;
-        taken(&mut state, std::slice::from_ref(&item));
+        taken(&self.shared, &mut state, std::slice::from_ref(&item));
         Some(item)
     }
 
@@ -459,7 +599,12 @@ impl SessionInbox {
     }
 }
 
-fn take_locked(state: &mut State, batch: &mut Vec<Delivery>, limit: usize) -> Option<Take> {
+fn take_locked(
+    shared: &Shared,
+    state: &mut State,
+    batch: &mut Vec<Delivery>,
+    limit: usize,
+) -> Option<Take> {
     if !state.items.is_empty() {
         let start = batch.len();
         if let Some(Delivery::Replay(events)) = state.items.front_mut() {
@@ -483,7 +628,7 @@ fn take_locked(state: &mut State, batch: &mut Vec<Delivery>, limit: usize) -> Op
                 .unwrap_or(n);
             batch.extend(state.items.drain(..n));
         }
-        taken(state, &batch[start..]);
+        taken(shared, state, &batch[start..]);
         return Some(Take::Items {
             lagging: state.lagging,
         });
@@ -498,17 +643,21 @@ fn take_locked(state: &mut State, batch: &mut Vec<Delivery>, limit: usize) -> Op
     None
 }
 
-fn taken(state: &mut State, items: &[Delivery]) {
+fn taken(shared: &Shared, state: &mut State, items: &[Delivery]) {
     state.takes += 1;
-    let (mut events, mut notices) = (0, 0);
+    let (mut events, mut bytes, mut notices) = (0, 0, 0);
     for item in items {
         match item {
-            Delivery::Event(_) => events += 1,
+            Delivery::Event(e) => {
+                events += 1;
+                bytes += e.heap_bytes();
+            }
             Delivery::Error(_) | Delivery::RateLimited(_) => notices += 1,
             _ => {}
         }
     }
     state.events = state.events.saturating_sub(events);
+    shared.release(state, bytes);
     state.notices = state.notices.saturating_sub(notices);
     if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
         state.items.shrink_to(KEEP_SLOTS);
@@ -577,6 +726,104 @@ mod tests {
             Offer::Queued,
             "draining frees room"
         );
+    }
+
+    /// Limits in units of one test event's cost.
+    fn limits(events: usize, bytes: usize, reserved: usize, pool: &Arc<QueuePool>) -> QueueLimits {
+        let cost = event(0).heap_bytes();
+        QueueLimits::new(events, bytes * cost, reserved * cost, pool.clone())
+    }
+
+    fn drain(inbox: &mut SessionInbox) -> usize {
+        let mut n = 0;
+        while inbox.try_recv().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_queue_holds_events_up_to_its_byte_bound_whatever_its_count() {
+        let pool = Arc::new(QueuePool::new(usize::MAX));
+        let (queue, mut inbox) = session_queue(limits(1000, 3, 3, &pool));
+        for seq in 0..3 {
+            assert_eq!(queue.offer_event(&event(seq)), Offer::Queued);
+        }
+        assert_eq!(queue.offer_event(&event(3)), Offer::Full);
+        assert_eq!(drain(&mut inbox), 3);
+        assert_eq!(queue.offer_event(&event(4)), Offer::Queued, "room again");
+    }
+
+    #[test]
+    fn beyond_its_reserve_a_queue_draws_on_the_pool_and_gives_it_back() {
+        let cost = event(0).heap_bytes();
+        let pool = Arc::new(QueuePool::new(2 * cost));
+        let (queue, mut inbox) = session_queue(limits(1000, 100, 2, &pool));
+        for seq in 0..4 {
+            assert_eq!(queue.offer_event(&event(seq)), Offer::Queued);
+        }
+        assert_eq!(pool.used(), 2 * cost, "two events beyond the reserve");
+        assert_eq!(queue.offer_event(&event(4)), Offer::Full, "pool spent");
+        let mut batch = Vec::new();
+        inbox.try_take(&mut batch, 1);
+        assert_eq!(pool.used(), cost, "what left the queue went back");
+        assert_eq!(drain(&mut inbox), 3);
+        assert_eq!(pool.used(), 0);
+    }
+
+    #[test]
+    fn a_stalled_queue_spending_the_pool_leaves_every_other_queue_its_reserve() {
+        let cost = event(0).heap_bytes();
+        let pool = Arc::new(QueuePool::new(8 * cost));
+        let (stalled, _stalled_inbox) = session_queue(limits(1000, 100, 2, &pool));
+        let mut queued = 0;
+        while stalled.offer_event(&event(queued)) == Offer::Queued {
+            queued += 1;
+        }
+        assert_eq!(queued, 10, "its reserve and the whole pool");
+        let (fast, mut fast_inbox) = session_queue(limits(1000, 100, 2, &pool));
+        for round in 0..100 {
+            assert_eq!(fast.offer_event(&event(round)), Offer::Queued);
+            assert_eq!(fast.offer_event(&event(round)), Offer::Queued);
+            assert_eq!(drain(&mut fast_inbox), 2, "a client that keeps up");
+        }
+        assert_eq!(fast.offer_event(&event(1)), Offer::Queued);
+        assert_eq!(fast.offer_event(&event(2)), Offer::Queued);
+        assert_eq!(
+            fast.offer_event(&event(3)),
+            Offer::Full,
+            "beyond its reserve, the pool is the stalled one's"
+        );
+    }
+
+    #[test]
+    fn an_empty_queue_takes_an_event_larger_than_its_bounds() {
+        let pool = Arc::new(QueuePool::new(0));
+        let (queue, mut inbox) = session_queue(QueueLimits::new(10, 1, 1, pool.clone()));
+        assert_eq!(queue.offer_event(&event(1)), Offer::Queued);
+        assert_eq!(queue.offer_event(&event(2)), Offer::Full);
+        assert!(pool.used() > 0, "counted on the pool while queued");
+        assert_eq!(drain(&mut inbox), 1);
+        assert_eq!(pool.used(), 0);
+    }
+
+    #[test]
+    fn a_closed_or_dropped_queue_gives_its_bytes_back_to_the_pool() {
+        let pool = Arc::new(QueuePool::new(usize::MAX));
+        let (queue, inbox) = session_queue(limits(1000, 100, 1, &pool));
+        for seq in 0..5 {
+            queue.offer_event(&event(seq));
+        }
+        assert!(pool.used() > 0);
+        queue.close();
+        assert_eq!(pool.used(), 0);
+        drop(inbox);
+        let (queue, inbox) = session_queue(limits(1000, 100, 1, &pool));
+        for seq in 0..5 {
+            queue.offer_event(&event(seq));
+        }
+        drop(inbox);
+        assert_eq!(pool.used(), 0);
     }
 
     #[test]

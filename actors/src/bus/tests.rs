@@ -742,3 +742,62 @@ async fn a_local_or_far_future_id_on_a_stream_fed_bus_gets_a_reset_snapshot() {
         );
     }
 }
+
+/// The default queue bounds (`config/default.toml`), with a pool of `pool` bytes.
+fn default_limits(pool: &Arc<QueuePool>) -> QueueLimits {
+    QueueLimits::new(65_536, 16 << 20, 256 << 10, pool.clone())
+}
+
+async fn join_limited(bus: &Addr<Bus>, limits: QueueLimits, list: &[&str]) -> SessionInbox {
+    let subs = filters(list).into_iter().map(Subscription::topic).collect();
+    let (queue, inbox) = session_queue(limits);
+    bus.send(Join {
+        session: SessionId::next(),
+        queue,
+        subscriptions: subs,
+        resume: None,
+    })
+    .await
+    .unwrap();
+    inbox
+}
+
+#[actix::test]
+async fn a_client_that_pauses_gets_every_frame_and_only_one_that_stays_behind_is_conflated() {
+    let (bus, telemetry) = bus(65_536);
+    let pool = Arc::new(QueuePool::new(64 << 20));
+    let mut paused = join_limited(&bus, default_limits(&pool), &["devices/+/metrics"]).await;
+    // 5,000 frames of 100 devices while the client reads nothing: twenty
+    // times what a 256-event queue held.
+    for i in 0..5_000u32 {
+        bus.send(metrics(&format!("d{}", i % 100), i % 100))
+            .await
+            .unwrap();
+    }
+    let got = drain(&mut paused);
+    assert_eq!(event_seqs(&got), (1..=5_000).collect::<Vec<u64>>());
+    assert_eq!(telemetry.events_dropped_count(DropReason::Conflated), 0);
+    assert_eq!(pool.used(), 0, "a drained queue owes the pool nothing");
+
+    // A client that stays behind: its queue reaches its bound (here the
+    // whole pool is 64 KiB beyond a 64 KiB reserve) and its metrics conflate,
+    // while a client beside it that keeps up gets every frame.
+    let small = Arc::new(QueuePool::new(64 << 10));
+    let stalled_limits = QueueLimits::new(65_536, 16 << 20, 64 << 10, small.clone());
+    let mut stalled = join_limited(&bus, stalled_limits.clone(), &["devices/+/metrics"]).await;
+    let mut reading = join_limited(&bus, stalled_limits, &["devices/+/metrics"]).await;
+    let mut seen = 0;
+    for i in 0..2_000u32 {
+        bus.send(metrics(&format!("d{}", i % 10), i % 100))
+            .await
+            .unwrap();
+        seen += event_seqs(&drain(&mut reading)).len();
+    }
+    assert_eq!(seen, 2_000, "the client that keeps up misses nothing");
+    assert!(telemetry.events_dropped_count(DropReason::Conflated) > 0);
+    let queued = event_seqs(&drain(&mut stalled)).len();
+    assert!(
+        queued < 2_000,
+        "the stalled one was held to its bound: {queued}"
+    );
+}

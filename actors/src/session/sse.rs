@@ -45,8 +45,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::SessionStart;
 use crate::bus::{
-    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Snapshot,
-    Taken,
+    self, conflate, session_queue, Bus, Delivery, QueueLimits, SessionId, SessionInbox,
+    SessionQueue, Snapshot, Taken,
 };
 use crate::event::decnet::{self, DecnetSnapshot};
 use crate::event::wire::{self, SnapshotCursor, SnapshotForm, SnapshotView, SNAPSHOT_PIECE_BYTES};
@@ -68,7 +68,8 @@ pub struct SseSessionConfig {
     /// Events that wait this long untaken end the session (checked every
     /// `write_deadline`, so it ends within twice that).
     pub write_deadline: Duration,
-    pub queue_capacity: usize,
+    /// Its queue's bounds (and the pool it shares).
+    pub queue: QueueLimits,
     /// The `retry:` hint: how long a browser waits before reconnecting.
     pub retry: Duration,
     pub form: SseForm,
@@ -107,7 +108,7 @@ impl SseSession {
         config: SseSessionConfig,
         telemetry: Arc<Telemetry>,
     ) -> SseBody {
-        let (queue, inbox) = session_queue(config.queue_capacity);
+        let (queue, inbox) = session_queue(config.queue.clone());
         let ctx = Context::new();
         let guard = start.guard.take();
         let body = SseBody {

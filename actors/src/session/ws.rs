@@ -33,8 +33,8 @@ use serde::Deserialize;
 use super::budget::{OpBudget, OpLimits, Verdict};
 use super::{SessionStart, WriterEnd};
 use crate::bus::{
-    self, conflate, session_queue, Bus, Delivery, SessionId, SessionInbox, SessionQueue, Snapshot,
-    Taken,
+    self, conflate, session_queue, Bus, Delivery, QueueLimits, SessionId, SessionInbox,
+    SessionQueue, Snapshot, Taken,
 };
 use crate::event::{wire, Event};
 use crate::subscription::{Predicate, Subscription};
@@ -67,7 +67,8 @@ pub struct WsSessionConfig {
     pub timeout: Duration,
     /// A single write that waits longer than this closes the client.
     pub write_deadline: Duration,
-    pub queue_capacity: usize,
+    /// Its queue's bounds (and the pool it shares).
+    pub queue: QueueLimits,
     pub format: WireFormat,
     /// Ops and filters per second this client may send.
     pub limits: OpLimits,
@@ -105,7 +106,7 @@ impl WsSession {
         config: WsSessionConfig,
         telemetry: Arc<Telemetry>,
     ) -> Self {
-        let (queue, inbox) = session_queue(config.queue_capacity);
+        let (queue, inbox) = session_queue(config.queue.clone());
         let stream = stream
             .max_frame_size(MAX_CLIENT_FRAME)
             .aggregate_continuations()
