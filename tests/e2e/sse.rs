@@ -387,7 +387,7 @@ async fn a_browser_style_reconnect_with_a_fresh_ticket_loses_nothing() {
 #[actix_web::test]
 async fn a_client_that_falls_behind_is_told_how_many_events_it_lost() {
     let app =
-        spawn_app_with("[bus]\nqueue_capacity = 4\n[sessions]\nwrite_timeout_seconds = 30").await;
+        spawn_app_with("[bus]\nqueue_capacity = 4\n[sessions]\nwrite_timeout_seconds = 30\n[mqtt]\nembedded_retention_bytes = 33554432").await;
     let topic = format!("notifications/{}", unique("lag"));
     let mut slow = SseClient::open_with_buffer(
         app.port,
@@ -429,7 +429,7 @@ async fn a_client_that_falls_behind_is_told_how_many_events_it_lost() {
 #[actix_web::test]
 async fn a_client_that_stops_reading_is_ended_after_the_write_timeout_and_frees_its_slot() {
     let app = locked_app(
-        "[bus]\nqueue_capacity = 4\n[sessions]\nmax_streams_per_identity = 1\nwrite_timeout_seconds = 1\n",
+        "[bus]\nqueue_capacity = 4\n[sessions]\nmax_streams_per_identity = 1\nwrite_timeout_seconds = 1\n[mqtt]\nembedded_retention_bytes = 33554432",
     )
     .await;
     let auth = bearer(VIEWER);
@@ -469,7 +469,12 @@ async fn a_client_that_stops_reading_is_ended_after_the_write_timeout_and_frees_
 async fn a_resuming_client_that_never_reads_its_replay_is_ended_by_the_watchdog() {
     // The watchdog runs every 2 s: the session lives at least that long,
     // long enough to be seen open first.
-    let app = spawn_app_with("[sessions]\nwrite_timeout_seconds = 2").await;
+    // The flood below is kept whole: by the broker while ingest catches
+    // up, and by the history.
+    let app = spawn_app_with(
+        "[sessions]\nwrite_timeout_seconds = 2\n[bus]\nhistory_bytes = 67108864\n[mqtt]\nembedded_retention_bytes = 33554432",
+    )
+    .await;
     let source = unique("pinned");
     let topic = format!("notifications/{source}");
     let resume = notify(&app, &source, "before").await;

@@ -189,7 +189,7 @@ async fn a_client_that_answers_pings_stays_connected() {
 #[actix_web::test]
 async fn a_slow_client_loses_only_its_own_events_and_never_delays_a_fast_one() {
     let app =
-        spawn_app_with("[bus]\nqueue_capacity = 1024\n[sessions]\nwrite_timeout_seconds = 5").await;
+        spawn_app_with("[bus]\nqueue_capacity = 1024\n[sessions]\nwrite_timeout_seconds = 5\n[mqtt]\nembedded_retention_bytes = 33554432").await;
     let topic = format!("notifications/{}", unique("load"));
     let _slow = RawWsClient::connect(app.port, "?topic=notifications/%23").await;
     let mut fast = app.ws("?topic=notifications/%23").await;
@@ -225,7 +225,7 @@ async fn a_slow_client_loses_only_its_own_events_and_never_delays_a_fast_one() {
 #[actix_web::test]
 async fn a_client_that_falls_behind_is_told_how_many_events_it_lost() {
     let app =
-        spawn_app_with("[bus]\nqueue_capacity = 4\n[sessions]\nwrite_timeout_seconds = 30").await;
+        spawn_app_with("[bus]\nqueue_capacity = 4\n[sessions]\nwrite_timeout_seconds = 30\n[mqtt]\nembedded_retention_bytes = 33554432").await;
     let topic = format!("notifications/{}", unique("lag"));
     let mut lagging = RawWsClient::connect(app.port, "?topic=notifications/%23").await;
     let publisher = app.publisher().await;

@@ -80,7 +80,7 @@ impl Default for BusConfig {
         Self {
             queue_capacity: 256,
             history: 10_000,
-            history_bytes: 64 << 20,
+            history_bytes: 16 << 20,
             last_values_bytes: 32 << 20,
             snapshot_max_events: 10_000,
             metrics_snapshot_window: Duration::from_secs(30),
