@@ -22,7 +22,6 @@ use std::time::Duration;
 use actix::Actor;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use actix_ws::{CloseCode, CloseReason};
 use anyhow::Context as _;
 use subtle::ConstantTimeEq;
 
@@ -102,13 +101,7 @@ async fn dashboard(
                 streams::peer(&req)
             )
         });
-        actix::spawn(async move {
-            let reason = CloseReason {
-                code: CloseCode::Policy,
-                description: Some("unauthorized".into()),
-            };
-            let _ = session.close(Some(reason)).await;
-        });
+        crate::http::ws::close_unauthorized(session);
         return Ok(response);
     };
     let filter = TopicFilter::parse(families::METRICS_FILTER)

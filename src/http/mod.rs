@@ -15,7 +15,7 @@ mod sse;
 pub mod streams;
 mod tickets;
 mod uploads;
-mod ws;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 

@@ -57,13 +57,7 @@ pub async fn ws(
                 streams::peer(&req)
             )
         });
-        actix::spawn(async move {
-            let reason = CloseReason {
-                code: CloseCode::Policy,
-                description: Some("unauthorized".into()),
-            };
-            let _ = session.close(Some(reason)).await;
-        });
+        close_unauthorized(session);
         return Ok(response);
     };
     let config = crate::wiring::ws_session_config(&state.settings, &state.queues, format);
@@ -82,4 +76,17 @@ pub async fn ws(
     )
     .start();
     Ok(response)
+}
+
+/// Closes a WebSocket whose credentials were refused with 1008
+/// `unauthorized`, after the upgrade: what the seed bridge's dashboards
+/// expect (its handler closed after the handshake).
+pub(crate) fn close_unauthorized(session: actix_ws::Session) {
+    actix::spawn(async move {
+        let reason = CloseReason {
+            code: CloseCode::Policy,
+            description: Some("unauthorized".into()),
+        };
+        let _ = session.close(Some(reason)).await;
+    });
 }

@@ -47,10 +47,15 @@ pub fn require_tool(tool: &str) -> bool {
     if tool_path(tool).is_some() {
         return true;
     }
-    let what = format!(
+    skip(&format!(
         "`{tool}` is not installed ({}; .ci/run does)",
         install_hint(tool)
-    );
+    ))
+}
+
+/// Says loudly why the running test is skipped (or panics, under
+/// `EDGEBUS_REQUIRE_TOOLS`); always `false`, for `require_*` to return.
+fn skip(what: &str) -> bool {
     if std::env::var_os(REQUIRE_ENV).is_some() {
         panic!("{REQUIRE_ENV} is set but {what}");
     }
@@ -76,19 +81,10 @@ pub fn require_python_module(module: &str) -> bool {
     if imported {
         return true;
     }
-    let what = format!(
+    skip(&format!(
         "python3 cannot import `{module}` ({}; .ci/run does)",
         install_hint(module)
-    );
-    if std::env::var_os(REQUIRE_ENV).is_some() {
-        panic!("{REQUIRE_ENV} is set but {what}");
-    }
-    let current = std::thread::current();
-    let test = current.name().unwrap_or("?");
-    eprintln!(
-        "\n########\n# SKIPPED test `{test}`: {what}.\n# Set {REQUIRE_ENV}=1 to make this a failure.\n########\n"
-    );
-    false
+    ))
 }
 
 /// The last `lines` lines of a child's log file, for a failure message.
