@@ -34,6 +34,9 @@ use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::http::{streams, AppState};
 
+/// Connections the listener holds at once (each a dashboard).
+const MAX_CONNECTIONS: usize = 1024;
+
 /// How long in-flight upgrades get at shutdown.
 const SHUTDOWN: Duration = Duration::from_secs(2);
 
@@ -58,12 +61,20 @@ pub fn start(state: web::Data<AppState>) -> anyhow::Result<EdgeWatchListener> {
             bind.ip()
         );
     }
+    let unacked = state.settings.sessions.write_timeout.saturating_mul(2);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .default_service(web::to(dashboard))
     })
     .workers(1)
+    // As the main listener: a dashboard that hangs up is gone at once, one
+    // that stops reading is dropped by the kernel, and the listener never
+    // holds more connections than this (their file descriptors are the
+    // process's).
+    .h1_allow_half_closed(false)
+    .on_connect(crate::http::unacked_timeout(unacked))
+    .max_connections(MAX_CONNECTIONS)
     .disable_signals()
     .shutdown_timeout(SHUTDOWN.as_secs())
     .listen(listener)?
@@ -86,7 +97,21 @@ async fn dashboard(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let expected = state.settings.compat.edgewatch.token.expose();
+    let profile = &state.settings.compat.edgewatch;
+    // Before the upgrade, as on /v1/ws: a page from another origin cannot
+    // read the dashboards' stream through a visitor's browser.
+    if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
+        if !origin
+            .to_str()
+            .is_ok_and(|o| profile.allowed_origins.allows(o))
+        {
+            return Err(ApiError::Forbidden(
+                "origin not in compat.edgewatch.allowed_origins".into(),
+            )
+            .into());
+        }
+    }
+    let expected = profile.token.expose();
     let permit = if token_ok(req.query_string(), expected) {
         Some(streams::permit(&req, &state, &Identity::edgewatch()).await?)
     } else {

@@ -413,12 +413,14 @@ impl Application {
             let rules = wiring::frame_rules(&settings);
             if rules.lax {
                 log::info!(
-                    "EdgeWatch lax frames: numbers as strings, whole floats and booleans are                      coerced as the bridge's model did (edgebus_frames_coerced_total)."
+                    "EdgeWatch lax frames: numbers as strings, whole floats and booleans are \
+                     coerced as the bridge's model did (edgebus_frames_coerced_total)."
                 );
             }
             if rules.device_id_from_payload {
                 log::warn!(
-                    "EdgeWatch device_id_from_payload is on: a frame's device_id decides its                      device whatever its topic, so any publisher can speak for any device."
+                    "EdgeWatch device_id_from_payload is on: a frame's device_id decides its \
+                     device whatever its topic, so any publisher can speak for any device."
                 );
             }
             Some(crate::edgewatch::start(state.clone())?)
@@ -440,16 +442,7 @@ impl Application {
         // keepalive write. (Clients that half-close after a request and then
         // wait for the answer are not supported; browsers never do.)
         .h1_allow_half_closed(false)
-        // A client that stops reading keeps a streaming connection open for
-        // as long as it likes: actix-web has no write timeout. The kernel
-        // gives up on a connection whose sent data stays unacknowledged this
-        // long (zero-window probes included), and with it go the
-        // connection's buffers and the session's last chunk.
-        .on_connect(move |conn, _| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(unacked_timeout));
-            }
-        })
+        .on_connect(http::unacked_timeout(unacked_timeout))
         .disable_signals()
         .shutdown_timeout(HTTP_SHUTDOWN.as_secs())
         .listen(listener)?

@@ -158,7 +158,6 @@ pub fn frame_rules(settings: &Settings) -> FrameRules {
     }
 }
 
-/// A WebSocket session's config, in the wire format the client asked for.
 /// Every session queue's bounds, with the one pool they share: built once
 /// at start and handed to each session.
 pub fn queue_limits(settings: &Settings) -> QueueLimits {
@@ -171,6 +170,7 @@ pub fn queue_limits(settings: &Settings) -> QueueLimits {
     )
 }
 
+/// A WebSocket session's config, in the wire format the client asked for.
 pub fn ws_session_config(
     settings: &Settings,
     queue: &QueueLimits,

@@ -101,3 +101,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/host-health/{host}", web::put().to(host_health::put))
         .route("/v1/episodes/{host}/{file}", web::put().to(uploads::put));
 }
+
+/// For every accepted connection of a listener that streams: a client that
+/// stops reading keeps a streaming connection open for as long as it likes,
+/// since actix-web has no write timeout. The kernel gives up on a
+/// connection whose sent data stays unacknowledged for `timeout`
+/// (zero-window probes included), and with it go the connection's buffers
+/// and the session's last chunk.
+pub fn unacked_timeout(
+    timeout: std::time::Duration,
+) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) + Send + Sync + 'static {
+    move |conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout));
+        }
+    }
+}

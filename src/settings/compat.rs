@@ -55,6 +55,25 @@ pub enum CorsOrigins {
     List(Vec<String>),
 }
 
+/// Browser origins as written (`scheme://host[:port]`), or `*` alone for any.
+pub(super) fn origins(key: &str, written: Vec<String>) -> Result<CorsOrigins, SettingsError> {
+    if written.iter().any(|o| o == "*") {
+        if written.len() > 1 {
+            return Err(invalid(key, "\"*\" stands alone"));
+        }
+        return Ok(CorsOrigins::Any);
+    }
+    for origin in &written {
+        if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+            return Err(invalid(
+                key,
+                format!("{origin:?} must be a scheme://host[:port] origin or \"*\""),
+            ));
+        }
+    }
+    Ok(CorsOrigins::List(written))
+}
+
 impl CorsOrigins {
     pub fn allows(&self, origin: &str) -> bool {
         match self {
@@ -94,25 +113,10 @@ impl RawSecureTea {
                 "must be an address like 127.0.0.1:5000",
             )
         })?;
-        let socketio_cors_origins = if self.socketio_cors_origins.iter().any(|o| o == "*") {
-            if self.socketio_cors_origins.len() > 1 {
-                return Err(invalid(
-                    "compat.securetea.socketio_cors_origins",
-                    "\"*\" stands alone",
-                ));
-            }
-            CorsOrigins::Any
-        } else {
-            for origin in &self.socketio_cors_origins {
-                if !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                    return Err(invalid(
-                        "compat.securetea.socketio_cors_origins",
-                        format!("{origin:?} must be a scheme://host[:port] origin or \"*\""),
-                    ));
-                }
-            }
-            CorsOrigins::List(self.socketio_cors_origins)
-        };
+        let socketio_cors_origins = origins(
+            "compat.securetea.socketio_cors_origins",
+            self.socketio_cors_origins,
+        )?;
         Ok(SecureTeaSettings {
             enabled: self.enabled,
             allowed_sources,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+use super::compat::{origins, CorsOrigins};
 use super::{invalid, Secret, SettingsError};
 
 /// `[compat.edgewatch]` as written.
@@ -14,6 +15,7 @@ pub(super) struct RawEdgeWatch {
     enabled: bool,
     bind: String,
     token: Secret,
+    allowed_origins: Vec<String>,
     lax_frames: bool,
     device_id_from_payload: bool,
 }
@@ -27,6 +29,9 @@ pub struct EdgeWatchSettings {
     /// The bridge's `WS_AUTH_TOKEN`, as `?token=`; empty = anyone who
     /// reaches `bind` reads every device's metrics (the bridge's dev mode).
     pub token: Secret,
+    /// Browser origins a dashboard may be served from (`Origin`); `*` =
+    /// any, as the bridge, which checked none.
+    pub allowed_origins: CorsOrigins,
     /// Accept what the bridge's pydantic model coerced (numbers as strings,
     /// whole floats as the integer timestamp, booleans as numbers).
     pub lax_frames: bool,
@@ -47,6 +52,7 @@ impl RawEdgeWatch {
             enabled: self.enabled,
             bind,
             token: self.token,
+            allowed_origins: origins("compat.edgewatch.allowed_origins", self.allowed_origins)?,
             lax_frames: self.lax_frames,
             device_id_from_payload: self.device_id_from_payload,
         })

@@ -278,6 +278,14 @@ impl RawSettings {
         self.host_health.validate()?;
         let uploads = self.uploads.validate(&self.storage.data_dir)?;
         let compat = self.compat.validate()?;
+        // A locked service with a listener anyone may read would have a side
+        // door: the dashboards' listener must ask for its token too.
+        if !open && compat.edgewatch.enabled && compat.edgewatch.token.is_empty() {
+            return Err(invalid(
+                "compat.edgewatch.token",
+                "must be set when auth is configured: without it anyone who reaches compat.edgewatch.bind reads every device's metrics",
+            ));
+        }
         let cluster = self.cluster.validate(mqtt.mode)?;
         let nats = self.nats.validate()?;
         Ok(Settings {

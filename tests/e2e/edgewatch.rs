@@ -114,6 +114,16 @@ fn seed_text(device: &str, timestamp: u64, cpu: &str) -> String {
 #[actix_web::test]
 async fn a_wrong_or_missing_token_gets_the_handshake_then_close_1008_unauthorized() {
     let app = spawn_app_with(&profile(&format!("token = \"{TOKEN}\"\n"))).await;
+    // A device seen first: a refused dashboard must not get its snapshot.
+    let seen = unique("d");
+    app.publisher()
+        .await
+        .publish(
+            &format!("devices/{seen}/metrics"),
+            frame_json(&seen, "1", "5"),
+        )
+        .await;
+    app.wait_metric("edgebus_frames_accepted_total", 1.0).await;
     for target in [
         "/",
         "/?token=dash-t0kem",
@@ -129,6 +139,8 @@ async fn a_wrong_or_missing_token_gets_the_handshake_then_close_1008_unauthorize
     }
     let device = unique("d");
     let mut dashboard = Dashboard::connect(&app, &format!("/deep/any/path?token={TOKEN}")).await;
+    let (snapshot, _) = dashboard.json().await;
+    assert_eq!(snapshot, seed_text(&seen, 1, "5.0"), "with the token: the snapshot");
     joined(&app, 1.0).await;
     let mut publisher = app.publisher().await;
     publisher
@@ -713,4 +725,67 @@ async fn the_import_command_prints_a_config_edgebus_loads_from_a_bridges_env_fil
     assert!(stderr.contains("`WS_PORT`"), "{stderr}");
     assert!(out.stdout.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn a_page_from_an_origin_not_listed_is_refused_before_the_upgrade() {
+    let app = spawn_app_with(&profile("allowed_origins = [\"http://dash.example\"]\n")).await;
+    let port = app.edgewatch_port.expect("the EdgeWatch listener");
+    let url = format!("ws://127.0.0.1:{port}/");
+    let refused = awc::Client::new()
+        .ws(&url)
+        .origin("http://evil.example")
+        .connect()
+        .await;
+    match refused {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|(r, _)| r.status())),
+    }
+    let (resp, _framed) = awc::Client::new()
+        .ws(&url)
+        .origin("http://dash.example")
+        .connect()
+        .await
+        .expect("a listed origin");
+    assert_eq!(resp.status().as_u16(), 101);
+}
+
+#[actix_web::test]
+async fn a_dashboard_that_floods_messages_is_closed_and_the_others_keep_their_frames() {
+    let app = spawn_app_with(&profile("")).await;
+    let mut flooder = Dashboard::connect(&app, "/").await;
+    let mut quiet = Dashboard::connect(&app, "/").await;
+    joined(&app, 2.0).await;
+    // Far beyond the op budget (10 a second, 40 at once): ignored messages
+    // cost the shared thread too.
+    for _ in 0..200 {
+        flooder.send(Message::Text("x".repeat(1024).into())).await;
+    }
+    assert_eq!(
+        flooder.next().await,
+        Seen::Closed(Some((1008, "rate limit exceeded".into()))),
+    );
+    let device = unique("d");
+    app.publisher()
+        .await
+        .publish(
+            &format!("devices/{device}/metrics"),
+            frame_json(&device, "3", "1"),
+        )
+        .await;
+    let (text, _) = quiet.json().await;
+    assert_eq!(text, seed_text(&device, 3, "1.0"));
+}
+
+#[test]
+fn a_locked_service_refuses_a_dashboard_listener_without_a_token() {
+    let locked = "[auth]\n[[auth.api_keys]]\nname = \"ops\"\nkey = \"k-0123456789abcdef0123456789\"\nroles = [\"viewer\"]\n";
+    let line = Settings::from_toml(&format!("{locked}{}", profile("")))
+        .unwrap_err()
+        .to_string();
+    assert!(line.contains("`compat.edgewatch.token`"), "{line}");
+    Settings::from_toml(&format!("{locked}{}", profile("token = \"t\"\n"))).expect("with a token");
+    Settings::from_toml(&profile("")).expect("open mode, as the bridge's dev mode");
 }

@@ -190,8 +190,11 @@ impl DecnetSnapshot {
             .iter()
             .filter_map(|e| Some((observation_primitive(&e.topic, &attacker)?, e.clone())))
             .collect();
-        // One topic per primitive: no two equal keys to order.
-        observations.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // `observation/motor.input_modality` (NATS) and
+        // `observation/motor/input_modality` (MQTT) name one primitive:
+        // DECNET's dict holds one entry per primitive, the newest.
+        observations.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.id.cmp(&a.1.id)));
+        observations.dedup_by(|later, first| later.0 == first.0);
         Self {
             attacker,
             last_id,
@@ -422,5 +425,29 @@ mod tests {
             "id: 1-5\nevent: snapshot\ndata: {\"attacker_uuid\":\"a9\",\"observations\":[]}\n\n"
         );
         assert_eq!(empty.next_piece(usize::MAX), None);
+    }
+
+    #[test]
+    fn one_primitive_under_two_spellings_is_one_entry_the_newest() {
+        let events = [
+            event(
+                3,
+                "attackers/a1/observation/motor.input_modality",
+                json!({"v": "new"}),
+            ),
+            event(
+                2,
+                "attackers/a1/observation/motor/input_modality",
+                json!({"v": "old"}),
+            ),
+        ];
+        let mut snapshot = DecnetSnapshot::new("a1".into(), &events, EventId { epoch: 1, seq: 3 });
+        let text: String = std::iter::from_fn(|| snapshot.next_piece(usize::MAX)).collect();
+        let (_, _, data) = &parse_sse(&text)[0];
+        let data: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            data["observations"],
+            json!([{"primitive": "motor.input_modality", "v": "new"}])
+        );
     }
 }

@@ -145,15 +145,21 @@ impl WsSession {
         ctx.stop();
     }
 
+    /// Charges one message from the client to its op budget: a client
+    /// that floods frames the session ignores (or pings) is refused and
+    /// closed like one that floods ops, so it cannot keep the thread it
+    /// shares with other sessions busy.
+    fn charge(&mut self, ctx: &mut Context<Self>) -> bool {
+        let verdict = self.budget.admit_op(Instant::now());
+        self.admitted(verdict, ctx)
+    }
+
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        if self.config.format == WireFormat::Edgewatch {
-            return; // The seed dashboard never sent anything meaningful.
-        }
-        let now = Instant::now();
-        let verdict = self.budget.admit_op(now);
-        if !self.admitted(verdict, ctx) {
+        if !self.charge(ctx) || self.config.format == WireFormat::Edgewatch {
+            // The seed dashboard never sent anything meaningful.
             return;
         }
+        let now = Instant::now();
         let op = match parse_op(text) {
             Ok(op) => op,
             Err(error) => {
@@ -310,12 +316,15 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for WsSes
         match msg {
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
             // The seed bridge read and ignored whatever a dashboard sent.
-            Ok(AggregatedMessage::Binary(_)) if self.config.format == WireFormat::Edgewatch => {}
+            Ok(AggregatedMessage::Binary(_)) if self.config.format == WireFormat::Edgewatch => {
+                self.charge(ctx);
+            }
             Ok(AggregatedMessage::Binary(_)) => self.close(
                 ctx,
                 CloseCode::Unsupported,
                 "binary frames are not supported",
             ),
+            Ok(AggregatedMessage::Ping(_)) if !self.charge(ctx) => {}
             Ok(AggregatedMessage::Ping(payload)) => {
                 let mut ws = self.ws.clone();
                 actix::spawn(async move {
