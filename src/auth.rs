@@ -467,6 +467,13 @@ pub struct StreamPermit {
     total: Option<Box<StreamPermit>>,
 }
 
+impl StreamPermit {
+    /// Whose stream this is: the API key, or a shared identity's address.
+    pub fn owner(&self) -> Option<&str> {
+        self.limits.as_ref().map(|(_, owner)| &**owner)
+    }
+}
+
 impl StreamLimits {
     pub fn new(max: usize, setting: &'static str) -> Arc<Self> {
         Arc::new(Self {

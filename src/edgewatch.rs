@@ -131,13 +131,16 @@ async fn dashboard(
     };
     let filter = TopicFilter::parse(families::METRICS_FILTER)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the metrics filter: {e}")))?;
+    let config = crate::wiring::ws_session_config(
+        &state.settings,
+        &crate::http::queue_limits(&state, &permit),
+        WireFormat::Edgewatch,
+    );
     let start = SessionStart {
         subscriptions: vec![Subscription::topic(filter)],
         resume: None,
         guard: Some(Box::new(permit)),
     };
-    let config =
-        crate::wiring::ws_session_config(&state.settings, &state.queues, WireFormat::Edgewatch);
     WsSession::new(
         session,
         stream,

@@ -387,7 +387,7 @@ impl Application {
             nats: nats.clone(),
             telemetry: telemetry.clone(),
             settings: settings.clone(),
-            queues: crate::wiring::queue_limits(&settings),
+            queues: crate::wiring::queue_budget(&settings),
             auth,
             idempotency,
             host_health: Arc::new(host_health),

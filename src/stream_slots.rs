@@ -132,6 +132,11 @@ pub struct StreamHold {
 }
 
 impl StreamHold {
+    /// Whose stream this is (see [`StreamPermit::owner`]).
+    pub fn owner(&self) -> Option<&str> {
+        self._local.owner()
+    }
+
     pub fn local(permit: StreamPermit) -> Self {
         Self {
             _local: permit,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use edgebus_actors::alerts::AlertsConfig;
-use edgebus_actors::bus::{BusConfig, QueueLimits, QueuePool};
+use edgebus_actors::bus::{BusConfig, QueueBudget, QueueLimits, QueuePool};
 use edgebus_actors::cluster::ClusterConfig;
 use edgebus_actors::frame::FrameRules;
 use edgebus_actors::ingest::nats::{NatsAuth, NatsConfig};
@@ -158,16 +158,17 @@ pub fn frame_rules(settings: &Settings) -> FrameRules {
     }
 }
 
-/// Every session queue's bounds, with the one pool they share: built once
-/// at start and handed to each session.
-pub fn queue_limits(settings: &Settings) -> QueueLimits {
+/// Every session queue's bounds, with the one pool they share and an
+/// allowance per owner of `bus.queue_bytes` from it: built once at start.
+pub fn queue_budget(settings: &Settings) -> QueueBudget {
     let b = &settings.bus;
-    QueueLimits::new(
+    let base = QueueLimits::new(
         b.queue_capacity,
         b.queue_bytes,
         b.queue_reserved_bytes,
         Arc::new(QueuePool::new(b.queue_pool_bytes)),
-    )
+    );
+    QueueBudget::new(base, b.queue_bytes)
 }
 
 /// A WebSocket session's config, in the wire format the client asked for.

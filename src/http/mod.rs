@@ -33,6 +33,8 @@ use crate::auth::Auth;
 use crate::settings::Settings;
 
 /// What every handler may reach: actor addresses, metrics, settings, auth.
+use edgebus_actors::bus::QueueLimits;
+
 pub struct AppState {
     pub bus: Addr<Bus>,
     pub registry: Addr<Registry>,
@@ -41,8 +43,9 @@ pub struct AppState {
     pub nats: Option<Addr<NatsIngest>>,
     pub telemetry: Arc<Telemetry>,
     pub settings: Arc<Settings>,
-    /// Every session queue's bounds and the pool they share.
-    pub queues: edgebus_actors::bus::QueueLimits,
+    /// Every session queue's bounds, the pool they share and each owner's
+    /// allowance from it.
+    pub queues: edgebus_actors::bus::QueueBudget,
     pub auth: Arc<Auth>,
     /// `Idempotency-Key`s: in process, or in Redis in cluster mode.
     pub idempotency: idempotency::IdempotencyStore,
@@ -115,5 +118,13 @@ pub fn unacked_timeout(
         if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
             let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout));
         }
+    }
+}
+
+/// The queue bounds of a stream held by `permit`: its owner's allowance.
+pub fn queue_limits(state: &AppState, permit: &crate::stream_slots::StreamHold) -> QueueLimits {
+    match permit.owner() {
+        Some(owner) => state.queues.for_owner(owner),
+        None => state.queues.base(),
     }
 }

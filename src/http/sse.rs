@@ -185,7 +185,10 @@ fn start_in(
 ) -> Result<HttpResponse, ApiError> {
     let config = SseSessionConfig {
         form,
-        ..crate::wiring::sse_session_config(&state.settings, &state.queues)
+        ..crate::wiring::sse_session_config(
+            &state.settings,
+            &crate::http::queue_limits(state, &permit),
+        )
     };
     let start = SessionStart {
         subscriptions,

@@ -60,7 +60,11 @@ pub async fn ws(
         close_unauthorized(session);
         return Ok(response);
     };
-    let config = crate::wiring::ws_session_config(&state.settings, &state.queues, format);
+    let config = crate::wiring::ws_session_config(
+        &state.settings,
+        &crate::http::queue_limits(&state, &permit),
+        format,
+    );
     let start = SessionStart {
         subscriptions,
         resume: query.resume(&req),

@@ -103,7 +103,7 @@ async fn serve(listener: TcpListener, state: web::Data<AppState>) {
     let capacity = state.settings.bus.queue_capacity;
     // Joined before the first GUI can connect: a GUI that is connected
     // gets every notification published after it.
-    let Some(subscriber) = join(&state.bus, state.queues.clone()) else {
+    let Some(subscriber) = join(&state.bus, state.queues.base()) else {
         return;
     };
     tokio::spawn(relay(

@@ -140,7 +140,11 @@ async fn a_wrong_or_missing_token_gets_the_handshake_then_close_1008_unauthorize
     let device = unique("d");
     let mut dashboard = Dashboard::connect(&app, &format!("/deep/any/path?token={TOKEN}")).await;
     let (snapshot, _) = dashboard.json().await;
-    assert_eq!(snapshot, seed_text(&seen, 1, "5.0"), "with the token: the snapshot");
+    assert_eq!(
+        snapshot,
+        seed_text(&seen, 1, "5.0"),
+        "with the token: the snapshot"
+    );
     joined(&app, 1.0).await;
     let mut publisher = app.publisher().await;
     publisher

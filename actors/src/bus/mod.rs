@@ -40,8 +40,8 @@ pub use delivery::{Delivery, SessionId, Snapshot};
 use history::History;
 use last_values::{Budget, LastValues};
 pub use queue::{
-    conflate, session_queue, Offer, QueueLimits, QueuePool, SessionInbox, SessionQueue, Take,
-    Taken, CONTROL_RESERVE, REPLAY_PIECE_BYTES, REPLAY_PIECE_EVENTS,
+    conflate, session_queue, Offer, QueueBudget, QueueLimits, QueuePool, SessionInbox,
+    SessionQueue, Take, Taken, CONTROL_RESERVE, REPLAY_PIECE_BYTES, REPLAY_PIECE_EVENTS,
 };
 
 /// Mailbox bound of the bus: bursts from ingest are absorbed here; beyond it

@@ -15,8 +15,10 @@
 //! grow to `bus.queue_bytes` by drawing on one pool of
 //! `bus.queue_pool_bytes` that every queue shares: a pause is absorbed,
 //! only a client that stays behind is conflated, and many stalled clients
-//! together cannot hold more than the pool beyond their reserves. An idle
-//! queue keeps only a few slots.
+//! together cannot hold more than the pool beyond their reserves. One
+//! owner's queues together draw at most `bus.queue_bytes` from the pool
+//! ([`QueueBudget`]), so one caller's streams cannot spend it for everyone.
+//! An idle queue keeps only a few slots.
 //!
 //! Why a ring behind a per-session mutex and not a channel: an idle stream
 //! must cost little, and 10,000 idle SSE streams are normal. A tokio mpsc
@@ -28,10 +30,10 @@
 //! practice and costs less than a channel's four atomic read-modify-writes
 //! (benches/pipeline.rs, `fanout/*`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
 use super::delivery::Delivery;
@@ -93,6 +95,10 @@ pub struct QueueLimits {
     /// for the pool that stalled clients use.
     pub reserved_bytes: usize,
     pub pool: Arc<QueuePool>,
+    /// The allowance of the session's owner (API key, or address for a
+    /// shared identity): what all its queues together may draw from the
+    /// pool, so one caller's streams cannot spend the pool for everyone.
+    pub owner: Option<Arc<QueuePool>>,
 }
 
 impl QueueLimits {
@@ -102,6 +108,47 @@ impl QueueLimits {
             bytes,
             reserved_bytes: reserved_bytes.min(bytes),
             pool,
+            owner: None,
+        }
+    }
+
+    /// These bounds for a session of the owner whose allowance is `owner`.
+    pub fn with_owner(&self, owner: Arc<QueuePool>) -> Self {
+        Self {
+            owner: Some(owner),
+            ..self.clone()
+        }
+    }
+
+    fn draw(&self, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        if let Some(owner) = &self.owner {
+            if !owner.try_draw(bytes) {
+                return false;
+            }
+        }
+        if self.pool.try_draw(bytes) {
+            return true;
+        }
+        if let Some(owner) = &self.owner {
+            owner.give_back(bytes);
+        }
+        false
+    }
+
+    fn force_draw(&self, bytes: usize) {
+        self.pool.force_draw(bytes);
+        if let Some(owner) = &self.owner {
+            owner.force_draw(bytes);
+        }
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.pool.give_back(bytes);
+        if let Some(owner) = &self.owner {
+            owner.give_back(bytes);
         }
     }
 
@@ -115,6 +162,47 @@ impl QueueLimits {
 impl From<usize> for QueueLimits {
     fn from(events: usize) -> Self {
         Self::events(events)
+    }
+}
+
+/// Every session's queue bounds: the pool all share, and one allowance per
+/// owner, created with its first session and gone with its last.
+#[derive(Debug)]
+pub struct QueueBudget {
+    base: QueueLimits,
+    owner_bytes: usize,
+    owners: Mutex<HashMap<String, Weak<QueuePool>>>,
+}
+
+impl QueueBudget {
+    /// `owner_bytes`: what one owner's queues together may draw from the pool.
+    pub fn new(base: QueueLimits, owner_bytes: usize) -> Self {
+        Self {
+            base,
+            owner_bytes,
+            owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Bounds shared by no owner (an internal subscriber).
+    pub fn base(&self) -> QueueLimits {
+        self.base.clone()
+    }
+
+    /// Bounds for a session of `owner`.
+    pub fn for_owner(&self, owner: &str) -> QueueLimits {
+        let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = owners.get(owner).and_then(Weak::upgrade) {
+            return self.base.with_owner(pool);
+        }
+        // Entries of owners whose sessions all ended are dropped as the map
+        // grows: it holds about the owners with a session open.
+        if owners.len() >= 64 && owners.len().is_power_of_two() {
+            owners.retain(|_, pool| pool.strong_count() > 0);
+        }
+        let pool = Arc::new(QueuePool::new(self.owner_bytes));
+        owners.insert(owner.to_owned(), Arc::downgrade(&pool));
+        self.base.with_owner(pool)
     }
 }
 
@@ -236,8 +324,8 @@ impl Shared {
         let after = state.bytes.saturating_add(cost);
         let draw = self.pooled(after) - self.pooled(state.bytes);
         if state.events == 0 {
-            self.limits.pool.force_draw(draw);
-        } else if after > self.limits.bytes || !self.limits.pool.try_draw(draw) {
+            self.limits.force_draw(draw);
+        } else if after > self.limits.bytes || !self.limits.draw(draw) {
             return false;
         }
         state.bytes = after;
@@ -250,7 +338,6 @@ impl Shared {
         let before = state.bytes;
         state.bytes = before.saturating_sub(cost);
         self.limits
-            .pool
             .give_back(self.pooled(before) - self.pooled(state.bytes));
     }
 }
@@ -794,6 +881,29 @@ mod tests {
             Offer::Full,
             "beyond its reserve, the pool is the stalled one's"
         );
+    }
+
+    #[test]
+    fn one_owners_queues_together_draw_at_most_its_allowance_from_the_pool() {
+        let cost = event(0).heap_bytes();
+        let pool = Arc::new(QueuePool::new(100 * cost));
+        let budget = QueueBudget::new(limits(1000, 100, 1, &pool), 4 * cost);
+        let fill = |queue: &SessionQueue| {
+            let mut n = 0;
+            while queue.offer_event(&event(n)) == Offer::Queued {
+                n += 1;
+            }
+            n
+        };
+        let (a1, a1_inbox) = session_queue(budget.for_owner("a"));
+        let (a2, _a2_inbox) = session_queue(budget.for_owner("a"));
+        let (b, _b_inbox) = session_queue(budget.for_owner("b"));
+        assert_eq!(fill(&a1), 5, "its reserve and the owner's allowance");
+        assert_eq!(fill(&a2), 1, "its reserve only: the allowance is spent");
+        assert_eq!(fill(&b), 5, "another owner still draws");
+        assert_eq!(pool.used(), 8 * cost);
+        drop(a1_inbox);
+        assert_eq!(fill(&a2), 4, "the allowance came back with the queue");
     }
 
     #[test]
