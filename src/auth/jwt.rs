@@ -79,6 +79,7 @@ pub struct JwtVerifier {
     validation: Validation,
     leeway_s: u64,
     roles_claim: String,
+    default_roles: Vec<Role>,
     identity_claim: String,
     /// `?token=<jwt>` opens SSE streams.
     pub query_token_on_streams: bool,
@@ -102,6 +103,7 @@ impl JwtVerifier {
             validation,
             leeway_s: settings.leeway.as_secs(),
             roles_claim: settings.roles_claim.clone(),
+            default_roles: settings.default_roles.clone(),
             identity_claim: settings.identity_claim.clone(),
             query_token_on_streams: settings.allow_query_token_on_streams,
             clock,
@@ -138,8 +140,10 @@ impl JwtVerifier {
             }
             _ => return Err(JwtError::Claim(self.identity_claim.clone())),
         };
-        let roles = roles(claim(&claims, &self.roles_claim))
-            .ok_or_else(|| JwtError::Claim(self.roles_claim.clone()))?;
+        let roles = match claim(&claims, &self.roles_claim) {
+            None => self.default_roles.clone(),
+            some => roles(some).ok_or_else(|| JwtError::Claim(self.roles_claim.clone()))?,
+        };
         Ok(Bearer { name, roles })
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
+use super::auth::Role;
 use super::{invalid, Secret, SettingsError};
 
 /// Shortest HS256 secret: RFC 7518 §3.2 wants a key at least as long as
@@ -32,6 +33,7 @@ pub(super) struct RawJwt {
     audience: String,
     leeway_seconds: u64,
     roles_claim: String,
+    default_roles: Vec<String>,
     identity_claim: String,
     allow_query_token_on_streams: bool,
 }
@@ -59,6 +61,9 @@ pub struct JwtSettings {
     pub leeway: Duration,
     /// The claim listing edgebus roles (a list, or a space-separated string).
     pub roles_claim: String,
+    /// Roles of a verified token that has no `roles_claim` at all (an
+    /// issuer that keeps roles elsewhere, as DECNET does); empty = none.
+    pub default_roles: Vec<Role>,
     /// The claim naming the caller: its identity for per-identity caps.
     pub identity_claim: String,
     /// `?token=<jwt>` opens SSE streams (older DECNET frontends).
@@ -119,6 +124,18 @@ impl RawJwt {
                 ));
             }
         }
+        let default_roles = self
+            .default_roles
+            .iter()
+            .map(|name| {
+                Role::parse(name).ok_or_else(|| {
+                    invalid(
+                        "auth.jwt.default_roles",
+                        format!("{name:?} is not a role (viewer, publisher, admin)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(JwtSettings {
             key: JwtKey(key),
             algorithms,
@@ -126,6 +143,7 @@ impl RawJwt {
             audience: self.audience,
             leeway: Duration::from_secs(self.leeway_seconds),
             roles_claim: self.roles_claim,
+            default_roles,
             identity_claim: self.identity_claim,
             allow_query_token_on_streams: self.allow_query_token_on_streams,
         }))

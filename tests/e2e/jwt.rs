@@ -345,3 +345,51 @@ async fn an_es256_public_key_file_verifies_tokens_of_its_private_key() {
     assert_eq!(answer.status, 401);
     assert!(answer.error().contains("signature"));
 }
+
+#[actix_web::test]
+async fn a_token_with_no_roles_claim_gets_the_default_roles_and_only_then() {
+    // DECNET's own tokens: no roles claim (its roles live in its database)
+    // and the caller in `uuid`, not `sub`.
+    let (app, clock) = jwt_app("identity_claim = \"uuid\"\ndefault_roles = [\"viewer\"]\n").await;
+    let decnet = |extra: Value| {
+        let mut claims = json!({
+            "uuid": "7c1e-analyst",
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "exp": clock.now_ms() / 1000 + 300,
+        });
+        if let (Some(claims), Value::Object(extra)) = (claims.as_object_mut(), extra) {
+            claims.extend(extra);
+        }
+        format!("Bearer {}", sign(&claims))
+    };
+    let plain = decnet(json!({}));
+    let mut stream = app
+        .sse(STREAM, &[("Authorization", plain.as_str())])
+        .await
+        .expect("a viewer by default");
+    stream.snapshot().await;
+    let ping = app
+        .call("POST", "/v1/ping", &[("Authorization", &plain)], None)
+        .await;
+    assert_eq!(ping.body["identity"], "jwt:7c1e-analyst");
+    assert_eq!(ping.body["roles"], json!(["viewer"]));
+    // A roles claim, even an empty one, is the token's word: no default.
+    let empty = decnet(json!({"roles": []}));
+    let refused = app
+        .sse(STREAM, &[("Authorization", empty.as_str())])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 403);
+    // Defaults never add what a role needs beyond them.
+    let publishing = app
+        .call(
+            "POST",
+            "/v1/notifications",
+            &[("Authorization", &plain)],
+            Some(NOTIFICATION),
+        )
+        .await;
+    assert_eq!(publishing.status, 403);
+}
