@@ -2,7 +2,8 @@
 //!
 //! Driven by `scripts/bench.sh`, which starts a release `edgebus` with an
 //! embedded broker on free ports and runs this target once per scenario. On
-//! its own (`cargo bench` without `BENCH_HTTP`) it prints a note and exits.
+//! its own (`cargo bench` without `BENCH_HTTP` or `BENCH_MQTT_WS`) it checks
+//! its MQTT-over-WebSocket packet handling, prints a note and exits.
 //!
 //! What it does, all in one process so send and receive share a clock:
 //!
@@ -25,6 +26,13 @@
 //! A frame conflated by the bus (slow session) never reaches the client and
 //! counts as lost: the report does not pretend otherwise.
 //!
+//! Clients (`BENCH_CLIENT_KIND`):
+//! - `edgebus` (default): edgebus's `/v1/ws` on `BENCH_HTTP`, as above.
+//! - `mqtt-ws`: MQTT 3.1.1 over WebSocket straight to the broker's own
+//!   WebSocket listener on `BENCH_MQTT_WS` (host:port), subscribed to
+//!   `devices/+/metrics` at QoS 0; the client is ready at its SUBACK. The
+//!   reference for what a user gets with no bridge at all (`mqtt_ws.rs`).
+//!
 //! Publishers (`BENCH_PUBLISHER`):
 //! - `raw` (default): MQTT 3.1.1 QoS 0 PUBLISH packets written straight to a
 //!   TCP socket, one write per millisecond batch. Costs little CPU, which
@@ -41,6 +49,10 @@ use std::time::{Duration, Instant};
 
 use awc::ws::{Frame, Message};
 use futures_util::{SinkExt as _, StreamExt as _};
+
+// In a folder of its own: a file beside this one would be a bench target.
+#[path = "e2e_load/mqtt_ws.rs"]
+mod mqtt_ws;
 
 /// Most frames one run may publish (send times are kept for each).
 const MAX_FRAMES: u64 = 50_000_000;
@@ -60,10 +72,21 @@ enum Publisher {
     Rumqttc,
 }
 
+/// Who the receiving clients talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    /// edgebus's `/v1/ws`.
+    Edgebus,
+    /// The broker's own WebSocket listener, MQTT over WebSocket.
+    MqttWs,
+}
+
 #[derive(Debug, Clone)]
 struct Config {
     label: String,
-    http: String,
+    kind: ClientKind,
+    /// edgebus's HTTP address(es), or the broker's WebSocket address.
+    endpoints: String,
     mqtt: SocketAddr,
     rate: u64,
     duration: Duration,
@@ -86,15 +109,25 @@ fn env_or<T: FromStr>(name: &str, default: T) -> T {
 }
 
 impl Config {
-    /// `None` when not driven by `scripts/bench.sh` (no `BENCH_HTTP`).
+    /// `None` when not driven by `scripts/bench.sh` (no `BENCH_HTTP` or
+    /// `BENCH_MQTT_WS`).
     fn from_env() -> Option<Self> {
-        let http = std::env::var("BENCH_HTTP").ok().filter(|s| !s.is_empty())?;
+        let kind = match env_or("BENCH_CLIENT_KIND", "edgebus".to_owned()).as_str() {
+            "edgebus" => ClientKind::Edgebus,
+            "mqtt-ws" => ClientKind::MqttWs,
+            other => panic!("BENCH_CLIENT_KIND={other:?}: use edgebus or mqtt-ws"),
+        };
+        let endpoint_var = match kind {
+            ClientKind::Edgebus => "BENCH_HTTP",
+            ClientKind::MqttWs => "BENCH_MQTT_WS",
+        };
+        let endpoints = std::env::var(endpoint_var).ok().filter(|s| !s.is_empty())?;
         let mqtt_text: String = env_or("BENCH_MQTT", String::new());
         let mqtt = mqtt_text
             .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next())
-            .expect("BENCH_MQTT must be host:port of the broker edgebus uses");
+            .expect("BENCH_MQTT must be host:port of the broker to publish to");
         let clients: usize = env_or("BENCH_CLIENTS", 1);
         let publisher = match env_or("BENCH_PUBLISHER", "raw".to_owned()).as_str() {
             "raw" => Publisher::Raw,
@@ -109,7 +142,8 @@ impl Config {
         );
         let config = Self {
             label: env_or("BENCH_LABEL", "e2e".to_owned()),
-            http,
+            kind,
+            endpoints,
             mqtt,
             rate: env_or("BENCH_RATE", 200_000u64).max(1),
             duration: Duration::from_secs_f64(env_or("BENCH_DURATION_S", 10.0f64).max(0.1)),
@@ -182,39 +216,7 @@ impl ClientStats {
 
     fn on_text(&mut self, text: &[u8], shared: &Shared, ready: &mut bool) {
         if text.starts_with(br#"{"type":"event""#) {
-            let Some((device, seq)) = parse_event(text) else {
-                self.foreign += 1;
-                return;
-            };
-            if device >= shared.devices {
-                self.foreign += 1;
-                return;
-            }
-            let Some(index) = seq
-                .checked_mul(shared.devices)
-                .and_then(|i| i.checked_add(device))
-                .filter(|i| *i < shared.total)
-            else {
-                self.foreign += 1;
-                return;
-            };
-            let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
-            if self.seen[word] & bit != 0 {
-                self.duplicates += 1;
-                return;
-            }
-            self.seen[word] |= bit;
-            self.unique += 1;
-            shared.received.fetch_add(1, Ordering::Relaxed);
-            let now = shared.now_ns();
-            self.last_recv_ns = now;
-            match shared.send_ns[index as usize].load(Ordering::Acquire) {
-                0 => self.unsent += 1,
-                sent => {
-                    let us = now.saturating_sub(sent - 1) / 1_000;
-                    self.latencies_us.push(us.min(u64::from(u32::MAX)) as u32);
-                }
-            }
+            self.on_frame(parse_event(text), shared);
         } else if text.starts_with(br#"{"type":"snapshot""#) {
             if !*ready {
                 *ready = true;
@@ -227,6 +229,48 @@ impl ClientStats {
                 .map_or(0, |(n, _)| n);
         } else {
             self.other_frames += 1;
+        }
+    }
+
+    /// A metrics frame as published, straight from the broker.
+    fn on_payload(&mut self, payload: &[u8], shared: &Shared) {
+        self.on_frame(parse_frame(payload), shared);
+    }
+
+    /// One received frame: `(device, seq)`, or `None` if it is not one of ours.
+    fn on_frame(&mut self, frame: Option<(u64, u64)>, shared: &Shared) {
+        let Some((device, seq)) = frame else {
+            self.foreign += 1;
+            return;
+        };
+        if device >= shared.devices {
+            self.foreign += 1;
+            return;
+        }
+        let Some(index) = seq
+            .checked_mul(shared.devices)
+            .and_then(|i| i.checked_add(device))
+            .filter(|i| *i < shared.total)
+        else {
+            self.foreign += 1;
+            return;
+        };
+        let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
+        if self.seen[word] & bit != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen[word] |= bit;
+        self.unique += 1;
+        shared.received.fetch_add(1, Ordering::Relaxed);
+        let now = shared.now_ns();
+        self.last_recv_ns = now;
+        match shared.send_ns[index as usize].load(Ordering::Acquire) {
+            0 => self.unsent += 1,
+            sent => {
+                let us = now.saturating_sub(sent - 1) / 1_000;
+                self.latencies_us.push(us.min(u64::from(u32::MAX)) as u32);
+            }
         }
     }
 }
@@ -250,13 +294,44 @@ fn parse_u64(text: &[u8]) -> Option<(u64, usize)> {
 /// `(device, seq)` of an event frame carrying one of our metrics frames:
 /// `…"payload":{"device_id":"bench-N","timestamp":S,…}`.
 fn parse_event(text: &[u8]) -> Option<(u64, u64)> {
-    const DEVICE: &[u8] = br#""payload":{"device_id":"bench-"#;
+    const PAYLOAD: &[u8] = br#""payload":{"device_id":"bench-"#;
+    let at = find(text, PAYLOAD)? + br#""payload":"#.len();
+    parse_frame(&text[at..])
+}
+
+/// `(device, seq)` of one of our metrics frames as published:
+/// `{"device_id":"bench-N","timestamp":S,…}`.
+fn parse_frame(frame: &[u8]) -> Option<(u64, u64)> {
+    const DEVICE: &[u8] = br#"{"device_id":"bench-"#;
     const TIMESTAMP: &[u8] = br#"","timestamp":"#;
-    let at = find(text, DEVICE)? + DEVICE.len();
-    let (device, len) = parse_u64(&text[at..])?;
-    let rest = text[at + len..].strip_prefix(TIMESTAMP)?;
+    let rest = frame.strip_prefix(DEVICE)?;
+    let (device, len) = parse_u64(rest)?;
+    let rest = rest[len..].strip_prefix(TIMESTAMP)?;
     let (seq, _) = parse_u64(rest)?;
     Some((device, seq))
+}
+
+/// A WebSocket handshake, counted as failed if it fails or ends after
+/// `connect_by`.
+async fn open_ws(
+    request: awc::ws::WebsocketsRequest,
+    connect_by: Instant,
+    shared: &Shared,
+) -> Option<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>> {
+    let wait = connect_by.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(wait, request.connect()).await {
+        Ok(Ok((_, framed))) => Some(framed),
+        Ok(Err(error)) => {
+            eprintln!("e2e_load: WebSocket handshake failed: {error}");
+            shared.failed.fetch_add(1, Ordering::AcqRel);
+            None
+        }
+        Err(_) => {
+            eprintln!("e2e_load: WebSocket handshake timed out");
+            shared.failed.fetch_add(1, Ordering::AcqRel);
+            None
+        }
+    }
 }
 
 /// One WebSocket client, until `stop` or `deadline`.
@@ -268,20 +343,9 @@ async fn run_client(
     deadline: Instant,
 ) -> ClientStats {
     let mut stats = ClientStats::new(shared.total);
-    let wait = connect_by.saturating_duration_since(Instant::now());
-    let handshake = tokio::time::timeout(wait, client.ws(url).max_frame_size(1 << 22).connect());
-    let mut framed = match handshake.await {
-        Ok(Ok((_, framed))) => framed,
-        Ok(Err(error)) => {
-            eprintln!("e2e_load: WebSocket handshake failed: {error}");
-            shared.failed.fetch_add(1, Ordering::AcqRel);
-            return stats;
-        }
-        Err(_) => {
-            eprintln!("e2e_load: WebSocket handshake timed out");
-            shared.failed.fetch_add(1, Ordering::AcqRel);
-            return stats;
-        }
+    let request = client.ws(url).max_frame_size(1 << 22);
+    let Some(mut framed) = open_ws(request, connect_by, &shared).await else {
+        return stats;
     };
     stats.connected = true;
     let mut ready = false;
@@ -313,6 +377,7 @@ async fn run_client(
 
 /// `clients` WebSocket clients on one thread with its own actix `System`.
 fn receiver_thread(
+    kind: ClientKind,
     shared: Arc<Shared>,
     urls: Vec<String>,
     first: usize,
@@ -329,8 +394,24 @@ fn receiver_thread(
         for i in 0..clients {
             // Client `first + i` of all: spread over the instances in turn.
             let url = urls[(first + i) % urls.len()].clone();
-            let task = run_client(client.clone(), url, shared.clone(), connect_by, deadline);
-            handles.push(actix_web::rt::spawn(task));
+            let (client, task_shared) = (client.clone(), shared.clone());
+            let handle = match kind {
+                ClientKind::Edgebus => {
+                    actix_web::rt::spawn(run_client(client, url, task_shared, connect_by, deadline))
+                }
+                ClientKind::MqttWs => {
+                    let id = format!("edgebus-bench-ws-{}-{}", std::process::id(), first + i);
+                    actix_web::rt::spawn(mqtt_ws::run_client(
+                        client,
+                        url,
+                        id,
+                        task_shared,
+                        connect_by,
+                        deadline,
+                    ))
+                }
+            };
+            handles.push(handle);
             // Let one wave of handshakes through before starting the next.
             if i % CONNECT_WAVE == CONNECT_WAVE - 1 {
                 let started = Instant::now();
@@ -622,7 +703,10 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 fn main() {
     let Some(config) = Config::from_env() else {
-        println!("e2e_load: BENCH_HTTP is not set; nothing to do. Run scripts/bench.sh.");
+        mqtt_ws::self_check();
+        println!(
+            "e2e_load: BENCH_HTTP (or BENCH_MQTT_WS) is not set; nothing to do. Run scripts/bench.sh."
+        );
         return;
     };
     let total = config.total_frames();
@@ -642,9 +726,14 @@ fn main() {
     });
     // BENCH_HTTP may name several instances (cluster mode), comma-separated.
     let urls: Vec<String> = config
-        .http
+        .endpoints
         .split(',')
-        .map(|http| format!("ws://{}/v1/ws?topic=devices%2F%2B%2Fmetrics", http.trim()))
+        .map(|host| match config.kind {
+            ClientKind::Edgebus => {
+                format!("ws://{}/v1/ws?topic=devices%2F%2B%2Fmetrics", host.trim())
+            }
+            ClientKind::MqttWs => format!("ws://{}/", host.trim()),
+        })
         .collect();
     let connect_by = Instant::now() + config.connect_timeout;
     let deadline = connect_by + config.duration + config.drain + Duration::from_secs(10);
@@ -654,12 +743,12 @@ fn main() {
     let mut first = 0;
     for t in 0..config.threads {
         let n = config.clients / config.threads + usize::from(t < config.clients % config.threads);
-        let (shared, urls) = (shared.clone(), urls.clone());
+        let (shared, urls, kind) = (shared.clone(), urls.clone(), config.kind);
         let start = first;
         first += n;
         let handle = std::thread::Builder::new()
             .name(format!("ws-clients-{t}"))
-            .spawn(move || receiver_thread(shared, urls, start, n, connect_by, deadline))
+            .spawn(move || receiver_thread(kind, shared, urls, start, n, connect_by, deadline))
             .expect("spawning a client thread");
         threads.push(handle);
     }
@@ -783,8 +872,12 @@ fn report(
         "publisher:          {publisher}, QoS {}, {} devices round-robin, 1 ms batches",
         config.qos, config.devices
     );
+    let kind = match config.kind {
+        ClientKind::Edgebus => "edgebus /v1/ws",
+        ClientKind::MqttWs => "MQTT over WebSocket on the broker",
+    };
     println!(
-        "clients:            {} requested, {connected} connected, {ready} subscribed, {} thread(s), {closed_early} closed early",
+        "clients:            {} requested ({kind}), {connected} connected, {ready} subscribed, {} thread(s), {closed_early} closed early",
         config.clients, config.threads
     );
     println!(

@@ -8,6 +8,7 @@
 #   MODE=e2e SCENARIOS=sse scripts/bench.sh             # 10,000 idle SSE streams
 #   MODE=e2e SCENARIOS=sse SSE_STREAMS=2000 SSE_EVENTS=20 scripts/bench.sh
 #   MODE=e2e SCENARIOS=fleet FLEET_DEVICES=1000 FLEET_RATE=20000 scripts/bench.sh  # `edgebus simulate`
+#   MODE=e2e SCENARIOS=custom BROKER=mosquitto-ws RATE=50000 CLIENTS=1 scripts/bench.sh  # no edgebus
 #
 # e2e: builds release, then per scenario starts target/release/edgebus with an
 # embedded broker on free ports (never the shared broker on 1883), waits for
@@ -31,6 +32,17 @@
 #                  is one instance on the same Mosquitto without Redis (what the
 #                  Redis hop adds). Reports CPU of edgebus, Redis and Mosquitto
 #                  separately, per 100,000 deliveries.
+# Brokers (BROKER, scenarios a, b and custom; cluster always runs its own Mosquitto):
+#            embedded = rumqttd inside edgebus (default);
+#            mosquitto = a private Mosquitto on a free port, edgebus in external mode;
+#            mosquitto-ws = the reference with no bridge at all: a private
+#                  Mosquitto with a second listener, `protocol websockets`, and
+#                  no edgebus. The K clients speak MQTT 3.1.1 over WebSocket to
+#                  it (BENCH_CLIENT_KIND=mqtt-ws in the load client), QoS 0 on
+#                  devices/+/metrics, and count frames and latency as the
+#                  edgebus clients do. The RESULT line keeps its fields, with
+#                  edgebus's CPU and RSS as n/a. Needs a Mosquitto built with
+#                  websockets support (Debian's is); fails clearly without it.
 # The load client runs on the same machine and competes with edgebus for CPU,
 # and opens every stream from one address: the per-address stream caps and
 # the stream-open rate are lifted for it.
@@ -57,7 +69,7 @@ DRAIN="${DRAIN:-10}"                    # max seconds to wait for deliveries aft
 READY_TIMEOUT="${READY_TIMEOUT:-60}"    # seconds to wait for /readyz
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 LOG_DIR="${LOG_DIR:-$TARGET_DIR/bench-logs}"
-BROKER="${BROKER:-embedded}"            # embedded (rumqttd in edgebus) | mosquitto (a private one on a free port)
+BROKER="${BROKER:-embedded}"            # embedded (rumqttd in edgebus) | mosquitto (a private one on a free port) | mosquitto-ws (its WebSocket listener, no edgebus)
 PERF="${PERF:-0}"                       # 1 = `perf record` edgebus during publishing (flat profile)
 SSE_STREAMS="${SSE_STREAMS:-10000}"     # sse: concurrent streams
 SSE_EVENTS="${SSE_EVENTS:-50}"          # sse: notifications fanned out, one at a time
@@ -145,6 +157,36 @@ pick_ports() {
   base="http://127.0.0.1:$http_port"
 }
 
+# Starts a private Mosquitto with an MQTT listener on $mqtt_port and, when
+# given a second port, a WebSocket listener there; waits until both accept.
+start_mosquitto() {
+  local ws_port=${1:-} conf="$data_dir/mosquitto.conf" mosquitto_log="$LOG_DIR/mosquitto.log"
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n' \
+    "$mqtt_port" >"$conf"
+  [ -n "$ws_port" ] && printf 'listener %s 127.0.0.1\nprotocol websockets\n' "$ws_port" >>"$conf"
+  mosquitto -c "$conf" >"$mosquitto_log" 2>&1 &
+  MOSQUITTO_PID=$!
+  local i port up
+  for i in $(seq 1 50); do
+    up=1
+    for port in "$mqtt_port" $ws_port; do
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || up=0
+    done
+    [ "$up" = 1 ] && return 0
+    kill -0 "$MOSQUITTO_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -n "$ws_port" ]; then
+    echo "BROKER=mosquitto-ws: Mosquitto did not open its WebSocket listener on $ws_port" \
+      "(built without websockets support, or the port was taken); its log:" >&2
+  else
+    echo "Mosquitto did not open its listener on $mqtt_port; its log:" >&2
+  fi
+  sed 's/^/  /' "$mosquitto_log" >&2
+  stop_mosquitto
+  return 1
+}
+
 # Starts release edgebus with an embedded broker on the picked ports (or,
 # with BROKER=mosquitto, a private Mosquitto there and edgebus in external
 # mode), plus the given extra VAR=value settings, and waits for /readyz.
@@ -152,16 +194,7 @@ start_edgebus() {
   local mode=embedded
   if [ "$BROKER" = "mosquitto" ]; then
     mode=external
-    local conf="$data_dir/mosquitto.conf"
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n' \
-      "$mqtt_port" >"$conf"
-    mosquitto -c "$conf" >"$LOG_DIR/mosquitto.log" 2>&1 &
-    MOSQUITTO_PID=$!
-    local i
-    for i in $(seq 1 50); do
-      (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break
-      sleep 0.1
-    done
+    start_mosquitto || return 1
   fi
   env EDGEBUS__HTTP__BIND="127.0.0.1:$http_port" \
     EDGEBUS__MQTT__URL="mqtt://127.0.0.1:$mqtt_port" \
@@ -207,6 +240,10 @@ cpu_report() {
 }
 
 run_scenario() {
+  if [ "$BROKER" = "mosquitto-ws" ]; then
+    run_mqtt_ws_scenario "$@"
+    return
+  fi
   local label=$1 rate=$2 clients=$3
   local http_port mqtt_port data_dir log base
   pick_ports "$label"
@@ -270,6 +307,52 @@ run_scenario() {
       printf "cpu_s_edgebus=%.2f cpu_s_broker=%.2f us_per_delivery_edgebus=%.2f us_per_delivery_broker=%.2f peak_rss_mib_edgebus=%.1f peak_rss_mib_broker=%.1f",
         e / hz, b / hz, e / hz * per, b / hz * per, rss / 1024, brss / 1024 }')")
   stop_edgebus
+  rm -rf "$data_dir"
+}
+
+# The no-bridge reference: the load client publishes to a private Mosquitto
+# and its clients read MQTT over WebSocket from Mosquitto's own WebSocket
+# listener; no edgebus runs.
+run_mqtt_ws_scenario() {
+  local label=$1 rate=$2 clients=$3
+  local http_port mqtt_port data_dir log base ws_port
+  pick_ports "$label"
+  ws_port=$(free_port)
+  while [ "$ws_port" = "$mqtt_port" ] || [ "$ws_port" = "$http_port" ]; do ws_port=$(free_port); done
+
+  echo
+  echo "### scenario $label: $clients MQTT-over-WebSocket client(s) on Mosquitto, no edgebus, $rate frames/s, ${DURATION}s (mqtt $mqtt_port, ws $ws_port)"
+  start_mosquitto "$ws_port" || return 1
+  local broker_before broker_after started=$SECONDS
+  broker_before=$(proc_ticks "$MOSQUITTO_PID")
+  BENCH_LABEL="$label" \
+  BENCH_CLIENT_KIND=mqtt-ws \
+  BENCH_MQTT_WS="127.0.0.1:$ws_port" \
+  BENCH_MQTT="127.0.0.1:$mqtt_port" \
+  BENCH_RATE="$rate" \
+  BENCH_CLIENTS="$clients" \
+  BENCH_THREADS="$THREADS" \
+  BENCH_DURATION_S="$DURATION" \
+  BENCH_DEVICES="$DEVICES" \
+  BENCH_PUBLISHER="$PUBLISHER" \
+  BENCH_QOS="$QOS" \
+  BENCH_DRAIN_S="$DRAIN" \
+    "$LOAD_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
+  broker_after=$(proc_ticks "$MOSQUITTO_PID")
+  local wall=$(( SECONDS - started > 0 ? SECONDS - started : 1 ))
+  local hz result delivered
+  hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+  echo "mosquitto CPU during the load run (~${wall}s wall): $(awk -v t=$(( broker_after - broker_before )) -v hz="$hz" -v w="$wall" \
+    'BEGIN { printf "%.2f s (%.1f%% of a core)", t / hz, 100 * t / hz / w }')"
+  grep -m 5 -i -E 'error|warn' "$LOG_DIR/mosquitto.log" | sed 's/^/  log: /' || true
+  result=$(grep '^RESULT' "$LOG_DIR/load-$label.txt" || echo "RESULT label=$label (no result)")
+  delivered=$(echo "$result" | grep -o ' delivered=[0-9]*' | cut -d= -f2)
+  RESULTS+=("$result broker=$BROKER $(awk -v b=$(( broker_after - broker_before )) \
+    -v hz="$hz" -v d="${delivered:-0}" -v brss="$(peak_rss_kib "$MOSQUITTO_PID")" 'BEGIN {
+      per = d > 0 ? 1e6 / d : 0
+      printf "cpu_s_edgebus=n/a cpu_s_broker=%.2f us_per_delivery_edgebus=n/a us_per_delivery_broker=%.2f peak_rss_mib_edgebus=n/a peak_rss_mib_broker=%.1f",
+        b / hz, b / hz * per, brss / 1024 }')")
+  stop_mosquitto
   rm -rf "$data_dir"
 }
 
@@ -499,6 +582,19 @@ if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
       *) echo "unknown scenario $scenario (a, b, custom, sse, fleet, cluster)" >&2; exit 2 ;;
     esac
   done
+  case "$BROKER" in
+    embedded|mosquitto) ;;
+    mosquitto-ws)
+      for scenario in $SCENARIOS; do
+        case "$scenario" in
+          a|b|custom) ;;
+          *) echo "BROKER=mosquitto-ws runs scenarios a, b and custom only, not $scenario" >&2; exit 2 ;;
+        esac
+      done
+      command -v mosquitto >/dev/null 2>&1 \
+        || { echo "BROKER=mosquitto-ws needs mosquitto on PATH" >&2; exit 2; } ;;
+    *) echo "unknown BROKER $BROKER (embedded, mosquitto, mosquitto-ws)" >&2; exit 2 ;;
+  esac
   echo "### building release edgebus and the load client(s)"
   cargo build --release --bin edgebus
   LOAD_BIN="" SSE_BIN=""
