@@ -55,8 +55,9 @@ const SOURCE: &str = "bench";
 /// A response head longer than this is refused.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// SSE lines and event data longer than this are not kept (a big snapshot's
-/// data line is only skipped over; our notifications are ~250 bytes).
+/// SSE lines, event data and WebSocket text messages longer than this are
+/// not kept (a big snapshot is only skipped over, its kind read from its
+/// first bytes; our notifications are ~250 bytes).
 const MAX_LINE: usize = 4 * 1024;
 
 /// Buffers grown past this by a long line are given back afterwards, so
