@@ -1,22 +1,27 @@
-//! SSE fan-out benchmark: many idle Server-Sent Events streams on one
-//! edgebus, the memory each costs it, and the time to fan one event out to
-//! all of them (issue 3: 10,000 streams, < 16 KiB per idle stream, fan-out
-//! p99 < 250 ms).
+//! Fan-out benchmark: many idle streams on one edgebus, the memory each
+//! costs it, and the time to fan one event out to all of them (10,000
+//! streams, < 16 KiB per idle stream, fan-out p99 < 250 ms). A stream is a
+//! Server-Sent Events stream (`BENCH_KIND=sse`, the default) or a WebSocket
+//! (`BENCH_KIND=ws`).
 //!
-//! Driven by `scripts/bench.sh` (`MODE=e2e SCENARIOS=sse`), which starts a
-//! release `edgebus` on free ports and passes its pid. On its own (`cargo
-//! bench` without `BENCH_HTTP`) it prints a note and exits.
+//! Driven by `scripts/bench.sh` (`MODE=e2e SCENARIOS=sse` or `ws`), which
+//! starts a release `edgebus` on free ports and passes its pid. On its own
+//! (`cargo bench` without `BENCH_HTTP`) it prints a note and exits.
 //!
-//! 1. Checks its own parser (chunked transfer coding + SSE lines) on a
-//!    canned response, then warms edgebus up: one stream opened, one
-//!    notification published and received (fed to the parser one byte at a
-//!    time), the stream closed. Waits until edgebus reports 0 open SSE
-//!    sessions and reads its RSS (`/proc/<BENCH_EDGEBUS_PID>/status`).
+//! 1. Checks its own parsers (chunked transfer coding + SSE lines;
+//!    WebSocket frames) on canned responses, then warms edgebus up: one
+//!    stream opened, one notification published and received (fed to the
+//!    parser one byte at a time), the stream closed. Waits until edgebus
+//!    reports 0 open sessions of the kind and reads its RSS
+//!    (`/proc/<BENCH_EDGEBUS_PID>/status`).
 //! 2. Opens `BENCH_STREAMS` streams on `/v1/events?topic=notifications/%23`
-//!    over raw tokio sockets: one small task per stream, `BENCH_THREADS`
-//!    current-thread runtimes, one read buffer per thread (a task reads only
-//!    when its socket is readable and keeps no buffer of its own beyond one
-//!    SSE line). Streams open in waves of `BENCH_WAVE` (spread over the
+//!    (SSE) or `/v1/ws?topic=notifications/%23` (WebSocket, upgraded with
+//!    version 13) over raw tokio sockets: one small task per stream,
+//!    `BENCH_THREADS` current-thread runtimes, one read buffer per thread (a
+//!    task reads only when its socket is readable and keeps no buffer of its
+//!    own beyond one SSE line or text message). WebSocket streams answer
+//!    every ping with a masked pong, as edgebus closes clients that stay
+//!    silent. Streams open in waves of `BENCH_WAVE` (spread over the
 //!    threads); a wave is done when each of its streams has its `snapshot`
 //!    (the bus registered it) or failed.
 //! 3. Once all are open and idle for `BENCH_SETTLE_S`, reads edgebus's RSS
@@ -50,8 +55,9 @@ const SOURCE: &str = "bench";
 /// A response head longer than this is refused.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// SSE lines and event data longer than this are not kept (a big snapshot's
-/// data line is only skipped over; our notifications are ~250 bytes).
+/// SSE lines, event data and WebSocket text messages longer than this are
+/// not kept (a big snapshot is only skipped over, its kind read from its
+/// first bytes; our notifications are ~250 bytes).
 const MAX_LINE: usize = 4 * 1024;
 
 /// Buffers grown past this by a long line are given back afterwards, so
@@ -73,8 +79,64 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Distinct stream errors kept for the report.
 const KEEP_ERRORS: usize = 5;
 
+/// What a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Sse,
+    Ws,
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "sse" => Ok(Protocol::Sse),
+            "ws" => Ok(Protocol::Ws),
+            other => Err(format!("unknown stream kind {other:?}: use sse or ws")),
+        }
+    }
+}
+
+impl Protocol {
+    /// Also the `kind` label of `edgebus_sessions_open`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Sse => "sse",
+            Protocol::Ws => "ws",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Sse => "SSE",
+            Protocol::Ws => "WebSocket",
+        }
+    }
+
+    fn request(self, host: &str) -> String {
+        match self {
+            Protocol::Sse => format!(
+                "GET /v1/events?topic={FILTER} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+            ),
+            Protocol::Ws => format!(
+                "GET /v1/ws?topic={FILTER} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ),
+        }
+    }
+
+    fn reader(self) -> Reader {
+        match self {
+            Protocol::Sse => Reader::Sse(SseReader::new()),
+            Protocol::Ws => Reader::Ws(WsReader::new()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Config {
+    protocol: Protocol,
     label: String,
     http: String,
     addr: SocketAddr,
@@ -110,8 +172,10 @@ impl Config {
         let streams: usize = env_or("BENCH_STREAMS", 10_000usize).max(1);
         let threads: usize = env_or("BENCH_THREADS", 2usize).clamp(1, streams);
         let pid: u32 = env_or("BENCH_EDGEBUS_PID", 0u32);
+        let protocol: Protocol = env_or("BENCH_KIND", Protocol::Sse);
         Some(Self {
-            label: env_or("BENCH_LABEL", "sse".to_owned()),
+            protocol,
+            label: env_or("BENCH_LABEL", protocol.as_str().to_owned()),
             http,
             addr,
             streams,
@@ -130,12 +194,14 @@ impl Config {
 // ---------------------------------------------------------------------------
 // Response parsing: HTTP/1.1 head, chunked transfer coding, SSE lines.
 
-/// The event name of a dispatched SSE event, as far as this bench cares.
+/// What a dispatched SSE event or WebSocket text message is, as far as this
+/// bench cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// No `event:` field (the SSE default, `message`), or `message`.
     Message,
     Snapshot,
+    /// SSE `event: notification`; WebSocket `{"type":"event",…}`.
     Notification,
     Lagged,
     Other,
@@ -446,7 +512,336 @@ fn parse_marked(data: &[u8], marker: &[u8]) -> Option<(u64, u64)> {
     (rest.get(len) == Some(&b'"')).then_some((seq, sent))
 }
 
-/// The parser against a canned response, fed whole and one byte at a time:
+// ---------------------------------------------------------------------------
+// WebSocket: the upgrade answer and server frames.
+
+/// RFC 6455's sample key; any key will do, and with this one the answer's
+/// `Sec-WebSocket-Accept` is known without hashing.
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Where the reader is in the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WsFraming {
+    Head,
+    /// A frame header: 2 bytes, then 0, 2 or 8 bytes of extended length
+    /// (server frames carry no masking key).
+    FrameHead,
+    Payload {
+        left: u64,
+    },
+    /// The server sent a close frame.
+    Closed,
+}
+
+/// One WebSocket connection from the server's side: the `101` answer, then
+/// frames. Text messages (fragmented or not) go to a callback as `(kind,
+/// message)` (`None` when the message was too long to keep; its kind still
+/// comes from its first bytes); a ping leaves a pong to send.
+struct WsReader {
+    framing: WsFraming,
+    head: Vec<u8>,
+    header: [u8; 10],
+    header_len: u8,
+    /// The frame being read: its opcode and FIN bit.
+    opcode: u8,
+    fin: bool,
+    /// A message is open (its first frame came without FIN).
+    in_message: bool,
+    /// The open message is binary (counted, never read).
+    binary: bool,
+    /// The message's first `MAX_LINE` bytes.
+    message: Vec<u8>,
+    message_long: bool,
+    /// A control frame's payload (at most 125 bytes).
+    control: Vec<u8>,
+    /// The payload of the last ping not answered yet.
+    pong: Option<Vec<u8>>,
+    /// The close frame's code and reason.
+    close: Option<String>,
+}
+
+impl WsReader {
+    fn new() -> Self {
+        Self {
+            framing: WsFraming::Head,
+            head: Vec::new(),
+            header: [0; 10],
+            header_len: 0,
+            opcode: 0,
+            fin: false,
+            in_message: false,
+            binary: false,
+            message: Vec::new(),
+            message_long: false,
+            control: Vec::new(),
+            pong: None,
+            close: None,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.framing == WsFraming::Closed
+    }
+
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        on_event: &mut impl FnMut(Kind, Option<&[u8]>),
+    ) -> Result<(), String> {
+        if self.framing == WsFraming::Head {
+            let searched_from = self.head.len().saturating_sub(3);
+            self.head.extend_from_slice(bytes);
+            let Some(end) = find(&self.head[searched_from..], b"\r\n\r\n") else {
+                if self.head.len() > MAX_HEAD {
+                    return Err(format!("response head over {MAX_HEAD} bytes"));
+                }
+                return Ok(());
+            };
+            let end = searched_from + end + 4;
+            let head = std::mem::take(&mut self.head);
+            parse_upgrade(&head[..end])?;
+            self.framing = WsFraming::FrameHead;
+            return self.frames(&head[end..], on_event);
+        }
+        self.frames(bytes, on_event)
+    }
+
+    fn frames(
+        &mut self,
+        bytes: &[u8],
+        on_event: &mut impl FnMut(Kind, Option<&[u8]>),
+    ) -> Result<(), String> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.framing {
+                WsFraming::Head => return Err("frames before the head".into()),
+                WsFraming::Closed => return Err("bytes after the close frame".into()),
+                WsFraming::FrameHead => {
+                    self.header[usize::from(self.header_len)] = bytes[i];
+                    self.header_len += 1;
+                    i += 1;
+                    if let Some(left) = self.header_done()? {
+                        self.header_len = 0;
+                        self.control.clear();
+                        self.framing = WsFraming::Payload { left };
+                        if left == 0 {
+                            self.frame_end(on_event)?;
+                        }
+                    }
+                }
+                WsFraming::Payload { left } => {
+                    let n = (bytes.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    self.payload(&bytes[i..i + n]);
+                    i += n;
+                    let left = left - n as u64;
+                    self.framing = WsFraming::Payload { left };
+                    if left == 0 {
+                        self.frame_end(on_event)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The payload length once the header is complete; checks it.
+    fn header_done(&mut self) -> Result<Option<u64>, String> {
+        let h = &self.header[..usize::from(self.header_len)];
+        if h.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (h[0], h[1]);
+        if b1 & 0x80 != 0 {
+            return Err("a masked frame from the server".into());
+        }
+        if b0 & 0x70 != 0 {
+            return Err(format!("reserved bits set ({b0:#04x})"));
+        }
+        let need = match b1 & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        if h.len() < need {
+            return Ok(None);
+        }
+        let len = match need {
+            4 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+            10 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+            _ => u64::from(b1 & 0x7f),
+        };
+        let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
+        match opcode {
+            0x8..=0xa if !fin || len > 125 => {
+                return Err(format!(
+                    "control frame {opcode:#x} fragmented or over 125 bytes"
+                ))
+            }
+            0x8..=0xa => {}
+            0x0 if !self.in_message => return Err("continuation without a message".into()),
+            0x1 | 0x2 if self.in_message => {
+                return Err("a new message inside a fragmented one".into())
+            }
+            0x0..=0x2 => self.in_message = true,
+            _ => return Err(format!("unknown opcode {opcode:#x}")),
+        }
+        if opcode == 0x1 || opcode == 0x2 {
+            self.binary = opcode == 0x2;
+        }
+        self.opcode = opcode;
+        self.fin = fin;
+        Ok(Some(len))
+    }
+
+    fn payload(&mut self, bytes: &[u8]) {
+        if self.opcode >= 0x8 {
+            self.control.extend_from_slice(bytes);
+            return;
+        }
+        let room = MAX_LINE - self.message.len();
+        if bytes.len() > room {
+            self.message_long = true;
+        }
+        self.message
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn frame_end(&mut self, on_event: &mut impl FnMut(Kind, Option<&[u8]>)) -> Result<(), String> {
+        self.framing = WsFraming::FrameHead;
+        match self.opcode {
+            0x8 => {
+                let code = match self.control.get(..2) {
+                    Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]).to_string(),
+                    _ => "none".into(),
+                };
+                let reason = String::from_utf8_lossy(self.control.get(2..).unwrap_or_default());
+                self.close = Some(format!("close frame {code} {reason:?}"));
+                self.framing = WsFraming::Closed;
+            }
+            0x9 => self.pong = Some(std::mem::take(&mut self.control)),
+            0xa => {}
+            _ if !self.fin => {}
+            _ => {
+                if self.binary {
+                    on_event(Kind::Other, None);
+                } else {
+                    on_event(
+                        ws_kind(&self.message),
+                        (!self.message_long).then_some(&self.message[..]),
+                    );
+                }
+                self.in_message = false;
+                self.message.clear();
+                self.message_long = false;
+                if self.message.capacity() > KEEP_CAPACITY {
+                    self.message = Vec::new();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A text message's kind from its first bytes: edgebus renders `type` first.
+fn ws_kind(message: &[u8]) -> Kind {
+    let Some(rest) = message.strip_prefix(b"{\"type\":\"") else {
+        return Kind::Other;
+    };
+    match rest {
+        _ if rest.starts_with(b"event\"") => Kind::Notification,
+        _ if rest.starts_with(b"snapshot\"") => Kind::Snapshot,
+        _ if rest.starts_with(b"lagged\"") => Kind::Lagged,
+        _ => Kind::Other,
+    }
+}
+
+/// Checks the answer to the upgrade request.
+fn parse_upgrade(head: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    let code = status.split(' ').nth(1).unwrap_or_default();
+    if !status.starts_with("HTTP/1.") || code != "101" {
+        return Err(format!("status line {status:?}"));
+    }
+    let accepted = lines.any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == WS_ACCEPT
+        })
+    });
+    if !accepted {
+        return Err(format!("no Sec-WebSocket-Accept: {WS_ACCEPT}"));
+    }
+    Ok(())
+}
+
+/// A pong with `payload`, masked as every client frame must be.
+fn ws_pong(payload: &[u8]) -> Vec<u8> {
+    // Masking is for proxies, not secrecy: a fixed key is enough here.
+    const MASK: [u8; 4] = [0x5a, 0xc3, 0x3c, 0xa5];
+    let mut frame = Vec::with_capacity(6 + payload.len());
+    frame.push(0x8a);
+    frame.push(0x80 | payload.len().min(125) as u8);
+    frame.extend_from_slice(&MASK);
+    frame.extend(
+        payload
+            .iter()
+            .take(125)
+            .zip(MASK.iter().cycle())
+            .map(|(b, m)| b ^ m),
+    );
+    frame
+}
+
+/// A stream's reader, by protocol.
+enum Reader {
+    Sse(SseReader),
+    Ws(WsReader),
+}
+
+impl Reader {
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        on_event: &mut impl FnMut(Kind, Option<&[u8]>),
+    ) -> Result<(), String> {
+        match self {
+            Reader::Sse(reader) => reader.feed(bytes, on_event),
+            Reader::Ws(reader) => reader.feed(bytes, on_event),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Reader::Sse(reader) => reader.done(),
+            Reader::Ws(reader) => reader.done(),
+        }
+    }
+
+    /// A pong frame owed to the server, if any.
+    fn take_pong(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Reader::Sse(_) => None,
+            Reader::Ws(reader) => reader.pong.take().map(|payload| ws_pong(&payload)),
+        }
+    }
+
+    /// How the server ended the stream, when it said so.
+    fn end(&self) -> String {
+        match self {
+            Reader::Ws(WsReader {
+                close: Some(close), ..
+            }) => format!("server ended the stream ({close})"),
+            _ => "server ended the stream".into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Self-checks of the parsers.
+
+/// The SSE parser against a canned response, fed whole and one byte at a time:
 /// chunks that split lines and events, CRLF and CR line ends, a chunk
 /// extension, comments, a multi-line data field, an event without data.
 fn self_check() {
@@ -492,6 +887,106 @@ fn self_check() {
         Some((3, 1234))
     );
     assert_eq!(parse_marked(br#"{"message":"m 3 12x"}"#, marker), None);
+    ws_self_check();
+}
+
+/// A server frame: FIN, opcode, the shortest length form unless `long`.
+fn ws_frame(fin: bool, opcode: u8, payload: &[u8], long: bool) -> Vec<u8> {
+    let mut frame = vec![u8::from(fin) << 7 | opcode];
+    match payload.len() {
+        _ if long => {
+            frame.push(127);
+            frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+        n if n < 126 => frame.push(n as u8),
+        n => {
+            frame.push(126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The WebSocket parser against a canned connection, fed whole and one byte
+/// at a time: a snapshot in three fragments with a ping between them, events
+/// with 7-, 16- and 64-bit lengths, a pong, a binary and an over-long
+/// message, a close frame; and the pong it owes.
+fn ws_self_check() {
+    let big_event = format!(
+        r#"{{"type":"event","payload":{{"message":"{}"}}}}"#,
+        "x".repeat(300)
+    );
+    let huge = format!(
+        r#"{{"type":"snapshot","events":["{}"]}}"#,
+        "y".repeat(MAX_LINE)
+    );
+    let mut wire = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         sec-websocket-accept: {WS_ACCEPT}\r\n\r\n"
+    )
+    .into_bytes();
+    wire.extend(ws_frame(false, 0x1, br#"{"type":"snap"#, false));
+    wire.extend(ws_frame(true, 0x9, b"hb", false));
+    wire.extend(ws_frame(false, 0x0, br#"shot","events":"#, false));
+    wire.extend(ws_frame(true, 0x0, b"[]}", false));
+    wire.extend(ws_frame(true, 0x1, br#"{"type":"event","id":1}"#, false));
+    wire.extend(ws_frame(true, 0x1, big_event.as_bytes(), false));
+    wire.extend(ws_frame(true, 0xa, b"", false));
+    wire.extend(ws_frame(
+        true,
+        0x1,
+        br#"{"type":"lagged","dropped":2}"#,
+        true,
+    ));
+    wire.extend(ws_frame(true, 0x2, br#"{"type":"event"}"#, false));
+    wire.extend(ws_frame(true, 0x1, huge.as_bytes(), false));
+    wire.extend(ws_frame(true, 0x8, b"\x03\xe9bye", false));
+    let expected: Vec<(Kind, Option<Vec<u8>>)> = vec![
+        (
+            Kind::Snapshot,
+            Some(br#"{"type":"snapshot","events":[]}"#.to_vec()),
+        ),
+        (
+            Kind::Notification,
+            Some(br#"{"type":"event","id":1}"#.to_vec()),
+        ),
+        (Kind::Notification, Some(big_event.clone().into_bytes())),
+        (
+            Kind::Lagged,
+            Some(br#"{"type":"lagged","dropped":2}"#.to_vec()),
+        ),
+        (Kind::Other, None),
+        (Kind::Snapshot, None),
+    ];
+    for step in [wire.len(), 1] {
+        let mut reader = Reader::Ws(WsReader::new());
+        let mut got = Vec::new();
+        let mut pongs = Vec::new();
+        for piece in wire.chunks(step) {
+            reader
+                .feed(piece, &mut |kind, data| {
+                    got.push((kind, data.map(<[u8]>::to_vec)))
+                })
+                .expect("the canned frames parse");
+            pongs.extend(reader.take_pong());
+        }
+        assert_eq!(
+            got, expected,
+            "WebSocket parser self-check (pieces of {step})"
+        );
+        assert!(reader.done(), "the close frame ends the stream");
+        assert_eq!(
+            reader.end(),
+            r#"server ended the stream (close frame 1001 "bye")"#
+        );
+        let pong = vec![0x8a, 0x82, 0x5a, 0xc3, 0x3c, 0xa5, b'h' ^ 0x5a, b'b' ^ 0xc3];
+        assert_eq!(pongs, vec![pong], "one masked pong with the ping's payload");
+    }
+    let mut masked = WsReader::new();
+    masked.framing = WsFraming::FrameHead;
+    assert!(masked.feed(&[0x81, 0x80], &mut |_, _| {}).is_err());
+    assert!(parse_upgrade(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
 }
 
 // ---------------------------------------------------------------------------
@@ -502,8 +997,9 @@ struct Shared {
     /// Common clock: all times are nanoseconds since this instant.
     start: Instant,
     addr: SocketAddr,
+    protocol: Protocol,
     request: Vec<u8>,
-    /// `"message":"sse-bench-<pid> ` (the rest is `<seq> <sent_ns>"`).
+    /// `"message":"<kind>-bench-<pid> ` (the rest is `<seq> <sent_ns>"`).
     marker: Vec<u8>,
     events: usize,
     ready: AtomicUsize,
@@ -552,7 +1048,7 @@ thread_local! {
 
 /// One stream's own state (what stays allocated while it idles).
 struct Stream {
-    reader: SseReader,
+    reader: Reader,
     tally: Tally,
 }
 
@@ -604,19 +1100,24 @@ async fn connect(shared: &Shared) -> Result<tokio::net::TcpStream, String> {
     let socket = tokio::net::TcpStream::connect(shared.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    write_all(&socket, &shared.request).await?;
+    Ok(socket)
+}
+
+async fn write_all(socket: &tokio::net::TcpStream, bytes: &[u8]) -> Result<(), String> {
     let mut written = 0;
-    while written < shared.request.len() {
+    while written < bytes.len() {
         socket
             .writable()
             .await
             .map_err(|e| format!("writable: {e}"))?;
-        match socket.try_write(&shared.request[written..]) {
+        match socket.try_write(&bytes[written..]) {
             Ok(n) => written += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(format!("write: {e}")),
         }
     }
-    Ok(socket)
+    Ok(())
 }
 
 enum Step {
@@ -634,7 +1135,7 @@ async fn run_stream(shared: Arc<Shared>, local: Rc<Local>) {
         Err(_) => return stream_failed(&shared, &local, "connect timed out".into()),
     };
     let mut stream = Stream {
-        reader: SseReader::new(),
+        reader: shared.protocol.reader(),
         tally: Tally {
             seen: vec![0u64; shared.events.div_ceil(64)].into_boxed_slice(),
             ready: false,
@@ -667,10 +1168,15 @@ async fn run_stream(shared: Arc<Shared>, local: Rc<Local>) {
             Step::More => {}
             end => break end,
         }
+        if let Some(pong) = stream.reader.take_pong() {
+            if let Err(error) = write_all(&socket, &pong).await {
+                break Step::Failed(format!("pong: {error}"));
+            }
+        }
     };
     let reason = match end {
         Step::Failed(error) => error,
-        _ => "server ended the stream".to_owned(),
+        _ => stream.reader.end(),
     };
     if !stream.tally.ready {
         stream_failed(&shared, &local, reason);
@@ -790,18 +1296,19 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// `edgebus_sessions_open{kind="sse"}` from /metrics.
-fn sse_sessions(addr: SocketAddr) -> Result<u64, String> {
+/// `edgebus_sessions_open{kind="<sse|ws>"}` from /metrics.
+fn open_sessions(addr: SocketAddr, protocol: Protocol) -> Result<u64, String> {
     let (status, body) = http_exchange(addr, "GET", "/metrics", None)?;
     if status != 200 {
         return Err(format!("GET /metrics answered {status}"));
     }
     let text = String::from_utf8_lossy(&body);
+    let series = format!("edgebus_sessions_open{{kind=\"{}\"}} ", protocol.as_str());
     text.lines()
-        .find_map(|l| l.strip_prefix("edgebus_sessions_open{kind=\"sse\"} "))
+        .find_map(|l| l.strip_prefix(series.as_str()))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
-        .ok_or_else(|| "no edgebus_sessions_open{kind=\"sse\"} in /metrics".into())
+        .ok_or_else(|| format!("no {} in /metrics", series.trim_end()))
 }
 
 /// `POST /v1/notifications` with `message`: the answer's status.
@@ -823,8 +1330,8 @@ fn warm_up(config: &Config, shared: &Shared, pid: u32) -> Result<(), String> {
     socket
         .write_all(&shared.request)
         .map_err(|e| format!("warm-up request: {e}"))?;
-    let message = format!("sse-bench-{pid} warm-up");
-    let mut reader = SseReader::new();
+    let message = format!("{}-bench-{pid} warm-up", config.protocol.as_str());
+    let mut reader = config.protocol.reader();
     let (mut snapshot, mut published, mut received) = (false, false, false);
     let mut buf = [0u8; 4096];
     while !received {
@@ -862,15 +1369,24 @@ fn warm_up(config: &Config, shared: &Shared, pid: u32) -> Result<(), String> {
                 _ => {}
             })?;
         }
+        if reader.done() {
+            return Err(format!("warm-up: {}", reader.end()));
+        }
+        if let Some(pong) = reader.take_pong() {
+            socket
+                .write_all(&pong)
+                .map_err(|e| format!("warm-up pong: {e}"))?;
+        }
     }
     drop(socket);
     let deadline = Instant::now() + HTTP_TIMEOUT;
     loop {
-        match sse_sessions(config.addr)? {
+        match open_sessions(config.addr, config.protocol)? {
             0 => return Ok(()),
             n if Instant::now() >= deadline => {
                 return Err(format!(
-                    "warm-up: {n} SSE sessions still open after closing"
+                    "warm-up: {n} {} sessions still open after closing",
+                    config.protocol.name()
                 ))
             }
             _ => std::thread::sleep(Duration::from_millis(20)),
@@ -931,15 +1447,13 @@ fn main() {
     };
     self_check();
     let pid = std::process::id();
+    let tag = format!("{}-bench-{pid}", config.protocol.as_str());
     let shared = Arc::new(Shared {
         start: Instant::now(),
         addr: config.addr,
-        request: format!(
-            "GET /v1/events?topic={FILTER} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-            config.http
-        )
-        .into_bytes(),
-        marker: format!("\"message\":\"sse-bench-{pid} ").into_bytes(),
+        protocol: config.protocol,
+        request: config.protocol.request(&config.http).into_bytes(),
+        marker: format!("\"message\":\"{tag} ").into_bytes(),
         events: config.events,
         ready: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
@@ -974,7 +1488,7 @@ fn main() {
         let wave = (config.wave / config.threads).max(1);
         let shared = shared.clone();
         let handle = std::thread::Builder::new()
-            .name(format!("sse-streams-{t}"))
+            .name(format!("{}-streams-{t}", config.protocol.as_str()))
             .spawn(move || stream_thread(shared, n, wave))
             .expect("spawning a stream thread");
         threads.push(handle);
@@ -1004,7 +1518,7 @@ fn main() {
     let ready = shared.ready.load(Ordering::Acquire);
     let rss_idle = edgebus_rss();
     let own_idle = status_kib("self", "VmRSS");
-    let sessions = sse_sessions(config.addr);
+    let sessions = open_sessions(config.addr, config.protocol);
     eprintln!(
         "sse_fanout[{}]: {ready}/{} streams open in {open_s:.1} s; edgebus RSS {}; publishing {} events",
         config.label,
@@ -1024,7 +1538,7 @@ fn main() {
         }
         std::thread::sleep(config.gap);
         *sent = shared.now_ns();
-        let message = format!("sse-bench-{pid} {seq} {sent}");
+        let message = format!("{tag} {seq} {sent}");
         match notify(config.addr, &message) {
             Ok(201) => post_ms.push((shared.now_ns() - *sent) as f64 / 1e6),
             Ok(status) => {
@@ -1108,14 +1622,15 @@ fn main() {
     let failed = shared.failed.load(Ordering::Acquire);
     let closed_early = shared.closed_early.load(Ordering::Acquire);
 
-    println!("== SSE fan-out {} ==", config.label);
+    println!("== {} fan-out {} ==", config.protocol.name(), config.label);
     println!(
         "streams:            {} requested, {ready} open (snapshot received), {failed} failed, {closed_early} closed early; opened in {open_s:.1} s on {} thread(s), waves of {}",
         config.streams, config.threads, config.wave
     );
     match &sessions {
         Ok(n) => println!(
-            "edgebus sessions:   edgebus_sessions_open{{kind=\"sse\"}} = {n} once all were open"
+            "edgebus sessions:   edgebus_sessions_open{{kind=\"{}\"}} = {n} once all were open",
+            config.protocol.as_str()
         ),
         Err(error) => println!("edgebus sessions:   unknown ({error})"),
     }

@@ -7,6 +7,7 @@
 #   MODE=e2e SCENARIOS=custom RATE=50000 CLIENTS=10 scripts/bench.sh
 #   MODE=e2e SCENARIOS=sse scripts/bench.sh             # 10,000 idle SSE streams
 #   MODE=e2e SCENARIOS=sse SSE_STREAMS=2000 SSE_EVENTS=20 scripts/bench.sh
+#   MODE=e2e SCENARIOS=ws scripts/bench.sh              # 10,000 idle WebSocket clients
 #   MODE=e2e SCENARIOS=fleet FLEET_DEVICES=1000 FLEET_RATE=20000 scripts/bench.sh  # `edgebus simulate`
 #   MODE=e2e SCENARIOS=custom BROKER=mosquitto-ws RATE=50000 CLIENTS=1 scripts/bench.sh  # no edgebus
 #
@@ -25,6 +26,10 @@
 #                  the time until the last stream has each one. Not in the
 #                  default SCENARIOS. Each process holds one fd per stream, so
 #                  `ulimit -n` must allow SSE_STREAMS plus some headroom.
+#            ws = the same with WebSocket clients on /v1/ws?topic=notifications/%23
+#                  (same bench, BENCH_KIND=ws; each answers edgebus's pings):
+#                  WS_STREAMS, WS_EVENTS, … default to the SSE_* values, so
+#                  SCENARIOS="sse ws" compares the two like for like.
 #            cluster = for each count in CLUSTER_INSTANCES ("1 2 3"), that many
 #                  edgebus instances in cluster mode on one private Mosquitto and
 #                  one private Redis, CLUSTER_CLIENTS (1,000) WebSocket clients
@@ -77,6 +82,12 @@ SSE_GAP_MS="${SSE_GAP_MS:-200}"         # sse: pause after every stream got an e
 SSE_WAVE="${SSE_WAVE:-500}"             # sse: streams opened at once
 SSE_THREADS="${SSE_THREADS:-2}"         # sse: load client threads
 SSE_QUEUE_CAPACITY="${SSE_QUEUE_CAPACITY:-}"  # sse: bus.queue_capacity; empty = edgebus's default
+WS_STREAMS="${WS_STREAMS:-$SSE_STREAMS}"     # ws: concurrent WebSocket clients
+WS_EVENTS="${WS_EVENTS:-$SSE_EVENTS}"        # ws: notifications fanned out, one at a time
+WS_GAP_MS="${WS_GAP_MS:-$SSE_GAP_MS}"        # ws: pause after every client got an event, before the next
+WS_WAVE="${WS_WAVE:-$SSE_WAVE}"              # ws: clients connected at once
+WS_THREADS="${WS_THREADS:-$SSE_THREADS}"     # ws: load client threads
+WS_QUEUE_CAPACITY="${WS_QUEUE_CAPACITY:-$SSE_QUEUE_CAPACITY}"  # ws: bus.queue_capacity; empty = edgebus's default
 CLUSTER_INSTANCES="${CLUSTER_INSTANCES:-0 1 2 3}"  # cluster: instance counts to run (0 = one instance, no Redis)
 CLUSTER_CLIENTS="${CLUSTER_CLIENTS:-1000}"   # cluster: WebSocket clients, spread over the instances
 CLUSTER_RATE="${CLUSTER_RATE:-200}"          # cluster: frames/s
@@ -393,35 +404,43 @@ run_fleet_scenario() {
   rm -rf "$data_dir"
 }
 
-# SSE_STREAMS idle SSE streams, then SSE_EVENTS notifications fanned out.
+# $1 = sse: SSE_STREAMS idle SSE streams, then SSE_EVENTS notifications
+# fanned out; ws: the same with WS_STREAMS WebSocket clients and WS_* settings.
 run_sse_scenario() {
-  local label=sse
+  local label=$1 prefix
+  prefix=$(echo "$label" | tr '[:lower:]' '[:upper:]')
+  local streams_var="${prefix}_STREAMS" events_var="${prefix}_EVENTS" gap_var="${prefix}_GAP_MS"
+  local wave_var="${prefix}_WAVE" threads_var="${prefix}_THREADS" queue_var="${prefix}_QUEUE_CAPACITY"
+  local streams=${!streams_var} events=${!events_var} queue_capacity=${!queue_var}
+  local what="SSE streams"
+  [ "$label" = ws ] && what="WebSocket clients"
   local http_port mqtt_port data_dir log base
-  local need=$(( SSE_STREAMS + 256 )) limit
+  local need=$(( streams + 256 )) limit
   limit=$(ulimit -n)
   if [ "$limit" != "unlimited" ] && [ "$limit" -lt "$need" ]; then
-    echo "sse: ulimit -n is $limit (hard $(ulimit -Hn)); SSE_STREAMS=$SSE_STREAMS needs at least $need" \
-      "in edgebus and in the load client. Lower SSE_STREAMS or raise the hard limit." >&2
+    echo "$label: ulimit -n is $limit (hard $(ulimit -Hn)); ${streams_var}=$streams needs at least $need" \
+      "in edgebus and in the load client. Lower ${streams_var} or raise the hard limit." >&2
     return 1
   fi
   pick_ports "$label"
 
   echo
-  echo "### scenario sse: $SSE_STREAMS SSE streams, $SSE_EVENTS events (http $http_port, mqtt $mqtt_port, ulimit -n $limit)"
+  echo "### scenario $label: $streams $what, $events events (http $http_port, mqtt $mqtt_port, ulimit -n $limit)"
   local extra=()
-  [ -n "$SSE_QUEUE_CAPACITY" ] && extra+=(EDGEBUS__BUS__QUEUE_CAPACITY="$SSE_QUEUE_CAPACITY")
+  [ -n "$queue_capacity" ] && extra+=(EDGEBUS__BUS__QUEUE_CAPACITY="$queue_capacity")
   start_edgebus "${extra[@]}" || return 1
 
   local before after started=$SECONDS
   before=$(thread_ticks "$EDGEBUS_PID")
+  BENCH_KIND="$label" \
   BENCH_LABEL="$label" \
   BENCH_HTTP="127.0.0.1:$http_port" \
   BENCH_EDGEBUS_PID="$EDGEBUS_PID" \
-  BENCH_STREAMS="$SSE_STREAMS" \
-  BENCH_EVENTS="$SSE_EVENTS" \
-  BENCH_GAP_MS="$SSE_GAP_MS" \
-  BENCH_WAVE="$SSE_WAVE" \
-  BENCH_THREADS="$SSE_THREADS" \
+  BENCH_STREAMS="$streams" \
+  BENCH_EVENTS="$events" \
+  BENCH_GAP_MS="${!gap_var}" \
+  BENCH_WAVE="${!wave_var}" \
+  BENCH_THREADS="${!threads_var}" \
     "$SSE_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
   after=$(thread_ticks "$EDGEBUS_PID")
   local wall=$(( SECONDS - started > 0 ? SECONDS - started : 1 ))
@@ -578,8 +597,8 @@ fi
 if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
   for scenario in $SCENARIOS; do
     case "$scenario" in
-      a|b|custom|sse|fleet|cluster) ;;
-      *) echo "unknown scenario $scenario (a, b, custom, sse, fleet, cluster)" >&2; exit 2 ;;
+      a|b|custom|sse|ws|fleet|cluster) ;;
+      *) echo "unknown scenario $scenario (a, b, custom, sse, ws, fleet, cluster)" >&2; exit 2 ;;
     esac
   done
   case "$BROKER" in
@@ -599,20 +618,25 @@ if [ "$MODE" = "all" ] || [ "$MODE" = "e2e" ]; then
   cargo build --release --bin edgebus
   LOAD_BIN="" SSE_BIN=""
   case " $SCENARIOS " in *" a "*|*" b "*|*" custom "*|*" cluster "*) LOAD_BIN=$(bench_exe e2e_load) ;; esac
-  case " $SCENARIOS " in *" sse "*) SSE_BIN=$(bench_exe sse_fanout) ;; esac
+  case " $SCENARIOS " in *" sse "*|*" ws "*) SSE_BIN=$(bench_exe sse_fanout) ;; esac
   for scenario in $SCENARIOS; do
     case "$scenario" in
       a) run_scenario a "$RATE_A" "$CLIENTS_A" ;;
       b) run_scenario b "$RATE_B" "$CLIENTS_B" ;;
       custom) run_scenario custom "$RATE" "$CLIENTS" ;;
-      sse) run_sse_scenario ;;
+      sse|ws) run_sse_scenario "$scenario" ;;
       fleet) run_fleet_scenario ;;
       cluster) for n in $CLUSTER_INSTANCES; do run_cluster_scenario "$n"; done ;;
     esac
   done
   echo
   sse_settings=""
-  [ -n "$SSE_BIN" ] && sse_settings="; sse: SSE_STREAMS=$SSE_STREAMS SSE_EVENTS=$SSE_EVENTS SSE_GAP_MS=$SSE_GAP_MS SSE_QUEUE_CAPACITY=${SSE_QUEUE_CAPACITY:-default}"
+  case " $SCENARIOS " in *" sse "*)
+    sse_settings="; sse: SSE_STREAMS=$SSE_STREAMS SSE_EVENTS=$SSE_EVENTS SSE_GAP_MS=$SSE_GAP_MS SSE_QUEUE_CAPACITY=${SSE_QUEUE_CAPACITY:-default}" ;;
+  esac
+  case " $SCENARIOS " in *" ws "*)
+    sse_settings+="; ws: WS_STREAMS=$WS_STREAMS WS_EVENTS=$WS_EVENTS WS_GAP_MS=$WS_GAP_MS WS_QUEUE_CAPACITY=${WS_QUEUE_CAPACITY:-default}" ;;
+  esac
   echo "### summary (PUBLISHER=$PUBLISHER QOS=$QOS DEVICES=$DEVICES DURATION=${DURATION}s QUEUE_CAPACITY=${QUEUE_CAPACITY:-default}$sse_settings)"
   printf '%s\n' "${RESULTS[@]}"
 fi
