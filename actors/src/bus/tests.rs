@@ -544,7 +544,7 @@ async fn an_identity_inside_a_decnet_envelope_is_found_and_filtered_on() {
     for identity in ["i-8", "i-9"] {
         bus.send(object(
             "attribution/profile/state_changed",
-            json!({"v": 1, "payload": {"identity_uuid": identity}}),
+            json!({"v": 1, "type": "profile.state_changed", "payload": {"identity_uuid": identity}}),
         ))
         .await
         .unwrap();

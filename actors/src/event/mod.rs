@@ -302,6 +302,18 @@ pub struct Fields {
     at: Box<[(u32, u32, FieldKind)]>,
 }
 
+/// The inner `payload` object of a DECNET bus envelope
+/// (`{"v","id","topic","type","ts","payload":{…}}`): an object `payload`
+/// beside a string `type`, what DECNET's `Event.to_dict` always writes. Any
+/// other payload that merely has a `payload` member is not looked into, so
+/// nested data cannot pose as an envelope's fields.
+pub fn envelope_payload(map: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    match (map.get("type"), map.get("payload")) {
+        (Some(Value::String(_)), Some(Value::Object(inner))) => Some(inner),
+        _ => None,
+    }
+}
+
 /// A payload member as a kept field's kind and text; `None` for what is
 /// never kept (objects, arrays, null, empty or over-long strings).
 fn scalar(value: &Value) -> Option<(FieldKind, Cow<'_, str>)> {
@@ -325,11 +337,7 @@ fn scalar(value: &Value) -> Option<(FieldKind, Cow<'_, str>)> {
 impl Fields {
     pub fn from_map(map: &Map<String, Value>) -> Self {
         let mut kept: Vec<(&str, FieldKind, Cow<'_, str>)> = Vec::new();
-        let inner = match map.get("payload") {
-            Some(Value::Object(inner)) => Some(inner),
-            _ => None,
-        };
-        let enveloped = inner
+        let enveloped = envelope_payload(map)
             .into_iter()
             .flatten()
             .filter(|(key, _)| !map.contains_key(*key));
@@ -802,5 +810,15 @@ mod tests {
             unreachable!()
         };
         assert_eq!(Fields::from_map(&flat).len(), 2, "no envelope: as before");
+        let Value::Object(nested) =
+            serde_json::json!({"k": 1, "payload": {"identity_uuid": "someone-else"}})
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            Fields::from_map(&nested).get("identity_uuid"),
+            None,
+            "a nested payload without an envelope's type is not an envelope"
+        );
     }
 }

@@ -333,10 +333,9 @@ fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     match object.get(name) {
         Some(Value::String(value)) => Some(value),
         Some(_) => None,
-        None => match object.get("payload") {
-            Some(Value::Object(inner)) => inner.get(name).and_then(Value::as_str),
-            _ => None,
-        },
+        None => crate::event::envelope_payload(object)?
+            .get(name)
+            .and_then(Value::as_str),
     }
 }
 
