@@ -19,14 +19,13 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use actix::Actor;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use subtle::ConstantTimeEq;
 
 use edgebus_actors::families;
-use edgebus_actors::session::{SessionStart, WireFormat, WsSession};
+use edgebus_actors::session::{SessionStart, WireFormat};
 use edgebus_actors::subscription::Subscription;
 use edgebus_actors::topic::TopicFilter;
 
@@ -131,25 +130,17 @@ async fn dashboard(
     };
     let filter = TopicFilter::parse(families::METRICS_FILTER)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the metrics filter: {e}")))?;
-    let config = crate::wiring::ws_session_config(
-        &state.settings,
-        &crate::http::queue_limits(&state, &permit),
+    crate::http::ws::start_session(
+        &state,
+        (session, stream),
+        permit,
+        SessionStart {
+            subscriptions: vec![Subscription::topic(filter)],
+            resume: None,
+            guard: None,
+        },
         WireFormat::Edgewatch,
     );
-    let start = SessionStart {
-        subscriptions: vec![Subscription::topic(filter)],
-        resume: None,
-        guard: Some(Box::new(permit)),
-    };
-    WsSession::new(
-        session,
-        stream,
-        state.bus.clone(),
-        start,
-        config,
-        state.telemetry.clone(),
-    )
-    .start();
     Ok(response)
 }
 

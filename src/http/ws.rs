@@ -14,6 +14,7 @@ use super::streams::{self, StreamQuery};
 use super::AppState;
 use crate::auth::StreamAuth;
 use crate::error::ApiError;
+use crate::stream_slots::StreamHold;
 
 /// Topics a session gets when it names none: the device dashboard's feed.
 pub const DEFAULT_TOPIC: &str = families::METRICS_FILTER;
@@ -60,15 +61,37 @@ pub async fn ws(
         close_unauthorized(session);
         return Ok(response);
     };
+    start_session(
+        &state,
+        (session, stream),
+        permit,
+        SessionStart {
+            subscriptions,
+            resume: query.resume(&req),
+            guard: None,
+        },
+        format,
+    );
+    Ok(response)
+}
+
+/// Starts the session actor of an upgraded WebSocket: its queue bounds are
+/// its owner's, and it holds `permit` (its stream slot) for its life.
+pub(crate) fn start_session(
+    state: &AppState,
+    (session, stream): (actix_ws::Session, actix_ws::MessageStream),
+    permit: StreamHold,
+    start: SessionStart,
+    format: WireFormat,
+) {
     let config = crate::wiring::ws_session_config(
         &state.settings,
-        &crate::http::queue_limits(&state, &permit),
+        &crate::http::queue_limits(state, &permit),
         format,
     );
     let start = SessionStart {
-        subscriptions,
-        resume: query.resume(&req),
         guard: Some(Box::new(permit)),
+        ..start
     };
     WsSession::new(
         session,
@@ -79,7 +102,6 @@ pub async fn ws(
         state.telemetry.clone(),
     )
     .start();
-    Ok(response)
 }
 
 /// Closes a WebSocket whose credentials were refused with 1008

@@ -115,7 +115,10 @@ fn seed_text(device: &str, timestamp: u64, cpu: &str) -> String {
 async fn a_wrong_or_missing_token_gets_the_handshake_then_close_1008_unauthorized() {
     let app = spawn_app_with(&profile(&format!("token = \"{TOKEN}\"\n"))).await;
     // A device seen first: a refused dashboard must not get its snapshot.
+    // The bus has it once an edgebus client has had its frame.
     let seen = unique("d");
+    let mut witness = app.ws("?topic=devices/%2B/metrics").await;
+    witness.snapshot().await;
     app.publisher()
         .await
         .publish(
@@ -123,7 +126,10 @@ async fn a_wrong_or_missing_token_gets_the_handshake_then_close_1008_unauthorize
             frame_json(&seen, "1", "5"),
         )
         .await;
-    app.wait_metric("edgebus_frames_accepted_total", 1.0).await;
+    assert_eq!(
+        witness.next_event().await["payload"]["device_id"],
+        seen.as_str()
+    );
     for target in [
         "/",
         "/?token=dash-t0kem",
@@ -145,7 +151,7 @@ async fn a_wrong_or_missing_token_gets_the_handshake_then_close_1008_unauthorize
         seed_text(&seen, 1, "5.0"),
         "with the token: the snapshot"
     );
-    joined(&app, 1.0).await;
+    joined(&app, 2.0).await; // the witness and this dashboard
     let mut publisher = app.publisher().await;
     publisher
         .publish(
