@@ -8,17 +8,17 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::broker::Mosquitto;
 use crate::helpers::{
-    free_port, spawn_app_unready, spawn_app_with, unique, TestApp, WsClient, PORT_ATTEMPTS, WAIT,
+    free_port, spawn_app_unready, spawn_app_with, unique, TestApp, WsClient, PORT_ATTEMPTS,
 };
 use crate::node::Node;
 use crate::redis_proc::RedisServer;
-use crate::tools::{installed, require_tool, tail};
+use crate::tools::{installed, require_tool, wait_until_up};
 
 /// A nats-server on a free port of its own, killed on drop.
 pub struct NatsServer {
@@ -89,24 +89,14 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .expect("nats-server starts");
-        let child = self.child.insert(child);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if greets(self.port) && matches!(child.try_wait(), Ok(None)) {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Err(format!("({status})\n{}", tail(&log_path, 20)));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server never answered on {}:\n{}",
-                self.port,
-                tail(&log_path, 20)
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let port = self.port;
+        let up = wait_until_up(self.child.insert(child), &log_path, "nats-server", || {
+            greets(port)
+        });
+        if up.is_err() {
+            self.child = None;
         }
+        up
     }
 }
 

@@ -6,10 +6,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::helpers::{free_port, unique, PORT_ATTEMPTS, WAIT};
-use crate::tools::{installed, tail};
+use crate::helpers::{free_port, unique, PORT_ATTEMPTS};
+use crate::tools::{installed, wait_until_up};
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -138,26 +138,14 @@ impl RedisServer {
             .stderr(log)
             .spawn()
             .expect("redis-server starts");
-        let child = self.child.insert(child);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            // Answering and still running: the PONG is its own.
-            if ping_as(self.port, self.password.as_deref()) && matches!(child.try_wait(), Ok(None))
-            {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Err(format!("({status})\n{}", tail(&log_path, 20)));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server never answered on {}:\n{}",
-                self.port,
-                tail(&log_path, 20)
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let (port, password) = (self.port, self.password.clone());
+        let up = wait_until_up(self.child.insert(child), &log_path, "redis-server", || {
+            ping_as(port, password.as_deref())
+        });
+        if up.is_err() {
+            self.child = None;
         }
+        up
     }
 }
 

@@ -93,3 +93,29 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Waits until a server just started answers `answers` while still running
+/// (so the answer is its own, not an earlier process's on the port);
+/// `Err(its log's tail)` when it exited instead. Panics past the wait.
+pub fn wait_until_up(
+    child: &mut std::process::Child,
+    log: &Path,
+    what: &str,
+    answers: impl Fn() -> bool,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + crate::helpers::WAIT;
+    loop {
+        if answers() && matches!(child.try_wait(), Ok(None)) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("({status})\n{}", tail(log, 20)));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never answered:\n{}",
+            tail(log, 20)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
