@@ -289,16 +289,9 @@ impl SseReader {
         on_event: &mut impl FnMut(Kind, Option<&[u8]>),
     ) -> Result<(), String> {
         if self.framing == Framing::Head {
-            let searched_from = self.head.len().saturating_sub(3);
-            self.head.extend_from_slice(bytes);
-            let Some(end) = find(&self.head[searched_from..], b"\r\n\r\n") else {
-                if self.head.len() > MAX_HEAD {
-                    return Err(format!("response head over {MAX_HEAD} bytes"));
-                }
+            let Some((head, end)) = take_head(&mut self.head, bytes)? else {
                 return Ok(());
             };
-            let end = searched_from + end + 4;
-            let head = std::mem::take(&mut self.head);
             self.framing = parse_head(&head[..end])?;
             let body = &head[end..];
             return self.body(body, on_event);
@@ -590,16 +583,9 @@ impl WsReader {
         on_event: &mut impl FnMut(Kind, Option<&[u8]>),
     ) -> Result<(), String> {
         if self.framing == WsFraming::Head {
-            let searched_from = self.head.len().saturating_sub(3);
-            self.head.extend_from_slice(bytes);
-            let Some(end) = find(&self.head[searched_from..], b"\r\n\r\n") else {
-                if self.head.len() > MAX_HEAD {
-                    return Err(format!("response head over {MAX_HEAD} bytes"));
-                }
+            let Some((head, end)) = take_head(&mut self.head, bytes)? else {
                 return Ok(());
             };
-            let end = searched_from + end + 4;
-            let head = std::mem::take(&mut self.head);
             parse_upgrade(&head[..end])?;
             self.framing = WsFraming::FrameHead;
             return self.frames(&head[end..], on_event);
@@ -1438,6 +1424,20 @@ fn mib(kib: Option<u64>) -> String {
 fn fail(message: &str) -> ! {
     eprintln!("sse_fanout: {message}");
     std::process::exit(1);
+}
+
+/// Adds `bytes` to a response head being read; once it is complete, takes
+/// the buffer (head and whatever body followed) and the head's length.
+fn take_head(head: &mut Vec<u8>, bytes: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+    let searched_from = head.len().saturating_sub(3);
+    head.extend_from_slice(bytes);
+    let Some(end) = find(&head[searched_from..], b"\r\n\r\n") else {
+        if head.len() > MAX_HEAD {
+            return Err(format!("response head over {MAX_HEAD} bytes"));
+        }
+        return Ok(None);
+    };
+    Ok(Some((std::mem::take(head), searched_from + end + 4)))
 }
 
 fn main() {

@@ -156,6 +156,18 @@ trap 'stop_edgebus; stop_cluster' EXIT INT TERM
 
 RESULTS=()
 
+# The load client (benches/e2e_load.rs) for scenario $1 at $2 frames/s with
+# $3 clients, plus the given BENCH_* settings (where to connect); its report
+# is kept in $LOG_DIR/load-$1.txt.
+run_load() {
+  local label=$1 rate=$2 clients=$3
+  shift 3
+  env BENCH_LABEL="$label" BENCH_RATE="$rate" BENCH_CLIENTS="$clients" \
+    BENCH_THREADS="$THREADS" BENCH_DURATION_S="$DURATION" BENCH_DEVICES="$DEVICES" \
+    BENCH_PUBLISHER="$PUBLISHER" BENCH_QOS="$QOS" BENCH_DRAIN_S="$DRAIN" "$@" \
+    "$LOAD_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
+}
+
 # Picks free ports (sets http_port, mqtt_port, data_dir, log, base in the
 # caller's scope: declare them local there).
 pick_ports() {
@@ -276,18 +288,8 @@ run_scenario() {
       >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  BENCH_LABEL="$label" \
-  BENCH_HTTP="127.0.0.1:$http_port" \
-  BENCH_MQTT="127.0.0.1:$mqtt_port" \
-  BENCH_RATE="$rate" \
-  BENCH_CLIENTS="$clients" \
-  BENCH_THREADS="$THREADS" \
-  BENCH_DURATION_S="$DURATION" \
-  BENCH_DEVICES="$DEVICES" \
-  BENCH_PUBLISHER="$PUBLISHER" \
-  BENCH_QOS="$QOS" \
-  BENCH_DRAIN_S="$DRAIN" \
-    "$LOAD_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
+  run_load "$label" "$rate" "$clients" \
+    BENCH_HTTP="127.0.0.1:$http_port" BENCH_MQTT="127.0.0.1:$mqtt_port"
   after=$(thread_ticks "$EDGEBUS_PID")
   [ -n "$MOSQUITTO_PID" ] && broker_after=$(proc_ticks "$MOSQUITTO_PID")
   local wall=$(( SECONDS - started > 0 ? SECONDS - started : 1 ))
@@ -336,19 +338,8 @@ run_mqtt_ws_scenario() {
   start_mosquitto "$ws_port" || return 1
   local broker_before broker_after started=$SECONDS
   broker_before=$(proc_ticks "$MOSQUITTO_PID")
-  BENCH_LABEL="$label" \
-  BENCH_CLIENT_KIND=mqtt-ws \
-  BENCH_MQTT_WS="127.0.0.1:$ws_port" \
-  BENCH_MQTT="127.0.0.1:$mqtt_port" \
-  BENCH_RATE="$rate" \
-  BENCH_CLIENTS="$clients" \
-  BENCH_THREADS="$THREADS" \
-  BENCH_DURATION_S="$DURATION" \
-  BENCH_DEVICES="$DEVICES" \
-  BENCH_PUBLISHER="$PUBLISHER" \
-  BENCH_QOS="$QOS" \
-  BENCH_DRAIN_S="$DRAIN" \
-    "$LOAD_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
+  run_load "$label" "$rate" "$clients" \
+    BENCH_CLIENT_KIND=mqtt-ws BENCH_MQTT_WS="127.0.0.1:$ws_port" BENCH_MQTT="127.0.0.1:$mqtt_port"
   broker_after=$(proc_ticks "$MOSQUITTO_PID")
   local wall=$(( SECONDS - started > 0 ? SECONDS - started : 1 ))
   local hz result delivered
@@ -547,18 +538,8 @@ run_cluster_scenario() {
   before_b=$(proc_ticks "$broker_pid")
   local joined
   joined=$(IFS=,; echo "${https[*]}")
-  BENCH_LABEL="$label" \
-  BENCH_HTTP="$joined" \
-  BENCH_MQTT="127.0.0.1:$mqtt_port" \
-  BENCH_RATE="$CLUSTER_RATE" \
-  BENCH_CLIENTS="$CLUSTER_CLIENTS" \
-  BENCH_THREADS="$THREADS" \
-  BENCH_DURATION_S="$DURATION" \
-  BENCH_DEVICES="$DEVICES" \
-  BENCH_PUBLISHER="$PUBLISHER" \
-  BENCH_QOS="$QOS" \
-  BENCH_DRAIN_S="$DRAIN" \
-    "$LOAD_BIN" --bench | tee "$LOG_DIR/load-$label.txt"
+  run_load "$label" "$CLUSTER_RATE" "$CLUSTER_CLIENTS" \
+    BENCH_HTTP="$joined" BENCH_MQTT="127.0.0.1:$mqtt_port"
   for pid in "${pids[@]}"; do after_e=$(( after_e + $(proc_ticks "$pid") )); done
   [ -n "$redis_pid" ] && after_r=$(proc_ticks "$redis_pid")
   after_b=$(proc_ticks "$broker_pid")
